@@ -1,0 +1,35 @@
+"""The interface of a grid carbon intensity provider."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from gridwatt.collector.stepseries import StepSeries
+
+EmissionFactor = Literal["lifecycle", "direct"]
+
+
+class IntensityUnavailable(Exception):
+    """The provider could not give intensity for the asked range (API down, no data)."""
+
+
+@dataclass(frozen=True)
+class IntensitySeries:
+    """Carbon intensity over time. Units: gCO2e/kWh.
+
+    ``source`` names the provider (e.g. "csv:DE_2022_hourly.csv", "constant"),
+    ``emission_factor`` whether the values are lifecycle or direct emissions.
+    """
+
+    series: StepSeries
+    source: str
+    emission_factor: EmissionFactor
+
+
+class IntensityProvider(Protocol):
+    """Gives the grid intensity of one zone over a time range."""
+
+    async def series(self, start_ns: int, end_ns: int) -> IntensitySeries:
+        """Intensity covering [start_ns, end_ns); raise IntensityUnavailable if it cannot."""
+        ...

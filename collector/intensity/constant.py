@@ -1,0 +1,16 @@
+"""A constant grid intensity, for zones without data or as the end of a fallback chain."""
+
+from __future__ import annotations
+
+from gridwatt.collector.intensity.base import EmissionFactor, IntensitySeries
+from gridwatt.collector.stepseries import StepSeries
+
+
+class ConstantIntensity:
+    """The same intensity (gCO2e/kWh) at every time."""
+
+    def __init__(self, g_per_kwh: float, emission_factor: EmissionFactor = "lifecycle") -> None:
+        self._series = IntensitySeries(StepSeries.constant(g_per_kwh), "constant", emission_factor)
+
+    async def series(self, start_ns: int, end_ns: int) -> IntensitySeries:
+        return self._series

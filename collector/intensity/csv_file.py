@@ -1,0 +1,113 @@
+"""Grid intensity from a CSV time series.
+
+Accepted forms (the header decides):
+
+* Electricity Maps exports, older header set: ``Datetime (UTC)``,
+  ``Carbon Intensity gCO₂eq/kWh (direct)``, ``Carbon Intensity gCO₂eq/kWh (LCA)``,
+  ``Data Estimated`` ...
+* Electricity Maps exports, newer header set: ``Datetime (UTC)``,
+  ``Carbon intensity gCO₂eq/kWh (direct)``, ``Carbon intensity gCO₂eq/kWh (Life cycle)`` ...
+* plain: ``time,intensity_g_per_kwh`` (or ``time,intensity``), with an optional ``estimated``.
+
+Each row's value holds from its time until the next row's time.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from gridwatt.collector.intensity.base import EmissionFactor, IntensitySeries
+from gridwatt.collector.stepseries import StepSeries
+from gridwatt.timeutil import parse_time_ns
+
+
+class IntensityFileError(Exception):
+    """The CSV cannot be used; the message names file, line and reason."""
+
+
+def _norm(header: str) -> str:
+    return header.strip().lower().replace("₂", "2").replace("co2eq", "co2e")
+
+
+def _find_column(headers: list[str], emission_factor: EmissionFactor) -> int | None:
+    normed = [_norm(h) for h in headers]
+    for i, h in enumerate(normed):
+        if "carbon intensity" not in h:
+            continue
+        if emission_factor == "direct" and "(direct)" in h:
+            return i
+        if emission_factor == "lifecycle" and ("(lca)" in h or "(life cycle)" in h or "(lifecycle)" in h):
+            return i
+    for name in ("intensity_g_per_kwh", "intensity", "carbon_intensity"):
+        if name in normed:
+            return normed.index(name)
+    return None
+
+
+def load_intensity_csv(path: Path, emission_factor: EmissionFactor = "lifecycle") -> IntensitySeries:
+    """Read a CSV file into an IntensitySeries; raise IntensityFileError on any bad row."""
+    try:
+        fh = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise IntensityFileError(f"{path}: cannot open: {exc.strerror}") from None
+    with fh:
+        reader = csv.reader(fh)
+        try:
+            headers = next(reader)
+        except StopIteration:
+            raise IntensityFileError(f"{path}: empty file") from None
+        normed = [_norm(h) for h in headers]
+        time_col = next(
+            (i for i, h in enumerate(normed) if h in ("datetime (utc)", "time", "datetime", "timestamp")),
+            None,
+        )
+        value_col = _find_column(headers, emission_factor)
+        if time_col is None:
+            raise IntensityFileError(f"{path}: no time column (expected 'Datetime (UTC)' or 'time')")
+        if value_col is None:
+            raise IntensityFileError(
+                f"{path}: no {emission_factor} intensity column (expected e.g. "
+                f"'Carbon Intensity gCO₂eq/kWh (LCA)' or 'intensity_g_per_kwh')"
+            )
+        est_col = next((i for i, h in enumerate(normed) if h in ("data estimated", "estimated")), None)
+        rows: list[tuple[int, float, bool]] = []
+        for line_no, row in enumerate(reader, start=2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            try:
+                t_ns = parse_time_ns(row[time_col])
+            except (ValueError, IndexError):
+                raise IntensityFileError(
+                    f"{path}:{line_no}: bad time {row[time_col] if time_col < len(row) else ''!r}"
+                ) from None
+            raw = row[value_col].strip() if value_col < len(row) else ""
+            if raw == "":
+                continue  # a gap: the previous value holds
+            try:
+                value = float(raw)
+            except ValueError:
+                raise IntensityFileError(f"{path}:{line_no}: bad intensity {raw!r}") from None
+            if not math.isfinite(value) or value < 0:
+                raise IntensityFileError(f"{path}:{line_no}: intensity {raw!r} must be finite and >= 0")
+            est = est_col is not None and est_col < len(row) and row[est_col].strip().lower() == "true"
+            rows.append((t_ns, value, est))
+    if not rows:
+        raise IntensityFileError(f"{path}: no data rows")
+    rows.sort()
+    for (a, _, _), (b, _, _) in zip(rows, rows[1:], strict=False):
+        if a == b:
+            raise IntensityFileError(f"{path}: duplicate time {a} ns")
+    series = StepSeries(tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(r[2] for r in rows))
+    return IntensitySeries(series, f"csv:{path.name}", emission_factor)
+
+
+class CsvIntensity:
+    """A zone's intensity read once from a CSV file."""
+
+    def __init__(self, path: Path, emission_factor: EmissionFactor = "lifecycle") -> None:
+        self._series = load_intensity_csv(path, emission_factor)
+
+    async def series(self, start_ns: int, end_ns: int) -> IntensitySeries:
+        return self._series

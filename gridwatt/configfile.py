@@ -1,0 +1,129 @@
+"""Load a TOML config file into a pydantic model, with GRIDWATT_* environment overrides.
+
+Environment variables override file values: ``GRIDWATT_<FIELD>`` for a top-level
+field and ``GRIDWATT_<SECTION>__<FIELD>`` for a nested one (case-insensitive), e.g.
+``GRIDWATT_INFLUXDB__URL=http://db:8086``. Values are parsed as TOML scalars where
+they parse (numbers, booleans), else taken as strings.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+ENV_PREFIX = "GRIDWATT_"
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the file, field and reason in its message."""
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _field_names(model: type[BaseModel]) -> dict[str, str]:
+    return {name.lower(): name for name in model.model_fields}
+
+
+def apply_env_overrides(
+    data: dict[str, Any], model: type[BaseModel], environ: Mapping[str, str]
+) -> list[str]:
+    """Merge GRIDWATT_* variables that name fields of ``model`` into ``data``; return their names."""
+    used: list[str] = []
+    top = _field_names(model)
+    for key, raw in sorted(environ.items()):
+        if not key.upper().startswith(ENV_PREFIX):
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        if path[0] not in top:
+            continue
+        target = data
+        field_model: type[BaseModel] | None = model
+        ok = True
+        for depth, part in enumerate(path):
+            names = _field_names(field_model) if field_model is not None else {}
+            name = names.get(part, part)
+            if depth == len(path) - 1:
+                target[name] = _parse_env_value(raw)
+                break
+            child = target.get(name)
+            if child is None:
+                child = {}
+                target[name] = child
+            if not isinstance(child, dict):
+                ok = False
+                break
+            target = child
+            annotation = field_model.model_fields[name].annotation if field_model and name in (
+                field_model.model_fields
+            ) else None
+            field_model = annotation if isinstance(annotation, type) and issubclass(
+                annotation, BaseModel
+            ) else None
+        if ok:
+            used.append(key)
+    return used
+
+
+def format_validation_error(path: Path | str, err: ValidationError) -> str:
+    """One line per problem: ``FILE: field a.b: reason (got VALUE)``."""
+    lines = []
+    for problem in err.errors():
+        field = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        value = problem.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"{path}: field {field}: {problem['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: Path | str, model: type[ModelT], environ: Mapping[str, str] | None = None
+) -> ModelT:
+    """Read, override from the environment, and validate; raise ConfigError naming file and field."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: config file not readable (permission denied)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    apply_env_overrides(data, model, os.environ if environ is None else environ)
+    try:
+        config = model.model_validate(data, context={"config_dir": path.resolve().parent})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+    return config
+
+
+def resolve_path(value: str | Path, config_dir: Path | None) -> Path:
+    """A path from a config file, relative to the file's folder unless absolute."""
+    p = Path(value).expanduser()
+    if not p.is_absolute() and config_dir is not None:
+        p = config_dir / p
+    return p
+
+
+def read_secret(value: str | None, file: str | Path | None, what: str) -> str | None:
+    """A secret given inline (usually from the environment) or in a file; never logged."""
+    if value:
+        return value
+    if file:
+        try:
+            return Path(file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot read secret file {file}: {exc.strerror}") from None
+    return None

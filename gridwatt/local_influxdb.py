@@ -1,0 +1,143 @@
+"""Start a throwaway InfluxDB 1.x server (Debian's ``influxd``) on free local ports.
+
+Used by the tests, the demo and the benchmarks; never by production deployments.
+Run ``python -m gridwatt.local_influxdb`` to get one for manual experiments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+INFLUXD_HINT = (
+    "influxd (InfluxDB 1.x) not found on PATH; install it with "
+    "`sudo apt-get install influxdb` or run scripts/setup.sh"
+)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalInfluxDB:
+    """An influxd process with its data in a temporary folder, stopped and removed on exit."""
+
+    def __init__(self, data_dir: Path | None = None, port: int | None = None) -> None:
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="gridwatt-influxdb-"))
+        self.port = port or free_port()
+        self.rpc_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _write_config(self) -> Path:
+        d = self.data_dir
+        conf = d / "influxdb.conf"
+        conf.write_text(
+            f"""reporting-disabled = true
+bind-address = "127.0.0.1:{self.rpc_port}"
+[meta]
+  dir = "{d / 'meta'}"
+  logging-enabled = false
+[data]
+  dir = "{d / 'data'}"
+  wal-dir = "{d / 'wal'}"
+  query-log-enabled = false
+  trace-logging-enabled = false
+  cache-snapshot-write-cold-duration = "10s"
+[coordinator]
+  log-queries-after = "0s"
+[retention]
+  enabled = false
+[monitor]
+  store-enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{self.port}"
+  auth-enabled = false
+  log-enabled = false
+  max-body-size = 0
+[logging]
+  level = "warn"
+  suppress-logo = true
+[continuous_queries]
+  enabled = false
+[subscriber]
+  enabled = false
+"""
+        )
+        return conf
+
+    def start(self, timeout_s: float = 30.0) -> LocalInfluxDB:
+        influxd = shutil.which("influxd")
+        if influxd is None:
+            raise RuntimeError(INFLUXD_HINT)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self._write_config()
+        log = (self.data_dir / "influxd.log").open("ab")
+        self.proc = subprocess.Popen(
+            [influxd, "-config", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"influxd exited with {self.proc.returncode}; see {self.data_dir / 'influxd.log'}"
+                )
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as resp:
+                    if resp.status == 204:
+                        return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"influxd did not answer /ping within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL); the data folder stays until close()."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalInfluxDB:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def main() -> None:
+    with LocalInfluxDB() as db:
+        print(f"InfluxDB 1.x at {db.url} (data in {db.data_dir}); Ctrl-C to stop", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up on a fresh Debian/Ubuntu machine:
+#   - InfluxDB 1.x server binary (Debian package `influxdb`; the service is not started),
+#   - a virtualenv in .venv with gridwatt and its dev tools installed (editable).
+# Used by scripts/demo.sh and scripts/test.sh; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root for: $*  (run as root or install sudo)"; return 1; fi
+}
+
+if ! command -v influxd >/dev/null 2>&1; then
+  log "installing InfluxDB 1.x (apt package influxdb)"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update -qq || log "apt-get update failed; trying the install anyway"
+  # policy-rc.d keeps the package from starting a system-wide influxd; ours run per test/demo.
+  as_root apt-get install -y -qq --no-install-recommends influxdb >/dev/null
+fi
+
+PY=""
+for cand in python3.13 python3.12 python3.11 python3; do
+  if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    PY=$(command -v "$cand"); break
+  fi
+done
+[ -n "$PY" ] || { log "Python 3.11 or newer is required"; exit 1; }
+
+stamp=.venv/.gridwatt-installed
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  log "installing gridwatt and dev tools into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
+log "ready: .venv/bin/gridwatt, .venv/bin/gridwatt-agent, .venv/bin/gridwatt-collector; influxd $(influxd version 2>/dev/null | head -1)"
