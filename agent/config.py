@@ -1,0 +1,103 @@
+"""The agent's configuration (TOML; see deploy/agent.example.toml), validated by pydantic."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from gridwatt.configfile import resolve_path
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SimConfig(_Strict):
+    """Simulated GPUs: a trace file, or a synthetic constant profile."""
+
+    trace: Path | None = None
+    gpus: int = Field(8, ge=1, le=64)
+    power_w: float = Field(400.0, ge=0, le=2000)
+    util_pct: float = Field(95.0, ge=0, le=100)
+    duration_s: float = Field(3600.0, gt=0)
+    #: Start of the synthetic profile (ISO 8601 UTC); default: when the agent starts.
+    start: str | None = None
+    job_id: str = ""
+    gpu_name: str = "NVIDIA A100-SXM4-80GB (simulated)"
+    #: False makes the simulated GPUs lack the energy counter (pre-Volta): power is integrated.
+    energy_counter: bool = True
+
+
+class SourceConfig(_Strict):
+    kind: Literal["nvml", "sim"] = "nvml"
+    sim: SimConfig = SimConfig()
+
+
+class AttributionConfig(_Strict):
+    #: Job id for the whole node (also GRIDWATT_JOB_ID); used when no process names a job.
+    job_id: str = ""
+    slurm: bool = True
+    proc_root: Path = Path("/proc")
+
+
+class CollectorConnection(_Strict):
+    #: host:port of the collector's gRPC endpoint.
+    address: str = "127.0.0.1:50051"
+    tls: bool = False
+    #: CA bundle that signed the collector's certificate (TLS).
+    ca_file: Path | None = None
+    #: Client certificate and key (mutual TLS).
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: Bearer token (inline value is best passed as GRIDWATT_COLLECTOR__TOKEN).
+    token: str | None = Field(None, repr=False)
+    token_file: Path | None = None
+    batch_max_samples: int = Field(1000, ge=1, le=50_000)
+    max_in_flight: int = Field(4, ge=1, le=64)
+    #: Seconds between keepalive pings on an idle stream (a dead collector is noticed in about
+    #: keepalive_s + keepalive_timeout_s).
+    keepalive_s: float = Field(20.0, ge=10)
+    keepalive_timeout_s: float = Field(10.0, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+    @field_validator("address")
+    @classmethod
+    def _has_port(cls, v: str) -> str:
+        if ":" not in v:
+            raise ValueError("must be host:port")
+        return v
+
+
+class AgentConfig(_Strict):
+    node: str = Field(default_factory=socket.gethostname, min_length=1)
+    #: Seconds between samples of every GPU.
+    interval_s: float = Field(1.0, gt=0, le=3600)
+    #: An interval whose GPU utilisation is below this counts as idle.
+    idle_below_pct: float = Field(5.0, ge=0, le=100)
+    spool_path: Path = Path("/var/lib/gridwatt/spool.db")
+    #: Bound of the spool; default 24 h of 8 GPUs at 1 Hz.
+    spool_max_samples: int = Field(24 * 3600 * 8, ge=100)
+    source: SourceConfig = SourceConfig()
+    attribution: AttributionConfig = AttributionConfig()
+    collector: CollectorConnection = CollectorConnection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_paths(cls, data: Any, info: ValidationInfo) -> Any:
+        config_dir = (info.context or {}).get("config_dir")
+        if not isinstance(data, dict) or config_dir is None:
+            return data
+        if "spool_path" in data:
+            data["spool_path"] = str(resolve_path(data["spool_path"], config_dir))
+        sim = data.get("source", {}).get("sim", {}) if isinstance(data.get("source"), dict) else {}
+        if isinstance(sim, dict) and sim.get("trace"):
+            sim["trace"] = str(resolve_path(sim["trace"], config_dir))
+        coll = data.get("collector")
+        if isinstance(coll, dict):
+            for key in ("ca_file", "cert_file", "key_file", "token_file"):
+                if coll.get(key):
+                    coll[key] = str(resolve_path(coll[key], config_dir))
+        return data

@@ -1,0 +1,152 @@
+"""The agent's main loop: poll the source, spool samples, ship them; show progress on replays."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gridwatt.agent.attribution import Attributor
+from gridwatt.agent.config import AgentConfig
+from gridwatt.agent.sampler import Sampler
+from gridwatt.agent.shipper import Shipper
+from gridwatt.agent.sources.base import GpuSource
+from gridwatt.agent.spool import Ledger, Spool
+from gridwatt.timeutil import format_time_ns, parse_time_ns
+
+log = logging.getLogger("gridwatt.agent")
+
+
+def build_source(config: AgentConfig, replay: bool) -> GpuSource:
+    """The configured GPU source (NVML, or simulated GPUs)."""
+    if config.source.kind == "nvml":
+        from gridwatt.agent.sources.nvml.source import NvmlSource
+
+        return NvmlSource()
+    from gridwatt.agent.sources.sim.source import SimSource
+    from gridwatt.agent.sources.sim.trace import load_trace_csv, synthetic_trace
+
+    sim = config.source.sim
+    if sim.trace is not None:
+        trace = load_trace_csv(sim.trace, node=config.node)
+        shift = None if replay else time.time_ns()
+    else:
+        start = parse_time_ns(sim.start) if sim.start else time.time_ns()
+        trace = synthetic_trace(sim.gpus, start, sim.duration_s, sim.power_w, sim.util_pct, sim.job_id)
+        shift = None if replay or sim.start is None else time.time_ns()
+    return SimSource(trace, config.node, config.interval_s, sim.gpu_name, shift_to_ns=shift,
+                     energy_counter=sim.energy_counter)
+
+
+@dataclass
+class RunResult:
+    ledger: Ledger
+    rejections: list[str]
+
+
+ProgressFn = Callable[[str], None]
+
+
+def _stderr_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+async def run_agent(
+    config: AgentConfig,
+    replay: bool = False,
+    source: GpuSource | None = None,
+    progress: ProgressFn | None = _stderr_progress,
+    progress_every_s: float = 2.0,
+    stop: asyncio.Event | None = None,
+) -> RunResult:
+    """Run until stopped (SIGINT/SIGTERM), or in replay mode until the trace is played and acknowledged."""
+    source = source or build_source(config, replay)
+    static_job = config.attribution.job_id or os.environ.get("GRIDWATT_JOB_ID", "")
+    sampler = Sampler(
+        Attributor(static_job, config.attribution.proc_root, config.attribution.slurm),
+        config.idle_below_pct,
+    )
+    spool = Spool(config.spool_path, config.spool_max_samples)
+    shipper = Shipper(config.node, spool, config.collector)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    shipping_stop = asyncio.Event()
+    ship_task = asyncio.create_task(shipper.run(shipping_stop))
+    high_water = config.collector.batch_max_samples * config.collector.max_in_flight * 4
+    last_progress = 0.0
+
+    def report(final: bool = False) -> None:
+        if progress is None:
+            return
+        ledger = spool.ledger()
+        state = "done" if final else f"{source.progress() * 100:5.1f}%"
+        progress(
+            f"[{config.node}] replay {state} sampled={ledger.sampled} acknowledged={ledger.acknowledged} "
+            f"pending={ledger.pending} rejected={ledger.rejected}"
+            + (f" (collector: {shipper.stats.last_error})" if shipper.stats.last_error and not final else "")
+        )
+
+    try:
+        next_tick = time.monotonic()
+        while not stop.is_set():
+            samples = sampler.take(source.read())
+            if samples:
+                spool.append((s.start_ns, s.energy_j, s.SerializeToString()) for s in samples)
+                shipper.new_data.set()
+            if source.finished:
+                break
+            if replay:
+                # Backpressure: a replay never outruns the collector so far that the spool evicts.
+                while spool.pending > high_water and not stop.is_set():
+                    shipper.acked.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(shipper.acked.wait(), timeout=1.0)
+                await asyncio.sleep(0)
+                if time.monotonic() - last_progress >= progress_every_s:
+                    last_progress = time.monotonic()
+                    report()
+            else:
+                next_tick += config.interval_s
+                delay = next_tick - time.monotonic()
+                if delay < 0:
+                    next_tick = time.monotonic()
+                    delay = 0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+        # Drain: a replay waits for everything to be acknowledged; a live agent flushes for up to 8 s.
+        deadline = None if replay and not stop.is_set() else time.monotonic() + 8.0
+        while spool.pending > 0 and (deadline is None or time.monotonic() < deadline):
+            shipper.acked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(shipper.acked.wait(), timeout=1.0)
+            if replay and time.monotonic() - last_progress >= progress_every_s:
+                last_progress = time.monotonic()
+                report()
+            if stop.is_set() and deadline is None:
+                deadline = time.monotonic() + 8.0
+    finally:
+        shipping_stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(ship_task, timeout=5.0)
+        source.close()
+        if replay:
+            report(final=True)
+        ledger = spool.ledger()
+        spool.close()
+    if ledger.pending:
+        log.warning("stopping with %d samples still spooled at %s; they are sent on the next start",
+                    ledger.pending, config.spool_path)
+    log.info("ledger: sampled=%d acknowledged=%d rejected=%d evicted=%d pending=%d (balanced=%s)",
+             ledger.sampled, ledger.acknowledged, ledger.rejected, ledger.evicted, ledger.pending,
+             ledger.balanced)
+    _ = format_time_ns
+    return RunResult(ledger, list(shipper.stats.rejections))

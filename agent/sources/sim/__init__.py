@@ -1,0 +1,1 @@
+"""Simulated GPUs that play a trace or a synthetic profile (see README.md)."""

@@ -1,0 +1,147 @@
+"""A simulated source: plays a Trace as NVML would report it.
+
+Each GPU exposes what NVML gives: a cumulative energy counter (mJ, exact
+integral of the trace's power), power (mW) at the read time, and the mean
+utilisation since the previous read. The source keeps its own clock: every
+``read()`` advances it by one interval, so a replay runs as fast as the agent
+can take samples while every sample keeps the trace's own timestamps.
+"""
+
+from __future__ import annotations
+
+import uuid
+from bisect import bisect_right
+from dataclasses import dataclass
+
+from gridwatt.agent.sources.base import GpuReading, JobHint
+from gridwatt.agent.sources.sim.trace import Trace, TraceStep
+
+
+@dataclass
+class _SimGpu:
+    index: int
+    uuid: str
+    steps: list[TraceStep]
+    step_times: list[int]
+    cum_energy_j: list[float]  # energy from trace start to each step's start
+    counter_offset_mj: int
+
+
+def _gpu_uuid(node: str, index: int) -> str:
+    return "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{node}.gpu{index}.sim.gridwatt"))
+
+
+class SimSource:
+    """Simulated GPUs playing a trace; see the module docstring."""
+
+    def __init__(
+        self,
+        trace: Trace,
+        node: str,
+        interval_s: float,
+        gpu_name: str = "NVIDIA A100-SXM4-80GB (simulated)",
+        shift_to_ns: int | None = None,
+        energy_counter: bool = True,
+        mem_total_bytes: int = 80 * 2**30,
+    ) -> None:
+        shift = 0 if shift_to_ns is None else shift_to_ns - trace.start_ns
+        self.start_ns = trace.start_ns + shift
+        self.end_ns = trace.end_ns + shift
+        self.interval_ns = round(interval_s * 1e9)
+        if self.interval_ns <= 0:
+            raise ValueError("interval_s must be positive")
+        self.gpu_name = gpu_name
+        self.energy_counter = energy_counter
+        self.mem_total_bytes = mem_total_bytes
+        self._gpus: list[_SimGpu] = []
+        for index in sorted(trace.gpus):
+            steps = [
+                TraceStep(s.t_ns + shift, s.power_w, s.util_pct, s.mem_util_pct, s.mem_used_bytes,
+                          s.temp_c, s.job_id, s.user)
+                for s in trace.gpus[index]
+            ]
+            if steps[0].t_ns > self.start_ns:  # GPU not yet in the trace: powered off until then
+                steps.insert(0, TraceStep(self.start_ns, 0.0, 0.0))
+            cum = [0.0]
+            for a, b in zip(steps, steps[1:], strict=False):
+                cum.append(cum[-1] + a.power_w * (b.t_ns - a.t_ns) / 1e9)
+            self._gpus.append(
+                _SimGpu(index, _gpu_uuid(node, index), steps, [s.t_ns for s in steps], cum,
+                        counter_offset_mj=1_000_000 * (index + 1))
+            )
+        self._now_ns: int | None = None
+
+    # -- trace arithmetic -------------------------------------------------
+    @staticmethod
+    def _step_index(gpu: _SimGpu, t_ns: int) -> int:
+        return max(bisect_right(gpu.step_times, t_ns) - 1, 0)
+
+    def _energy_j(self, gpu: _SimGpu, t_ns: int) -> float:
+        i = self._step_index(gpu, t_ns)
+        return gpu.cum_energy_j[i] + gpu.steps[i].power_w * (t_ns - gpu.step_times[i]) / 1e9
+
+    def _means(self, gpu: _SimGpu, t0: int, t1: int) -> tuple[float, float, dict[tuple[str, str], float]]:
+        """Time-weighted mean util and mem util over [t0, t1), and each job's share of time."""
+        if t1 <= t0:
+            s = gpu.steps[self._step_index(gpu, t1)]
+            return s.util_pct, s.mem_util_pct, ({(s.job_id, s.user): 1.0} if s.job_id else {})
+        util = mem = 0.0
+        jobs: dict[tuple[str, str], float] = {}
+        i = self._step_index(gpu, t0)
+        t = t0
+        while t < t1:
+            nxt = gpu.step_times[i + 1] if i + 1 < len(gpu.steps) else t1
+            piece_end = min(max(nxt, t), t1)
+            w = (piece_end - t) / (t1 - t0)
+            s = gpu.steps[i]
+            util += s.util_pct * w
+            mem += s.mem_util_pct * w
+            if s.job_id and w > 0:
+                key = (s.job_id, s.user)
+                jobs[key] = jobs.get(key, 0.0) + w
+            t = piece_end
+            i += 1
+        return util, mem, jobs
+
+    # -- GpuSource --------------------------------------------------------
+    def read(self) -> list[GpuReading]:
+        prev = self._now_ns
+        now = self.start_ns if prev is None else min(prev + self.interval_ns, self.end_ns)
+        self._now_ns = now
+        readings = []
+        for gpu in self._gpus:
+            step = gpu.steps[self._step_index(gpu, now)]
+            util, mem_util, jobs = self._means(gpu, prev if prev is not None else now, now)
+            energy_mj = gpu.counter_offset_mj + round(self._energy_j(gpu, now) * 1000)
+            readings.append(
+                GpuReading(
+                    index=gpu.index,
+                    uuid=gpu.uuid,
+                    name=self.gpu_name,
+                    t_ns=now,
+                    energy_mj=energy_mj if self.energy_counter else None,
+                    power_mw=round(step.power_w * 1000),
+                    power_is_average=True,
+                    util_pct=util,
+                    mem_util_pct=mem_util,
+                    mem_used_bytes=step.mem_used_bytes,
+                    mem_total_bytes=self.mem_total_bytes,
+                    temp_c=step.temp_c,
+                    power_limit_mw=400_000 if step.power_w <= 400 else 700_000,
+                    jobs=tuple(JobHint(job, share, user) for (job, user), share in sorted(jobs.items())),
+                    unsupported=() if self.energy_counter else ("energy_counter",),
+                )
+            )
+        return readings
+
+    @property
+    def finished(self) -> bool:
+        return self._now_ns is not None and self._now_ns >= self.end_ns
+
+    def progress(self) -> float:
+        if self._now_ns is None:
+            return 0.0
+        return (self._now_ns - self.start_ns) / max(self.end_ns - self.start_ns, 1)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,124 @@
+"""Traces of per-GPU power, utilisation and job over time, from CSV or a synthetic profile.
+
+CSV columns (header required; extra columns ignored)::
+
+    time,gpu,power_w,util_pct[,mem_util_pct,mem_used_bytes,temp_c,job_id,user,node]
+
+Each row says: from ``time`` on, GPU ``gpu`` draws ``power_w`` at ``util_pct``,
+running ``job_id`` (empty: no job). The trace ends at the latest time in the
+file; rows at that time only mark the end. With a ``node`` column, only rows for
+the agent's own node are played, so one file can describe a whole cluster.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gridwatt.timeutil import parse_time_ns
+
+
+class TraceError(Exception):
+    """A trace file that cannot be played; the message names file, line, field and value."""
+
+
+@dataclass(frozen=True, slots=True)
+class TraceStep:
+    """One GPU's state from ``t_ns`` until its next step."""
+
+    t_ns: int
+    power_w: float
+    util_pct: float
+    mem_util_pct: float = 0.0
+    mem_used_bytes: int = 0
+    temp_c: float = 0.0
+    job_id: str = ""
+    user: str = ""
+
+
+@dataclass
+class Trace:
+    """Per-GPU step functions over [start_ns, end_ns)."""
+
+    start_ns: int
+    end_ns: int
+    gpus: dict[int, list[TraceStep]] = field(default_factory=dict)
+
+
+def _num(path: Path, line: int, name: str, raw: str, lo: float, hi: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise TraceError(f"{path}:{line}: field {name}: {raw!r} is not a number") from None
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise TraceError(f"{path}:{line}: field {name}: {raw!r} is outside [{lo:g}, {hi:g}]")
+    return value
+
+
+def load_trace_csv(path: Path, node: str | None = None) -> Trace:
+    """Read a trace CSV; raise TraceError naming the file, line and field of any bad value."""
+    try:
+        fh = path.open(newline="")
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot open trace: {exc.strerror}") from None
+    steps: dict[int, list[TraceStep]] = {}
+    times: list[int] = []
+    with fh:
+        reader = csv.DictReader(fh)
+        missing = {"time", "gpu", "power_w", "util_pct"} - set(reader.fieldnames or [])
+        if missing:
+            raise TraceError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        for line, row in enumerate(reader, start=2):
+            if node is not None and row.get("node") not in (None, "", node):
+                continue
+            try:
+                t_ns = parse_time_ns(row["time"])
+            except ValueError:
+                raise TraceError(f"{path}:{line}: field time: {row['time']!r} is not a time") from None
+            try:
+                gpu = int(row["gpu"])
+            except ValueError:
+                raise TraceError(f"{path}:{line}: field gpu: {row['gpu']!r} is not an index") from None
+            times.append(t_ns)
+            steps.setdefault(gpu, []).append(
+                TraceStep(
+                    t_ns=t_ns,
+                    power_w=_num(path, line, "power_w", row["power_w"], 0, 5000),
+                    util_pct=_num(path, line, "util_pct", row["util_pct"], 0, 100),
+                    mem_util_pct=_num(path, line, "mem_util_pct", row.get("mem_util_pct") or "0", 0, 100),
+                    mem_used_bytes=int(_num(path, line, "mem_used_bytes", row.get("mem_used_bytes") or "0",
+                                            0, 2**50)),
+                    temp_c=_num(path, line, "temp_c", row.get("temp_c") or "0", -50, 150),
+                    job_id=(row.get("job_id") or "").strip(),
+                    user=(row.get("user") or "").strip(),
+                )
+            )
+    if not times:
+        raise TraceError(f"{path}: no rows" + (f" for node {node!r}" if node else ""))
+    for gpu, gsteps in steps.items():
+        gsteps.sort(key=lambda s: s.t_ns)
+        for a, b in zip(gsteps, gsteps[1:], strict=False):
+            if a.t_ns == b.t_ns:
+                raise TraceError(f"{path}: gpu {gpu} has two rows at the same time {a.t_ns} ns")
+    start_ns, end_ns = min(times), max(times)
+    if end_ns <= start_ns:
+        raise TraceError(f"{path}: the trace must span some time (add a final row marking its end)")
+    return Trace(start_ns, end_ns, steps)
+
+
+def synthetic_trace(
+    gpus: int,
+    start_ns: int,
+    duration_s: float,
+    power_w: float,
+    util_pct: float,
+    job_id: str = "",
+    mem_used_bytes: int = 0,
+) -> Trace:
+    """Every GPU at a constant power and utilisation for ``duration_s``."""
+    temp_c = 30.0 + power_w / 10.0
+    step = TraceStep(start_ns, power_w, util_pct, util_pct / 2, mem_used_bytes, temp_c, job_id)
+    end_ns = start_ns + round(duration_s * 1e9)
+    return Trace(start_ns, end_ns, {i: [step] for i in range(gpus)})

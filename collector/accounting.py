@@ -1,0 +1,35 @@
+"""Pure accounting: IT energy → facility energy (× PUE) → emissions (× grid intensity).
+
+PUE and intensity are step functions of time. An interval that spans a step
+of either is split at it, and its energy is shared between the pieces in
+proportion to their duration (the GPU's mean power over the interval is the
+best the sample tells). No I/O here.
+"""
+
+from __future__ import annotations
+
+from gridwatt.collector.stepseries import StepSeries
+
+J_PER_KWH = 3_600_000.0
+
+
+def facility_and_emissions(
+    energy_j: float, start_ns: int, end_ns: int, pue: StepSeries, intensity: StepSeries
+) -> tuple[float, float]:
+    """(facility energy in J, emissions in gCO2e) of ``energy_j`` IT energy used over [start_ns, end_ns)."""
+    duration_ns = end_ns - start_ns
+    if duration_ns <= 0:
+        p = pue.value_at(start_ns)
+        return energy_j * p, energy_j * p / J_PER_KWH * intensity.value_at(start_ns)
+    nxt_p = pue.next_step_after(start_ns)
+    nxt_i = intensity.next_step_after(start_ns)
+    if (nxt_p is None or nxt_p >= end_ns) and (nxt_i is None or nxt_i >= end_ns):
+        facility_j = energy_j * pue.value_at(start_ns)
+        return facility_j, facility_j / J_PER_KWH * intensity.value_at(start_ns)
+    facility_j = co2e_g = 0.0
+    for p0, p1, p in pue.pieces(start_ns, end_ns):
+        for i0, i1, ci in intensity.pieces(p0, p1):
+            piece_facility_j = energy_j * (i1 - i0) / duration_ns * p
+            facility_j += piece_facility_j
+            co2e_g += piece_facility_j / J_PER_KWH * ci
+    return facility_j, co2e_g

@@ -1,0 +1,60 @@
+"""``gridwatt-collector``: run the collector."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from gridwatt import __version__
+from gridwatt.collector.config import CollectorConfig
+from gridwatt.collector.intensity.csv_file import IntensityFileError
+from gridwatt.collector.pue import PueFileError
+from gridwatt.collector.store import QueryError
+from gridwatt.configfile import ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gridwatt-collector", description="gridwatt collector")
+    p.add_argument("--version", action="version", version=f"gridwatt-collector {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="ingest agents' samples, store them, answer queries")
+    serve.add_argument("--config", required=True, help="collector config file (TOML)")
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    check = sub.add_parser("check-config", help="validate a config file and its data files, then exit")
+    check.add_argument("--config", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(args.config, CollectorConfig)
+        from gridwatt.collector.topology import Topology
+
+        Topology(config)  # loads intensity and PUE files: their errors surface before serving
+        if args.command == "check-config":
+            print(f"{args.config}: OK ({len(config.zones)} zones, {len(config.racks)} racks)")
+            return 0
+        from gridwatt.collector.server import serve
+
+        asyncio.run(serve(config))
+    except (ConfigError, IntensityFileError, PueFileError) as exc:
+        print(f"gridwatt-collector: {exc}", file=sys.stderr)
+        return 2
+    except (QueryError, OSError) as exc:
+        print(f"gridwatt-collector: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

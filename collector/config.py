@@ -1,0 +1,175 @@
+"""The collector's configuration (TOML; see deploy/collector.example.toml), validated by pydantic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from gridwatt.configfile import resolve_path
+from gridwatt.timeutil import parse_time_ns
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConstantIntensityConfig(_Strict):
+    kind: Literal["constant"]
+    g_per_kwh: float = Field(ge=0, le=3000)
+    emission_factor: Literal["lifecycle", "direct"] = "lifecycle"
+
+
+class CsvIntensityConfig(_Strict):
+    kind: Literal["csv"]
+    #: An Electricity Maps export (either header set) or a plain time,intensity_g_per_kwh CSV.
+    path: Path
+    emission_factor: Literal["lifecycle", "direct"] = "lifecycle"
+
+
+IntensityConfig = Annotated[ConstantIntensityConfig | CsvIntensityConfig, Field(discriminator="kind")]
+
+
+class ZoneConfig(_Strict):
+    name: str = Field(min_length=1)
+    intensity: IntensityConfig
+
+
+class PueStep(_Strict):
+    #: ISO 8601 UTC time from which this PUE holds.
+    start: str
+    pue: float = Field(ge=1.0, le=3.0)
+
+    @field_validator("start")
+    @classmethod
+    def _is_time(cls, v: str) -> str:
+        parse_time_ns(v)
+        return v
+
+
+class RackConfig(_Strict):
+    name: str = Field(min_length=1)
+    zone: str = Field(min_length=1)
+    nodes: list[str] = []
+    #: A constant PUE, or use pue_schedule (inline steps) or pue_csv (time,pue file).
+    pue: float | None = Field(None, ge=1.0, le=3.0)
+    pue_schedule: list[PueStep] | None = None
+    pue_csv: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_pue(self) -> RackConfig:
+        given = [x is not None for x in (self.pue, self.pue_schedule, self.pue_csv)]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of pue, pue_schedule, pue_csv")
+        return self
+
+
+class InfluxConfig(_Strict):
+    #: 1 for InfluxDB 1.x (v1 /write and /query); 2 for InfluxDB 2.x/3.x (v2 write API, InfluxQL reads).
+    version: Literal[1, 2] = 1
+    url: str = "http://127.0.0.1:8086"
+    #: 1.x database (created at start if create_database); for 2.x/3.x the InfluxQL read needs a
+    #: DBRP mapping of this name onto the bucket.
+    database: str = "gridwatt"
+    retention_policy: str = ""
+    username: str | None = None
+    password: str | None = Field(None, repr=False)
+    password_file: Path | None = None
+    #: 2.x/3.x: API token (best given as GRIDWATT_INFLUXDB__TOKEN or token_file), org and bucket.
+    token: str | None = Field(None, repr=False)
+    token_file: Path | None = None
+    org: str = ""
+    bucket: str = ""
+    create_database: bool = True
+    timeout_s: float = Field(10.0, gt=0)
+    #: Lines per HTTP write request.
+    write_batch_lines: int = Field(5000, ge=1)
+
+    @model_validator(mode="after")
+    def _v2_needs_bucket(self) -> InfluxConfig:
+        if self.version == 2 and not self.bucket:
+            raise ValueError("version 2 needs bucket (and token, org)")
+        return self
+
+
+class ServerConfig(_Strict):
+    grpc_listen: str = "127.0.0.1:50051"
+    #: HTTP API (GET /v1/jobs/{job_id}, /healthz); empty disables it.
+    http_listen: str = "127.0.0.1:8080"
+    #: Accept nodes missing from [[racks]] (placed in accounting.default_rack).
+    auto_register: bool = False
+    #: Samples ending more than this after the collector's clock are rejected.
+    max_future_s: float = Field(300.0, ge=0)
+    #: Mean power above this is implausible for one GPU and rejected.
+    max_power_w: float = Field(2000.0, gt=0)
+    #: Longest interval one sample may cover.
+    max_interval_s: float = Field(3600.0, gt=0)
+    #: Earliest sample time accepted (ISO 8601).
+    min_time: str = "2000-01-01T00:00:00Z"
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: CA for client certificates: set it to require mutual TLS.
+    tls_client_ca_file: Path | None = None
+    keepalive_min_ping_interval_s: float = Field(10.0, gt=0)
+
+
+class AccountingConfig(_Strict):
+    #: Width of the rack-level windows.
+    rack_resolution_s: int = Field(60, ge=1, le=86400)
+    #: Where auto-registered nodes go.
+    default_rack: str = "unassigned"
+    default_zone: str | None = None
+    default_pue: float = Field(1.58, ge=1.0, le=3.0)
+
+
+class CollectorConfig(_Strict):
+    server: ServerConfig = ServerConfig()
+    influxdb: InfluxConfig = InfluxConfig()
+    accounting: AccountingConfig = AccountingConfig()
+    zones: list[ZoneConfig] = Field(min_length=1)
+    racks: list[RackConfig] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_paths(cls, data: Any, info: ValidationInfo) -> Any:
+        config_dir = (info.context or {}).get("config_dir")
+        if not isinstance(data, dict) or config_dir is None:
+            return data
+        for zone in data.get("zones") or []:
+            intensity = zone.get("intensity") if isinstance(zone, dict) else None
+            if isinstance(intensity, dict) and intensity.get("path"):
+                intensity["path"] = str(resolve_path(intensity["path"], config_dir))
+        for rack in data.get("racks") or []:
+            if isinstance(rack, dict) and rack.get("pue_csv"):
+                rack["pue_csv"] = str(resolve_path(rack["pue_csv"], config_dir))
+        for section, keys in (
+            ("server", ("tls_cert_file", "tls_key_file", "tls_client_ca_file")),
+            ("influxdb", ("password_file", "token_file")),
+        ):
+            sec = data.get(section)
+            if isinstance(sec, dict):
+                for key in keys:
+                    if sec.get(key):
+                        sec[key] = str(resolve_path(sec[key], config_dir))
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CollectorConfig:
+        zones = [z.name for z in self.zones]
+        if len(set(zones)) != len(zones):
+            raise ValueError(f"zone names must be unique: {zones}")
+        racks = [r.name for r in self.racks]
+        if len(set(racks)) != len(racks):
+            raise ValueError(f"rack names must be unique: {racks}")
+        seen: dict[str, str] = {}
+        for rack in self.racks:
+            if rack.zone not in zones:
+                raise ValueError(f"rack {rack.name!r}: zone {rack.zone!r} is not among zones {zones}")
+            for node in rack.nodes:
+                if node in seen:
+                    raise ValueError(f"node {node!r} is in two racks: {seen[node]!r} and {rack.name!r}")
+                seen[node] = rack.name
+        if self.accounting.default_zone is not None and self.accounting.default_zone not in zones:
+            raise ValueError(f"accounting.default_zone {self.accounting.default_zone!r} is not a zone")
+        return self

@@ -1,0 +1,107 @@
+"""Accounts a validated batch and renders its InfluxDB points (pure; no I/O).
+
+Measurements (all timestamps are the interval's start, so a resent sample
+overwrites itself; tags are deterministic):
+
+* ``gpu``  tags node, gpu, rack, zone, uuid: one point per GPU interval.
+* ``job``  tags job_id, node, gpu, rack: one point per job share of a GPU
+  interval; unattributed time goes to job_id ``unattributed``.
+
+Rack-level windows are derived from ``gpu`` afterwards (collector/rollup.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gridwatt.collector.accounting import J_PER_KWH, facility_and_emissions
+from gridwatt.collector.intensity.base import IntensitySeries
+from gridwatt.collector.lineproto import string_field, tag
+from gridwatt.collector.topology import Placement
+from gridwatt.v1 import telemetry_pb2 as pb
+
+UNATTRIBUTED = "unattributed"
+NS_PER_S = 1_000_000_000
+
+ENERGY_METHOD_NAMES = {
+    pb.ENERGY_METHOD_UNSPECIFIED: "unspecified",
+    pb.ENERGY_METHOD_COUNTER: "counter",
+    pb.ENERGY_METHOD_POWER_AVERAGE: "power_average",
+    pb.ENERGY_METHOD_POWER_INSTANT: "power_instant",
+}
+
+
+@dataclass
+class PreparedBatch:
+    """The lines to write, and the rack windows (start ns) the batch touched."""
+
+    lines: list[str]
+    windows: set[int] = field(default_factory=set)
+    samples: int = 0
+    it_energy_j: float = 0.0
+    co2e_g: float = 0.0
+
+
+def prepare_batch(
+    batch: pb.Batch, placement: Placement, intensity: IntensitySeries, resolution_ns: int
+) -> PreparedBatch:
+    """Account every GPU sample of the batch and render its gpu and job lines."""
+    node_t = tag(batch.node)
+    rack_t = tag(placement.rack)
+    gpu_prefix = f"gpu,node={node_t},rack={rack_t},zone={tag(placement.zone)},gpu="
+    job_suffix = f",node={node_t},rack={rack_t},gpu="
+    ef = string_field(intensity.emission_factor)
+    src = string_field(intensity.source)
+    pue = placement.pue
+    ci = intensity.series
+    lines: list[str] = []
+    append = lines.append
+    windows: set[int] = set()
+    total_e = total_c = 0.0
+    tag_cache: dict[str, str] = {}
+    for s in batch.gpu_samples:
+        start = s.start_ns
+        end = s.end_ns
+        e = s.energy_j
+        fac, co2 = facility_and_emissions(e, start, end, pue, ci)
+        total_e += e
+        total_c += co2
+        dur_s = (end - start) / NS_PER_S
+        util = s.util_pct
+        idle_s = s.idle_s
+        idle_e = e * idle_s / dur_s if idle_s else 0.0
+        eff_pue = fac / e if e > 0 else pue.value_at(start)
+        eff_ci = co2 * J_PER_KWH / fac if fac > 0 else ci.value_at(start)
+        gpu = str(s.gpu_index)
+        uuid = tag_cache.get(s.gpu_uuid)
+        if uuid is None:
+            uuid = tag_cache[s.gpu_uuid] = tag(s.gpu_uuid)
+        jobs = ",".join(j.job_id for j in s.jobs)
+        append(
+            f"{gpu_prefix}{gpu},uuid={uuid} energy_j={e!r},facility_energy_j={fac!r},co2e_g={co2!r},"
+            f"duration_s={dur_s!r},power_w={s.mean_power_w!r},util_pct={util!r},"
+            f"util_pct_s={util * dur_s!r},mem_util_pct={s.mem_util_pct!r},"
+            f"mem_used_bytes={s.mem_used_bytes}i,temp_c={s.temp_c!r},idle_s={idle_s!r},"
+            f"idle_energy_j={idle_e!r},pue={eff_pue!r},intensity_g_per_kwh={eff_ci!r},end_ns={end}i,"
+            f"energy_method=\"{ENERGY_METHOD_NAMES.get(s.energy_method, 'unspecified')}\","
+            f"jobs={string_field(jobs)},ef={ef},intensity_source={src} {start}"
+        )
+        remaining = 1.0
+        shares = [(j.job_id, j.fraction) for j in s.jobs]
+        for job_id, _ in shares:
+            remaining -= _
+        if remaining > 1e-9:
+            shares.append((UNATTRIBUTED, remaining))
+        for job_id, frac in shares:
+            job_t = tag_cache.get(job_id)
+            if job_t is None:
+                job_t = tag_cache[job_id] = tag(job_id)
+            gpu_s = dur_s * frac
+            append(
+                f"job,job_id={job_t}{job_suffix}{gpu} energy_j={e * frac!r},"
+                f"facility_energy_j={fac * frac!r},co2e_g={co2 * frac!r},gpu_s={gpu_s!r},"
+                f"util_pct_s={util * gpu_s!r},idle_s={idle_s * frac!r},idle_energy_j={idle_e * frac!r},"
+                f"fraction={frac!r},end_ns={end}i,ef={ef} {start}"
+            )
+        windows.add(start - start % resolution_ns)
+    return PreparedBatch(lines, windows, len(batch.gpu_samples), total_e, total_c)

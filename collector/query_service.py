@@ -1,0 +1,49 @@
+"""The gridwatt.v1.Query gRPC service and the HTTP API (GET /v1/jobs/{job_id}, /healthz)."""
+
+from __future__ import annotations
+
+import grpc
+from aiohttp import web
+
+from gridwatt.collector.jobs import JobNotFound, job_report
+from gridwatt.collector.store import InfluxStore, QueryError
+from gridwatt.v1 import telemetry_pb2 as pb
+from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
+
+
+class QueryService(pb_grpc.QueryServicer):
+    def __init__(self, store: InfluxStore) -> None:
+        self.store = store
+
+    async def GetJob(  # noqa: N802 (gRPC method name)
+        self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JobReport:
+        try:
+            report = await job_report(self.store, request.job_id)
+        except JobNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except QueryError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return report.to_proto()
+
+
+def http_app(store: InfluxStore) -> web.Application:
+    """The collector's HTTP API."""
+
+    async def get_job(request: web.Request) -> web.Response:
+        job_id = request.match_info["job_id"]
+        try:
+            report = await job_report(store, job_id)
+        except JobNotFound as exc:
+            return web.json_response({"error": str(exc)}, status=404)
+        except QueryError as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        return web.json_response(report.to_json())
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/v1/jobs/{job_id}", get_job)
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,118 @@
+"""Wires the collector together and runs it: gRPC (ingest, query) and HTTP, until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from aiohttp import web
+
+from gridwatt.collector.config import CollectorConfig
+from gridwatt.collector.ingest import IngestService, Ingestor
+from gridwatt.collector.query_service import QueryService, http_app
+from gridwatt.collector.rollup import RackRollup
+from gridwatt.collector.store import InfluxStore
+from gridwatt.collector.topology import Topology
+from gridwatt.collector.validation import Limits
+from gridwatt.timeutil import parse_time_ns
+from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
+
+log = logging.getLogger("gridwatt.collector")
+
+
+def server_options(config: CollectorConfig) -> list[tuple[str, int]]:
+    """Keepalive settings that accept the agents' pings (see agent/shipper.py) without GOAWAY."""
+    min_ping_ms = int(config.server.keepalive_min_ping_interval_s * 1000)
+    return [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", min_ping_ms),
+        ("grpc.http2.min_ping_interval_without_data_ms", min_ping_ms),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ]
+
+
+@dataclass
+class RunningCollector:
+    grpc_server: grpc.aio.Server
+    http_runner: web.AppRunner | None
+    store: InfluxStore
+    ingestor: Ingestor
+    grpc_port: int
+    http_port: int | None
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.grpc_server.stop(grace_s)
+        if self.http_runner is not None:
+            await self.http_runner.cleanup()
+        await self.store.close()
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def start_collector(config: CollectorConfig) -> RunningCollector:
+    """Start serving; returns handles (ports resolved when :0 was asked)."""
+    topology = Topology(config)
+    store = InfluxStore(config.influxdb)
+    await store.start()
+    rollup = RackRollup(store, config.accounting.rack_resolution_s)
+    limits = Limits(
+        max_future_ns=int(config.server.max_future_s * 1e9),
+        max_power_w=config.server.max_power_w,
+        max_interval_ns=int(config.server.max_interval_s * 1e9),
+        min_time_ns=parse_time_ns(config.server.min_time),
+    )
+    ingestor = Ingestor(topology, store, rollup, limits)
+    server = grpc.aio.server(options=server_options(config))
+    pb_grpc.add_IngestServicer_to_server(IngestService(ingestor), server)
+    pb_grpc.add_QueryServicer_to_server(QueryService(store), server)
+    sc = config.server
+    if sc.tls_cert_file and sc.tls_key_file:
+        creds = grpc.ssl_server_credentials(
+            [(sc.tls_key_file.read_bytes(), sc.tls_cert_file.read_bytes())],
+            root_certificates=sc.tls_client_ca_file.read_bytes() if sc.tls_client_ca_file else None,
+            require_client_auth=sc.tls_client_ca_file is not None,
+        )
+        grpc_port = server.add_secure_port(sc.grpc_listen, creds)
+    else:
+        grpc_port = server.add_insecure_port(sc.grpc_listen)
+    if grpc_port == 0:
+        raise OSError(f"cannot listen for gRPC on {sc.grpc_listen}")
+    await server.start()
+    runner = None
+    http_port = None
+    if sc.http_listen:
+        runner = web.AppRunner(http_app(store), access_log=None)
+        await runner.setup()
+        host, port = _split_listen(sc.http_listen)
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        http_port = sockets[0].getsockname()[1] if sockets else port
+    log.info("collector serving gRPC on port %d, HTTP on %s; InfluxDB %s (v%d)", grpc_port,
+             http_port, config.influxdb.url, config.influxdb.version)
+    return RunningCollector(server, runner, store, ingestor, grpc_port, http_port)
+
+
+async def serve(config: CollectorConfig) -> None:
+    """Run until SIGINT/SIGTERM."""
+    running = await start_collector(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    print(f"gridwatt-collector: gRPC on port {running.grpc_port}, HTTP on port {running.http_port}",
+          flush=True)
+    await stop.wait()
+    log.info("stopping: finishing in-flight batches")
+    await running.stop()

@@ -1,0 +1,101 @@
+"""``gridwatt``: the command line for people: per-job reports, and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from gridwatt import __version__
+
+DEFAULT_COLLECTOR_URL = "http://127.0.0.1:8080"
+
+
+class CliError(Exception):
+    """A user-facing error; printed without a traceback."""
+
+
+def fetch_json(base_url: str, path: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """GET a collector API path; raise CliError with the collector's message on failure."""
+    url = base_url.rstrip("/") + path
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            data: dict[str, Any] = json.load(resp)
+            return data
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc).get("error", exc.reason)
+        except (ValueError, AttributeError):
+            message = exc.reason
+        raise CliError(f"{message} (HTTP {exc.code} from {url})") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CliError(f"cannot reach the collector at {base_url}: {reason} "
+                       "(set --collector or GRIDWATT_COLLECTOR_URL)") from None
+
+
+def format_job(r: dict[str, Any]) -> str:
+    """A job report for people."""
+    hours = (r["end_ns"] - r["start_ns"]) / 3.6e12
+    nodes = r["nodes"]
+    shown_nodes = ", ".join(nodes[:8]) + (f", … (+{len(nodes) - 8})" if len(nodes) > 8 else "")
+    return "\n".join(
+        [
+            f"Job {r['job_id']}",
+            f"  period          {r['start']} → {r['end']} ({hours:.1f} h)",
+            f"  nodes           {len(nodes)} ({shown_nodes})",
+            f"  GPUs            {r['gpu_count']}",
+            f"  GPU-hours       {r['gpu_hours']:.2f}",
+            f"  mean util       {r['mean_util_pct']:.1f} %   idle share {r['idle_share'] * 100:.1f} %",
+            f"  IT energy       {r['it_energy_kwh']:.3f} kWh",
+            f"  facility energy {r['facility_energy_kwh']:.3f} kWh   (mean PUE {r['mean_pue']:.3f})",
+            f"  emissions       {r['co2e_kg']:.3f} kg CO2e   (mean intensity "
+            f"{r['mean_intensity_g_per_kwh']:.1f} gCO2e/kWh, {r['emission_factor'] or 'unknown'} factors)",
+            f"  idle energy     {r['idle_energy_kwh']:.3f} kWh",
+        ]
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gridwatt", description="energy and carbon of GPU jobs")
+    p.add_argument("--version", action="version", version=f"gridwatt {__version__}")
+    p.add_argument(
+        "--collector",
+        default=os.environ.get("GRIDWATT_COLLECTOR_URL", DEFAULT_COLLECTOR_URL),
+        help="collector HTTP API (default $GRIDWATT_COLLECTOR_URL or %(default)s)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    job = sub.add_parser("job", help="energy and emissions of one job")
+    job.add_argument("job_id")
+    job.add_argument("--json", action="store_true", help="print one JSON object")
+    demo = sub.add_parser("demo", help="run the demo: InfluxDB, collector, simulated agents, a report")
+    demo.add_argument("--hours", type=float, default=24.0, help="replayed hours of the training job")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's folder (configs, data)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "job":
+            report = fetch_json(args.collector, "/v1/jobs/" + urllib.parse.quote(args.job_id, safe=""))
+            print(json.dumps(report, indent=2) if args.json else format_job(report))
+        elif args.command == "demo":
+            from gridwatt.demo import run_demo
+
+            return run_demo(hours=args.hours, keep=args.keep)
+    except CliError as exc:
+        print(f"gridwatt: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
