@@ -1,70 +1,176 @@
 """Job attribution: which job(s) each GPU interval belongs to.
 
-Order of precedence for one GPU interval:
+Order of precedence for one GPU interval (see README.md in this folder):
 
 1. jobs the source itself names (a simulated trace), method "trace";
-2. jobs of the processes using the GPU (Slurm, from each process's environment
-   or cgroup), method "slurm";
-3. the node-wide job id from config or ``GRIDWATT_JOB_ID``, method "static";
-4. nothing: the interval is reported as unattributed (never dropped).
+2. the job ids in the dcgm-exporter job-mapping file of that GPU, method "job_mapping";
+3. the jobs of the processes using the GPU: Slurm (environment or cgroup), method
+   "slurm"; else Kubernetes (pod of the cgroup), method "kubernetes";
+4. the node-wide job id from config or ``GRIDWATT_JOB_ID``, method "static";
+5. nothing: the interval is reported as unattributed (never dropped).
 
-Several jobs on one GPU share its energy evenly; such a split is flagged
-``split_estimated``.
+Several jobs on one GPU split its energy by their processes' utilisation where
+known, else evenly (flagged ``split_estimated``); see ``share.split_gpu``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridwatt.agent.attribution.slurm import slurm_job_of_pid
+from gridwatt.agent.attribution.jobmap import mapped_jobs
+from gridwatt.agent.attribution.kubernetes import pod_job_id, pod_uid_of_cgroup
+from gridwatt.agent.attribution.procfs import CgroupReader, ProcFS, UserResolver, user_name_of_uid
+from gridwatt.agent.attribution.share import (
+    METHOD_JOB_MAPPING,
+    METHOD_KUBERNETES,
+    METHOD_SLURM,
+    METHOD_STATIC,
+    METHOD_TRACE,
+    JobOnGpu,
+    JobShareInfo,
+    split_gpu,
+)
+from gridwatt.agent.attribution.slurm import SlurmProcess, slurm_process
 from gridwatt.agent.sources.base import GpuReading
 
-METHOD_STATIC = "static"
-METHOD_SLURM = "slurm"
-METHOD_TRACE = "trace"
-METHOD_JOB_MAPPING = "job_mapping"
-METHOD_KUBERNETES = "kubernetes"
+__all__ = [
+    "METHOD_JOB_MAPPING",
+    "METHOD_KUBERNETES",
+    "METHOD_SLURM",
+    "METHOD_STATIC",
+    "METHOD_TRACE",
+    "Attributor",
+    "JobShareInfo",
+    "ProcessJob",
+]
 
 
 @dataclass(frozen=True, slots=True)
-class JobShareInfo:
-    """One job's share of one GPU interval."""
+class ProcessJob:
+    """The job one process belongs to."""
 
     job_id: str
-    fraction: float
     method: str
     user: str = ""
-    split_estimated: bool = False
+    #: The Slurm details (the job's GPUs among them) when method is "slurm".
+    slurm: SlurmProcess | None = None
 
 
 class Attributor:
-    """Maps a GPU reading to the jobs its interval is attributed to."""
+    """Maps a GPU reading to the jobs its interval is attributed to.
 
-    def __init__(self, static_job_id: str | None = None, proc_root: Path = Path("/proc"), slurm: bool = True):
+    ``proc_root``, ``read_cgroup`` (pid -> text of its cgroup file), ``user_of_uid``
+    and ``job_mapping_dir`` are injectable so tests run on fixture trees. Each pid's
+    job is looked up once and cached while the pid is seen on any GPU; the entry
+    is dropped when the pid leaves every GPU's latest reading.
+    """
+
+    def __init__(
+        self,
+        static_job_id: str | None = None,
+        proc_root: Path = Path("/proc"),
+        slurm: bool = True,
+        *,
+        kubernetes: bool = True,
+        job_mapping_dir: Path | None = None,
+        read_cgroup: CgroupReader | None = None,
+        user_of_uid: UserResolver = user_name_of_uid,
+    ):
         self.static_job_id = static_job_id or None
         self.proc_root = proc_root
         self.slurm = slurm
+        self.kubernetes = kubernetes
+        self.job_mapping_dir = job_mapping_dir
+        self._procfs = ProcFS(proc_root)
+        self._read_cgroup: CgroupReader = read_cgroup or self._procfs.cgroup
+        self._user_of_uid = user_of_uid
+        self._users: dict[int, str] = {}
+        self._pid_jobs: dict[int, ProcessJob | None] = {}
+        self._pids_by_gpu: dict[int, frozenset[int]] = {}
 
-    def attribute(self, reading: GpuReading) -> list[JobShareInfo]:
-        """The jobs of this reading's interval; an empty list means unattributed."""
+    def attribute(
+        self, reading: GpuReading, process_util_pct: Mapping[int, float] | None = None
+    ) -> list[JobShareInfo]:
+        """The jobs of this reading's interval; an empty list means unattributed.
+
+        ``process_util_pct`` maps pid -> SM utilisation (percent 0-100) over the
+        interval, from ``nvmlDeviceGetProcessUtilization``; it splits a shared GPU.
+        """
+        self._track_pids(reading)
         if reading.jobs:
             return [
                 JobShareInfo(h.job_id, h.fraction, METHOD_TRACE, h.user, split_estimated=False)
                 for h in reading.jobs
             ]
-        if self.slurm and reading.pids:
-            jobs: dict[str, str] = {}
-            for pid in reading.pids:
-                found = slurm_job_of_pid(self.proc_root, pid)
-                if found is not None:
-                    jobs.setdefault(found[0], found[1])
-            if jobs:
-                share = 1.0 / len(jobs)
-                return [
-                    JobShareInfo(job, share, METHOD_SLURM, user, split_estimated=len(jobs) > 1)
-                    for job, user in sorted(jobs.items())
-                ]
+        if self.job_mapping_dir is not None:
+            mapped = mapped_jobs(self.job_mapping_dir, reading.index)
+            if mapped:
+                return split_gpu(self._mapped_on_gpu(mapped, reading.pids), process_util_pct)
+        on_gpu = self._processes_on_gpu(reading.pids)
+        if on_gpu:
+            return split_gpu(on_gpu, process_util_pct)
         if self.static_job_id:
             return [JobShareInfo(self.static_job_id, 1.0, METHOD_STATIC)]
         return []
+
+    def process_job(self, pid: int) -> ProcessJob | None:
+        """The job of process ``pid`` (Slurm first, then Kubernetes), or None; cached."""
+        if pid in self._pid_jobs:
+            return self._pid_jobs[pid]
+        found = self._look_up(pid)
+        self._pid_jobs[pid] = found
+        return found
+
+    def _look_up(self, pid: int) -> ProcessJob | None:
+        cgroup_text: list[str | None] = []  # read at most once, by whichever method needs it first
+
+        def read_once(p: int) -> str | None:
+            if not cgroup_text:
+                cgroup_text.append(self._read_cgroup(p))
+            return cgroup_text[0]
+
+        if self.slurm:
+            sp = slurm_process(pid, self._procfs, read_once, self._user_name)
+            if sp is not None:
+                return ProcessJob(sp.job_id, METHOD_SLURM, sp.user, sp)
+        if self.kubernetes:
+            text = read_once(pid)
+            uid = pod_uid_of_cgroup(text) if text else None
+            if uid:
+                return ProcessJob(pod_job_id(uid), METHOD_KUBERNETES)
+        return None
+
+    def _user_name(self, uid: int) -> str:
+        name = self._users.get(uid)
+        if name is None:
+            name = self._users[uid] = self._user_of_uid(uid)
+        return name
+
+    def _mapped_on_gpu(self, mapped: list[str], pids: tuple[int, ...]) -> list[JobOnGpu]:
+        """Jobs named by the mapping file, each with the GPU's processes found in it (for user, util)."""
+        jobs: list[JobOnGpu] = []
+        for job_id in mapped:
+            own = [(pid, pj) for pid in pids if (pj := self.process_job(pid)) and pj.job_id == job_id]
+            user = next((pj.user for _, pj in own if pj.user), "")
+            jobs.append(JobOnGpu(job_id, METHOD_JOB_MAPPING, user, tuple(pid for pid, _ in own)))
+        return jobs
+
+    def _processes_on_gpu(self, pids: tuple[int, ...]) -> list[JobOnGpu]:
+        by_job: dict[str, tuple[ProcessJob, list[int]]] = {}
+        for pid in pids:
+            pj = self.process_job(pid)
+            if pj is not None:
+                by_job.setdefault(pj.job_id, (pj, []))[1].append(pid)
+        return [JobOnGpu(job, pj.method, pj.user, tuple(own)) for job, (pj, own) in by_job.items()]
+
+    def _track_pids(self, reading: GpuReading) -> None:
+        """Remember this GPU's pids; forget cached pids that no GPU shows any more."""
+        seen = frozenset(reading.pids)
+        gone = self._pids_by_gpu.get(reading.index, frozenset()) - seen
+        self._pids_by_gpu[reading.index] = seen
+        if gone:
+            still = frozenset().union(*self._pids_by_gpu.values())
+            for pid in gone - still:
+                self._pid_jobs.pop(pid, None)
