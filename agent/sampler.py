@@ -79,10 +79,12 @@ class Sampler:
                 unsupported_fields=list(cur.unsupported),
             )
             for share in self.attributor.attribute(cur):
+                if share.fraction <= 0.0:
+                    continue  # an idle job on a shared GPU: nothing to attribute
                 sample.jobs.add(
                     job_id=share.job_id,
                     fraction=share.fraction,
-                    method=ATTRIBUTION_METHODS.get(share.method, pb.ATTRIBUTION_METHOD_UNSPECIFIED),  # type: ignore[arg-type]
+                    method=ATTRIBUTION_METHODS.get(share.method, pb.ATTRIBUTION_METHOD_UNSPECIFIED),
                     user=share.user,
                     split_estimated=share.split_estimated,
                 )

@@ -11,6 +11,7 @@ the collector's writes are idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Sequence
@@ -106,10 +107,8 @@ class Shipper:
             self.stats.reconnects += 1
             delay = random.uniform(0, min(self.conn.reconnect_max_s, 0.2 * 2**attempt))
             attempt = min(attempt + 1, 16)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                pass
 
     async def _session(self, stop: asyncio.Event) -> bool:
         in_flight: dict[int, list[int]] = {}

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from gridwatt.collector.points import prepare_batch
 from gridwatt.collector.rollup import RackRollup
@@ -21,7 +22,6 @@ from gridwatt.collector.store import InfluxStore, StoreRejected, StoreUnavailabl
 from gridwatt.collector.topology import Topology
 from gridwatt.collector.validation import BatchRejected, Limits, validate_batch
 from gridwatt.v1 import telemetry_pb2 as pb
-from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 
 log = logging.getLogger("gridwatt.collector.ingest")
 
@@ -82,33 +82,70 @@ class Ingestor:
             return pb.Ack(batch_id=batch.batch_id, code=CODE_INVALID_ARGUMENT, message=str(exc))
         except StoreUnavailable as exc:
             self.stats.samples_unavailable += n
-            log.warning("not stored (agent will resend) batch %d from %r: %s", batch.batch_id, batch.node, exc)
+            log.warning("not stored (agent will resend) batch %d from %r: %s",
+                        batch.batch_id, batch.node, exc)
             return pb.Ack(batch_id=batch.batch_id, code=CODE_UNAVAILABLE, message=str(exc))
         self.stats.samples_stored += n
         return pb.Ack(batch_id=batch.batch_id, code=CODE_OK, stored_samples=n)
 
 
-class IngestService(pb_grpc.IngestServicer):
-    """The gridwatt.v1.Ingest gRPC service."""
+def _parse_batch(raw: bytes) -> pb.Batch | str:
+    """The batch, or the reason it does not parse as a gridwatt.v1.Batch."""
+    try:
+        return pb.Batch.FromString(raw)
+    except DecodeError as exc:
+        return f"malformed batch: {len(raw)} bytes do not parse as gridwatt.v1.Batch ({exc})"
+
+
+class IngestService:
+    """The gridwatt.v1.Ingest gRPC service.
+
+    Requests arrive as raw bytes and are parsed here, so a malformed message is
+    answered with INVALID_ARGUMENT (gRPC's own deserializer would say INTERNAL).
+    """
 
     def __init__(self, ingestor: Ingestor) -> None:
         self.ingestor = ingestor
         self.connected_streams = 0
 
-    async def Stream(  # noqa: N802 (gRPC method name)
-        self, request_iterator: AsyncIterator[pb.Batch], context: grpc.aio.ServicerContext
+    async def Stream(
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Ack]:
         self.connected_streams += 1
         try:
-            async for batch in request_iterator:
+            async for raw in request_iterator:
+                batch = _parse_batch(raw)
+                if isinstance(batch, str):
+                    self.ingestor.stats.batches_received += 1
+                    log.warning("%s (peer %s)", batch, context.peer())
+                    yield pb.Ack(batch_id=0, code=CODE_INVALID_ARGUMENT, message=batch)
+                    continue
                 yield await self.ingestor.handle(batch)
         finally:
             self.connected_streams -= 1
 
-    async def Write(self, request: pb.Batch, context: grpc.aio.ServicerContext) -> pb.Ack:  # noqa: N802
-        ack = await self.ingestor.handle(request)
+    async def Write(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Ack:
+        batch = _parse_batch(request)
+        if isinstance(batch, str):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, batch)
+            raise AssertionError("unreachable")
+        ack = await self.ingestor.handle(batch)
         if ack.code == CODE_INVALID_ARGUMENT:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ack.message)
         if ack.code == CODE_UNAVAILABLE:
             await context.abort(grpc.StatusCode.UNAVAILABLE, ack.message)
         return ack
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler to add to a grpc.aio server."""
+        return grpc.method_handlers_generic_handler(
+            "gridwatt.v1.Ingest",
+            {
+                "Stream": grpc.stream_stream_rpc_method_handler(
+                    self.Stream, request_deserializer=None, response_serializer=pb.Ack.SerializeToString
+                ),
+                "Write": grpc.unary_unary_rpc_method_handler(
+                    self.Write, request_deserializer=None, response_serializer=pb.Ack.SerializeToString
+                ),
+            },
+        )

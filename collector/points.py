@@ -86,10 +86,8 @@ def prepare_batch(
             f"energy_method=\"{ENERGY_METHOD_NAMES.get(s.energy_method, 'unspecified')}\","
             f"jobs={string_field(jobs)},ef={ef},intensity_source={src} {start}"
         )
-        remaining = 1.0
         shares = [(j.job_id, j.fraction) for j in s.jobs]
-        for job_id, _ in shares:
-            remaining -= _
+        remaining = 1.0 - sum(f for _, f in shares)
         if remaining > 1e-9:
             shares.append((UNATTRIBUTED, remaining))
         for job_id, frac in shares:

@@ -15,7 +15,7 @@ class QueryService(pb_grpc.QueryServicer):
     def __init__(self, store: InfluxStore) -> None:
         self.store = store
 
-    async def GetJob(  # noqa: N802 (gRPC method name)
+    async def GetJob(
         self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.JobReport:
         try:

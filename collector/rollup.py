@@ -19,6 +19,7 @@ from gridwatt.collector.lineproto import tag
 from gridwatt.collector.store import InfluxStore, quote_string, series_rows
 
 NS_PER_S = 1_000_000_000
+_SUMS = ("e", "f", "c", "d", "u", "i", "ie")
 
 
 def rack_lines(rack: str, zone: str, windows: dict[int, dict[str, Any]]) -> list[str]:
@@ -62,10 +63,8 @@ class RackRollup:
         windows: dict[int, dict[str, Any]] = {}
         nodes: dict[int, set[str]] = defaultdict(set)
         for tags, row in series_rows(result):
-            w = windows.setdefault(
-                int(row["time"]), {"e": 0.0, "f": 0.0, "c": 0.0, "d": 0.0, "u": 0.0, "i": 0.0, "ie": 0.0, "n": 0}
-            )
-            for key in ("e", "f", "c", "d", "u", "i", "ie"):
+            w = windows.setdefault(int(row["time"]), dict.fromkeys(_SUMS, 0.0) | {"n": 0})
+            for key in _SUMS:
                 w[key] += row[key] or 0.0
             w["n"] += 1
             nodes[int(row["time"])].add(tags.get("node", ""))

@@ -12,7 +12,7 @@ import grpc
 from aiohttp import web
 
 from gridwatt.collector.config import CollectorConfig
-from gridwatt.collector.ingest import IngestService, Ingestor
+from gridwatt.collector.ingest import Ingestor, IngestService
 from gridwatt.collector.query_service import QueryService, http_app
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore
@@ -73,7 +73,8 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     )
     ingestor = Ingestor(topology, store, rollup, limits)
     server = grpc.aio.server(options=server_options(config))
-    pb_grpc.add_IngestServicer_to_server(IngestService(ingestor), server)
+    ingest_service = IngestService(ingestor)
+    server.add_generic_rpc_handlers((ingest_service.handler(),))
     pb_grpc.add_QueryServicer_to_server(QueryService(store), server)
     sc = config.server
     if sc.tls_cert_file and sc.tls_key_file:
@@ -96,8 +97,10 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
         host, port = _split_listen(sc.http_listen)
         site = web.TCPSite(runner, host, port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        http_port = sockets[0].getsockname()[1] if sockets else port
+        http_port = port
+        server_obj = site._server
+        if port == 0 and isinstance(server_obj, asyncio.Server) and server_obj.sockets:
+            http_port = server_obj.sockets[0].getsockname()[1]
     log.info("collector serving gRPC on port %d, HTTP on %s; InfluxDB %s (v%d)", grpc_port,
              http_port, config.influxdb.url, config.influxdb.version)
     return RunningCollector(server, runner, store, ingestor, grpc_port, http_port)

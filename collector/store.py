@@ -55,9 +55,8 @@ class InfluxStore:
         self._auth: aiohttp.BasicAuth | None = None
         password = read_secret(config.password, config.password_file, "influxdb password")
         token = read_secret(config.token, config.token_file, "influxdb token")
-        if config.version == 2 or token:
-            if token:
-                self._headers["Authorization"] = f"Token {token}"
+        if token:
+            self._headers["Authorization"] = f"Token {token}"
         if config.username:
             self._auth = aiohttp.BasicAuth(config.username, password or "")
         self._token = token
@@ -65,7 +64,8 @@ class InfluxStore:
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         self._session = aiohttp.ClientSession(
-            base_url=self.config.url.rstrip("/") + "/", timeout=timeout, headers=self._headers, auth=self._auth
+            base_url=self.config.url.rstrip("/") + "/", timeout=timeout, headers=self._headers,
+            auth=self._auth,
         )
         if self.config.version == 2:
             from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync

@@ -57,7 +57,8 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
             )
         if s.start_ns < limits.min_time_ns:
             raise BatchRejected(
-                f"{_where(i, s)}: field start_ns: value {s.start_ns} is before {format_time_ns(limits.min_time_ns)}"
+                f"{_where(i, s)}: field start_ns: value {s.start_ns} is before "
+                f"{format_time_ns(limits.min_time_ns)}"
             )
         power_w = e / (duration_ns / NS_PER_S)
         if power_w > limits.max_power_w:

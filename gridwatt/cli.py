@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the demo: InfluxDB, collector, simulated agents, a report")
     demo.add_argument("--hours", type=float, default=24.0, help="replayed hours of the training job")
     demo.add_argument("--keep", action="store_true", help="keep the demo's folder (configs, data)")
+    demo.add_argument("--serve", action="store_true", help="keep InfluxDB and the collector up afterwards")
     return p
 
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "demo":
             from gridwatt.demo import run_demo
 
-            return run_demo(hours=args.hours, keep=args.keep)
+            return run_demo(hours=args.hours, keep=args.keep, serve=args.serve)
     except CliError as exc:
         print(f"gridwatt: {exc}", file=sys.stderr)
         return 1

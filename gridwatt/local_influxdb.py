@@ -98,10 +98,11 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                 raise RuntimeError(
                     f"influxd exited with {self.proc.returncode}; see {self.data_dir / 'influxd.log'}"
                 )
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as resp:
-                    if resp.status == 204:
-                        return self
+            with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(
+                f"{self.url}/ping", timeout=1
+            ) as resp:
+                if resp.status == 204:
+                    return self
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"influxd did not answer /ping within {timeout_s:.0f} s")

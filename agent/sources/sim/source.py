@@ -9,6 +9,7 @@ can take samples while every sample keeps the trace's own timestamps.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ class SimSource:
             if steps[0].t_ns > self.start_ns:  # GPU not yet in the trace: powered off until then
                 steps.insert(0, TraceStep(self.start_ns, 0.0, 0.0))
             cum = [0.0]
-            for a, b in zip(steps, steps[1:], strict=False):
+            for a, b in itertools.pairwise(steps):
                 cum.append(cum[-1] + a.power_w * (b.t_ns - a.t_ns) / 1e9)
             self._gpus.append(
                 _SimGpu(index, _gpu_uuid(node, index), steps, [s.t_ns for s in steps], cum,

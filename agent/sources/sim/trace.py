@@ -13,6 +13,7 @@ the agent's own node are played, so one file can describe a whole cluster.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,7 @@ def load_trace_csv(path: Path, node: str | None = None) -> Trace:
         raise TraceError(f"{path}: no rows" + (f" for node {node!r}" if node else ""))
     for gpu, gsteps in steps.items():
         gsteps.sort(key=lambda s: s.t_ns)
-        for a, b in zip(gsteps, gsteps[1:], strict=False):
+        for a, b in itertools.pairwise(gsteps):
             if a.t_ns == b.t_ns:
                 raise TraceError(f"{path}: gpu {gpu} has two rows at the same time {a.t_ns} ns")
     start_ns, end_ns = min(times), max(times)
