@@ -180,7 +180,7 @@ class NvmlSource:
         try:
             gpu.mig_enabled = self._mig_enabled(handle)
         except _GpuLost as e:
-            self._mark_lost(gpu, e)
+            self._mark_lost(gpu, nvml.NVMLError(e.code))
             return False
         if gpu.mig_enabled:
             log.info(
