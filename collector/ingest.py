@@ -56,13 +56,13 @@ class Ingestor:
         self.stats.batches_received += 1
         self.stats.samples_received += n
         try:
+            validate_batch(batch, self.limits, time.time_ns())
             placement = self.topology.locate(batch.node)
             if placement is None:
                 raise BatchRejected(
                     f"field node: value {batch.node!r} is not in any rack of the collector's config "
                     "and auto-registration is off"
                 )
-            validate_batch(batch, self.limits, time.time_ns())
             if not batch.gpu_samples:
                 self.stats.samples_stored += n
                 return pb.Ack(batch_id=batch.batch_id, code=CODE_OK, stored_samples=0)

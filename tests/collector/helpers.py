@@ -1,0 +1,47 @@
+"""Helpers for collector tests: an in-process collector on real sockets, and real sample batches."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from gridwatt.agent.attribution import Attributor
+from gridwatt.agent.sampler import Sampler
+from gridwatt.agent.sources.sim.source import SimSource
+from gridwatt.agent.sources.sim.trace import synthetic_trace
+from gridwatt.collector.config import CollectorConfig
+from gridwatt.collector.server import RunningCollector, start_collector
+from gridwatt.configfile import load_config
+from gridwatt.v1 import telemetry_pb2 as pb
+
+
+@asynccontextmanager
+async def running_collector(tmp_path: Path, toml: str) -> AsyncIterator[RunningCollector]:
+    cfg = tmp_path / "collector.toml"
+    cfg.write_text(toml)
+    running = await start_collector(load_config(cfg, CollectorConfig))
+    try:
+        yield running
+    finally:
+        await running.stop(grace_s=1)
+
+
+def sim_samples(
+    node: str, gpus: int, start_ns: int, duration_s: float, power_w: float, interval_s: float,
+    job_id: str = "job-1", util_pct: float = 90.0,
+) -> list[pb.GpuSample]:
+    """Samples made by the agent's own code path (SimSource → Sampler)."""
+    src = SimSource(synthetic_trace(gpus, start_ns, duration_s, power_w, util_pct), node, interval_s)
+    sampler = Sampler(Attributor(job_id), idle_below_pct=5)
+    out: list[pb.GpuSample] = []
+    while not src.finished:
+        out += sampler.take(src.read())
+    return out
+
+
+def batches(node: str, samples: list[pb.GpuSample], size: int, first_id: int = 1) -> list[pb.Batch]:
+    return [
+        pb.Batch(batch_id=first_id + k, node=node, gpu_samples=samples[i : i + size])
+        for k, i in enumerate(range(0, len(samples), size))
+    ]

@@ -1,0 +1,68 @@
+"""Shared fixtures: one real InfluxDB 1.x server per test session, a fresh database per test."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gridwatt.harness import toml_str
+from gridwatt.local_influxdb import LocalInfluxDB
+
+REPO = Path(__file__).resolve().parent.parent
+DE_CSV = REPO / "deploy" / "data" / "grid" / "DE_2022_hourly.csv"
+_db_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def influxdb() -> Iterator[LocalInfluxDB]:
+    with LocalInfluxDB() as db:
+        yield db
+
+
+@pytest.fixture
+def database(influxdb: LocalInfluxDB, request: pytest.FixtureRequest) -> str:
+    """A database name unique to this test."""
+    safe = "".join(c if c.isalnum() else "_" for c in request.node.name)[:40]
+    return f"t{next(_db_counter)}_{safe}"
+
+
+def influx_query(url: str, database: str, q: str) -> list[dict[str, Any]]:
+    """Run InfluxQL synchronously; returns the results list."""
+    params = urllib.parse.urlencode({"db": database, "q": q, "epoch": "ns"})
+    with urllib.request.urlopen(f"{url}/query?{params}", timeout=30) as resp:
+        body = json.load(resp)
+    for r in body["results"]:
+        assert "error" not in r, r["error"]
+    results: list[dict[str, Any]] = body["results"]
+    return results
+
+
+def first_row(result: dict[str, Any]) -> dict[str, Any]:
+    series = result.get("series") or []
+    if not series:
+        return {}
+    return dict(zip(series[0]["columns"], series[0]["values"][0], strict=False))
+
+
+def collector_toml(
+    influx_url: str,
+    database: str,
+    grpc_port: int = 0,
+    http_port: int = 0,
+    zones: str = '[[zones]]\nname = "Z"\nintensity = { kind = "constant", g_per_kwh = 350.0 }\n',
+    racks: str = '[[racks]]\nname = "r1"\nzone = "Z"\npue = 1.2\nnodes = ["n1"]\n',
+    extra_server: str = "",
+) -> str:
+    return (
+        f'[server]\ngrpc_listen = "127.0.0.1:{grpc_port}"\nhttp_listen = "127.0.0.1:{http_port}"\n'
+        f"{extra_server}\n"
+        f"[influxdb]\nurl = {toml_str(influx_url)}\ndatabase = {toml_str(database)}\n\n"
+        f"{zones}\n{racks}\n"
+    )
