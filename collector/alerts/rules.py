@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from gridwatt.collector.alerts.model import ScopeWindow
+from gridwatt.configfile import resolve_path
 
 DEFAULT_RESOLVE_MARGIN_PCT = 10.0
 
@@ -193,6 +194,15 @@ class AlertsConfig(BaseModel):
     sinks: SinksConfig = Field(default_factory=SinksConfig)
     state_file: str | None = None
     keep_resolved: int = Field(default=100, ge=0)
+
+    @field_validator("state_file")
+    @classmethod
+    def _resolve_state_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A relative state_file is relative to the config file's folder."""
+        if value is None:
+            return None
+        config_dir = (info.context or {}).get("config_dir")
+        return str(resolve_path(value, config_dir))
 
     @model_validator(mode="after")
     def _unique_names(self) -> AlertsConfig:
