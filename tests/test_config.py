@@ -32,9 +32,13 @@ def test_environment_overrides(tmp_path: Path) -> None:
     cfg = tmp_path / "agent.toml"
     cfg.write_text('node = "n1"\n[collector]\naddress = "a:1"\n')
     config = load_config(
-        cfg, AgentConfig,
-        environ={"GRIDWATT_COLLECTOR__ADDRESS": "collector.example:50051", "GRIDWATT_INTERVAL_S": "2.5",
-                 "GRIDWATT_INFLUXDB__URL": "ignored-by-the-agent"},
+        cfg,
+        AgentConfig,
+        environ={
+            "GRIDWATT_COLLECTOR__ADDRESS": "collector.example:50051",
+            "GRIDWATT_INTERVAL_S": "2.5",
+            "GRIDWATT_INFLUXDB__URL": "ignored-by-the-agent",
+        },
     )
     assert config.collector.address == "collector.example:50051"
     assert config.interval_s == 2.5
@@ -42,8 +46,10 @@ def test_environment_overrides(tmp_path: Path) -> None:
 
 def test_collector_rack_in_unknown_zone(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[[zones]]\nname = "DE"\nintensity = { kind = "constant", g_per_kwh = 300 }\n'
-                   '[[racks]]\nname = "r1"\nzone = "FR"\npue = 1.2\n')
+    cfg.write_text(
+        '[[zones]]\nname = "DE"\nintensity = { kind = "constant", g_per_kwh = 300 }\n'
+        '[[racks]]\nname = "r1"\nzone = "FR"\npue = 1.2\n'
+    )
     with pytest.raises(ConfigError, match=r"rack 'r1': zone 'FR' is not among zones \['DE'\]"):
         load_config(cfg, CollectorConfig)
 
@@ -53,9 +59,14 @@ def test_cli_exits_2_before_starting(tmp_path: Path, program: str) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("interval_s = 'fast'\n" if "agent" in program else "[server]\nmax_power_w = -1\n")
     cmd = "run" if "agent" in program else "serve"
-    proc = subprocess.run([sys.executable, "-m", program, cmd, "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", program, cmd, "--config", str(cfg)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert str(cfg) in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert ("field interval_s" in proc.stderr) if "agent" in program else ("field server.max_power_w" in proc.stderr)
+    assert (
+        ("field interval_s" in proc.stderr)
+        if "agent" in program
+        else ("field server.max_power_w" in proc.stderr)
+    )

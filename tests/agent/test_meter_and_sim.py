@@ -18,7 +18,9 @@ S = 10**9
 
 
 def reading(t_s: float, energy_mj: int | None, power_mw: int | None) -> GpuReading:
-    return GpuReading(index=0, uuid="GPU-x", name="x", t_ns=int(t_s * S), energy_mj=energy_mj, power_mw=power_mw)
+    return GpuReading(
+        index=0, uuid="GPU-x", name="x", t_ns=int(t_s * S), energy_mj=energy_mj, power_mw=power_mw
+    )
 
 
 def test_counter_difference() -> None:
@@ -82,7 +84,9 @@ def test_sim_without_counter_uses_power() -> None:
     assert len(samples) == 20
     assert sum(s.energy_j for s in samples) == pytest.approx(2 * 250 * 100)
     assert {s.energy_method for s in samples} == {pb.ENERGY_METHOD_POWER_AVERAGE}
-    assert {(j.job_id, j.method) for s in samples for j in s.jobs} == {("static-job", pb.ATTRIBUTION_METHOD_STATIC)}
+    assert {(j.job_id, j.method) for s in samples for j in s.jobs} == {
+        ("static-job", pb.ATTRIBUTION_METHOD_STATIC)
+    }
 
 
 def test_trace_errors_name_file_line_and_field(tmp_path: Path) -> None:

@@ -28,8 +28,14 @@ async def running_collector(tmp_path: Path, toml: str) -> AsyncIterator[RunningC
 
 
 def sim_samples(
-    node: str, gpus: int, start_ns: int, duration_s: float, power_w: float, interval_s: float,
-    job_id: str = "job-1", util_pct: float = 90.0,
+    node: str,
+    gpus: int,
+    start_ns: int,
+    duration_s: float,
+    power_w: float,
+    interval_s: float,
+    job_id: str = "job-1",
+    util_pct: float = 90.0,
 ) -> list[pb.GpuSample]:
     """Samples made by the agent's own code path (SimSource → Sampler)."""
     src = SimSource(synthetic_trace(gpus, start_ns, duration_s, power_w, util_pct), node, interval_s)

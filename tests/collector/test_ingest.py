@@ -26,13 +26,20 @@ RACKS = '[[racks]]\nname = "r1"\nzone = "Z"\npue = 1.2\nnodes = ["n1", "n2"]\n'
 
 def totals(db: LocalInfluxDB, database: str) -> tuple[float, float, float, float, float, float]:
     gpu, job, rack = influx_query(
-        db.url, database,
-        'SELECT sum(energy_j), sum(co2e_g) FROM gpu; SELECT sum(energy_j), sum(co2e_g) FROM job; '
+        db.url,
+        database,
+        "SELECT sum(energy_j), sum(co2e_g) FROM gpu; SELECT sum(energy_j), sum(co2e_g) FROM job; "
         "SELECT sum(it_energy_kwh), sum(co2e_g) FROM rack",
     )
     g, j, r = first_row(gpu), first_row(job), first_row(rack)
-    return (g.get("sum", 0), g.get("sum_1", 0), j.get("sum", 0), j.get("sum_1", 0),
-            r.get("sum", 0), r.get("sum_1", 0))
+    return (
+        g.get("sum", 0),
+        g.get("sum_1", 0),
+        j.get("sum", 0),
+        j.get("sum_1", 0),
+        r.get("sum", 0),
+        r.get("sum_1", 0),
+    )
 
 
 async def test_every_batch_sent_twice_leaves_totals_unchanged(
@@ -101,8 +108,16 @@ def _bad(kind: str) -> tuple[pb.Batch, str]:
     raise AssertionError(kind)
 
 
-BAD_KINDS = ["negative_energy", "nan_energy", "absurd_power", "end_before_start", "far_future",
-             "unknown_node", "empty_node", "bad_fraction"]
+BAD_KINDS = [
+    "negative_energy",
+    "nan_energy",
+    "absurd_power",
+    "end_before_start",
+    "far_future",
+    "unknown_node",
+    "empty_node",
+    "bad_fraction",
+]
 
 
 async def test_bad_input_is_named_stores_nothing_and_others_carry_on(
@@ -144,7 +159,8 @@ async def test_bad_input_is_named_stores_nothing_and_others_carry_on(
                 assert (await good_call.read()).code == 0
             await good_call.done_writing()
     (n1, n2, ghost) = influx_query(
-        influxdb.url, database,
+        influxdb.url,
+        database,
         "SELECT count(energy_j) FROM gpu WHERE node = 'n1'; SELECT count(energy_j), sum(energy_j) FROM gpu "
         "WHERE node = 'n2'; SELECT count(energy_j) FROM gpu WHERE node = 'ghost-node'",
     )

@@ -32,7 +32,9 @@ def agent_toml(folder: Path, node: str, grpc_port: int, source: str, interval_s:
 def gridwatt_job(url: str, job_id: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gridwatt.cli", "--collector", url, "job", job_id, *extra],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -46,13 +48,22 @@ def test_seed_worked_example_end_to_end(tmp_path: Path, influxdb: LocalInfluxDB,
     """8 A100s x 400 W x 120 h, PUE 1.2, 350 g/kWh → 384 / 460.8 kWh, 161.28 kg, 960 GPU-hours."""
     grpc_port, http_port = new_collector_ports()
     cfg = tmp_path / "collector.toml"
-    cfg.write_text(collector_toml(influxdb.url, database, grpc_port, http_port,
-                                  racks='[[racks]]\nname = "r1"\nzone = "Z"\npue = 1.2\nnodes = ["gpu-node-1"]\n'))
+    cfg.write_text(
+        collector_toml(
+            influxdb.url,
+            database,
+            grpc_port,
+            http_port,
+            racks='[[racks]]\nname = "r1"\nzone = "Z"\npue = 1.2\nnodes = ["gpu-node-1"]\n',
+        )
+    )
     collector = CollectorProcess(cfg, grpc_port, http_port).start()
     try:
         agent = agent_toml(
-            tmp_path, "gpu-node-1", grpc_port,
-            'sim = { gpus = 8, power_w = 400.0, util_pct = 97.0, duration_s = 432000, '
+            tmp_path,
+            "gpu-node-1",
+            grpc_port,
+            "sim = { gpus = 8, power_w = 400.0, util_pct = 97.0, duration_s = 432000, "
             'start = "2022-06-01T00:00:00Z", job_id = "seed-job", gpu_name = "NVIDIA A100-SXM4-40GB" }',
             interval_s=60,
         )
@@ -155,8 +166,9 @@ def test_week_of_real_de_intensity_with_pue_change(
     assert report["co2e_kg"] == pytest.approx(co2e_kg, rel=1e-7)
 
     # The rack-level series in InfluxDB sums to the same totals.
-    (rack,) = influx_query(influxdb.url, database,
-                           "SELECT sum(it_energy_kwh), sum(facility_energy_kwh), sum(co2e_kg) FROM rack")
+    (rack,) = influx_query(
+        influxdb.url, database, "SELECT sum(it_energy_kwh), sum(facility_energy_kwh), sum(co2e_kg) FROM rack"
+    )
     sums = first_row(rack)
     assert sums["sum"] == pytest.approx(it_kwh, rel=1e-7)
     assert sums["sum_1"] == pytest.approx(facility_kwh, rel=1e-7)
@@ -165,7 +177,8 @@ def test_week_of_real_de_intensity_with_pue_change(
     # 7-minute sample straddles the change (12:57-13:04) a mix of the two, weighted by time.
     straddle = pue_change - 3 * 60 * NS_PER_S
     (before, mixed, after) = influx_query(
-        influxdb.url, database,
+        influxdb.url,
+        database,
         f"SELECT min(pue), max(pue) FROM rack WHERE rack = 'r1' AND time < {straddle}; "
         f"SELECT pue FROM rack WHERE rack = 'r1' AND time = {straddle}; "
         f"SELECT min(pue), max(pue) FROM rack WHERE rack = 'r1' AND time >= {pue_change}",
