@@ -15,6 +15,7 @@ Each row's value holds from its time until the next row's time.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def load_intensity_csv(path: Path, emission_factor: EmissionFactor = "lifecycle"
     if not rows:
         raise IntensityFileError(f"{path}: no data rows")
     rows.sort()
-    for (a, _, _), (b, _, _) in zip(rows, rows[1:], strict=False):
+    for (a, _, _), (b, _, _) in itertools.pairwise(rows):
         if a == b:
             raise IntensityFileError(f"{path}: duplicate time {a} ns")
     series = StepSeries(tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(r[2] for r in rows))
