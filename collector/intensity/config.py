@@ -45,6 +45,8 @@ class CsvConfig(_Model):
     kind: Literal["csv"]
     path: str
     emission_factor: EmissionFactor = "lifecycle"
+    #: unset: the file's values hold at all times; set: ranges outside the file are unavailable
+    max_hold_s: float | None = Field(default=None, ge=0)
 
 
 class _HttpConfig(_Model):
@@ -173,7 +175,7 @@ def build_provider(cfg: ProviderConfig, config_dir: Path | None = None) -> Inten
         return ConstantIntensity(cfg.g_per_kwh, cfg.emission_factor)
     if isinstance(cfg, CsvConfig):
         try:
-            return CsvIntensity(resolve_path(cfg.path, config_dir), cfg.emission_factor)
+            return CsvIntensity(resolve_path(cfg.path, config_dir), cfg.emission_factor, cfg.max_hold_s)
         except IntensityFileError as exc:
             raise ConfigError(f"intensity csv: {exc}") from None
     if isinstance(cfg, ElectricityMapsConfig):
