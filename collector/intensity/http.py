@@ -11,6 +11,7 @@ every string in ``secrets`` before they leave this module.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -65,6 +66,11 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
         if s:
             text = text.replace(s, "***")
     return text
+
+
+def basic_auth_header(username: str, password: str) -> str:
+    """The value of an ``Authorization`` header for HTTP basic auth."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
 def parse_retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
@@ -136,7 +142,6 @@ class JsonClient:
         path_for_errors: str,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        auth: aiohttp.BasicAuth | None = None,
     ) -> Any:
         """GET ``url`` and decode JSON; raise IntensityUnavailable (or AuthRejected) on failure.
 
@@ -149,7 +154,7 @@ class JsonClient:
             final = attempt == self.settings.max_attempts - 1
             try:
                 async with self._session_now().get(
-                    url, params=params, headers=headers, auth=auth, timeout=timeout
+                    url, params=params, headers=headers, timeout=timeout
                 ) as resp:
                     status = resp.status
                     if status in (401, 403):

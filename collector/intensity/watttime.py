@@ -20,12 +20,10 @@ import asyncio
 import time
 from typing import Any
 
-import aiohttp
-
 from gridwatt.collector.intensity.api_base import CachedApiProvider, ClockNs, chunks, floor_ns
 from gridwatt.collector.intensity.base import IntensityUnavailable
 from gridwatt.collector.intensity.cache import Point
-from gridwatt.collector.intensity.http import AuthRejected, HttpSettings, SleepFn
+from gridwatt.collector.intensity.http import AuthRejected, HttpSettings, SleepFn, basic_auth_header
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 
 DEFAULT_BASE_URL = "https://api.watttime.org"
@@ -101,7 +99,7 @@ class WattTimeIntensity(CachedApiProvider):
         )
         self.region = region
         self.signal_type = signal_type
-        self._auth = aiohttp.BasicAuth(username, password)
+        self._basic_auth = basic_auth_header(username, password)
         self._base_url = base_url.rstrip("/")
         self._historical_max_ns = historical_max_s * NS_PER_S
         self._use_forecast = use_forecast
@@ -111,7 +109,9 @@ class WattTimeIntensity(CachedApiProvider):
     async def _login(self) -> str:
         try:
             body = await self._http.get_json(
-                self._base_url + "/login", path_for_errors="/login", auth=self._auth
+                self._base_url + "/login",
+                path_for_errors="/login",
+                headers={"Authorization": self._basic_auth},
             )
         except AuthRejected as exc:
             raise IntensityUnavailable(f"{exc} (login refused: check username and password)") from None
