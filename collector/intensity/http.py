@@ -204,6 +204,7 @@ class JsonClient:
                 if final:
                     break
                 await self._sleep(self._backoff_s(attempt))
+        n = self.settings.max_attempts
         raise IntensityUnavailable(
-            self._msg(f"{where}: gave up after {self.settings.max_attempts} attempts; last: {last}")
+            self._msg(f"{where}: gave up after {n} attempt{'' if n == 1 else 's'}; last: {last}")
         )
