@@ -302,3 +302,14 @@ async def test_malformed_body_is_unavailable(server: GridServer) -> None:
     async with make(server) as p:
         with pytest.raises(IntensityUnavailable, match="unexpected value object"):
             await p.series(MISO_FIRST, MISO_FIRST + HOUR_NS)
+
+
+async def test_concurrent_batches_share_one_fetch(server: GridServer) -> None:
+    import asyncio
+
+    server.route(PAST_RANGE, past_range_generator())
+    start = parse_time_ns("2024-10-01T00:00:00Z")
+    async with make(server) as p:
+        got = await asyncio.gather(*(p.series(start + i * 600 * NS_PER_S, start + HOUR_NS) for i in range(6)))
+    assert server.count(PAST_RANGE) == 1
+    assert {g.series.value_at(start) for g in got} == {100.0}
