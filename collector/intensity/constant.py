@@ -11,6 +11,7 @@ class ConstantIntensity:
 
     def __init__(self, g_per_kwh: float, emission_factor: EmissionFactor = "lifecycle") -> None:
         self._series = IntensitySeries(StepSeries.constant(g_per_kwh), "constant", emission_factor)
+        self.source = "constant"
 
     async def series(self, start_ns: int, end_ns: int) -> IntensitySeries:
         return self._series

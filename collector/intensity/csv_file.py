@@ -19,9 +19,9 @@ import itertools
 import math
 from pathlib import Path
 
-from gridwatt.collector.intensity.base import EmissionFactor, IntensitySeries
+from gridwatt.collector.intensity.base import EmissionFactor, IntensitySeries, IntensityUnavailable
 from gridwatt.collector.stepseries import StepSeries
-from gridwatt.timeutil import parse_time_ns
+from gridwatt.timeutil import NS_PER_S, parse_time_ns
 
 
 class IntensityFileError(Exception):
@@ -105,10 +105,24 @@ def load_intensity_csv(path: Path, emission_factor: EmissionFactor = "lifecycle"
 
 
 class CsvIntensity:
-    """A zone's intensity read once from a CSV file."""
+    """A zone's intensity read once from a CSV file.
 
-    def __init__(self, path: Path, emission_factor: EmissionFactor = "lifecycle") -> None:
+    With ``max_hold_s`` set, a range that starts before the first row, or more than
+    ``max_hold_s`` after the last row, raises IntensityUnavailable (so a fallback chain
+    moves on) instead of stretching the file's first or last value; by default the
+    file's values hold at every time.
+    """
+
+    def __init__(
+        self, path: Path, emission_factor: EmissionFactor = "lifecycle", max_hold_s: float | None = None
+    ) -> None:
         self._series = load_intensity_csv(path, emission_factor)
+        self._max_hold_ns = None if max_hold_s is None else int(max_hold_s * NS_PER_S)
+        self.source = self._series.source
 
     async def series(self, start_ns: int, end_ns: int) -> IntensitySeries:
+        if self._max_hold_ns is not None:
+            times = self._series.series.times_ns
+            if start_ns < times[0] or start_ns > times[-1] + self._max_hold_ns:
+                raise IntensityUnavailable(f"{self.source}: the file does not cover the asked range")
         return self._series

@@ -1,0 +1,104 @@
+"""The part every API intensity provider shares: a range cache in front of ``_fetch``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+
+from gridwatt.collector.intensity.base import EmissionFactor, IntensitySeries
+from gridwatt.collector.intensity.cache import Point, RangeCache
+from gridwatt.collector.intensity.http import HttpSettings, JsonClient, SleepFn
+from gridwatt.timeutil import NS_PER_S
+
+ClockNs = Callable[[], int]
+
+
+def floor_ns(t_ns: int, period_ns: int) -> int:
+    """``t_ns`` rounded down to a multiple of ``period_ns`` since the epoch."""
+    return t_ns - t_ns % period_ns
+
+
+def chunks(start_ns: int, end_ns: int, max_ns: int) -> Iterator[tuple[int, int]]:
+    """``[start_ns, end_ns)`` cut into consecutive pieces no longer than ``max_ns``."""
+    t = start_ns
+    while t < end_ns:
+        yield t, min(t + max_ns, end_ns)
+        t += max_ns
+
+
+class CachedApiProvider:
+    """Serves ``series()`` from a :class:`RangeCache`, fetching only the missing parts.
+
+    Subclasses implement ``_fetch(start_ns, end_ns) -> (points, covered_until_ns)``:
+    the points they got and how far the range is now known for good. A fetch that
+    falls short (data not yet published near "now") is not repeated for
+    ``min_refetch_s``; meanwhile the last value holds, marked estimated.
+    """
+
+    #: how long one value may be held to reach the start of an asked range
+    max_hold_ns: int = 3 * 3600 * NS_PER_S
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        source: str,
+        emission_factor: EmissionFactor,
+        http: HttpSettings,
+        secrets: tuple[str, ...] = (),
+        sleep: SleepFn = asyncio.sleep,
+        clock_ns: ClockNs = time.time_ns,
+        min_refetch_s: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.source = source
+        self.emission_factor: EmissionFactor = emission_factor
+        self._http = JsonClient(name, http, secrets=secrets, sleep=sleep)
+        self._clock_ns = clock_ns
+        self._cache = RangeCache()
+        self._lock = asyncio.Lock()
+        self._min_refetch_s = min_refetch_s
+        self._frontier_ns: int | None = None
+        self._frontier_checked_mono = 0.0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(source={self.source!r})"
+
+    async def _fetch(self, start_ns: int, end_ns: int) -> tuple[list[Point], int]:
+        raise NotImplementedError
+
+    async def series(self, start_ns: int, end_ns: int) -> IntensitySeries:
+        """Intensity over ``[start_ns, end_ns)``; raise IntensityUnavailable if it cannot be had."""
+        async with self._lock:
+            for gap_start, gap_end in self._cache.missing(start_ns, end_ns):
+                if (
+                    self._frontier_ns is not None
+                    and gap_start >= self._frontier_ns
+                    and time.monotonic() - self._frontier_checked_mono < self._min_refetch_s
+                ):
+                    continue  # asked a moment ago; the API had nothing newer
+                points, covered_until = await self._fetch(gap_start, gap_end)
+                covered_until = min(covered_until, gap_end)
+                self._cache.add(points, (gap_start, covered_until))
+                if covered_until < gap_end:
+                    self._frontier_ns = covered_until
+                    self._frontier_checked_mono = time.monotonic()
+            steps = self._cache.series(start_ns, end_ns, self.name, self.max_hold_ns)
+        return IntensitySeries(steps, self.source, self.emission_factor)
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self._http.close()
+
+    async def __aenter__(self) -> CachedApiProvider:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
