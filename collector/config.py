@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from gridwatt.collector.intensity.config import ProviderConfig
 from gridwatt.configfile import resolve_path
 from gridwatt.timeutil import parse_time_ns
 
@@ -15,25 +24,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ConstantIntensityConfig(_Strict):
-    kind: Literal["constant"]
-    g_per_kwh: float = Field(ge=0, le=3000)
-    emission_factor: Literal["lifecycle", "direct"] = "lifecycle"
-
-
-class CsvIntensityConfig(_Strict):
-    kind: Literal["csv"]
-    #: An Electricity Maps export (either header set) or a plain time,intensity_g_per_kwh CSV.
-    path: Path
-    emission_factor: Literal["lifecycle", "direct"] = "lifecycle"
-
-
-IntensityConfig = Annotated[ConstantIntensityConfig | CsvIntensityConfig, Field(discriminator="kind")]
-
-
 class ZoneConfig(_Strict):
     name: str = Field(min_length=1)
-    intensity: IntensityConfig
+    #: constant, csv, electricitymaps, watttime, uk_carbon_intensity, or a chain of them
+    #: (see collector/intensity/README.md).
+    intensity: ProviderConfig
 
 
 class PueStep(_Strict):
@@ -129,6 +124,17 @@ class CollectorConfig(_Strict):
     accounting: AccountingConfig = AccountingConfig()
     zones: list[ZoneConfig] = Field(min_length=1)
     racks: list[RackConfig] = []
+    #: Folder of the config file; relative paths in provider configs are taken from it.
+    _config_dir: Path | None = PrivateAttr(default=None)
+
+    @property
+    def config_dir(self) -> Path | None:
+        return self._config_dir
+
+    @model_validator(mode="after")
+    def _remember_dir(self, info: ValidationInfo) -> CollectorConfig:
+        self._config_dir = (info.context or {}).get("config_dir")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -136,10 +142,6 @@ class CollectorConfig(_Strict):
         config_dir = (info.context or {}).get("config_dir")
         if not isinstance(data, dict) or config_dir is None:
             return data
-        for zone in data.get("zones") or []:
-            intensity = zone.get("intensity") if isinstance(zone, dict) else None
-            if isinstance(intensity, dict) and intensity.get("path"):
-                intensity["path"] = str(resolve_path(intensity["path"], config_dir))
         for rack in data.get("racks") or []:
             if isinstance(rack, dict) and rack.get("pue_csv"):
                 rack["pue_csv"] = str(resolve_path(rack["pue_csv"], config_dir))

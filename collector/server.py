@@ -44,6 +44,7 @@ class RunningCollector:
     http_runner: web.AppRunner | None
     store: InfluxStore
     ingestor: Ingestor
+    topology: Topology
     grpc_port: int
     http_port: int | None
 
@@ -52,6 +53,7 @@ class RunningCollector:
         if self.http_runner is not None:
             await self.http_runner.cleanup()
         await self.store.close()
+        await self.topology.close()
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -103,7 +105,7 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
             http_port = server_obj.sockets[0].getsockname()[1]
     log.info("collector serving gRPC on port %d, HTTP on %s; InfluxDB %s (v%d)", grpc_port,
              http_port, config.influxdb.url, config.influxdb.version)
-    return RunningCollector(server, runner, store, ingestor, grpc_port, http_port)
+    return RunningCollector(server, runner, store, ingestor, topology, grpc_port, http_port)
 
 
 async def serve(config: CollectorConfig) -> None:

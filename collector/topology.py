@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from gridwatt.collector.config import CollectorConfig, RackConfig
 from gridwatt.collector.intensity.base import IntensityProvider
-from gridwatt.collector.intensity.constant import ConstantIntensity
-from gridwatt.collector.intensity.csv_file import CsvIntensity
+from gridwatt.collector.intensity.config import build_provider
 from gridwatt.collector.pue import load_pue_csv, pue_from_steps
 from gridwatt.collector.stepseries import StepSeries
+from gridwatt.configfile import ConfigError
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,10 @@ class Topology:
     def __init__(self, config: CollectorConfig) -> None:
         self.providers: dict[str, IntensityProvider] = {}
         for zone in config.zones:
-            ic = zone.intensity
-            if ic.kind == "constant":
-                self.providers[zone.name] = ConstantIntensity(ic.g_per_kwh, ic.emission_factor)
-            else:
-                self.providers[zone.name] = CsvIntensity(ic.path, ic.emission_factor)
+            try:
+                self.providers[zone.name] = build_provider(zone.intensity, config.config_dir)
+            except ConfigError as exc:
+                raise ConfigError(f"zone {zone.name!r}: {exc}") from None
         self.racks: dict[str, Placement] = {}
         self._nodes: dict[str, Placement] = {}
         for rack in config.racks:
@@ -48,6 +47,13 @@ class Topology:
             StepSeries.constant(config.accounting.default_pue),
             self.providers[default_zone],
         )
+
+    async def close(self) -> None:
+        """Close the providers' HTTP sessions."""
+        for provider in self.providers.values():
+            close = getattr(provider, "close", None)
+            if close is not None:
+                await close()
 
     def locate(self, node: str) -> Placement | None:
         """The node's placement; None for an unknown node when auto-registration is off."""
