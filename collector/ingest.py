@@ -71,7 +71,7 @@ class Ingestor:
             intensity = await placement.intensity.series(lo, hi)
             prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns)
             await self.store.write_lines(prepared.lines)
-            await self.rollup.recompute(placement.rack, placement.zone, prepared.windows)
+            await self.rollup.recompute(batch.node, placement.rack, placement.zone, prepared.windows)
         except BatchRejected as exc:
             self.stats.samples_rejected += n
             log.warning("rejected batch %d from node %r: %s", batch.batch_id, batch.node, exc)

@@ -1,11 +1,17 @@
-"""Rack-level windows, recomputed from the stored per-GPU points after every write.
+"""Node- and rack-level windows, recomputed from stored points after every write.
 
-A rack window is never accumulated in memory: after a batch is stored, every
-window it touched is recomputed from all ``gpu`` points of that rack in that
-window, and written with a deterministic tag set and timestamp. So a resent
-batch, a late sample, or a batch split differently all leave the same value.
-Recomputes of one rack are serialised, so a slower recompute can never
-overwrite a newer one from this collector.
+No window is accumulated in memory. After a batch of node N is stored:
+
+1. every window it touched is recomputed from all ``gpu`` points of node N in
+   that window and written to the ``node`` measurement (reads only N's points);
+2. those windows of N's rack are recomputed from the rack's ``node`` points
+   (one small point per node and window) and written to ``rack``.
+
+Both writes have deterministic tags and timestamps, so a resent batch, a late
+sample or a batch split differently all leave the same values. Recomputes of
+one node are serialised; recomputes of one rack are coalesced (group commit):
+windows queued while a recompute of the rack runs are all covered by the next
+one, which starts only after their node points were written.
 """
 
 from __future__ import annotations
@@ -19,68 +25,137 @@ from gridwatt.collector.lineproto import tag
 from gridwatt.collector.store import InfluxStore, quote_string, series_rows
 
 NS_PER_S = 1_000_000_000
-_SUMS = ("e", "f", "c", "d", "u", "i", "ie")
+_SUMS = ("e", "f", "c", "d", "u", "i", "ie", "n")
 
 
-def rack_lines(rack: str, zone: str, windows: dict[int, dict[str, Any]]) -> list[str]:
-    """Render aggregated windows (window start → sums) as ``rack`` points (pure)."""
-    lines = []
-    rack_t, zone_t = tag(rack), tag(zone)
-    for start_ns, w in sorted(windows.items()):
-        e, f, c, d = w["e"], w["f"], w["c"], w["d"]
-        pue = f / e if e > 0 else 0.0
-        intensity = c * J_PER_KWH / f if f > 0 else 0.0
-        mean_util = w["u"] / d if d > 0 else 0.0
-        lines.append(
-            f"rack,rack={rack_t},zone={zone_t} it_energy_kwh={e / J_PER_KWH!r},"
-            f"facility_energy_kwh={f / J_PER_KWH!r},co2e_g={c!r},co2e_kg={c / 1000!r},pue={pue!r},"
-            f"intensity_g_per_kwh={intensity!r},gpu_count={w['n']}i,gpu_seconds={d!r},"
-            f"mean_util_pct={mean_util!r},idle_s={w['i']!r},idle_energy_kwh={w['ie'] / J_PER_KWH!r},"
-            f"nodes={w['nodes']}i {start_ns}"
-        )
-    return lines
+def _window_fields(w: dict[str, float]) -> str:
+    """Fields of node and rack points from sums (e, f, ie in J; c in g; d gpu-s; u util×s; i s; n GPUs)."""
+    e, f, c, d = w["e"], w["f"], w["c"], w["d"]
+    pue = f / e if e > 0 else 0.0
+    intensity = c * J_PER_KWH / f if f > 0 else 0.0
+    mean_util = w["u"] / d if d > 0 else 0.0
+    return (
+        f"it_energy_kwh={e / J_PER_KWH!r},facility_energy_kwh={f / J_PER_KWH!r},co2e_g={c!r},"
+        f"co2e_kg={c / 1000!r},pue={pue!r},intensity_g_per_kwh={intensity!r},gpu_count={int(w['n'])}i,"
+        f"gpu_seconds={d!r},util_pct_s={w['u']!r},mean_util_pct={mean_util!r},idle_s={w['i']!r},"
+        f"idle_energy_kwh={w['ie'] / J_PER_KWH!r}"
+    )
+
+
+def node_lines(node: str, rack: str, zone: str, windows: dict[int, dict[str, float]]) -> list[str]:
+    """``node`` points (pure)."""
+    prefix = f"node,node={tag(node)},rack={tag(rack)},zone={tag(zone)} "
+    return [f"{prefix}{_window_fields(w)} {t}" for t, w in sorted(windows.items())]
+
+
+def rack_lines(rack: str, zone: str, windows: dict[int, dict[str, float]]) -> list[str]:
+    """``rack`` points (pure); ``nodes`` is the number of nodes that reported in the window."""
+    prefix = f"rack,rack={tag(rack)},zone={tag(zone)} "
+    return [f"{prefix}{_window_fields(w)},nodes={int(w['nodes'])}i {t}" for t, w in sorted(windows.items())]
 
 
 class RackRollup:
-    """Recomputes the rack windows a batch touched (see the module docstring)."""
+    """See the module docstring."""
 
-    def __init__(self, store: InfluxStore, resolution_s: int) -> None:
+    def __init__(self, store: InfluxStore, resolution_s: int, max_gap_windows: int = 60) -> None:
         self.store = store
         self.resolution_ns = resolution_s * NS_PER_S
-        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.max_gap_windows = max_gap_windows
+        self._node_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._rack_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._queued: dict[str, tuple[set[int], asyncio.Future[int]]] = {}
+        self.queries = 0
 
-    async def aggregate(self, rack: str, lo_ns: int, hi_ns: int) -> dict[int, dict[str, Any]]:
-        """Sums per window of all gpu points of ``rack`` in [lo_ns, hi_ns)."""
+    def _runs(self, window_starts: set[int]) -> list[tuple[int, int]]:
+        """[lo, hi) ranges covering the windows, split where they are far apart."""
+        gap = self.max_gap_windows * self.resolution_ns
+        runs: list[tuple[int, int]] = []
+        for t in sorted(window_starts):
+            if runs and t - runs[-1][1] <= gap:
+                runs[-1] = (runs[-1][0], t + self.resolution_ns)
+            else:
+                runs.append((t, t + self.resolution_ns))
+        return runs
+
+    async def _sums(self, q: str) -> list[tuple[dict[str, str], dict[str, Any]]]:
+        self.queries += 1
+        (result,) = await self.store.query(q)
+        return series_rows(result)
+
+    async def node_windows(self, node: str, lo_ns: int, hi_ns: int) -> dict[int, dict[str, float]]:
+        """Sums per window over all gpu points of ``node`` in [lo_ns, hi_ns)."""
         res_s = self.resolution_ns // NS_PER_S
-        q = (
+        rows = await self._sums(
             'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
             'sum("duration_s") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
-            'sum("idle_energy_j") AS ie FROM "gpu" '
-            f"WHERE \"rack\" = {quote_string(rack)} AND time >= {lo_ns} AND time < {hi_ns} "
-            f"GROUP BY time({res_s}s), \"node\", \"gpu\" fill(none)"
+            f'sum("idle_energy_j") AS ie FROM "gpu" WHERE "node" = {quote_string(node)} '
+            f'AND time >= {lo_ns} AND time < {hi_ns} GROUP BY time({res_s}s), "gpu" fill(none)'
         )
-        (result,) = await self.store.query(q)
-        windows: dict[int, dict[str, Any]] = {}
-        nodes: dict[int, set[str]] = defaultdict(set)
-        for tags, row in series_rows(result):
-            w = windows.setdefault(int(row["time"]), dict.fromkeys(_SUMS, 0.0) | {"n": 0})
-            for key in _SUMS:
+        windows: dict[int, dict[str, float]] = {}
+        for _tags, row in rows:
+            w = windows.setdefault(int(row["time"]), dict.fromkeys(_SUMS, 0.0))
+            for key in _SUMS[:-1]:
                 w[key] += row[key] or 0.0
             w["n"] += 1
-            nodes[int(row["time"])].add(tags.get("node", ""))
-        for t, w in windows.items():
-            w["nodes"] = len(nodes[t])
         return windows
 
-    async def recompute(self, rack: str, zone: str, window_starts: set[int]) -> int:
-        """Recompute and write the given windows of one rack; returns the number of rack points."""
+    async def rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> dict[int, dict[str, float]]:
+        """Sums per window over all node points of ``rack`` in [lo_ns, hi_ns)."""
+        res_s = self.resolution_ns // NS_PER_S
+        rows = await self._sums(
+            'SELECT sum("it_energy_kwh") AS e, sum("facility_energy_kwh") AS f, sum("co2e_g") AS c, '
+            'sum("gpu_seconds") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
+            'sum("idle_energy_kwh") AS ie, sum("gpu_count") AS n, count("gpu_count") AS nodes '
+            f'FROM "node" WHERE "rack" = {quote_string(rack)} AND time >= {lo_ns} AND time < {hi_ns} '
+            f"GROUP BY time({res_s}s) fill(none)"
+        )
+        windows: dict[int, dict[str, float]] = {}
+        for _tags, row in rows:
+            w = {key: float(row[key] or 0.0) for key in (*_SUMS, "nodes")}
+            w["e"] *= J_PER_KWH
+            w["f"] *= J_PER_KWH
+            w["ie"] *= J_PER_KWH
+            windows[int(row["time"])] = w
+        return windows
+
+    async def recompute(self, node: str, rack: str, zone: str, window_starts: set[int]) -> int:
+        """Recompute the node's windows, then its rack's (coalesced); returns rack points written."""
         if not window_starts:
             return 0
-        async with self._locks[rack]:
-            lo = min(window_starts)
-            hi = max(window_starts) + self.resolution_ns
-            windows = await self.aggregate(rack, lo, hi)
-            lines = rack_lines(rack, zone, {t: w for t, w in windows.items() if t in window_starts})
+        async with self._node_locks[node]:
+            lines: list[str] = []
+            for lo, hi in self._runs(window_starts):
+                windows = await self.node_windows(node, lo, hi)
+                lines += node_lines(
+                    node, rack, zone, {t: w for t, w in windows.items() if t in window_starts}
+                )
             if lines:
                 await self.store.write_lines(lines)
-            return len(lines)
+        return await self._recompute_rack(rack, zone, window_starts)
+
+    async def _recompute_rack(self, rack: str, zone: str, window_starts: set[int]) -> int:
+        queued = self._queued.get(rack)
+        if queued is not None:
+            queued[0].update(window_starts)
+            return await asyncio.shield(queued[1])
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queued[rack] = (set(window_starts), future)
+        try:
+            async with self._rack_locks[rack]:
+                todo, _ = self._queued.pop(rack)
+                lines: list[str] = []
+                for lo, hi in self._runs(todo):
+                    windows = await self.rack_windows(rack, lo, hi)
+                    lines += rack_lines(rack, zone, {t: w for t, w in windows.items() if t in todo})
+                if lines:
+                    await self.store.write_lines(lines)
+        except BaseException as exc:
+            entry = self._queued.get(rack)
+            if entry is not None and entry[1] is future:
+                self._queued.pop(rack)
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # marked retrieved; waiters re-raise it
+            raise
+        future.set_result(len(lines))
+        return len(lines)
