@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 
+from gridwatt.collector.alerts.rules import AlertsConfig
 from gridwatt.collector.intensity.config import ProviderConfig
 from gridwatt.configfile import resolve_path
 from gridwatt.timeutil import parse_time_ns
@@ -124,6 +125,8 @@ class CollectorConfig(_Strict):
     accounting: AccountingConfig = AccountingConfig()
     zones: list[ZoneConfig] = Field(min_length=1)
     racks: list[RackConfig] = []
+    #: Idle-GPU alert rules and sinks (see collector/alerts/README.md).
+    alerts: AlertsConfig = AlertsConfig()
     #: Folder of the config file; relative paths in provider configs are taken from it.
     _config_dir: Path | None = PrivateAttr(default=None)
 

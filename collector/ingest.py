@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -44,7 +44,15 @@ class IngestStats:
 class Ingestor:
     """Turns one batch into stored points and an Ack (transport-independent)."""
 
-    def __init__(self, topology: Topology, store: InfluxStore, rollup: RackRollup, limits: Limits) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        store: InfluxStore,
+        rollup: RackRollup,
+        limits: Limits,
+        on_stored: Callable[[str, str, int, int], None] | None = None,
+    ) -> None:
+        self.on_stored = on_stored
         self.topology = topology
         self.store = store
         self.rollup = rollup
@@ -72,6 +80,8 @@ class Ingestor:
             prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns)
             await self.store.write_lines(prepared.lines)
             await self.rollup.recompute(batch.node, placement.rack, placement.zone, prepared.windows)
+            if self.on_stored is not None:
+                self.on_stored(batch.node, placement.rack, min(prepared.windows), hi)
         except BatchRejected as exc:
             self.stats.samples_rejected += n
             log.warning("rejected batch %d from node %r: %s", batch.batch_id, batch.node, exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from aiohttp import web
 
+from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.jobs import JobNotFound, job_report
 from gridwatt.collector.store import InfluxStore, QueryError
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -27,8 +28,12 @@ class QueryService(pb_grpc.QueryServicer):
         return report.to_proto()
 
 
-def http_app(store: InfluxStore) -> web.Application:
+def http_app(store: InfluxStore, monitor: AlertMonitor | None = None) -> web.Application:
     """The collector's HTTP API."""
+
+    async def get_alerts(request: web.Request) -> web.Response:
+        alerts = monitor.recent() if monitor is not None else []
+        return web.json_response({"alerts": alerts, "rules": len(monitor.config.rules) if monitor else 0})
 
     async def get_job(request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
@@ -46,4 +51,5 @@ def http_app(store: InfluxStore) -> web.Application:
     app = web.Application()
     app.router.add_get("/v1/jobs/{job_id}", get_job)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/alerts", get_alerts)
     return app

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import grpc
 from aiohttp import web
 
+from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.ingest import Ingestor, IngestService
 from gridwatt.collector.query_service import QueryService, http_app
@@ -45,11 +46,14 @@ class RunningCollector:
     store: InfluxStore
     ingestor: Ingestor
     topology: Topology
+    monitor: AlertMonitor | None
     grpc_port: int
     http_port: int | None
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.grpc_server.stop(grace_s)
+        if self.monitor is not None:
+            await self.monitor.stop()
         if self.http_runner is not None:
             await self.http_runner.cleanup()
         await self.store.close()
@@ -73,7 +77,11 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
         max_interval_ns=int(config.server.max_interval_s * 1e9),
         min_time_ns=parse_time_ns(config.server.min_time),
     )
-    ingestor = Ingestor(topology, store, rollup, limits)
+    monitor = None
+    if config.alerts.rules:
+        monitor = AlertMonitor(config.alerts, store, config.accounting.rack_resolution_s)
+        monitor.start()
+    ingestor = Ingestor(topology, store, rollup, limits, on_stored=monitor.note if monitor else None)
     server = grpc.aio.server(options=server_options(config))
     ingest_service = IngestService(ingestor)
     server.add_generic_rpc_handlers((ingest_service.handler(),))
@@ -94,7 +102,7 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     runner = None
     http_port = None
     if sc.http_listen:
-        runner = web.AppRunner(http_app(store), access_log=None)
+        runner = web.AppRunner(http_app(store, monitor), access_log=None)
         await runner.setup()
         host, port = _split_listen(sc.http_listen)
         site = web.TCPSite(runner, host, port)
@@ -105,7 +113,7 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
             http_port = server_obj.sockets[0].getsockname()[1]
     log.info("collector serving gRPC on port %d, HTTP on %s; InfluxDB %s (v%d)", grpc_port,
              http_port, config.influxdb.url, config.influxdb.version)
-    return RunningCollector(server, runner, store, ingestor, topology, grpc_port, http_port)
+    return RunningCollector(server, runner, store, ingestor, topology, monitor, grpc_port, http_port)
 
 
 async def serve(config: CollectorConfig) -> None:

@@ -61,6 +61,28 @@ def format_job(r: dict[str, Any]) -> str:
     )
 
 
+def format_alerts(body: dict[str, Any]) -> str:
+    """Firing, pending and recent alerts for people."""
+    alerts = body.get("alerts", [])
+    if not alerts:
+        rules = body.get("rules", 0)
+        return "no alerts" + ("" if rules else " (the collector has no alert rules configured)")
+    lines = []
+    for a in alerts:
+        when = a.get("resolved_at") or a.get("fired_at") or a.get("started_at")
+        lines.append(
+            f"{a['state'].upper():9} {a['rule']}  {a['scope_kind']} {a['scope']}  since {a['started_at']}"
+            f"  ({when})"
+        )
+        lines.append(
+            f"          {len(a.get('gpus', []))} GPUs on {len(a.get('nodes', []))} nodes at "
+            f"{a['mean_util_pct']:.1f} % util for {a['duration_s'] / 60:.0f} min: wasted "
+            f"{a['wasted_energy_kwh']:.2f} kWh, {a['wasted_co2e_kg']:.2f} kg CO2e "
+            f"({a['waste_rate_kwh_per_h']:.2f} kWh/h, {a['waste_rate_kg_per_h']:.2f} kg/h)"
+        )
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gridwatt", description="energy and carbon of GPU jobs")
     p.add_argument("--version", action="version", version=f"gridwatt {__version__}")
@@ -73,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     job = sub.add_parser("job", help="energy and emissions of one job")
     job.add_argument("job_id")
     job.add_argument("--json", action="store_true", help="print one JSON object")
+    alerts = sub.add_parser("alerts", help="firing, pending and recent idle-GPU alerts")
+    alerts.add_argument("--json", action="store_true", help="print one JSON object")
     demo = sub.add_parser("demo", help="run the demo: InfluxDB, collector, simulated agents, a report")
     demo.add_argument("--hours", type=float, default=24.0, help="replayed hours of the training job")
     demo.add_argument("--keep", action="store_true", help="keep the demo's folder (configs, data)")
@@ -86,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "job":
             report = fetch_json(args.collector, "/v1/jobs/" + urllib.parse.quote(args.job_id, safe=""))
             print(json.dumps(report, indent=2) if args.json else format_job(report))
+        elif args.command == "alerts":
+            body = fetch_json(args.collector, "/v1/alerts")
+            print(json.dumps(body, indent=2) if args.json else format_alerts(body))
         elif args.command == "demo":
             from gridwatt.demo import run_demo
 

@@ -1,0 +1,184 @@
+"""Feeds the alert engine from stored windows, in sample time, and delivers its events.
+
+The ingest path tells the monitor, after each stored batch, how far each node has
+reported (the latest sample end). A rack window is *closed* once every active node
+of the rack (one heard from within ``stale_after_s`` of wall time) has reported past
+its end. Closed rack windows are read back from InfluxDB (the ``rack`` points for
+energy and utilisation, the ``gpu`` series for the exact GPUs and nodes), turned into
+ScopeWindows, and fed to the engine in time order; group and cluster windows are
+combined from the racks' windows once every active member rack has closed them.
+Events go to the sinks, to the recent-alerts store and to the state file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from gridwatt.collector.alerts.engine import AlertEngine
+from gridwatt.collector.alerts.model import AlertEvent, ScopeWindow, combine_windows
+from gridwatt.collector.alerts.rules import AlertsConfig
+from gridwatt.collector.alerts.sinks import AlertDispatcher, build_sinks
+from gridwatt.collector.alerts.state import load_state, save_state
+from gridwatt.collector.alerts.store import AlertStore
+from gridwatt.collector.store import InfluxStore, quote_string, series_rows
+
+log = logging.getLogger("gridwatt.collector.alerts")
+NS_PER_S = 1_000_000_000
+
+
+@dataclass
+class _RackProgress:
+    next_window_ns: int | None = None  # start of the first window not yet evaluated
+    nodes: dict[str, tuple[int, float]] = field(default_factory=dict)  # node → (max end ns, wall time)
+
+
+class AlertMonitor:
+    """See the module docstring. ``note`` is cheap; evaluation runs in a background task."""
+
+    def __init__(
+        self, config: AlertsConfig, store: InfluxStore, resolution_s: int, stale_after_s: float = 600.0
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.resolution_ns = resolution_s * NS_PER_S
+        self.stale_after_s = stale_after_s
+        if config.state_file:
+            self.engine, self.alerts = load_state(config.state_file, config.rules, config.keep_resolved)
+        else:
+            self.engine, self.alerts = AlertEngine(config.rules), AlertStore(config.keep_resolved)
+        self.dispatcher = AlertDispatcher(build_sinks(config.sinks))
+        self._racks: dict[str, _RackProgress] = defaultdict(_RackProgress)
+        self._closed: dict[int, dict[str, ScopeWindow]] = defaultdict(dict)  # for group/cluster scopes
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()
+        self.events_sent = 0
+
+    def note(self, node: str, rack: str, first_window_ns: int, max_end_ns: int) -> None:
+        """A batch of ``node`` was stored: its samples reach ``max_end_ns``."""
+        progress = self._racks[rack]
+        prev = progress.nodes.get(node, (0, 0.0))[0]
+        progress.nodes[node] = (max(prev, max_end_ns), time.monotonic())
+        if progress.next_window_ns is None:  # later, late samples of evaluated windows are not re-fed
+            progress.next_window_ns = first_window_ns
+        self._wake.set()
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._loop()))
+        for sink in self.dispatcher.alertmanager_sinks():
+            resend = sink.run_resend_loop(self.engine.active_alerts, self._stop)
+            self._tasks.append(asyncio.create_task(resend))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, timeout=5)
+        await self.evaluate()
+        await self.dispatcher.close()
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.evaluate()
+            except Exception:
+                log.exception("alert evaluation failed; retrying on the next batch")
+            await asyncio.sleep(0.2)  # coalesce bursts of batches
+
+    def _watermark(self, progress: _RackProgress) -> int | None:
+        now = time.monotonic()
+        active = [end for end, seen in progress.nodes.values() if now - seen <= self.stale_after_s]
+        return min(active) if active else None
+
+    async def evaluate(self) -> list[AlertEvent]:
+        """Feed every newly closed window to the engine; deliver and persist the events."""
+        async with self._lock:
+            events: list[AlertEvent] = []
+            rack_marks: dict[str, int] = {}
+            for rack, progress in list(self._racks.items()):
+                mark = self._watermark(progress)
+                if mark is None or progress.next_window_ns is None:
+                    continue
+                closed_to = mark - mark % self.resolution_ns  # windows starting before this are closed
+                rack_marks[rack] = closed_to
+                if closed_to <= progress.next_window_ns:
+                    continue
+                windows = await self._rack_windows(rack, progress.next_window_ns, closed_to)
+                progress.next_window_ns = closed_to
+                for w in windows:
+                    self._closed[w.start_ns][rack] = w
+                events += self.engine.observe_all(windows)
+            events += self._combined(rack_marks)
+            if events:
+                self.alerts.apply(events)
+                await self.dispatcher.dispatch(events)
+                self.events_sent += len(events)
+                if self.config.state_file:
+                    save_state(self.config.state_file, self.engine, self.alerts)
+            return events
+
+    def _combined(self, rack_marks: dict[str, int]) -> list[AlertEvent]:
+        """Group and cluster windows for spans every active rack has closed."""
+        if not rack_marks or not self._closed:
+            return []
+        closed_all = min(rack_marks.values())
+        events: list[AlertEvent] = []
+        for start in sorted(t for t in self._closed if t < closed_all):
+            per_rack = self._closed.pop(start)
+            windows = list(per_rack.values())
+            events += self.engine.observe(combine_windows("cluster", "cluster", windows))
+            for rule in self.config.rules:
+                if rule.scope != "group":
+                    continue
+                members = [
+                    w for r, w in per_rack.items()
+                    if r in rule.racks or any(n in rule.nodes for n in w.nodes)
+                ]
+                if members:
+                    events += self.engine.observe(combine_windows("group", rule.group_name, members))
+        return events
+
+    async def _rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> list[ScopeWindow]:
+        res_s = self.resolution_ns // NS_PER_S
+        where = f'WHERE "rack" = {quote_string(rack)} AND time >= {lo_ns} AND time < {hi_ns}'
+        racks, gpus = await self.store.query(
+            'SELECT "it_energy_kwh", "facility_energy_kwh", "co2e_kg", "mean_util_pct", "gpu_count" '
+            f'FROM "rack" {where}; '
+            f'SELECT count("energy_j") FROM "gpu" {where} GROUP BY time({res_s}s), "node", "gpu" fill(none)'
+        )
+        members: dict[int, set[tuple[str, str]]] = defaultdict(set)
+        for tags, row in series_rows(gpus):
+            members[int(row["time"])].add((tags.get("node", ""), tags.get("gpu", "")))
+        out = []
+        for _tags, row in series_rows(racks):
+            t = int(row["time"])
+            gpu_set = members.get(t, set())
+            out.append(
+                ScopeWindow(
+                    scope_kind="rack",
+                    scope_name=rack,
+                    start_ns=t,
+                    end_ns=t + self.resolution_ns,
+                    gpu_count=int(row["gpu_count"] or 0),
+                    nodes=tuple(sorted({n for n, _ in gpu_set})),
+                    gpus=tuple(sorted(f"{n}/{g}" for n, g in gpu_set)),
+                    mean_util_pct=min(float(row["mean_util_pct"] or 0.0), 100.0),
+                    it_energy_kwh=float(row["it_energy_kwh"] or 0.0),
+                    facility_energy_kwh=float(row["facility_energy_kwh"] or 0.0),
+                    co2e_kg=float(row["co2e_kg"] or 0.0),
+                )
+            )
+        return out
+
+    def recent(self) -> list[dict[str, object]]:
+        """Firing, pending and recent alerts, for GET /v1/alerts and ``gridwatt alerts``."""
+        return list(self.alerts.recent_alerts())
