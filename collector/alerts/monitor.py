@@ -18,7 +18,9 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
+from gridwatt.collector.accounting import J_PER_KWH
 from gridwatt.collector.alerts.engine import AlertEngine
 from gridwatt.collector.alerts.model import AlertEvent, ScopeWindow, combine_windows
 from gridwatt.collector.alerts.rules import AlertsConfig
@@ -54,6 +56,9 @@ class AlertMonitor:
         self.dispatcher = AlertDispatcher(build_sinks(config.sinks))
         self._racks: dict[str, _RackProgress] = defaultdict(_RackProgress)
         self._closed: dict[int, dict[str, ScopeWindow]] = defaultdict(dict)  # for group/cluster scopes
+        self._jobs_next_ns: int | None = None  # first window not yet evaluated for job scopes
+        self._job_rules = any(r.scope == "job" for r in config.rules)
+        self._jobs_started = False
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -67,6 +72,8 @@ class AlertMonitor:
         progress.nodes[node] = (max(prev, max_end_ns), time.monotonic())
         if progress.next_window_ns is None:  # later, late samples of evaluated windows are not re-fed
             progress.next_window_ns = first_window_ns
+        if not self._jobs_started:
+            self._jobs_next_ns = min(self._jobs_next_ns or first_window_ns, first_window_ns)
         self._wake.set()
 
     def start(self) -> None:
@@ -118,6 +125,9 @@ class AlertMonitor:
                     self._closed[w.start_ns][rack] = w
                 events += self.engine.observe_all(windows)
             events += self._combined(rack_marks)
+            if self._job_rules and rack_marks:
+                self._jobs_started = True
+                events += await self._job_scopes(min(rack_marks.values()))
             if events:
                 self.alerts.apply(events)
                 await self.dispatcher.dispatch(events)
@@ -145,6 +155,47 @@ class AlertMonitor:
                 ]
                 if members:
                     events += self.engine.observe(combine_windows("group", rule.group_name, members))
+        return events
+
+    async def _job_scopes(self, closed_to: int) -> list[AlertEvent]:
+        """Job windows for the span closed cluster-wide (``unattributed`` is no job)."""
+        lo = self._jobs_next_ns
+        if lo is None or closed_to <= lo:
+            return []
+        self._jobs_next_ns = closed_to
+        res_s = self.resolution_ns // NS_PER_S
+        (result,) = await self.store.query(
+            'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
+            'sum("gpu_s") AS g, sum("util_pct_s") AS u FROM "job" '
+            f"WHERE \"job_id\" != 'unattributed' AND time >= {lo} AND time < {closed_to} "
+            f'GROUP BY time({res_s}s), "job_id", "node", "gpu" fill(none)'
+        )
+        acc: dict[tuple[int, str], dict[str, Any]] = {}
+        for tags, row in series_rows(result):
+            key = (int(row["time"]), tags.get("job_id", ""))
+            a = acc.setdefault(key, {"e": 0.0, "f": 0.0, "c": 0.0, "g": 0.0, "u": 0.0, "gpus": set()})
+            for k in ("e", "f", "c", "g", "u"):
+                a[k] += row[k] or 0.0
+            a["gpus"].add((tags.get("node", ""), tags.get("gpu", "")))
+        windows = [
+            ScopeWindow(
+                scope_kind="job",
+                scope_name=job,
+                start_ns=t,
+                end_ns=t + self.resolution_ns,
+                gpu_count=len(a["gpus"]),
+                nodes=tuple(sorted({n for n, _ in a["gpus"]})),
+                gpus=tuple(sorted(f"{n}/{g}" for n, g in a["gpus"])),
+                mean_util_pct=min(a["u"] / a["g"], 100.0) if a["g"] else 0.0,
+                it_energy_kwh=a["e"] / J_PER_KWH,
+                facility_energy_kwh=a["f"] / J_PER_KWH,
+                co2e_kg=a["c"] / 1000.0,
+            )
+            for (t, job), a in sorted(acc.items())
+        ]
+        events = self.engine.observe_all(windows)
+        # a job with no window up to closed_to has ended or paused: that is a gap for its alerts
+        events += self.engine.advance_to(closed_to)
         return events
 
     async def _rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> list[ScopeWindow]:

@@ -83,6 +83,7 @@ async def test_idle_rack_fires_once_survives_restart_and_resolves(
         f"[alerts]\nstate_file = {toml_str(tmp_path / 'alerts.json')}\n"
         '[[alerts.rules]]\nname = "rack-idle"\nscope = "rack"\nutil_below_pct = 10\nfor_s = 1800\n'
         "resolve_above_pct = 20\nresolve_after_s = 300\n"
+        '[[alerts.rules]]\nname = "job-idle"\nscope = "job"\nfor_s = 1200\n'
         f'[[alerts.sinks.webhooks]]\nurl = "http://127.0.0.1:{hook_port}/hook"\n'
     )
     cfg = tmp_path / "collector.toml"
@@ -99,7 +100,7 @@ async def test_idle_rack_fires_once_survives_restart_and_resolves(
         collector = CollectorProcess(cfg, grpc_port, http_port).start()
         # phase 2: 01:40-03:00; rack-b busy again from 02:00, resolved at 02:05
         await asyncio.to_thread(replay, tmp_path, grpc_port, 100, 180)
-        await _until(lambda: any(e["kind"] == "resolved" for e in received))
+        await _until(lambda: sum(e["kind"] == "resolved" for e in received) == 2)
         body = await asyncio.to_thread(_get_json, f"{collector.http_url}/v1/alerts")
         cli = await asyncio.to_thread(
             subprocess.run,
@@ -112,6 +113,10 @@ async def test_idle_rack_fires_once_survives_restart_and_resolves(
     finally:
         await runner.cleanup()
 
+    job_events = [(e["kind"], e["scope"], e["at_ns"]) for e in received if e["scope_kind"] == "job"]
+    # the idle job fires after 20 min (01:20) and resolves 5 min after it is busy again (02:05)
+    assert job_events == [("firing", "job-b1", T0 + 80 * MIN), ("resolved", "job-b1", T0 + 125 * MIN)]
+    received = [e for e in received if e["scope_kind"] == "rack"]
     kinds = [(e["kind"], e["scope"]) for e in received]
     assert kinds == [("firing", "rack-b"), ("resolved", "rack-b")]  # once each; busy racks nothing
     firing, resolved = received
@@ -126,8 +131,9 @@ async def test_idle_rack_fires_once_survives_restart_and_resolves(
     whole_kwh = GPUS * IDLE_W * 1.0 / 1000 * PUE
     assert resolved["wasted_energy_kwh"] == pytest.approx(whole_kwh, rel=0.01)
     assert resolved["gpus"] == [f"b1/{g}" for g in range(GPUS)] and resolved["nodes"] == ["b1"]
-    assert [(a["rule"], a["scope"], a["state"]) for a in body["alerts"]] == [
-        ("rack-idle", "rack-b", "resolved")
+    assert sorted((a["rule"], a["scope"], a["state"]) for a in body["alerts"]) == [
+        ("job-idle", "job-b1", "resolved"),
+        ("rack-idle", "rack-b", "resolved"),
     ]
     assert cli.returncode == 0 and "RESOLVED  rack-idle  rack rack-b" in cli.stdout
 
