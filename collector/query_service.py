@@ -7,7 +7,9 @@ from aiohttp import web
 
 from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.jobs import JobNotFound, job_report
+from gridwatt.collector.racks import rack_totals
 from gridwatt.collector.store import InfluxStore, QueryError
+from gridwatt.timeutil import parse_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 
@@ -48,7 +50,20 @@ def http_app(store: InfluxStore, monitor: AlertMonitor | None = None) -> web.App
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def get_racks(request: web.Request) -> web.Response:
+        try:
+            since = parse_time_ns(request.query["since"]) if "since" in request.query else None
+            until = parse_time_ns(request.query["until"]) if "until" in request.query else None
+        except ValueError as exc:
+            return web.json_response({"error": f"bad since/until: {exc}"}, status=400)
+        try:
+            racks = await rack_totals(store, since, until)
+        except QueryError as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        return web.json_response({"racks": racks})
+
     app = web.Application()
+    app.router.add_get("/v1/racks", get_racks)
     app.router.add_get("/v1/jobs/{job_id}", get_job)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/alerts", get_alerts)

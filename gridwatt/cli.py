@@ -61,6 +61,23 @@ def format_job(r: dict[str, Any]) -> str:
     )
 
 
+def format_racks(body: dict[str, Any]) -> str:
+    """A table of per-rack totals."""
+    racks = body.get("racks", [])
+    if not racks:
+        return "no rack data in that range"
+    head = (f"{'rack':<14}{'zone':<8}{'IT kWh':>12}{'facility kWh':>14}{'kg CO2e':>12}{'PUE':>7}"
+            f"{'g/kWh':>8}{'GPU-h':>10}{'util %':>8}{'idle kWh':>10}")
+    rows = [head]
+    for r in racks:
+        rows.append(
+            f"{r['rack']:<14}{r['zone']:<8}{r['it_energy_kwh']:>12.2f}{r['facility_energy_kwh']:>14.2f}"
+            f"{r['co2e_kg']:>12.2f}{r['mean_pue']:>7.3f}{r['mean_intensity_g_per_kwh']:>8.1f}"
+            f"{r['gpu_hours']:>10.1f}{r['mean_util_pct']:>8.1f}{r['idle_energy_kwh']:>10.2f}"
+        )
+    return "\n".join(rows)
+
+
 def format_alerts(body: dict[str, Any]) -> str:
     """Firing, pending and recent alerts for people."""
     alerts = body.get("alerts", [])
@@ -95,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     job = sub.add_parser("job", help="energy and emissions of one job")
     job.add_argument("job_id")
     job.add_argument("--json", action="store_true", help="print one JSON object")
+    racks = sub.add_parser("racks", help="energy and emissions per rack")
+    racks.add_argument("--since", help="ISO 8601 UTC start (default: all data)")
+    racks.add_argument("--until", help="ISO 8601 UTC end")
+    racks.add_argument("--json", action="store_true", help="print one JSON object")
     alerts = sub.add_parser("alerts", help="firing, pending and recent idle-GPU alerts")
     alerts.add_argument("--json", action="store_true", help="print one JSON object")
     demo = sub.add_parser("demo", help="run the demo: InfluxDB, collector, simulated agents, a report")
@@ -110,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "job":
             report = fetch_json(args.collector, "/v1/jobs/" + urllib.parse.quote(args.job_id, safe=""))
             print(json.dumps(report, indent=2) if args.json else format_job(report))
+        elif args.command == "racks":
+            bounds = {"since": args.since, "until": args.until}
+            query = urllib.parse.urlencode({k: v for k, v in bounds.items() if v})
+            body = fetch_json(args.collector, "/v1/racks" + (f"?{query}" if query else ""))
+            print(json.dumps(body, indent=2) if args.json else format_racks(body))
         elif args.command == "alerts":
             body = fetch_json(args.collector, "/v1/alerts")
             print(json.dumps(body, indent=2) if args.json else format_alerts(body))

@@ -15,7 +15,7 @@ import urllib.parse
 from importlib import resources
 from pathlib import Path
 
-from gridwatt.cli import fetch_json, format_job
+from gridwatt.cli import fetch_json, format_alerts, format_job, format_racks
 from gridwatt.harness import CollectorProcess, new_collector_ports, start_agent, toml_str
 from gridwatt.local_influxdb import LocalInfluxDB
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
@@ -92,6 +92,21 @@ zone = "DE"
 nodes = {RACKS["rack-b"]!r}
 # free cooling switched on half way through the job
 pue_schedule = [{{ start = "2022-01-01T00:00:00Z", pue = 1.35 }}, {{ start = {toml_str(mid)}, pue = 1.18 }}]
+
+[alerts]
+state_file = {toml_str(folder / "alerts-state.json")}
+
+[[alerts.rules]]
+name = "job-idle"
+scope = "job"
+util_below_pct = 10
+for_s = 1800
+
+[[alerts.rules]]
+name = "cluster-idle"
+scope = "cluster"
+util_below_pct = 25
+for_s = 1800
 """.replace("'", '"')
     )
     for nodes in RACKS.values():
@@ -143,6 +158,11 @@ def run_demo(hours: float = 24.0, keep: bool = False, serve: bool = False) -> in
                 report = fetch_json(collector.http_url, "/v1/jobs/" + urllib.parse.quote(job))
                 print(format_job(report))
                 print()
+            print(format_racks(fetch_json(collector.http_url, "/v1/racks")))
+            print()
+            time.sleep(1.0)  # the alert monitor evaluates the last windows just after the final batch
+            print(format_alerts(fetch_json(collector.http_url, "/v1/alerts")))
+            print()
             if serve:
                 say(f"serving until Ctrl-C; try: gridwatt --collector {collector.http_url} job {JOB}")
                 say(f"or: curl {collector.http_url}/v1/jobs/{JOB}   (InfluxDB: {db.url}, db gridwatt)")

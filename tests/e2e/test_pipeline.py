@@ -138,6 +138,26 @@ def test_week_of_real_de_intensity_with_pue_change(
         proc = gridwatt_job(collector.http_url, "week-job", "--json")
         assert proc.returncode == 0, proc.stderr
         report: dict[str, Any] = json.loads(proc.stdout)
+        racks_proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gridwatt.cli",
+                "--collector",
+                collector.http_url,
+                "racks",
+                "--json",
+                "--since",
+                "2022-02-07T00:00:00Z",
+                "--until",
+                "2022-02-15T00:00:00Z",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert racks_proc.returncode == 0, racks_proc.stderr
+        racks = {r["rack"]: r for r in json.loads(racks_proc.stdout)["racks"]}
     finally:
         collector.stop()
 
@@ -164,6 +184,12 @@ def test_week_of_real_de_intensity_with_pue_change(
     assert report["gpu_hours"] == pytest.approx(16 * 7 * 24, rel=1e-6)
     # far tighter than the 0.1% asked: the only differences are float rounding and whole-mJ counters
     assert report["co2e_kg"] == pytest.approx(co2e_kg, rel=1e-7)
+
+    # gridwatt racks: both racks, summing to the job's totals (the job used every GPU of both)
+    assert sorted(racks) == ["r1", "r2"]
+    assert sum(r["co2e_kg"] for r in racks.values()) == pytest.approx(co2e_kg, rel=1e-7)
+    assert racks["r2"]["mean_pue"] == pytest.approx(1.4)
+    assert racks["r1"]["gpu_hours"] == pytest.approx(8 * 7 * 24, rel=1e-6)
 
     # The rack-level series in InfluxDB sums to the same totals.
     (rack,) = influx_query(

@@ -1,0 +1,43 @@
+"""Per-rack totals over a time range, read from the ``rack`` measurement with InfluxQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gridwatt.collector.store import InfluxStore, series_rows
+
+
+async def rack_totals(
+    store: InfluxStore, since_ns: int | None = None, until_ns: int | None = None
+) -> list[dict[str, Any]]:
+    """One dict per rack: energy, emissions, energy-weighted PUE and intensity, GPU-hours, mean util."""
+    conds = []
+    if since_ns is not None:
+        conds.append(f"time >= {since_ns}")
+    if until_ns is not None:
+        conds.append(f"time < {until_ns}")
+    where = f"WHERE {' AND '.join(conds)} " if conds else ""
+    (result,) = await store.query(
+        'SELECT sum("it_energy_kwh") AS it, sum("facility_energy_kwh") AS fac, sum("co2e_kg") AS co2, '
+        'sum("gpu_seconds") AS gs, sum("util_pct_s") AS us, sum("idle_energy_kwh") AS idle, '
+        f'max("gpu_count") AS gpus FROM "rack" {where}GROUP BY "rack", "zone"'
+    )
+    out = []
+    for tags, row in series_rows(result):
+        it, fac, co2, gs = (float(row[k] or 0.0) for k in ("it", "fac", "co2", "gs"))
+        out.append(
+            {
+                "rack": tags.get("rack", ""),
+                "zone": tags.get("zone", ""),
+                "it_energy_kwh": it,
+                "facility_energy_kwh": fac,
+                "co2e_kg": co2,
+                "mean_pue": fac / it if it else 0.0,
+                "mean_intensity_g_per_kwh": co2 * 1000 / fac if fac else 0.0,
+                "gpu_hours": gs / 3600.0,
+                "max_gpus": int(row["gpus"] or 0),
+                "mean_util_pct": float(row["us"] or 0.0) / gs if gs else 0.0,
+                "idle_energy_kwh": float(row["idle"] or 0.0),
+            }
+        )
+    return sorted(out, key=lambda r: r["rack"])
