@@ -107,7 +107,8 @@ def test_tokens_from_the_environment(tmp_path: Path) -> None:
 
 def test_binding_nodes_to_cert_names_needs_mutual_tls(tmp_path: Path) -> None:
     cfg = tmp_path / "collector.toml"
-    cfg.write_text(collector_toml("http://127.0.0.1:1", "db", racks=RACKS + "\n[auth]\nbind_node_to_cert_cn = true\n"))
+    racks = RACKS + "\n[auth]\nbind_node_to_cert_cn = true\n"
+    cfg.write_text(collector_toml("http://127.0.0.1:1", "db", racks=racks))
     with pytest.raises(ConfigError, match="bind_node_to_cert_cn needs mutual TLS"):
         load_config(cfg, CollectorConfig)
 
