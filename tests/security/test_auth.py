@@ -255,3 +255,17 @@ def _assert_no_token_anywhere(caplog: pytest.LogCaptureFixture, messages: list[s
     for text in texts:
         for secret in (TOKEN_N1, TOKEN_N2, TOKEN_N1 + "x"):
             assert secret not in text
+
+
+def test_hash_token_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+    import io
+
+    from gridwatt.collector.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(TOKEN_N1 + "\n"))
+    assert main(["hash-token"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == "sha256:" + hashlib.sha256(TOKEN_N1.encode()).hexdigest()
+    auth = NodeAuth.from_config(AuthConfig(tokens={"n1": out}))
+    assert auth.identify(bearer(TOKEN_N1), {}).token_node == "n1"
