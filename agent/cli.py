@@ -1,4 +1,4 @@
-"""``gridwatt-agent``: run the node agent."""
+"""``gridwatt-agent``: run the node agent; check a node; install or uninstall it as a service."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from gridwatt import __version__
 from gridwatt.agent.config import AgentConfig
@@ -28,11 +29,63 @@ def _parser() -> argparse.ArgumentParser:
         "then exit once every sample is acknowledged",
     )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    check = sub.add_parser("check", help="check this node: GPUs and their fields, spool, collector, auth")
+    check.add_argument("--config", required=True, help="agent config file (TOML)")
+    check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the collector")
+    for name, text in (("install", "install as a systemd service (user, config, unit; enable --now)"),
+                       ("uninstall", "stop and remove the service (keeps the spool unless --purge)")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("--root", type=Path, default=Path("/"),
+                        help="install into this folder instead of / (for images and tests)")
+        sp.add_argument("--user", default="gridwatt", help="system user to run as (default gridwatt)")
+        sp.add_argument("--dry-run", action="store_true", help="print what would be done, do nothing")
+        if name == "install":
+            sp.add_argument("--node", help="node name for a new agent.toml (default: the example's)")
+            sp.add_argument("--collector", help="collector host:port for a new agent.toml")
+            sp.add_argument("--exec", dest="exec_path", type=Path,
+                            help="gridwatt-agent executable for ExecStart (default: this one)")
+            sp.add_argument("--no-start", action="store_true", help="enable but do not start it")
+        else:
+            sp.add_argument("--purge", action="store_true", help="also remove the spool and agent.toml")
     return p
+
+
+def _install(args: argparse.Namespace) -> int:
+    from gridwatt.agent.install import Installer, InstallError, InstallOptions
+
+    opts = InstallOptions(
+        root=args.root, user=args.user, dry_run=args.dry_run,
+        node=getattr(args, "node", None), collector=getattr(args, "collector", None),
+        exec_path=getattr(args, "exec_path", None), start=not getattr(args, "no_start", False),
+        purge=getattr(args, "purge", False),
+    )
+    installer = Installer(opts)
+    try:
+        installer.install() if args.command == "install" else installer.uninstall()
+    except (InstallError, OSError) as exc:
+        print(f"gridwatt-agent {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from gridwatt.agent.check import run_check
+
+    try:
+        config = load_config(args.config, AgentConfig)
+    except ConfigError as exc:
+        print(f"✗ {exc}", file=sys.stderr)
+        return 1
+    return 0 if run_check(config, args.config, timeout_s=args.timeout) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("install", "uninstall"):
+        return _install(args)
+    if args.command == "check":
+        logging.basicConfig(level="ERROR", stream=sys.stderr)
+        return _check(args)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from gridwatt.agent.attribution import Attributor
 from gridwatt.agent.config import AgentConfig
 from gridwatt.agent.sampler import Sampler
+from gridwatt.agent.sdnotify import Notifier
 from gridwatt.agent.shipper import Shipper
 from gridwatt.agent.sources.base import GpuSource
 from gridwatt.agent.spool import Ledger, Spool
@@ -95,9 +96,12 @@ async def run_agent(
             + (f" (collector: {shipper.stats.last_error})" if shipper.stats.last_error and not final else "")
         )
 
+    notifier = Notifier()  # a no-op unless NOTIFY_SOCKET is set (systemd Type=notify)
+    notifier.ready(f"sampling {config.source.kind}, shipping to {config.collector.address}")
     try:
         next_tick = time.monotonic()
         while not stop.is_set():
+            notifier.watchdog()
             samples = sampler.take(source.read())
             if samples:
                 spool.append((s.start_ns, s.energy_j, s.SerializeToString()) for s in samples)

@@ -24,6 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     check = sub.add_parser("check-config", help="validate a config file and its data files, then exit")
     check.add_argument("--config", required=True)
+    sub.add_parser(
+        "hash-token",
+        help="read a node token on stdin, print the sha256:<hex> form to keep in auth.tokens_file",
+    )
     return p
 
 
@@ -34,13 +38,25 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "hash-token":
+        from gridwatt.collector.auth import hash_token
+
+        token = sys.stdin.readline().strip()
+        if not token:
+            print("gridwatt-collector: no token on stdin", file=sys.stderr)
+            return 2
+        print(hash_token(token))
+        return 0
     try:
         config = load_config(args.config, CollectorConfig)
+        from gridwatt.collector.auth import NodeAuth
         from gridwatt.collector.topology import Topology
 
         Topology(config)  # loads intensity and PUE files: their errors surface before serving
+        auth = NodeAuth.from_config(config.auth)
         if args.command == "check-config":
-            print(f"{args.config}: OK ({len(config.zones)} zones, {len(config.racks)} racks)")
+            print(f"{args.config}: OK ({len(config.zones)} zones, {len(config.racks)} racks, "
+                  f"{auth.token_count} node tokens)")
             return 0
         from gridwatt.collector.server import serve
 

@@ -109,6 +109,41 @@ class ServerConfig(_Strict):
     tls_client_ca_file: Path | None = None
     keepalive_min_ping_interval_s: float = Field(10.0, gt=0)
 
+    @model_validator(mode="after")
+    def _tls_complete(self) -> ServerConfig:
+        # Half a TLS setup must not silently fall back to plaintext.
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both tls_cert_file and tls_key_file")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
+
+
+class AuthConfig(_Strict):
+    """Per-node bearer tokens (see collector/auth.py). Off when no token is configured.
+
+    Production should enable it: without tokens any client that reaches the port can write
+    samples for any node.
+    """
+
+    #: ``node token`` lines or TOML ``node = "token"``; a token may be stored as ``sha256:<hex>``.
+    tokens_file: Path | None = None
+    #: Inline node → token map, best given as GRIDWATT_AUTH__TOKENS='{ node = "token" }'.
+    tokens: dict[str, Any] = Field(default_factory=dict, repr=False)
+    #: With mutual TLS: a batch's node must equal the client certificate's common name (CN).
+    bind_node_to_cert_cn: bool = False
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _tokens_are_strings(cls, v: Any) -> Any:
+        # Raised without the value, so a token never appears in an error message.
+        if not isinstance(v, dict):
+            raise ValueError("must be a table of node = \"token\"")
+        bad = sorted(str(k) for k, t in v.items() if not isinstance(t, str))
+        if bad:
+            raise ValueError(f"token of node(s) {bad} must be a string")
+        return v
+
 
 class AccountingConfig(_Strict):
     #: Width of the rack-level windows.
@@ -123,6 +158,7 @@ class CollectorConfig(_Strict):
     server: ServerConfig = ServerConfig()
     influxdb: InfluxConfig = InfluxConfig()
     accounting: AccountingConfig = AccountingConfig()
+    auth: AuthConfig = AuthConfig()
     zones: list[ZoneConfig] = Field(min_length=1)
     racks: list[RackConfig] = []
     #: Idle-GPU alert rules and sinks (see collector/alerts/README.md).
@@ -151,6 +187,7 @@ class CollectorConfig(_Strict):
         for section, keys in (
             ("server", ("tls_cert_file", "tls_key_file", "tls_client_ca_file")),
             ("influxdb", ("password_file", "token_file")),
+            ("auth", ("tokens_file",)),
         ):
             sec = data.get(section)
             if isinstance(sec, dict):
@@ -175,6 +212,8 @@ class CollectorConfig(_Strict):
                 if node in seen:
                     raise ValueError(f"node {node!r} is in two racks: {seen[node]!r} and {rack.name!r}")
                 seen[node] = rack.name
+        if self.auth.bind_node_to_cert_cn and self.server.tls_client_ca_file is None:
+            raise ValueError("auth.bind_node_to_cert_cn needs mutual TLS: set server.tls_client_ca_file")
         if self.accounting.default_zone is not None and self.accounting.default_zone not in zones:
             raise ValueError(f"accounting.default_zone {self.accounting.default_zone!r} is not a zone")
         return self

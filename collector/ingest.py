@@ -4,6 +4,10 @@ An Ack is sent only after the batch is stored. A bad batch is answered with
 INVALID_ARGUMENT naming the problem, and nothing of it is stored; the stream
 and every other agent carry on. When InfluxDB cannot store, the answer is
 UNAVAILABLE and the agent keeps the batch and resends it.
+
+With node tokens configured (collector/auth.py) every call must carry a valid token:
+UNAUTHENTICATED ends the call before anything is read, and a batch for another node than
+the token's ends the stream with PERMISSION_DENIED, storing nothing of it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
+from gridwatt import __version__
+from gridwatt.collector.auth import AuthError, Identity, NodeAuth
 from gridwatt.collector.points import prepare_batch
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore, StoreRejected, StoreUnavailable
@@ -114,13 +120,37 @@ class IngestService:
     answered with INVALID_ARGUMENT (gRPC's own deserializer would say INTERNAL).
     """
 
-    def __init__(self, ingestor: Ingestor) -> None:
+    def __init__(self, ingestor: Ingestor, auth: NodeAuth | None = None) -> None:
         self.ingestor = ingestor
+        self.auth = auth or NodeAuth()
         self.connected_streams = 0
+        self.refused_calls = 0
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, exc: AuthError) -> None:
+        self.refused_calls += 1
+        log.warning("refused %s from %s: %s", exc.code.name, context.peer(), exc)
+        await context.abort(exc.code, str(exc))
+        raise AssertionError("unreachable")
+
+    async def _identify(self, context: grpc.aio.ServicerContext) -> Identity:
+        if not self.auth.enabled:
+            return Identity()
+        try:
+            return self.auth.identify(context.invocation_metadata(), context.auth_context())
+        except AuthError as exc:
+            await self._refuse(context, exc)
+            raise
+
+    async def _authorize(self, context: grpc.aio.ServicerContext, identity: Identity, node: str) -> None:
+        try:
+            self.auth.authorize(identity, node)
+        except AuthError as exc:
+            await self._refuse(context, exc)
 
     async def Stream(
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Ack]:
+        identity = await self._identify(context)
         self.connected_streams += 1
         try:
             async for raw in request_iterator:
@@ -130,21 +160,50 @@ class IngestService:
                     log.warning("%s (peer %s)", batch, context.peer())
                     yield pb.Ack(batch_id=0, code=CODE_INVALID_ARGUMENT, message=batch)
                     continue
+                await self._authorize(context, identity, batch.node)
                 yield await self.ingestor.handle(batch)
         finally:
             self.connected_streams -= 1
 
     async def Write(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Ack:
+        identity = await self._identify(context)
         batch = _parse_batch(request)
         if isinstance(batch, str):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, batch)
             raise AssertionError("unreachable")
+        await self._authorize(context, identity, batch.node)
         ack = await self.ingestor.handle(batch)
         if ack.code == CODE_INVALID_ARGUMENT:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ack.message)
         if ack.code == CODE_UNAVAILABLE:
             await context.abort(grpc.StatusCode.UNAVAILABLE, ack.message)
         return ack
+
+    async def Check(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.CheckResponse:
+        """Credentials valid for the node, and the node known; stores nothing."""
+        identity = await self._identify(context)
+        try:
+            req = pb.CheckRequest.FromString(request)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed CheckRequest")
+            raise AssertionError("unreachable") from None
+        await self._authorize(context, identity, req.node)
+        placement = self.ingestor.topology.locate(req.node)
+        if placement is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"node {req.node!r} is not in any rack of the collector's config "
+                "and auto-registration is off",
+            )
+            raise AssertionError("unreachable")
+        return pb.CheckResponse(
+            node=req.node,
+            rack=placement.rack,
+            zone=placement.zone,
+            authenticated=identity.token_node is not None or identity.cert_cn is not None,
+            auth_required=self.auth.enabled,
+            collector_version=__version__,
+        )
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler to add to a grpc.aio server."""
@@ -156,6 +215,10 @@ class IngestService:
                 ),
                 "Write": grpc.unary_unary_rpc_method_handler(
                     self.Write, request_deserializer=None, response_serializer=pb.Ack.SerializeToString
+                ),
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    self.Check, request_deserializer=None,
+                    response_serializer=pb.CheckResponse.SerializeToString,
                 ),
             },
         )

@@ -12,6 +12,7 @@ import grpc
 from aiohttp import web
 
 from gridwatt.collector.alerts.monitor import AlertMonitor
+from gridwatt.collector.auth import NodeAuth
 from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.ingest import Ingestor, IngestService
 from gridwatt.collector.query_service import QueryService, http_app
@@ -68,6 +69,10 @@ def _split_listen(listen: str) -> tuple[str, int]:
 async def start_collector(config: CollectorConfig) -> RunningCollector:
     """Start serving; returns handles (ports resolved when :0 was asked)."""
     topology = Topology(config)
+    auth = NodeAuth.from_config(config.auth)
+    if not auth.enabled:
+        log.warning("agent authentication is off: any client can write for any node; "
+                    "configure [auth] tokens_file in production")
     store = InfluxStore(config.influxdb)
     await store.start()
     rollup = RackRollup(store, config.accounting.rack_resolution_s)
@@ -83,7 +88,7 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
         monitor.start()
     ingestor = Ingestor(topology, store, rollup, limits, on_stored=monitor.note if monitor else None)
     server = grpc.aio.server(options=server_options(config))
-    ingest_service = IngestService(ingestor)
+    ingest_service = IngestService(ingestor, auth)
     server.add_generic_rpc_handlers((ingest_service.handler(),))
     pb_grpc.add_QueryServicer_to_server(QueryService(store), server)
     sc = config.server

@@ -13,12 +13,19 @@ as_root() {
     log "need root for: $*  (run as root or install sudo)"; return 1; fi
 }
 
-if ! command -v influxd >/dev/null 2>&1; then
-  log "installing InfluxDB 1.x (apt package influxdb)"
+# Debian packages: the InfluxDB 1.x server (demo, tests), and for the tests a real Prometheus
+# Alertmanager and VictoriaMetrics (InfluxDB v2 write API). Their system services are not used:
+# the tests and the demo start their own servers on free ports with temporary data folders.
+missing=()
+command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
+[ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
+[ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   as_root apt-get update -qq || log "apt-get update failed; trying the install anyway"
-  # policy-rc.d keeps the package from starting a system-wide influxd; ours run per test/demo.
-  as_root apt-get install -y -qq --no-install-recommends influxdb >/dev/null
+  as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 PY=""

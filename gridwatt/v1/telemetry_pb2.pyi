@@ -129,6 +129,30 @@ class Ack(_message.Message):
     stored_samples: int
     def __init__(self, batch_id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., stored_samples: _Optional[int] = ...) -> None: ...
 
+class CheckRequest(_message.Message):
+    __slots__ = ("node", "agent_version")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    agent_version: str
+    def __init__(self, node: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+
+class CheckResponse(_message.Message):
+    __slots__ = ("node", "rack", "zone", "authenticated", "auth_required", "collector_version")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    RACK_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    AUTHENTICATED_FIELD_NUMBER: _ClassVar[int]
+    AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    COLLECTOR_VERSION_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    rack: str
+    zone: str
+    authenticated: bool
+    auth_required: bool
+    collector_version: str
+    def __init__(self, node: _Optional[str] = ..., rack: _Optional[str] = ..., zone: _Optional[str] = ..., authenticated: _Optional[bool] = ..., auth_required: _Optional[bool] = ..., collector_version: _Optional[str] = ...) -> None: ...
+
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

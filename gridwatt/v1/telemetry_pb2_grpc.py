@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class IngestStub:
-    """Missing associated documentation comment in .proto file."""
+    """Every call carries "authorization: Bearer <token>" metadata when the collector has
+    node tokens configured: a missing or unknown token fails with UNAUTHENTICATED, a
+    token (or client certificate) of another node than the batch's with PERMISSION_DENIED.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -44,10 +47,18 @@ class IngestStub:
                 request_serializer=gridwatt_dot_v1_dot_telemetry__pb2.Batch.SerializeToString,
                 response_deserializer=gridwatt_dot_v1_dot_telemetry__pb2.Ack.FromString,
                 _registered_method=True)
+        self.Check = channel.unary_unary(
+                '/gridwatt.v1.Ingest/Check',
+                request_serializer=gridwatt_dot_v1_dot_telemetry__pb2.CheckRequest.SerializeToString,
+                response_deserializer=gridwatt_dot_v1_dot_telemetry__pb2.CheckResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Every call carries "authorization: Bearer <token>" metadata when the collector has
+    node tokens configured: a missing or unknown token fails with UNAUTHENTICATED, a
+    token (or client certificate) of another node than the batch's with PERMISSION_DENIED.
+    """
 
     def Stream(self, request_iterator, context):
         """Long-lived stream: one Ack per Batch, sent after the batch is stored.
@@ -58,6 +69,13 @@ class IngestServicer:
 
     def Write(self, request, context):
         """One batch; fails with INVALID_ARGUMENT for a batch that is rejected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Check(self, request, context):
+        """Checks credentials and that the node is known; NOT_FOUND for a node in no rack.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -76,6 +94,11 @@ def add_IngestServicer_to_server(servicer, server):
                     request_deserializer=gridwatt_dot_v1_dot_telemetry__pb2.Batch.FromString,
                     response_serializer=gridwatt_dot_v1_dot_telemetry__pb2.Ack.SerializeToString,
             ),
+            'Check': grpc.unary_unary_rpc_method_handler(
+                    servicer.Check,
+                    request_deserializer=gridwatt_dot_v1_dot_telemetry__pb2.CheckRequest.FromString,
+                    response_serializer=gridwatt_dot_v1_dot_telemetry__pb2.CheckResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'gridwatt.v1.Ingest', rpc_method_handlers)
@@ -85,7 +108,10 @@ def add_IngestServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Ingest:
-    """Missing associated documentation comment in .proto file."""
+    """Every call carries "authorization: Bearer <token>" metadata when the collector has
+    node tokens configured: a missing or unknown token fails with UNAUTHENTICATED, a
+    token (or client certificate) of another node than the batch's with PERMISSION_DENIED.
+    """
 
     @staticmethod
     def Stream(request_iterator,
@@ -131,6 +157,33 @@ class Ingest:
             '/gridwatt.v1.Ingest/Write',
             gridwatt_dot_v1_dot_telemetry__pb2.Batch.SerializeToString,
             gridwatt_dot_v1_dot_telemetry__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Check(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gridwatt.v1.Ingest/Check',
+            gridwatt_dot_v1_dot_telemetry__pb2.CheckRequest.SerializeToString,
+            gridwatt_dot_v1_dot_telemetry__pb2.CheckResponse.FromString,
             options,
             channel_credentials,
             insecure,
