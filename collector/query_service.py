@@ -1,4 +1,4 @@
-"""The gridwatt.v1.Query gRPC service and the HTTP API (GET /v1/jobs/{job_id}, /healthz)."""
+"""The gridwatt.v1.Query gRPC service and the HTTP API (GET /v1/jobs/{job_id}, /healthz, /metrics)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import grpc
 from aiohttp import web
 
 from gridwatt.collector.jobs import JobNotFound, job_report
+from gridwatt.collector.metrics import CONTENT_TYPE, CollectorMetrics
 from gridwatt.collector.store import InfluxStore, QueryError
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
@@ -27,8 +28,12 @@ class QueryService(pb_grpc.QueryServicer):
         return report.to_proto()
 
 
-def http_app(store: InfluxStore) -> web.Application:
-    """The collector's HTTP API."""
+def http_app(store: InfluxStore, metrics: CollectorMetrics | None = None) -> web.Application:
+    """The collector's HTTP API.
+
+    ``/healthz`` answers 200 while InfluxDB accepts writes and 503 (with the reason) while it
+    does not; ``/metrics`` is the Prometheus text exposition of ``metrics``.
+    """
 
     async def get_job(request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
@@ -41,9 +46,20 @@ def http_app(store: InfluxStore) -> web.Application:
         return web.json_response(report.to_json())
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        if store.serving:
+            return web.json_response({"status": "ok"})
+        return web.json_response(
+            {"status": "unavailable", "reason": f"InfluxDB: {store.health_reason}",
+             "retry_after_s": round(store.retry_after_s(), 3)},
+            status=503,
+        )
+
+    async def metrics_text(request: web.Request) -> web.Response:
+        body = metrics.render() if metrics is not None else b""
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     app = web.Application()
     app.router.add_get("/v1/jobs/{job_id}", get_job)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_text)
     return app

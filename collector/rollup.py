@@ -11,12 +11,15 @@ overwrite a newer one from this collector.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from typing import Any
 
 from gridwatt.collector.accounting import J_PER_KWH
 from gridwatt.collector.lineproto import tag
 from gridwatt.collector.store import InfluxStore, quote_string, series_rows
+
+log = logging.getLogger("gridwatt.collector.rollup")
 
 NS_PER_S = 1_000_000_000
 _SUMS = ("e", "f", "c", "d", "u", "i", "ie")
@@ -82,5 +85,8 @@ class RackRollup:
             windows = await self.aggregate(rack, lo, hi)
             lines = rack_lines(rack, zone, {t: w for t, w in windows.items() if t in window_starts})
             if lines:
-                await self.store.write_lines(lines)
+                result = await self.store.write_lines(lines)
+                for index, (status, reason) in result.rejected.items():
+                    log.error("rack %r: InfluxDB refused a rack window (HTTP %d): %s | %s",
+                              rack, status, reason, lines[index][:200])
             return len(lines)
