@@ -29,6 +29,7 @@ give-up anywhere: the agents keep unacknowledged samples and resend them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email.utils
 import json
@@ -149,13 +150,13 @@ class InfluxStore:
         self._v2_client: Any = None
         self._v2_write: Any = None
         self._headers: dict[str, str] = {}
-        self._auth: aiohttp.BasicAuth | None = None
         password = read_secret(config.password, config.password_file, "influxdb password")
         token = read_secret(config.token, config.token_file, "influxdb token")
         if token:
             self._headers["Authorization"] = f"Token {token}"
         if config.username:
-            self._auth = aiohttp.BasicAuth(config.username, password or "")
+            basic = base64.b64encode(f"{config.username}:{password or ''}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {basic}"
         self._token = token
         self._chunk_lines = config.write_batch_lines
         self.serving = True
@@ -168,7 +169,6 @@ class InfluxStore:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         self._session = aiohttp.ClientSession(
             base_url=self.config.url.rstrip("/") + "/", timeout=timeout, headers=self._headers,
-            auth=self._auth,
         )
         if self.config.version == 2:
             from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
@@ -278,31 +278,36 @@ class InfluxStore:
             await self._set_health(True, "")
         return result
 
-    async def _write_range(self, lines: list[str], lo: int, hi: int, result: WriteResult) -> None:
+    async def _write_range(self, lines: list[str], lo: int, hi: int, result: WriteResult) -> bool:
+        """Write lines[lo:hi], splitting as needed; False if InfluxDB answered 413 to any part."""
         n = hi - lo
         status, body = await self._post(lines[lo:hi], result)
         if 200 <= status < 300:
-            return
-        if status == 413:
-            if n == 1:
-                result.rejected[lo] = (413, "the point is too large for one InfluxDB request (HTTP 413)")
-                self.metrics.points_rejected.labels(status="413").inc()
-                return
-            self._chunk_lines = min(self._chunk_lines, max(1, n // 2))
-            log.warning("InfluxDB answered 413 to %d lines; sending at most %d lines per request from now",
-                        n, self._chunk_lines)
-        reason = f"InfluxDB refused the point (HTTP {status}): {_error_text(body)}"
+            return True
+        if status == 413 and n == 1:
+            result.rejected[lo] = (413, "the point is too large for one InfluxDB request (HTTP 413)")
+            self.metrics.points_rejected.labels(status="413").inc()
+            return False
         if status != 413 and (n == 1 or parse_dropped(body) == n):
+            reason = f"InfluxDB refused the point (HTTP {status}): {_error_text(body)}"
             for k in range(lo, hi):
                 result.rejected[k] = (status, reason)
             self.metrics.points_rejected.labels(status=str(status)).inc(n)
-            return
-        # Split: 413, or some of the lines are bad and we must find which.
+            return True
+        # Split: too large (413), or some of the lines are bad and we must find which.
         result.retries += 1
         self.metrics.write_splits.labels(reason=f"http_{status}").inc()
         mid = lo + n // 2
-        await self._write_range(lines, lo, mid, result)
-        await self._write_range(lines, mid, hi, result)
+        left = await self._write_range(lines, lo, mid, result)
+        right = await self._write_range(lines, mid, hi, result)
+        if status != 413:
+            return left and right
+        if left and right and mid - lo < self._chunk_lines:
+            # the request was too large as a whole (not for one huge point): stay this small
+            self._chunk_lines = mid - lo
+            log.warning("InfluxDB answered 413 to %d lines; at most %d lines per request from now",
+                        n, self._chunk_lines)
+        return False
 
     async def _post(self, chunk: list[str], result: WriteResult) -> tuple[int, str]:
         """One request, retried on transient failures; returns (status, body) for 2xx/400/413/422."""
