@@ -23,6 +23,7 @@ import pytest
 from gridwatt.collector.config import InfluxConfig
 from gridwatt.collector.store import InfluxStore, StoreUnavailable, parse_dropped, parse_retry_after
 from gridwatt.local_influxdb import LocalInfluxDB
+from tests.collector.helpers import influx_post
 from tests.collector.influx_front import InfluxFront, Reply
 from tests.conftest import first_row, influx_query
 
@@ -39,15 +40,6 @@ def count_sum(db_url: str, database: str, measurement: str = "m") -> tuple[int, 
     (res,) = influx_query(db_url, database, f"SELECT count(v), sum(v) FROM {measurement}")
     row = first_row(res)
     return row.get("count", 0), row.get("sum", 0.0)
-
-
-def influx_post(url: str, q: str, database: str = "", auth: tuple[str, str] | None = None) -> None:
-    params = {"q": q, **({"db": database} if database else {})}
-    creds = "?" + urllib.parse.urlencode({"u": auth[0], "p": auth[1]}) if auth else ""
-    req = urllib.request.Request(f"{url}/query{creds}", data=urllib.parse.urlencode(params).encode(),
-                                 method="POST")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        assert resp.status == 200, resp.read()
 
 
 @asynccontextmanager
