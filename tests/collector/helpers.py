@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -70,13 +71,26 @@ def with_server_settings(toml: str, **settings: object) -> str:
 
 
 def influx_post(url: str, q: str, database: str = "", auth: tuple[str, str] | None = None) -> None:
-    """Run an InfluxQL statement that changes something (POST /query), as ``auth`` = (user, password)."""
+    """Run an InfluxQL statement that changes something (POST /query), as ``auth`` = (user, password).
+
+    A user just created may not be known yet to InfluxDB's authorizer (meta data catch up
+    asynchronously): 401/403 are tried again for up to 30 s.
+    """
     params = {"q": q, **({"db": database} if database else {})}
     creds = "?" + urllib.parse.urlencode({"u": auth[0], "p": auth[1]}) if auth else ""
-    req = urllib.request.Request(f"{url}/query{creds}", data=urllib.parse.urlencode(params).encode(),
-                                 method="POST")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        assert resp.status == 200, resp.read()
+    deadline = time.monotonic() + 30
+    while True:
+        req = urllib.request.Request(f"{url}/query{creds}", data=urllib.parse.urlencode(params).encode(),
+                                     method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                body = resp.read()
+                assert resp.status == 200 and b'"error"' not in body, body
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (401, 403) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 def http_get(url: str) -> tuple[int, str]:
