@@ -79,8 +79,17 @@ class InfluxConfig(_Strict):
     bucket: str = ""
     create_database: bool = True
     timeout_s: float = Field(10.0, gt=0)
-    #: Lines per HTTP write request.
+    #: Lines per HTTP write request (halved automatically after an HTTP 413).
     write_batch_lines: int = Field(5000, ge=1)
+    #: Tries per write request for transient failures (5xx, 429, timeouts, connection errors)
+    #: before the batch is answered UNAVAILABLE (the agent keeps it and resends).
+    write_attempts: int = Field(4, ge=1, le=20)
+    #: First backoff step; retry k waits uniform(0, min(retry_max_delay_s, retry_base_s * 2**k)).
+    retry_base_s: float = Field(0.2, gt=0)
+    #: Longest wait inside one write; a longer Retry-After defers the batch to the agent instead.
+    retry_max_delay_s: float = Field(10.0, gt=0)
+    #: While InfluxDB is unhealthy, how often an empty write probes it (reachability and credentials).
+    health_probe_interval_s: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
     def _v2_needs_bucket(self) -> InfluxConfig:
@@ -108,6 +117,11 @@ class ServerConfig(_Strict):
     #: CA for client certificates: set it to require mutual TLS.
     tls_client_ca_file: Path | None = None
     keepalive_min_ping_interval_s: float = Field(10.0, gt=0)
+    #: Batches being stored at once (all streams and Write calls); beyond it a batch is answered
+    #: UNAVAILABLE at once (the agent keeps it and resends).
+    max_in_flight_batches: int = Field(64, ge=1)
+    #: Retry hint (Ack.retry_after_ms, trailing metadata retry-after-ms) sent with an overload answer.
+    overload_retry_after_s: float = Field(1.0, gt=0)
 
     @model_validator(mode="after")
     def _tls_complete(self) -> ServerConfig:
@@ -152,6 +166,9 @@ class AccountingConfig(_Strict):
     default_rack: str = "unassigned"
     default_zone: str | None = None
     default_pue: float = Field(1.58, ge=1.0, le=3.0)
+    #: Recompute rack windows after each write. They are read back with InfluxQL, so turn this off
+    #: for a write-only store (e.g. VictoriaMetrics' InfluxDB write endpoint).
+    rack_windows: bool = True
 
 
 class CollectorConfig(_Strict):

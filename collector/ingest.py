@@ -2,8 +2,11 @@
 
 An Ack is sent only after the batch is stored. A bad batch is answered with
 INVALID_ARGUMENT naming the problem, and nothing of it is stored; the stream
-and every other agent carry on. When InfluxDB cannot store, the answer is
-UNAVAILABLE and the agent keeps the batch and resends it.
+and every other agent carry on. When InfluxDB refuses only some points of a batch
+(HTTP 400/422/413), the answer is INVALID_ARGUMENT naming them, with the number of
+samples that were stored in ``stored_samples``. When InfluxDB cannot store now, or
+more than ``max_in_flight_batches`` batches are being stored, the answer is UNAVAILABLE
+with a retry hint (``retry_after_ms``): the agent keeps the batch and resends it.
 
 With node tokens configured (collector/auth.py) every call must carry a valid token:
 UNAUTHENTICATED ends the call before anything is read, and a batch for another node than
@@ -12,19 +15,22 @@ the token's ends the stream with PERMISSION_DENIED, storing nothing of it.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from gridwatt import __version__
 from gridwatt.collector.auth import AuthError, Identity, NodeAuth
+from gridwatt.collector.intensity.base import IntensityUnavailable
 from gridwatt.collector.points import prepare_batch
 from gridwatt.collector.rollup import RackRollup
-from gridwatt.collector.store import InfluxStore, StoreRejected, StoreUnavailable
+from gridwatt.collector.store import InfluxStore, QueryError, StoreRejected, StoreUnavailable
 from gridwatt.collector.topology import Topology
 from gridwatt.collector.validation import BatchRejected, Limits, validate_batch
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -34,21 +40,93 @@ log = logging.getLogger("gridwatt.collector.ingest")
 CODE_OK = grpc.StatusCode.OK.value[0]
 CODE_INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 CODE_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+#: Trailing metadata key of an UNAVAILABLE unary Write: milliseconds to wait before resending.
+RETRY_AFTER_MD = "retry-after-ms"
 
 
 @dataclass
 class IngestStats:
-    """Counts since start; received = stored + rejected + unavailable (samples)."""
+    """The ingest ledger since start, in samples and in batches.
+
+    Between any two steps of the event loop (so at every scrape)::
+
+        samples_received == samples_stored + samples_rejected + samples_deferred + samples_in_flight
+
+    and the same for batches, where
+
+    * received: every sample of every batch that parsed (a malformed message has no countable
+      samples; it is one received and rejected batch, reason ``malformed``);
+    * stored: acknowledged OK, or stored although the batch was answered INVALID_ARGUMENT because
+      InfluxDB refused other samples of it (that batch counts as rejected in the batch ledger);
+    * rejected: answered INVALID_ARGUMENT; never to be resent (by reason: ``validation``,
+      ``malformed``, ``influxdb_bad_points`` for HTTP 400/422, ``influxdb_too_large`` for 413);
+    * deferred: answered UNAVAILABLE, or the stream went away before the answer: not stored as
+      far as the agent knows, so the agent keeps them and resends them (by reason:
+      ``store_unavailable``, ``overload``, ``intensity_unavailable``, ``cancelled``, ``error``);
+    * in flight: being handled now.
+
+    A resent sample is received (and stored) again: the counts are of deliveries, not of
+    distinct samples; InfluxDB holds each distinct sample once.
+    """
 
     batches_received: int = 0
     samples_received: int = 0
+    batches_stored: int = 0
     samples_stored: int = 0
-    samples_rejected: int = 0
-    samples_unavailable: int = 0
+    batches_in_flight: int = 0
+    samples_in_flight: int = 0
+    batches_retried: int = 0
+    samples_rejected_by_reason: Counter[str] = field(default_factory=Counter)
+    batches_rejected_by_reason: Counter[str] = field(default_factory=Counter)
+    samples_deferred_by_reason: Counter[str] = field(default_factory=Counter)
+    batches_deferred_by_reason: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def samples_rejected(self) -> int:
+        return sum(self.samples_rejected_by_reason.values())
+
+    @property
+    def samples_deferred(self) -> int:
+        return sum(self.samples_deferred_by_reason.values())
+
+    @property
+    def batches_rejected(self) -> int:
+        return sum(self.batches_rejected_by_reason.values())
+
+    @property
+    def batches_deferred(self) -> int:
+        return sum(self.batches_deferred_by_reason.values())
+
+    def balanced(self) -> bool:
+        """Whether the ledger adds up (see the class docstring)."""
+        return (
+            self.samples_received
+            == self.samples_stored + self.samples_rejected + self.samples_deferred + self.samples_in_flight
+            and self.batches_received
+            == self.batches_stored + self.batches_rejected + self.batches_deferred + self.batches_in_flight
+        )
+
+
+@dataclass
+class _Outcome:
+    """What became of one batch: its Ack and its entries in the ledger."""
+
+    ack: pb.Ack
+    stored: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    deferred: str = ""  # reason, when the batch was answered UNAVAILABLE
+    rejected_batch: str = ""  # reason, when the batch was answered INVALID_ARGUMENT
+    retried: bool = False
+
+
+def _unavailable(batch: pb.Batch, n: int, reason: str, message: str, retry_after_s: float) -> _Outcome:
+    ack = pb.Ack(batch_id=batch.batch_id, code=CODE_UNAVAILABLE, message=message,
+                 retry_after_ms=max(1, round(retry_after_s * 1000)))
+    return _Outcome(ack, deferred=reason)
 
 
 class Ingestor:
-    """Turns one batch into stored points and an Ack (transport-independent)."""
+    """Turns one batch into stored points and an Ack (transport-independent); keeps the ledger."""
 
     def __init__(
         self,
@@ -56,6 +134,9 @@ class Ingestor:
         store: InfluxStore,
         rollup: RackRollup,
         limits: Limits,
+        max_in_flight_batches: int = 64,
+        overload_retry_after_s: float = 1.0,
+        rack_windows: bool = True,
         on_stored: Callable[[str, str, int, int], None] | None = None,
     ) -> None:
         self.on_stored = on_stored
@@ -63,12 +144,69 @@ class Ingestor:
         self.store = store
         self.rollup = rollup
         self.limits = limits
+        self.max_in_flight_batches = max_in_flight_batches
+        self.overload_retry_after_s = overload_retry_after_s
+        self.rack_windows = rack_windows
         self.stats = IngestStats()
+
+    def count_malformed(self) -> None:
+        """A message that is not a Batch: one received and rejected batch, no samples."""
+        self.stats.batches_received += 1
+        self.stats.batches_rejected_by_reason["malformed"] += 1
 
     async def handle(self, batch: pb.Batch) -> pb.Ack:
         n = len(batch.gpu_samples)
-        self.stats.batches_received += 1
-        self.stats.samples_received += n
+        st = self.stats
+        st.batches_received += 1
+        st.samples_received += n
+        if st.batches_in_flight >= self.max_in_flight_batches:
+            outcome = _unavailable(
+                batch, n, "overload",
+                f"collector overloaded: {st.batches_in_flight} batches in flight (max_in_flight_batches); "
+                "not stored, resend later", self.overload_retry_after_s,
+            )
+            self._record(outcome, n)
+            return outcome.ack
+        st.batches_in_flight += 1
+        st.samples_in_flight += n
+        done: _Outcome | None = None
+        try:
+            done = await self._process(batch, n)
+        except Exception as exc:  # unforeseen: not stored as far as the agent knows; it resends
+            log.exception("batch %d from %r failed", batch.batch_id, batch.node)
+            done = _unavailable(batch, n, "error", f"collector error, not stored: {exc}",
+                                self.store.retry_after_s())
+        finally:
+            # in the same event-loop step as the ledger entries below, so the ledger always adds up
+            st.batches_in_flight -= 1
+            st.samples_in_flight -= n
+            if done is None:  # cancelled: the stream went away; the agent still holds the batch
+                st.batches_deferred_by_reason["cancelled"] += 1
+                st.samples_deferred_by_reason["cancelled"] += n
+            else:
+                self._record(done, n)
+        return done.ack
+
+    def _record(self, outcome: _Outcome, n: int) -> None:
+        st = self.stats
+        if outcome.deferred:
+            st.batches_deferred_by_reason[outcome.deferred] += 1
+            st.samples_deferred_by_reason[outcome.deferred] += n
+            return
+        st.samples_stored += outcome.stored
+        st.samples_rejected_by_reason.update(outcome.rejected)
+        if outcome.rejected_batch:
+            st.batches_rejected_by_reason[outcome.rejected_batch] += 1
+        else:
+            st.batches_stored += 1
+        st.batches_retried += outcome.retried
+
+    def _rejected(self, batch: pb.Batch, n: int, reason: str, message: str) -> _Outcome:
+        ack = pb.Ack(batch_id=batch.batch_id, code=CODE_INVALID_ARGUMENT, message=message)
+        return _Outcome(ack, rejected=Counter({reason: n}) if n else Counter(), rejected_batch=reason)
+
+    async def _process(self, batch: pb.Batch, n: int) -> _Outcome:
+        retried = False
         try:
             validate_batch(batch, self.limits, time.time_ns())
             placement = self.topology.locate(batch.node)
@@ -78,31 +216,64 @@ class Ingestor:
                     "and auto-registration is off"
                 )
             if not batch.gpu_samples:
-                self.stats.samples_stored += n
-                return pb.Ack(batch_id=batch.batch_id, code=CODE_OK, stored_samples=0)
+                return _Outcome(pb.Ack(batch_id=batch.batch_id, code=CODE_OK, stored_samples=0))
             lo = min(s.start_ns for s in batch.gpu_samples)
             hi = max(s.end_ns for s in batch.gpu_samples)
             intensity = await placement.intensity.series(lo, hi)
             prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns)
-            await self.store.write_lines(prepared.lines)
-            await self.rollup.recompute(batch.node, placement.rack, placement.zone, prepared.windows)
-            if self.on_stored is not None:
-                self.on_stored(batch.node, placement.rack, min(prepared.windows), hi)
+            result = await self.store.write_lines(prepared.lines)
+            retried = result.retries > 0
+            if self.rack_windows:
+                await self.rollup.recompute(batch.node, placement.rack, placement.zone, prepared.windows)
+                if self.on_stored is not None:
+                    self.on_stored(batch.node, placement.rack, min(prepared.windows), hi)
         except BatchRejected as exc:
-            self.stats.samples_rejected += n
             log.warning("rejected batch %d from node %r: %s", batch.batch_id, batch.node, exc)
-            return pb.Ack(batch_id=batch.batch_id, code=CODE_INVALID_ARGUMENT, message=str(exc))
+            return self._rejected(batch, n, "validation", str(exc))
         except StoreRejected as exc:
-            self.stats.samples_rejected += n
             log.error("InfluxDB rejected batch %d from node %r: %s", batch.batch_id, batch.node, exc)
-            return pb.Ack(batch_id=batch.batch_id, code=CODE_INVALID_ARGUMENT, message=str(exc))
+            return self._rejected(batch, n, "influxdb_bad_points", str(exc))
         except StoreUnavailable as exc:
-            self.stats.samples_unavailable += n
             log.warning("not stored (agent will resend) batch %d from %r: %s",
                         batch.batch_id, batch.node, exc)
-            return pb.Ack(batch_id=batch.batch_id, code=CODE_UNAVAILABLE, message=str(exc))
-        self.stats.samples_stored += n
-        return pb.Ack(batch_id=batch.batch_id, code=CODE_OK, stored_samples=n)
+            retry = exc.retry_after_s if exc.retry_after_s is not None else self.store.retry_after_s()
+            return _unavailable(batch, n, "store_unavailable", f"not stored, resend later: {exc}", retry)
+        except QueryError as exc:  # the rack windows could not be read back; a resend recomputes them
+            log.warning("batch %d from %r: rack windows not recomputed: %s", batch.batch_id, batch.node, exc)
+            return _unavailable(batch, n, "store_unavailable", f"not stored, resend later: {exc}",
+                                self.store.retry_after_s())
+        except IntensityUnavailable as exc:
+            log.warning("batch %d from %r: %s", batch.batch_id, batch.node, exc)
+            return _unavailable(batch, n, "intensity_unavailable", f"not stored, resend later: {exc}",
+                                self.store.retry_after_s())
+        if not result.rejected:
+            ack = pb.Ack(batch_id=batch.batch_id, code=CODE_OK, stored_samples=n)
+            return _Outcome(ack, stored=n, retried=retried)
+        return self._partly_rejected(batch, n, prepared.first_line, result.rejected, retried)
+
+    def _partly_rejected(
+        self, batch: pb.Batch, n: int, first_line: list[int], rejected: dict[int, tuple[int, str]],
+        retried: bool,
+    ) -> _Outcome:
+        """InfluxDB refused some lines: the samples they belong to are rejected, the rest stored."""
+        bad: dict[int, tuple[int, str]] = {}
+        for line, why in sorted(rejected.items()):
+            bad.setdefault(bisect.bisect_right(first_line, line) - 1, why)
+        reasons: Counter[str] = Counter(
+            "influxdb_too_large" if status == 413 else "influxdb_bad_points" for status, _ in bad.values()
+        )
+        stored = n - len(bad)
+        examples = "; ".join(
+            f"sample {i} (gpu {batch.gpu_samples[i].gpu_index}, start_ns {batch.gpu_samples[i].start_ns}): "
+            f"{why}" for i, (_, why) in list(bad.items())[:3]
+        )
+        message = (f"InfluxDB refused {len(bad)} of {n} samples (the other {stored} are stored; "
+                   f"do not resend): {examples}")
+        log.error("batch %d from %r: %s", batch.batch_id, batch.node, message)
+        ack = pb.Ack(batch_id=batch.batch_id, code=CODE_INVALID_ARGUMENT, message=message[:2000],
+                     stored_samples=stored)
+        return _Outcome(ack, stored=stored, rejected=reasons, rejected_batch=reasons.most_common(1)[0][0],
+                        retried=retried)
 
 
 def _parse_batch(raw: bytes) -> pb.Batch | str:
@@ -156,7 +327,7 @@ class IngestService:
             async for raw in request_iterator:
                 batch = _parse_batch(raw)
                 if isinstance(batch, str):
-                    self.ingestor.stats.batches_received += 1
+                    self.ingestor.count_malformed()
                     log.warning("%s (peer %s)", batch, context.peer())
                     yield pb.Ack(batch_id=0, code=CODE_INVALID_ARGUMENT, message=batch)
                     continue
@@ -169,6 +340,7 @@ class IngestService:
         identity = await self._identify(context)
         batch = _parse_batch(request)
         if isinstance(batch, str):
+            self.ingestor.count_malformed()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, batch)
             raise AssertionError("unreachable")
         await self._authorize(context, identity, batch.node)
@@ -176,7 +348,8 @@ class IngestService:
         if ack.code == CODE_INVALID_ARGUMENT:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ack.message)
         if ack.code == CODE_UNAVAILABLE:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, ack.message)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, ack.message,
+                                trailing_metadata=((RETRY_AFTER_MD, str(ack.retry_after_ms)),))
         return ack
 
     async def Check(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.CheckResponse:

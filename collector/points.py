@@ -40,6 +40,8 @@ class PreparedBatch:
     samples: int = 0
     it_energy_j: float = 0.0
     co2e_g: float = 0.0
+    #: Index in ``lines`` of each sample's first line (its gpu point; its job points follow).
+    first_line: list[int] = field(default_factory=list)
 
 
 def prepare_batch(
@@ -59,7 +61,9 @@ def prepare_batch(
     windows: set[int] = set()
     total_e = total_c = 0.0
     tag_cache: dict[str, str] = {}
+    first_line: list[int] = []
     for s in batch.gpu_samples:
+        first_line.append(len(lines))
         start = s.start_ns
         end = s.end_ns
         e = s.energy_j
@@ -102,4 +106,4 @@ def prepare_batch(
                 f"fraction={frac!r},end_ns={end}i,ef={ef} {start}"
             )
         windows.add(start - start % resolution_ns)
-    return PreparedBatch(lines, windows, len(batch.gpu_samples), total_e, total_c)
+    return PreparedBatch(lines, windows, len(batch.gpu_samples), total_e, total_c, first_line)

@@ -1,4 +1,4 @@
-"""The gridwatt.v1.Query gRPC service and the HTTP API (GET /v1/jobs/{job_id}, /healthz)."""
+"""The gridwatt.v1.Query gRPC service and the HTTP API (GET /v1/jobs/{job_id}, /healthz, /metrics)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from aiohttp import web
 
 from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.jobs import JobNotFound, job_report
+from gridwatt.collector.metrics import CONTENT_TYPE, CollectorMetrics
 from gridwatt.collector.racks import rack_totals
 from gridwatt.collector.store import InfluxStore, QueryError
 from gridwatt.timeutil import parse_time_ns
@@ -30,8 +31,14 @@ class QueryService(pb_grpc.QueryServicer):
         return report.to_proto()
 
 
-def http_app(store: InfluxStore, monitor: AlertMonitor | None = None) -> web.Application:
-    """The collector's HTTP API."""
+def http_app(
+    store: InfluxStore, metrics: CollectorMetrics | None = None, monitor: AlertMonitor | None = None
+) -> web.Application:
+    """The collector's HTTP API: /v1/jobs/{job_id}, /v1/racks, /v1/alerts, /healthz, /metrics.
+
+    ``/healthz`` answers 200 while InfluxDB accepts writes and 503 (with the reason) while it
+    does not; ``/metrics`` is the Prometheus text exposition of ``metrics``.
+    """
 
     async def get_alerts(request: web.Request) -> web.Response:
         alerts = monitor.recent() if monitor is not None else []
@@ -48,7 +55,17 @@ def http_app(store: InfluxStore, monitor: AlertMonitor | None = None) -> web.App
         return web.json_response(report.to_json())
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        if store.serving:
+            return web.json_response({"status": "ok"})
+        return web.json_response(
+            {"status": "unavailable", "reason": f"InfluxDB: {store.health_reason}",
+             "retry_after_s": round(store.retry_after_s(), 3)},
+            status=503,
+        )
+
+    async def metrics_text(request: web.Request) -> web.Response:
+        body = metrics.render() if metrics is not None else b""
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def get_racks(request: web.Request) -> web.Response:
         try:
@@ -67,4 +84,5 @@ def http_app(store: InfluxStore, monitor: AlertMonitor | None = None) -> web.App
     app.router.add_get("/v1/jobs/{job_id}", get_job)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/alerts", get_alerts)
+    app.router.add_get("/metrics", metrics_text)
     return app

@@ -17,12 +17,15 @@ one, which starts only after their node points were written.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from typing import Any
 
 from gridwatt.collector.accounting import J_PER_KWH
 from gridwatt.collector.lineproto import tag
 from gridwatt.collector.store import InfluxStore, quote_string, series_rows
+
+log = logging.getLogger("gridwatt.collector.rollup")
 
 NS_PER_S = 1_000_000_000
 _SUMS = ("e", "f", "c", "d", "u", "i", "ie", "n")
@@ -130,8 +133,14 @@ class RackRollup:
                     node, rack, zone, {t: w for t, w in windows.items() if t in window_starts}
                 )
             if lines:
-                await self.store.write_lines(lines)
+                self._log_refused(node, lines, await self.store.write_lines(lines))
         return await self._recompute_rack(rack, zone, window_starts)
+
+    @staticmethod
+    def _log_refused(what: str, lines: list[str], result: Any) -> None:
+        for index, (status, reason) in getattr(result, "rejected", {}).items():
+            log.error("%s: InfluxDB refused a window point (HTTP %d): %s | %s",
+                      what, status, reason, lines[index][:200])
 
     async def _recompute_rack(self, rack: str, zone: str, window_starts: set[int]) -> int:
         queued = self._queued.get(rack)
@@ -148,7 +157,7 @@ class RackRollup:
                     windows = await self.rack_windows(rack, lo, hi)
                     lines += rack_lines(rack, zone, {t: w for t, w in windows.items() if t in todo})
                 if lines:
-                    await self.store.write_lines(lines)
+                    self._log_refused(rack, lines, await self.store.write_lines(lines))
         except BaseException as exc:
             entry = self._queued.get(rack)
             if entry is not None and entry[1] is future:

@@ -10,11 +10,14 @@ from dataclasses import dataclass
 
 import grpc
 from aiohttp import web
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 
 from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.auth import NodeAuth
 from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.ingest import Ingestor, IngestService
+from gridwatt.collector.metrics import CollectorMetrics
 from gridwatt.collector.query_service import QueryService, http_app
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore
@@ -50,8 +53,11 @@ class RunningCollector:
     monitor: AlertMonitor | None
     grpc_port: int
     http_port: int | None
+    metrics: CollectorMetrics
+    health: HealthServicer
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace_s)
         if self.monitor is not None:
             await self.monitor.stop()
@@ -66,6 +72,26 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+#: Services whose status the gRPC health service reports ("" is the whole server).
+HEALTH_SERVICES = ("", "gridwatt.v1.Ingest")
+
+
+async def _health_service(store: InfluxStore, server: grpc.aio.Server) -> HealthServicer:
+    """grpc.health.v1: SERVING while InfluxDB accepts writes, NOT_SERVING while it does not."""
+    servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+
+    async def follow(serving: bool, reason: str) -> None:
+        response = health_pb2.HealthCheckResponse
+        status = response.SERVING if serving else response.NOT_SERVING
+        for name in HEALTH_SERVICES:
+            await servicer.set(name, status)
+
+    await follow(store.serving, store.health_reason)
+    store.add_health_listener(follow)
+    return servicer
+
+
 async def start_collector(config: CollectorConfig) -> RunningCollector:
     """Start serving; returns handles (ports resolved when :0 was asked)."""
     topology = Topology(config)
@@ -73,7 +99,8 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     if not auth.enabled:
         log.warning("agent authentication is off: any client can write for any node; "
                     "configure [auth] tokens_file in production")
-    store = InfluxStore(config.influxdb)
+    metrics = CollectorMetrics()
+    store = InfluxStore(config.influxdb, metrics)
     await store.start()
     rollup = RackRollup(store, config.accounting.rack_resolution_s)
     limits = Limits(
@@ -86,10 +113,18 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     if config.alerts.rules:
         monitor = AlertMonitor(config.alerts, store, config.accounting.rack_resolution_s)
         monitor.start()
-    ingestor = Ingestor(topology, store, rollup, limits, on_stored=monitor.note if monitor else None)
+    ingestor = Ingestor(
+        topology, store, rollup, limits,
+        max_in_flight_batches=config.server.max_in_flight_batches,
+        overload_retry_after_s=config.server.overload_retry_after_s,
+        rack_windows=config.accounting.rack_windows,
+        on_stored=monitor.note if monitor else None,
+    )
     server = grpc.aio.server(options=server_options(config))
     ingest_service = IngestService(ingestor, auth)
+    metrics.bind_ledger(lambda: ingestor.stats, lambda: ingest_service.connected_streams)
     server.add_generic_rpc_handlers((ingest_service.handler(),))
+    health_servicer = await _health_service(store, server)
     pb_grpc.add_QueryServicer_to_server(QueryService(store), server)
     sc = config.server
     if sc.tls_cert_file and sc.tls_key_file:
@@ -107,7 +142,7 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     runner = None
     http_port = None
     if sc.http_listen:
-        runner = web.AppRunner(http_app(store, monitor), access_log=None)
+        runner = web.AppRunner(http_app(store, metrics, monitor), access_log=None)
         await runner.setup()
         host, port = _split_listen(sc.http_listen)
         site = web.TCPSite(runner, host, port)
@@ -118,7 +153,9 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
             http_port = server_obj.sockets[0].getsockname()[1]
     log.info("collector serving gRPC on port %d, HTTP on %s; InfluxDB %s (v%d)", grpc_port,
              http_port, config.influxdb.url, config.influxdb.version)
-    return RunningCollector(server, runner, store, ingestor, topology, monitor, grpc_port, http_port)
+    return RunningCollector(
+        server, runner, store, ingestor, topology, monitor, grpc_port, http_port, metrics, health_servicer
+    )
 
 
 async def serve(config: CollectorConfig) -> None:

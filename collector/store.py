@@ -1,28 +1,66 @@
 """InfluxDB: writes line protocol (v1 /write, or v2 write API via influxdb-client) and reads with InfluxQL.
 
 InfluxQL (``/query``) is served by InfluxDB 1.x, 2.x (with a DBRP mapping) and 3.x,
-so reads are the same for all. Writes retry transient failures (connection
-errors, timeouts, 5xx, 429) a few times with backoff and full jitter, then raise
-StoreUnavailable: the collector does not acknowledge, and the agent resends.
+so reads are the same for all.
+
+Every answer to a write has one behaviour (collector/README.md has the table):
+
+* 2xx: stored.
+* 400/422 (bad points; 1.x "partial write ... dropped=N"): only the bad points are
+  rejected. A request with bad points is halved until each bad line is found alone (good
+  points are written again, which is idempotent), so ``WriteResult.rejected`` names exactly
+  the lines InfluxDB refused, with its reason. Never retried as a whole.
+* 413: the request is halved and retried, and later requests stay that small; a single line
+  that is still too large is rejected.
+* 401/403 (and other 4xx such as 404 "database not found"): nothing is dropped; the write
+  raises StoreUnavailable at once and an alarm is raised (error log, metrics
+  ``influxdb_auth_failures_total`` and ``influxdb_auth_failing``).
+* 429/503 with Retry-After (seconds or HTTP-date): waited for if it is at most
+  ``retry_max_delay_s``, else the write raises StoreUnavailable carrying that delay.
+* other 5xx, 408, timeouts, connection errors: retried ``write_attempts`` times with
+  exponential backoff and full jitter, then StoreUnavailable.
+
+StoreUnavailable marks the store unhealthy: further writes fail fast (no request) until a
+probe (an empty write, which checks reachability, credentials and the database) succeeds;
+listeners (gRPC health, ``/healthz``) are told of every change. There is no time-based
+give-up anywhere: the agents keep unacknowledged samples and resend them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import email.utils
+import json
 import logging
 import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from gridwatt.collector.config import InfluxConfig
+from gridwatt.collector.metrics import StoreMetrics
 from gridwatt.configfile import read_secret
 
 log = logging.getLogger("gridwatt.collector.store")
 
 
 class StoreUnavailable(Exception):
-    """InfluxDB could not store the data now; try again later (maps to gRPC UNAVAILABLE)."""
+    """InfluxDB could not store the data now; try again later (maps to gRPC UNAVAILABLE).
+
+    ``retry_after_s`` is the suggested wait before trying again; ``reason`` a short label
+    for metrics (``timeout``, ``connection``, ``http_503``, ``auth``, ``unhealthy`` ...).
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None, reason: str = "unavailable"):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.reason = reason
 
 
 class StoreRejected(Exception):
@@ -31,6 +69,66 @@ class StoreRejected(Exception):
 
 class QueryError(Exception):
     """An InfluxQL query failed; the message carries InfluxDB's error."""
+
+
+@dataclass
+class WriteResult:
+    """What became of the lines given to :meth:`InfluxStore.write_lines`.
+
+    Every line not in ``rejected`` is stored. ``rejected`` maps a line's index to InfluxDB's
+    HTTP status and reason for refusing it. ``retries`` counts requests tried again or split.
+    """
+
+    lines: int = 0
+    rejected: dict[int, tuple[int, str]] = field(default_factory=dict)
+    retries: int = 0
+
+
+HealthListener = Callable[[bool, str], Awaitable[None]]
+
+_DROPPED = re.compile(r"dropped=(\d+)")
+
+
+def parse_dropped(body: str) -> int | None:
+    """The N of InfluxDB's ``partial write: ... dropped=N``, or None where the body has none."""
+    m = _DROPPED.search(body)
+    return int(m.group(1)) if m else None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent/invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    with contextlib.suppress(ValueError):
+        return max(0.0, float(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _error_text(body: str) -> str:
+    """InfluxDB's ``{"error": ...}`` (1.x) or ``{"message": ...}`` (2.x) text, else the body; shortened."""
+    with contextlib.suppress(ValueError):
+        doc = json.loads(body)
+        if isinstance(doc, dict):
+            for key in ("error", "message"):
+                if isinstance(doc.get(key), str):
+                    return str(doc[key])[:500]
+    return body.strip()[:500]
+
+
+@dataclass
+class _Answer:
+    status: int  # 0: no HTTP answer (timeout, connection error)
+    body: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    error: str = ""  # for status 0: what went wrong
+    timeout: bool = False
 
 
 def _quote_ident(name: str) -> str:
@@ -43,29 +141,34 @@ def quote_string(value: str) -> str:
 
 
 class InfluxStore:
-    """One InfluxDB connection pool for writes and InfluxQL reads."""
+    """One InfluxDB connection pool for writes and InfluxQL reads, and InfluxDB's health."""
 
-    def __init__(self, config: InfluxConfig, write_attempts: int = 4) -> None:
+    def __init__(self, config: InfluxConfig, metrics: StoreMetrics | None = None) -> None:
         self.config = config
-        self.write_attempts = write_attempts
+        self.metrics = metrics or StoreMetrics()
         self._session: aiohttp.ClientSession | None = None
         self._v2_client: Any = None
         self._v2_write: Any = None
         self._headers: dict[str, str] = {}
-        self._auth: aiohttp.BasicAuth | None = None
         password = read_secret(config.password, config.password_file, "influxdb password")
         token = read_secret(config.token, config.token_file, "influxdb token")
         if token:
             self._headers["Authorization"] = f"Token {token}"
         if config.username:
-            self._auth = aiohttp.BasicAuth(config.username, password or "")
+            basic = base64.b64encode(f"{config.username}:{password or ''}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {basic}"
         self._token = token
+        self._chunk_lines = config.write_batch_lines
+        self.serving = True
+        self.health_reason = ""
+        self._retry_at = 0.0  # monotonic time before which no probe is sent
+        self._listeners: list[HealthListener] = []
+        self._probe_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         self._session = aiohttp.ClientSession(
             base_url=self.config.url.rstrip("/") + "/", timeout=timeout, headers=self._headers,
-            auth=self._auth,
         )
         if self.config.version == 2:
             from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
@@ -79,6 +182,11 @@ class InfluxStore:
             await self.query(f"CREATE DATABASE {_quote_ident(self.config.database)}", method="POST")
 
     async def close(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+            self._probe_task = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -92,54 +200,193 @@ class InfluxStore:
             raise RuntimeError("InfluxStore.start() was not called")
         return self._session
 
-    async def write_lines(self, lines: list[str]) -> None:
-        """Write all lines or raise; idempotent, so a retry after a partial failure is safe."""
-        step = self.config.write_batch_lines
-        for i in range(0, len(lines), step):
-            await self._write_chunk("\n".join(lines[i : i + step]))
+    # -- health ---------------------------------------------------------------------------
 
-    async def _write_chunk(self, body: str) -> None:
-        last = ""
-        for attempt in range(self.write_attempts):
-            try:
-                if self._v2_write is not None:
-                    ok = await self._v2_write.write(
-                        bucket=self.config.bucket, org=self.config.org, record=body, write_precision="ns"
-                    )
-                    if ok is False:
-                        raise StoreUnavailable("InfluxDB v2 write returned failure")
-                    return
+    def add_health_listener(self, listener: HealthListener) -> None:
+        """``await listener(serving, reason)`` on every change of health."""
+        self._listeners.append(listener)
+
+    def retry_after_s(self) -> float:
+        """The wait to suggest to an agent whose batch was not stored."""
+        return max(self._retry_at - time.monotonic(), self.config.health_probe_interval_s)
+
+    async def _set_health(self, serving: bool, reason: str, retry_after_s: float | None = None) -> None:
+        if not serving:
+            wait = retry_after_s if retry_after_s is not None else self.config.health_probe_interval_s
+            self._retry_at = max(self._retry_at, time.monotonic() + wait)
+        changed = serving != self.serving
+        self.serving, self.health_reason = serving, reason
+        if not changed:
+            return
+        self.metrics.up.set(1 if serving else 0)
+        if serving:
+            self.metrics.auth_failing.set(0)
+            log.info("InfluxDB %s accepts writes again", self.config.url)
+        else:
+            log.warning("InfluxDB %s unavailable: %s; answering agents UNAVAILABLE", self.config.url, reason)
+            if self._probe_task is None or self._probe_task.done():
+                self._probe_task = asyncio.create_task(self._probe_until_serving())
+        for listener in list(self._listeners):
+            await listener(serving, reason)
+
+    async def _probe_until_serving(self) -> None:
+        while not self.serving:
+            await asyncio.sleep(max(self._retry_at - time.monotonic(), self.config.health_probe_interval_s))
+            if self.serving:
+                return
+            ok, reason, retry_after = await self.probe()
+            if ok:
+                self._retry_at = 0.0
+                await self._set_health(True, "")
+            else:
+                await self._set_health(False, reason, retry_after)
+
+    async def probe(self) -> tuple[bool, str, float | None]:
+        """An empty write: (accepts writes, why not, Retry-After). Checks reachability, auth, database."""
+        ans = await self._request(b"")
+        if 200 <= ans.status < 300 or (self.config.version == 2 and ans.status == 400):
+            return True, "", None
+        if ans.status == 0:
+            return False, ans.error, None
+        retry_after = parse_retry_after(ans.headers.get("retry-after")) if ans.status in (429, 503) else None
+        return False, f"HTTP {ans.status}: {_error_text(ans.body)}", retry_after
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def write_lines(self, lines: list[str]) -> WriteResult:
+        """Write lines; returns which InfluxDB refused (see the module docstring).
+
+        Raises StoreUnavailable when nothing more can be stored now (all lines not yet written
+        must be resent; resending written ones is harmless, as writes are idempotent).
+        """
+        result = WriteResult(lines=len(lines))
+        if not lines:
+            return result
+        if not self.serving:
+            raise StoreUnavailable(f"InfluxDB unavailable: {self.health_reason}", self.retry_after_s(),
+                                   "unhealthy")
+        try:
+            i = 0
+            while i < len(lines):
+                hi = min(len(lines), i + self._chunk_lines)
+                await self._write_range(lines, i, hi, result)
+                i = hi
+        except StoreUnavailable as exc:
+            await self._set_health(False, str(exc), exc.retry_after_s)
+            raise
+        if not self.serving:
+            await self._set_health(True, "")
+        return result
+
+    async def _write_range(self, lines: list[str], lo: int, hi: int, result: WriteResult) -> bool:
+        """Write lines[lo:hi], splitting as needed; False if InfluxDB answered 413 to any part."""
+        n = hi - lo
+        status, body = await self._post(lines[lo:hi], result)
+        if 200 <= status < 300:
+            return True
+        if status == 413 and n == 1:
+            result.rejected[lo] = (413, "the point is too large for one InfluxDB request (HTTP 413)")
+            self.metrics.points_rejected.labels(status="413").inc()
+            return False
+        if status != 413 and (n == 1 or parse_dropped(body) == n):
+            reason = f"InfluxDB refused the point (HTTP {status}): {_error_text(body)}"
+            for k in range(lo, hi):
+                result.rejected[k] = (status, reason)
+            self.metrics.points_rejected.labels(status=str(status)).inc(n)
+            return True
+        # Split: too large (413), or some of the lines are bad and we must find which.
+        result.retries += 1
+        self.metrics.write_splits.labels(reason=f"http_{status}").inc()
+        mid = lo + n // 2
+        left = await self._write_range(lines, lo, mid, result)
+        right = await self._write_range(lines, mid, hi, result)
+        if status != 413:
+            return left and right
+        if left and right and mid - lo < self._chunk_lines:
+            # the request was too large as a whole (not for one huge point): stay this small
+            self._chunk_lines = mid - lo
+            log.warning("InfluxDB answered 413 to %d lines; at most %d lines per request from now",
+                        n, self._chunk_lines)
+        return False
+
+    async def _post(self, chunk: list[str], result: WriteResult) -> tuple[int, str]:
+        """One request, retried on transient failures; returns (status, body) for 2xx/400/413/422."""
+        body = "\n".join(chunk).encode()
+        attempt = 0
+        while True:
+            ans = await self._request(body)
+            status = ans.status
+            if 200 <= status < 300 or status in (400, 413, 422):
+                return status, ans.body
+            what = ans.error if status == 0 else f"HTTP {status}: {_error_text(ans.body)}"
+            if status in (401, 403):
+                self.metrics.auth_failures.inc()
+                self.metrics.auth_failing.set(1)
+                log.error("ALARM: InfluxDB %s refused our credentials (%s); samples are kept by the agents "
+                          "until this is fixed", self.config.url, what)
+                raise StoreUnavailable(f"InfluxDB refused the credentials: {what}", reason="auth")
+            if 400 <= status < 500 and status not in (408, 429):
+                log.error("ALARM: InfluxDB %s answered %s; samples are kept by the agents",
+                          self.config.url, what)
+                raise StoreUnavailable(f"InfluxDB cannot take writes: {what}", reason=f"http_{status}")
+            label = ("timeout" if ans.timeout else "connection") if status == 0 else (
+                f"http_{status}" if status in (429, 503) else "http_5xx")
+            hinted = parse_retry_after(ans.headers.get("retry-after")) if status in (429, 503) else None
+            attempt += 1
+            if hinted is not None:
+                delay = hinted
+            else:
+                cap = min(self.config.retry_max_delay_s, self.config.retry_base_s * 2 ** (attempt - 1))
+                delay = random.uniform(0, cap)
+            if attempt >= self.config.write_attempts or delay > self.config.retry_max_delay_s:
+                raise StoreUnavailable(
+                    f"InfluxDB write failed after {attempt} attempt(s): {what}",
+                    retry_after_s=hinted, reason=label,
+                )
+            result.retries += 1
+            self.metrics.write_retries.labels(reason=label).inc()
+            log.info("InfluxDB write %s; retry %d in %.2f s", what, attempt, delay)
+            await asyncio.sleep(delay)
+
+    async def _request(self, body: bytes) -> _Answer:
+        """Send one write request; never raises for HTTP or network failures."""
+        t0 = time.perf_counter()
+        try:
+            if self._v2_write is not None and body:
+                return await self._request_v2(body)
+            if self.config.version == 2:
+                params = {"org": self.config.org, "bucket": self.config.bucket, "precision": "ns"}
+                path = "api/v2/write"
+            else:
                 params = {"db": self.config.database, "precision": "ns"}
                 if self.config.retention_policy:
                     params["rp"] = self.config.retention_policy
-                async with self.session.post("write", params=params, data=body.encode()) as resp:
-                    if resp.status == 204:
-                        return
-                    text = (await resp.text())[:500]
-                    if resp.status in (400, 422):
-                        raise StoreRejected(f"InfluxDB rejected the write ({resp.status}): {text}")
-                    last = f"HTTP {resp.status}: {text}"
-                    retry_after = resp.headers.get("Retry-After")
-                    if resp.status in (401, 403):
-                        log.error("InfluxDB refused our credentials (%s); data is kept by the agents", last)
-                        raise StoreUnavailable(f"InfluxDB auth failed: {last}")
-                    delay = float(retry_after) if retry_after and retry_after.isdigit() else None
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                delay = None
-            except StoreRejected:
-                raise
-            except StoreUnavailable:
-                raise
-            except Exception as exc:  # influxdb-client raises its own ApiException
-                status = getattr(exc, "status", None)
-                if status in (400, 422):
-                    raise StoreRejected(f"InfluxDB rejected the write ({status}): {exc}") from None
-                last = f"{type(exc).__name__}: {exc}"
-                delay = None
-            if attempt + 1 < self.write_attempts:
-                await asyncio.sleep(delay if delay is not None else random.uniform(0, 0.2 * 2**attempt))
-        raise StoreUnavailable(f"InfluxDB write failed after {self.write_attempts} attempts: {last}")
+                path = "write"
+            async with self.session.post(path, params=params, data=body) as resp:
+                text = await resp.text(errors="replace")
+                return _Answer(resp.status, text, {k.lower(): v for k, v in resp.headers.items()})
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            return _Answer(0, error=f"timeout after {self.config.timeout_s:g} s ({type(exc).__name__})",
+                           timeout=True)
+        except (aiohttp.ClientError, OSError) as exc:
+            return _Answer(0, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.metrics.write_duration.observe(time.perf_counter() - t0)
+
+    async def _request_v2(self, body: bytes) -> _Answer:
+        from influxdb_client.rest import ApiException
+
+        try:
+            await self._v2_write.write(bucket=self.config.bucket, org=self.config.org,
+                                       record=body.decode(), write_precision="ns")
+        except ApiException as exc:
+            if not exc.status:
+                return _Answer(0, error=f"ApiException: {exc.reason}")
+            raw = exc.body
+            text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
+            headers = {str(k).lower(): str(v) for k, v in dict(exc.headers or {}).items()}
+            return _Answer(int(exc.status), text, headers)
+        return _Answer(204)
 
     async def query(self, q: str, method: str = "GET") -> list[dict[str, Any]]:
         """Run InfluxQL; return the ``results`` list (one entry per statement); ns epoch times."""

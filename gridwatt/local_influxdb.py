@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -31,9 +32,17 @@ def free_port() -> int:
 
 
 class LocalInfluxDB:
-    """An influxd process with its data in a temporary folder, stopped and removed on exit."""
+    """An influxd process with its data in a temporary folder, stopped and removed on exit.
 
-    def __init__(self, data_dir: Path | None = None, port: int | None = None) -> None:
+    ``auth_enabled`` turns on InfluxDB's authentication (create the first admin user with
+    ``CREATE USER ... WITH ALL PRIVILEGES``); ``max_body_size`` (bytes, 0: unlimited) makes
+    larger write requests fail with HTTP 413.
+    """
+
+    def __init__(self, data_dir: Path | None = None, port: int | None = None, *,
+                 auth_enabled: bool = False, max_body_size: int = 0) -> None:
+        self.auth_enabled = auth_enabled
+        self.max_body_size = max_body_size
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="gridwatt-influxdb-"))
         self.port = port or free_port()
@@ -68,9 +77,9 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 [http]
   enabled = true
   bind-address = "127.0.0.1:{self.port}"
-  auth-enabled = false
+  auth-enabled = {str(self.auth_enabled).lower()}
   log-enabled = false
-  max-body-size = 0
+  max-body-size = {self.max_body_size}
 [logging]
   level = "warn"
   suppress-logo = true
@@ -110,6 +119,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL); the data folder stays until close()."""
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
@@ -117,6 +127,16 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections are accepted by the kernel but never answered."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo pause() (SIGCONT)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def close(self) -> None:
         self.stop()

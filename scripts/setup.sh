@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up on a fresh Debian/Ubuntu machine:
 #   - InfluxDB 1.x server binary (Debian package `influxdb`; the service is not started),
+#   - VictoriaMetrics (Debian package `victoria-metrics`), the real server of the InfluxDB 2.x
+#     write-path test (optional: that test is skipped without it),
 #   - a virtualenv in .venv with gridwatt and its dev tools installed (editable).
 # Used by scripts/demo.sh and scripts/test.sh; safe to run again.
 set -euo pipefail
@@ -26,6 +28,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   as_root apt-get update -qq || log "apt-get update failed; trying the install anyway"
   as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! command -v victoria-metrics >/dev/null 2>&1 && [ ! -x /usr/bin/victoria-metrics ]; then
+  log "installing VictoriaMetrics (apt package victoria-metrics) for the InfluxDB 2.x write-path test"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y -qq --no-install-recommends victoria-metrics >/dev/null 2>&1 \
+    || { as_root apt-get update -qq && as_root apt-get install -y -qq --no-install-recommends \
+         victoria-metrics >/dev/null; } \
+    || log "victoria-metrics could not be installed; its test will be skipped"
 fi
 
 PY=""

@@ -110,6 +110,7 @@ class AlertMonitor:
         """Feed every newly closed window to the engine; deliver and persist the events."""
         async with self._lock:
             events: list[AlertEvent] = []
+            observed = 0
             rack_marks: dict[str, int] = {}
             for rack, progress in list(self._racks.items()):
                 mark = self._watermark(progress)
@@ -124,6 +125,7 @@ class AlertMonitor:
                 for w in windows:
                     self._closed[w.start_ns][rack] = w
                 events += self.engine.observe_all(windows)
+                observed += len(windows)
             events += self._combined(rack_marks)
             if self._job_rules and rack_marks:
                 self._jobs_started = True
@@ -132,8 +134,9 @@ class AlertMonitor:
                 self.alerts.apply(events)
                 await self.dispatcher.dispatch(events)
                 self.events_sent += len(events)
-                if self.config.state_file:
-                    save_state(self.config.state_file, self.engine, self.alerts)
+            if (events or observed) and self.config.state_file:
+                # saved after every evaluation, so a restart resumes exactly where it left off
+                save_state(self.config.state_file, self.engine, self.alerts)
             return events
 
     def _combined(self, rack_marks: dict[str, int]) -> list[AlertEvent]:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import aiohttp
 
 from gridwatt.collector.intensity.base import IntensityProvider, IntensitySeries, IntensityUnavailable
+from gridwatt.collector.metrics import PROVIDER_ERRORS
 from gridwatt.collector.stepseries import StepSeries
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class FallbackChain:
             except (IntensityUnavailable, TimeoutError, aiohttp.ClientError) as exc:
                 reason = str(exc) or type(exc).__name__
                 reasons.append(reason)
+                PROVIDER_ERRORS.labels(provider=_source_of(provider, i)).inc()
                 if i not in self._failing:
                     log.warning("intensity provider %s unavailable: %s", _source_of(provider, i), reason)
                 self._failing[i] = time.monotonic()

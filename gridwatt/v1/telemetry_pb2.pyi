@@ -118,16 +118,18 @@ class Batch(_message.Message):
     def __init__(self, batch_id: _Optional[int] = ..., node: _Optional[str] = ..., agent_version: _Optional[str] = ..., gpu_samples: _Optional[_Iterable[_Union[GpuSample, _Mapping]]] = ..., host_samples: _Optional[_Iterable[_Union[HostSample, _Mapping]]] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("batch_id", "code", "message", "stored_samples")
+    __slots__ = ("batch_id", "code", "message", "stored_samples", "retry_after_ms")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     STORED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     code: int
     message: str
     stored_samples: int
-    def __init__(self, batch_id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., stored_samples: _Optional[int] = ...) -> None: ...
+    retry_after_ms: int
+    def __init__(self, batch_id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., stored_samples: _Optional[int] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class CheckRequest(_message.Message):
     __slots__ = ("node", "agent_version")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -51,3 +56,47 @@ def batches(node: str, samples: list[pb.GpuSample], size: int, first_id: int = 1
         pb.Batch(batch_id=first_id + k, node=node, gpu_samples=samples[i : i + size])
         for k, i in enumerate(range(0, len(samples), size))
     ]
+
+
+def with_influx_settings(toml: str, **settings: object) -> str:
+    """Add keys to the [influxdb] section of a collector TOML made by tests.conftest.collector_toml."""
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+    return toml.replace("[influxdb]\n", "[influxdb]\n" + extra, 1)
+
+
+def with_server_settings(toml: str, **settings: object) -> str:
+    """Add keys to the [server] section of a collector TOML made by tests.conftest.collector_toml."""
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+    return toml.replace("[server]\n", "[server]\n" + extra, 1)
+
+
+def influx_post(url: str, q: str, database: str = "", auth: tuple[str, str] | None = None) -> None:
+    """Run an InfluxQL statement that changes something (POST /query), as ``auth`` = (user, password).
+
+    A user just created may not be known yet to InfluxDB's authorizer (meta data catch up
+    asynchronously): 401/403 are tried again for up to 30 s.
+    """
+    params = {"q": q, **({"db": database} if database else {})}
+    creds = "?" + urllib.parse.urlencode({"u": auth[0], "p": auth[1]}) if auth else ""
+    deadline = time.monotonic() + 30
+    while True:
+        req = urllib.request.Request(f"{url}/query{creds}", data=urllib.parse.urlencode(params).encode(),
+                                     method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                body = resp.read()
+                assert resp.status == 200 and b'"error"' not in body, body
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (401, 403) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """Status and body of a GET (errors included)."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

@@ -92,12 +92,12 @@ async def test_idle_rack_fires_once_survives_restart_and_resolves(
         collector_toml(influxdb.url, database, grpc_port, http_port, zones=zones, racks=racks) + alerts
     )
     try:
-        collector = CollectorProcess(cfg, grpc_port, http_port).start()
+        collector = await asyncio.to_thread(CollectorProcess(cfg, grpc_port, http_port).start)
         # phase 1: 00:00-01:40; rack-b idles from 01:00 and fires at 01:30
         await asyncio.to_thread(replay, tmp_path, grpc_port, 0, 100)
         await _until(lambda: any(e["kind"] == "firing" for e in received))
-        collector.stop()  # restart while the alert fires
-        collector = CollectorProcess(cfg, grpc_port, http_port).start()
+        await asyncio.to_thread(collector.stop)  # restart while the alert fires
+        collector = await asyncio.to_thread(CollectorProcess(cfg, grpc_port, http_port).start)
         # phase 2: 01:40-03:00; rack-b busy again from 02:00, resolved at 02:05
         await asyncio.to_thread(replay, tmp_path, grpc_port, 100, 180)
         await _until(lambda: sum(e["kind"] == "resolved" for e in received) == 2)
@@ -109,7 +109,7 @@ async def test_idle_rack_fires_once_survives_restart_and_resolves(
             text=True,
             timeout=60,
         )
-        collector.stop()
+        await asyncio.to_thread(collector.stop)
     finally:
         await runner.cleanup()
 
