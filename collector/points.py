@@ -56,6 +56,7 @@ def prepare_batch(
     src = string_field(intensity.source)
     pue = placement.pue
     ci = intensity.series
+    any_estimated = any(ci.estimated)
     lines: list[str] = []
     append = lines.append
     windows: set[int] = set()
@@ -88,7 +89,9 @@ def prepare_batch(
             f"mem_used_bytes={s.mem_used_bytes}i,temp_c={s.temp_c!r},idle_s={idle_s!r},"
             f"idle_energy_j={idle_e!r},pue={eff_pue!r},intensity_g_per_kwh={eff_ci!r},end_ns={end}i,"
             f"energy_method=\"{ENERGY_METHOD_NAMES.get(s.energy_method, 'unspecified')}\","
-            f"jobs={string_field(jobs)},ef={ef},intensity_source={src} {start}"
+            f"jobs={string_field(jobs)},ef={ef},intensity_source={src},"
+            f"intensity_estimated={'true' if any_estimated and ci.is_estimated_at(start) else 'false'}"
+            f" {start}"
         )
         shares = [(j.job_id, j.fraction) for j in s.jobs]
         remaining = 1.0 - sum(f for _, f in shares)
