@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
+from gridwatt.collector.ledger import LedgerBook
 from gridwatt.collector.points import prepare_batch
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore, StoreRejected, StoreUnavailable
@@ -50,6 +51,7 @@ class Ingestor:
         self.rollup = rollup
         self.limits = limits
         self.stats = IngestStats()
+        self.ledgers = LedgerBook()
 
     async def handle(self, batch: pb.Batch) -> pb.Ack:
         n = len(batch.gpu_samples)
@@ -63,14 +65,16 @@ class Ingestor:
                     f"field node: value {batch.node!r} is not in any rack of the collector's config "
                     "and auto-registration is off"
                 )
+            ledger_lines = self.ledgers.lines(batch, placement.rack)
             if not batch.gpu_samples:
+                await self.store.write_lines(ledger_lines)
                 self.stats.samples_stored += n
                 return pb.Ack(batch_id=batch.batch_id, code=CODE_OK, stored_samples=0)
             lo = min(s.start_ns for s in batch.gpu_samples)
             hi = max(s.end_ns for s in batch.gpu_samples)
             intensity = await placement.intensity.series(lo, hi)
             prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns)
-            await self.store.write_lines(prepared.lines)
+            await self.store.write_lines(prepared.lines + ledger_lines)
             await self.rollup.recompute(placement.rack, placement.zone, prepared.windows)
         except BatchRejected as exc:
             self.stats.samples_rejected += n
