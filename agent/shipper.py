@@ -70,6 +70,7 @@ class ShipperStats:
     batches_rejected: int = 0
     #: Sessions that ended other than by a stop (errors, UNAVAILABLE acks, GOAWAY, lost connection).
     reconnects: int = 0
+    #: Batches sent that carried only the ledger (on connect, when idle, on stop).
     ledger_reports: int = 0
     last_error: str = ""
     rejections: list[str] = field(default_factory=list)
@@ -105,6 +106,8 @@ class Shipper:
         self.stats = ShipperStats()
         self.new_data = asyncio.Event()
         self.acked = asyncio.Event()
+        self._progressed = False
+        self._ledger_only = True  # the collector accepts batches that carry only a ledger
         self._next_batch_id = 1
         token = read_secret(conn.token, conn.token_file, "collector token")
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -134,31 +137,40 @@ class Shipper:
         return batch, seqs
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Ship until ``stop`` is set; reconnects forever (no time-based give-up)."""
+        """Ship until ``stop`` is set; reconnects forever (no time-based give-up).
+
+        The backoff (full jitter, 0.2 s doubling up to ``reconnect_max_s``) restarts from the
+        bottom after a session that got any batch acknowledged.
+        """
         attempt = 0
         while not stop.is_set():
+            self._progressed = False
             try:
-                progressed = await self._session(stop)
-                if progressed:
-                    attempt = 0
+                await self._session(stop)
+                error = ""
             except grpc.aio.AioRpcError as exc:
-                self.stats.last_error = f"{exc.code().name}: {exc.details()}"
-                if attempt == 0:
-                    log.warning("collector %s: %s; retrying", self.conn.address, self.stats.last_error)
+                error = f"{exc.code().name}: {exc.details()}"
             except _Reconnect as exc:
-                self.stats.last_error = str(exc)
-                log.warning("collector %s: %s; reconnecting", self.conn.address, exc)
+                error = str(exc)
+            if self._progressed:
+                attempt = 0
             if stop.is_set():
                 break
             self.stats.reconnects += 1
+            self.stats.last_error = error or self.stats.last_error
             delay = random.uniform(0, min(self.conn.reconnect_max_s, 0.2 * 2**attempt))
+            # The first failure after a good session is a warning; the retries that follow are info.
+            (log.warning if attempt == 0 else log.info)(
+                "collector %s: %s; reconnecting in %.2f s (attempt %d, reconnects=%d)",
+                self.conn.address, error or "session ended", delay, attempt + 1, self.stats.reconnects,
+            )
             attempt = min(attempt + 1, 16)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
-    async def _session(self, stop: asyncio.Event) -> bool:
+    async def _session(self, stop: asyncio.Event) -> None:
+        """One stream: announce the ledger, then send batches and read acks until stopped or broken."""
         in_flight: dict[int, list[int]] = {}
-        progressed = False
         async with make_channel(self.conn) as channel:
             stub = pb_grpc.IngestStub(channel)
             call = stub.Stream(metadata=self._metadata)
@@ -169,21 +181,26 @@ class Shipper:
             ack_seen = asyncio.Event()
 
             async def read_acks() -> None:
-                nonlocal progressed
                 async for ack in call:
                     seqs = in_flight.pop(ack.batch_id, None)
                     if seqs is None:
                         continue
-                    if ack.code == CODE_OK:
+                    if not seqs and ack.code == CODE_INVALID_ARGUMENT:
+                        # A ledger-only batch refused (an older collector): stop sending those.
+                        if self._ledger_only:
+                            log.warning("collector refuses ledger-only batches (%s); ledgers now ride "
+                                        "only on sample batches", ack.message)
+                        self._ledger_only = False
+                    elif ack.code == CODE_OK:
                         self.spool.acknowledge(seqs)
                         self.stats.batches_acked += 1
-                        progressed = True
+                        self._progressed = True
                     elif ack.code == CODE_INVALID_ARGUMENT:
                         self.spool.reject(seqs, ack.message)
                         self.stats.batches_rejected += 1
                         self.stats.rejections.append(ack.message)
                         log.error("collector rejected %d samples: %s", len(seqs), ack.message)
-                        progressed = True
+                        self._progressed = True
                     else:
                         raise _Reconnect(f"batch not stored ({ack.code}): {ack.message}")
                     slot_free.set()
@@ -211,6 +228,10 @@ class Shipper:
                 return True
 
             try:
+                if self._ledger_only:  # the ledger first: what was evicted while away
+                    hello, _ = self._make_batch([])
+                    if await send(hello, []):
+                        self.stats.ledger_reports += 1
                 while not stop.is_set():
                     if reader.done():
                         reader.result()
@@ -220,7 +241,7 @@ class Shipper:
                         continue
                     rows = self.spool.read_after(last_seq, self.conn.batch_max_samples)
                     if not rows:
-                        if time.monotonic() - last_sent >= self.ledger_report_s:
+                        if self._ledger_only and time.monotonic() - last_sent >= self.ledger_report_s:
                             batch, _ = self._make_batch([])
                             if await send(batch, []):
                                 self.stats.ledger_reports += 1
@@ -234,7 +255,6 @@ class Shipper:
                         continue
                     await send(batch, seqs)
                 await self._final_ledger(call, in_flight, reader, ack_seen)
-                return progressed
             finally:
                 stopper.cancel()
                 reader.cancel()
@@ -247,21 +267,20 @@ class Shipper:
         reader: asyncio.Task[None], ack_seen: asyncio.Event,
     ) -> None:
         """On a graceful stop, tell the collector the final ledger (best effort, bounded in time)."""
-        if reader.done():
+        if reader.done() or not self._ledger_only:
             return
         batch, _ = self._make_batch([])
         in_flight[batch.batch_id] = []
         deadline = time.monotonic() + self.final_ledger_timeout_s
         try:
             await asyncio.wait_for(call.write(batch), timeout=self.final_ledger_timeout_s)
+            self.stats.ledger_reports += 1
             while batch.batch_id in in_flight and not reader.done():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
                 ack_seen.clear()
                 await self._wait_any(ack_seen.wait(), reader, timeout=left)
-            if batch.batch_id not in in_flight:
-                self.stats.ledger_reports += 1
         except (TimeoutError, grpc.aio.AioRpcError, grpc.aio.UsageError, _Reconnect):
             return
 

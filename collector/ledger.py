@@ -60,6 +60,10 @@ class LedgerBook:
         if not batch.HasField("ledger"):
             return []
         new = batch.ledger
+        problem = ledger_problem(new)
+        if problem is not None:  # the samples still count: a bad ledger is skipped, not the batch
+            log.warning("node %r: ledger not stored: %s", batch.node, problem)
+            return []
         old = self._last.get(batch.node)
         if old is None or new.at_ns >= old.at_ns:
             self._note(batch.node, old, new)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from gridwatt.collector.ledger import ledger_problem
 from gridwatt.timeutil import format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 
@@ -34,10 +33,6 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
         raise BatchRejected("field node: empty; every batch must name its node")
     if not batch.gpu_samples and not batch.host_samples and not batch.HasField("ledger"):
         raise BatchRejected("batch has no samples")
-    if batch.HasField("ledger"):
-        problem = ledger_problem(batch.ledger)
-        if problem:
-            raise BatchRejected(problem)
     latest_ns = now_ns + limits.max_future_ns
     for i, s in enumerate(batch.gpu_samples):
         e = s.energy_j
