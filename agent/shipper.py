@@ -192,8 +192,9 @@ class Shipper:
                                         "only on sample batches", ack.message)
                         self._ledger_only = False
                     elif ack.code == CODE_OK:
-                        self.spool.acknowledge(seqs)
-                        self.stats.batches_acked += 1
+                        if seqs:
+                            self.spool.acknowledge(seqs)
+                            self.stats.batches_acked += 1
                         self._progressed = True
                     elif ack.code == CODE_INVALID_ARGUMENT:
                         self.spool.reject(seqs, ack.message)

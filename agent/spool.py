@@ -336,6 +336,22 @@ class Spool:
         self._db.close()
 
 
+def peek_ledger(path: Path) -> Ledger:
+    """The ledger of a spool file, opened read-only (while an agent runs on it, or after a crash)."""
+    db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        values = dict(db.execute("SELECT name, value FROM ledger").fetchall())
+        pending = int(db.execute("SELECT count(*) FROM samples").fetchone()[0])
+    finally:
+        db.close()
+    return Ledger(
+        sampled=int(values.get("sampled", 0)), acknowledged=int(values.get("acknowledged", 0)),
+        rejected=int(values.get("rejected", 0)), evicted=int(values.get("evicted", 0)),
+        evicted_energy_j=float(values.get("evicted_energy_j", 0.0)), pending=pending,
+        lost=int(values.get("lost", 0)), quarantines=int(values.get("quarantines", 0)),
+    )
+
+
 _CHUNK = 500
 
 
