@@ -41,10 +41,18 @@ CODE_INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
 def channel_options(conn: CollectorConnection) -> list[tuple[str, int]]:
-    """Keepalive settings that match the collector's (see collector/server.py)."""
+    """Keepalive settings that match the collector's (see collector/server.py).
+
+    A hung collector (alive socket, no answers) is noticed keepalive_s + keepalive_timeout_s after
+    its last sign of life. gRPC core (1.6x-1.8x) does not enforce keepalive_timeout itself: an
+    unanswered ping is only timed out by ``grpc.http2.ping_timeout_ms`` (default 60 s), so that is
+    set to the same value.
+    """
+    timeout_ms = int(conn.keepalive_timeout_s * 1000)
     return [
         ("grpc.keepalive_time_ms", int(conn.keepalive_s * 1000)),
-        ("grpc.keepalive_timeout_ms", int(conn.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        ("grpc.http2.ping_timeout_ms", timeout_ms),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),

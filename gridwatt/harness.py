@@ -156,6 +156,10 @@ class AgentProcess:
                                      f"(running={self.running}):\n{self.log_text()[-3000:]}")
             time.sleep(0.05)
 
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
     def kill(self) -> int:
         """SIGKILL (a crash, or a node losing power) and reap."""
         assert self.proc is not None
