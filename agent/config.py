@@ -60,7 +60,7 @@ class CollectorConnection(_Strict):
     #: Seconds between keepalive pings on an idle stream (a dead collector is noticed in about
     #: keepalive_s + keepalive_timeout_s). Keep it at or above the collector's
     #: server.keepalive_min_ping_interval_s (10 s by default); values below are for tests.
-    keepalive_s: float = Field(20.0, ge=1)
+    keepalive_s: float = Field(15.0, ge=1)
     keepalive_timeout_s: float = Field(10.0, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
 

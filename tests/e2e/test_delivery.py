@@ -131,8 +131,10 @@ def final_stats(agent: AgentProcess) -> dict[str, int]:
 def test_collector_down_at_start_then_up_and_sigterm_drains(rig: Rig) -> None:
     """The agent starts first and spools; the collector comes up later and gets every sample once.
     SIGTERM then flushes, reports the final ledger and exits 0 within 10 s."""
-    agent = rig.agent().start()
+    agent = rig.agent(top="ledger_report_s = 0.5").start()
     agent.wait_for_log(r"reconnecting in", count=2)
+    # the ledger is logged now and then, not only on exit
+    agent.wait_for_log(r"gridwatt.agent: ledger: sampled=\d+ acknowledged=0 .* balanced=True", count=2)
     before = rig.wait_sampled(20)
     assert before.acknowledged == 0 and before.pending == before.sampled
     rig.collector.start()
