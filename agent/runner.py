@@ -24,8 +24,8 @@ log = logging.getLogger("gridwatt.agent")
 
 #: After a stop (SIGTERM/SIGINT): seconds to keep delivering what is spooled, then seconds the
 #: shipper has to report the final ledger and close. Together well under 10 s.
-DRAIN_S = 7.0
-SHIPPER_STOP_S = 1.5
+DRAIN_S = 6.0
+SHIPPER_STOP_S = 2.0
 
 
 def build_source(config: AgentConfig, replay: bool) -> GpuSource:

@@ -104,7 +104,7 @@ class Shipper:
 
     def __init__(
         self, node: str, spool: Spool, conn: CollectorConnection, ledger_report_s: float = 60.0,
-        final_ledger_timeout_s: float = 1.0,
+        final_ledger_timeout_s: float = 1.5,
     ) -> None:
         self.node = node
         self.spool = spool

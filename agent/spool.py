@@ -204,34 +204,41 @@ class Spool:
             raise SpoolError(f"spool {path} is corrupt ({reason}) and cannot be moved aside: {exc}") from None
         log.error("spool %s is corrupt (%s); moved it aside to %s and started a new spool",
                   path, reason, dest)
-        rows, old = _read_salvageable(dest, self.row_check)
-        self._db = self._open(path)
-        counters = {name: 0.0 for name in _COUNTERS}
-        lost = 0
-        if old is not None:
-            counters.update({k: v for k, v in old.items() if k in counters})
-            old_pending = int(counters["sampled"] - counters["acknowledged"] - counters["rejected"]
-                              - counters["evicted"] - counters["lost"])
-            lost = max(old_pending - len(rows), 0)
-            # More rows than the old ledger said were pending: count the surplus as sampled to balance.
-            counters["sampled"] += max(len(rows) - old_pending, 0)
-        else:
-            counters["sampled"] = float(len(rows))
-        counters["lost"] += lost
-        counters["quarantines"] += 1
-        db = self._db
+        self._db = db = self._open(path)
         db.execute("BEGIN")
-        db.executemany("INSERT INTO samples(start_ns, energy_j, payload) VALUES (?, ?, ?)", rows)
-        db.executemany("UPDATE ledger SET value = ? WHERE name = ?", [(v, k) for k, v in counters.items()])
-        db.execute("COMMIT")
-        self.salvage = Salvage(dest, reason, len(rows), lost, old is not None)
+        try:
+            salvaged, old = _read_salvageable(
+                dest, self.row_check,
+                lambda rows: db.executemany(
+                    "INSERT INTO samples(start_ns, energy_j, payload) VALUES (?, ?, ?)", rows),
+            )
+            counters = {name: 0.0 for name in _COUNTERS}
+            lost = 0
+            if old is not None:
+                counters.update({k: v for k, v in old.items() if k in counters})
+                old_pending = int(counters["sampled"] - counters["acknowledged"] - counters["rejected"]
+                                  - counters["evicted"] - counters["lost"])
+                lost = max(old_pending - salvaged, 0)
+                # More rows than the old ledger said were pending: count the surplus as sampled.
+                counters["sampled"] += max(salvaged - old_pending, 0)
+            else:
+                counters["sampled"] = float(salvaged)
+            counters["lost"] += lost
+            counters["quarantines"] += 1
+            db.executemany("UPDATE ledger SET value = ? WHERE name = ?",
+                           [(v, k) for k, v in counters.items()])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.salvage = Salvage(dest, reason, salvaged, lost, old is not None)
         if old is not None:
             log.error("spool %s: salvaged %d pending samples from %s; %d could not be read and are "
-                      "counted as lost", path, len(rows), dest, lost)
+                      "counted as lost", path, salvaged, dest, lost)
         else:
             log.error("spool %s: salvaged %d samples from %s; its ledger is unreadable, so how many "
                       "were lost is unknown (the ledger restarts from the salvaged samples)",
-                      path, len(rows), dest)
+                      path, salvaged, dest)
 
     def _count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM samples").fetchone()[0])
@@ -356,10 +363,11 @@ _CHUNK = 500
 
 
 def _read_salvageable(
-    path: Path, row_check: RowCheck
-) -> tuple[list[tuple[int, float, bytes]], dict[str, float] | None]:
-    """Every pending row of a damaged spool that can be read and verified, in order; and its
-    ledger counters if they are readable. Never raises for a damaged file.
+    path: Path, row_check: RowCheck, sink: Callable[[list[tuple[int, float, bytes]]], object]
+) -> tuple[int, dict[str, float] | None]:
+    """Pass every pending row of a damaged spool that can be read and verified to ``sink``, in
+    order and in chunks; return how many, and the old ledger counters if they are readable.
+    Never raises for a damaged file.
 
     Rows are read in chunks by sequence number; where a chunk fails (a damaged page), the
     rows are probed one by one up to the highest sequence number known from the table, the
@@ -373,7 +381,7 @@ def _read_salvageable(
         db.execute("PRAGMA query_only=1")
     except sqlite3.Error as exc:
         log.error("spool %s: nothing can be salvaged: %s", path, exc)
-        return [], None
+        return 0, None
 
     def scalar(q: str) -> float | None:
         try:
@@ -385,8 +393,10 @@ def _read_salvageable(
     old: dict[str, float] | None
     try:
         old = {str(k): float(v) for k, v in db.execute("SELECT name, value FROM ledger").fetchall()}
-        if not {"sampled", "acknowledged", "rejected", "evicted"} <= old.keys():
-            old = None
+        if not {"sampled", "acknowledged", "rejected", "evicted"} <= old.keys() or not all(
+            math.isfinite(v) and 0 <= v < 2**53 for v in old.values()
+        ):
+            old = None  # damaged counters are no better than none
     except (sqlite3.Error, TypeError, ValueError):
         old = None
     bounds = [
@@ -396,7 +406,14 @@ def _read_salvageable(
     ]
     hi = int(max((b for b in bounds if b is not None), default=0))
     rows: list[tuple[int, float, bytes]] = []
-    bad = 0
+    salvaged = bad = 0
+
+    def flush() -> None:
+        nonlocal salvaged
+        if rows:
+            sink(rows)
+            salvaged += len(rows)
+            rows.clear()
 
     def keep(r: Any) -> None:
         nonlocal bad
@@ -433,15 +450,18 @@ def _read_salvageable(
                     if r is not None:
                         keep(r)
                 after = probe_to
+                flush()
                 continue
             if not chunk:
                 break
             for r in chunk:
                 keep(r)
             after = int(chunk[-1][0])
+            flush()
+        flush()
     finally:
         db.close()
     if bad:
         log.error("spool %s: %d rows were readable but damaged (payload does not match); not salvaged",
                   path, bad)
-    return rows, old
+    return salvaged, old

@@ -317,6 +317,7 @@ def test_frozen_collector_is_detected_by_keepalive(rig: Rig) -> None:
     wait_until("samples spooled while the collector hangs", lambda: peek_ledger(rig.spool).pending >= 10)
     rc, seconds = agent.terminate()
     assert rc == 0 and seconds < 10.0, (rc, seconds)
+    print(f"SIGTERM with a hung collector: exit 0 after {seconds:.1f} s")
     hung = peek_ledger(rig.spool)
     assert hung.balanced and hung.pending > 0
     rig.collector.thaw()
