@@ -58,8 +58,9 @@ class CollectorConnection(_Strict):
     batch_max_samples: int = Field(1000, ge=1, le=50_000)
     max_in_flight: int = Field(4, ge=1, le=64)
     #: Seconds between keepalive pings on an idle stream (a dead collector is noticed in about
-    #: keepalive_s + keepalive_timeout_s).
-    keepalive_s: float = Field(20.0, ge=10)
+    #: keepalive_s + keepalive_timeout_s). Keep it at or above the collector's
+    #: server.keepalive_min_ping_interval_s (10 s by default); values below are for tests.
+    keepalive_s: float = Field(15.0, ge=1)
     keepalive_timeout_s: float = Field(10.0, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
 
@@ -78,8 +79,12 @@ class AgentConfig(_Strict):
     #: An interval whose GPU utilisation is below this counts as idle.
     idle_below_pct: float = Field(5.0, ge=0, le=100)
     spool_path: Path = Path("/var/lib/gridwatt/spool.db")
-    #: Bound of the spool; default 24 h of 8 GPUs at 1 Hz.
+    #: Bound of the spool; default 24 h of 8 GPUs at 1 Hz. When full, the oldest samples are
+    #: evicted (logged, counted in the ledger and reported to the collector).
     spool_max_samples: int = Field(24 * 3600 * 8, ge=100)
+    #: Seconds between ledger lines in the log; also the longest the collector goes without a
+    #: ledger report from an idle agent.
+    ledger_report_s: float = Field(60.0, gt=0)
     source: SourceConfig = SourceConfig()
     attribution: AttributionConfig = AttributionConfig()
     collector: CollectorConnection = CollectorConnection()

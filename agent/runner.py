@@ -19,9 +19,14 @@ from gridwatt.agent.sdnotify import Notifier
 from gridwatt.agent.shipper import Shipper
 from gridwatt.agent.sources.base import GpuSource
 from gridwatt.agent.spool import Ledger, Spool
-from gridwatt.timeutil import format_time_ns, parse_time_ns
+from gridwatt.timeutil import parse_time_ns
 
 log = logging.getLogger("gridwatt.agent")
+
+#: After a stop (SIGTERM/SIGINT): seconds to keep delivering what is spooled, then seconds the
+#: shipper has to report the final ledger and close. Together well under 10 s.
+DRAIN_S = 6.0
+SHIPPER_STOP_S = 2.0
 
 
 def build_source(config: AgentConfig, replay: bool) -> GpuSource:
@@ -74,7 +79,7 @@ async def run_agent(
         config.idle_below_pct,
     )
     spool = Spool(config.spool_path, config.spool_max_samples)
-    shipper = Shipper(config.node, spool, config.collector)
+    shipper = Shipper(config.node, spool, config.collector, ledger_report_s=config.ledger_report_s)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -84,6 +89,13 @@ async def run_agent(
     ship_task = asyncio.create_task(shipper.run(shipping_stop))
     high_water = config.collector.batch_max_samples * config.collector.max_in_flight * 4
     last_progress = 0.0
+    last_ledger_log = time.monotonic()
+
+    def log_ledger_now_and_then() -> None:
+        nonlocal last_ledger_log
+        if time.monotonic() - last_ledger_log >= config.ledger_report_s:
+            last_ledger_log = time.monotonic()
+            log.info("ledger: %s; shipper: %s", spool.ledger().line(), shipper.stats.line())
 
     def report(final: bool = False) -> None:
         if progress is None:
@@ -108,6 +120,7 @@ async def run_agent(
                 shipper.new_data.set()
             if source.finished:
                 break
+            log_ledger_now_and_then()
             if replay:
                 # Backpressure: a replay never outruns the collector so far that the spool evicts.
                 while spool.pending > high_water and not stop.is_set():
@@ -126,21 +139,25 @@ async def run_agent(
                     delay = 0
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
-        # Drain: a replay waits for everything to be acknowledged; a live agent flushes for up to 8 s.
-        deadline = None if replay and not stop.is_set() else time.monotonic() + 8.0
+        # Drain: a replay waits for everything to be acknowledged; a stopped agent flushes for up to
+        # DRAIN_S, then the shipper gets SHIPPER_STOP_S to send the final ledger and close: a SIGTERM
+        # ends the process within 10 s (systemd's default stop timeout is 90 s).
+        deadline = None if replay and not stop.is_set() else time.monotonic() + DRAIN_S
         while spool.pending > 0 and (deadline is None or time.monotonic() < deadline):
             shipper.acked.clear()
+            wait_s = 1.0 if deadline is None else max(min(1.0, deadline - time.monotonic()), 0.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(shipper.acked.wait(), timeout=1.0)
+                await asyncio.wait_for(shipper.acked.wait(), timeout=wait_s)
             if replay and time.monotonic() - last_progress >= progress_every_s:
                 last_progress = time.monotonic()
                 report()
+            log_ledger_now_and_then()
             if stop.is_set() and deadline is None:
-                deadline = time.monotonic() + 8.0
+                deadline = time.monotonic() + DRAIN_S
     finally:
         shipping_stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(ship_task, timeout=5.0)
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(ship_task, timeout=SHIPPER_STOP_S)
         source.close()
         if replay:
             report(final=True)
@@ -149,8 +166,5 @@ async def run_agent(
     if ledger.pending:
         log.warning("stopping with %d samples still spooled at %s; they are sent on the next start",
                     ledger.pending, config.spool_path)
-    log.info("ledger: sampled=%d acknowledged=%d rejected=%d evicted=%d pending=%d (balanced=%s)",
-             ledger.sampled, ledger.acknowledged, ledger.rejected, ledger.evicted, ledger.pending,
-             ledger.balanced)
-    _ = format_time_ns
+    log.info("ledger: %s; shipper: %s", ledger.line(), shipper.stats.line())
     return RunResult(ledger, list(shipper.stats.rejections))

@@ -4,8 +4,14 @@ Batches go out in spool order, up to ``max_in_flight`` unacknowledged at once.
 The collector answers each batch with one Ack after storing it: OK deletes the
 batch's samples from the spool, INVALID_ARGUMENT moves them aside (bad input is
 never resent), anything else (or a broken stream) reconnects with exponential
-backoff and full jitter and resends everything still pending. Resending is safe:
-the collector's writes are idempotent.
+backoff and full jitter and resends everything still pending, for as long as it
+takes (there is no time-based give-up; only a full spool evicts). Resending is
+safe: the collector's writes are idempotent.
+
+Every batch carries the spool's ledger (a SpoolLedger), so the collector learns
+what was evicted from a full spool as soon as it is reachable again. A batch with
+only the ledger is sent when nothing else was sent for ``ledger_report_s``, and
+once more on a graceful stop.
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from gridwatt import __version__
 from gridwatt.agent.config import CollectorConnection
-from gridwatt.agent.spool import Spool
+from gridwatt.agent.spool import Ledger, Spool
 from gridwatt.configfile import read_secret
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
@@ -33,10 +41,18 @@ CODE_INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
 def channel_options(conn: CollectorConnection) -> list[tuple[str, int]]:
-    """Keepalive settings that match the collector's (see collector/server.py)."""
+    """Keepalive settings that match the collector's (see collector/server.py).
+
+    A hung collector (alive socket, no answers) is noticed keepalive_s + keepalive_timeout_s after
+    its last sign of life. gRPC core (1.6x-1.8x) does not enforce keepalive_timeout itself: an
+    unanswered ping is only timed out by ``grpc.http2.ping_timeout_ms`` (default 60 s), so that is
+    set to the same value.
+    """
+    timeout_ms = int(conn.keepalive_timeout_s * 1000)
     return [
         ("grpc.keepalive_time_ms", int(conn.keepalive_s * 1000)),
-        ("grpc.keepalive_timeout_ms", int(conn.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        ("grpc.http2.ping_timeout_ms", timeout_ms),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -60,91 +76,175 @@ class ShipperStats:
     batches_sent: int = 0
     batches_acked: int = 0
     batches_rejected: int = 0
+    #: Sessions that ended other than by a stop (errors, UNAVAILABLE acks, GOAWAY, lost connection).
     reconnects: int = 0
+    #: Batches sent that carried only the ledger (on connect, when idle, on stop).
+    ledger_reports: int = 0
     last_error: str = ""
     rejections: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One log line."""
+        return (f"batches_sent={self.batches_sent} batches_acked={self.batches_acked} "
+                f"batches_rejected={self.batches_rejected} reconnects={self.reconnects} "
+                f"ledger_reports={self.ledger_reports}")
+
+
+def ledger_proto(ledger: Ledger, at_ns: int) -> pb.SpoolLedger:
+    """The ledger as sent to the collector."""
+    return pb.SpoolLedger(
+        sampled=ledger.sampled, acknowledged=ledger.acknowledged, rejected=ledger.rejected,
+        evicted=ledger.evicted, evicted_energy_j=ledger.evicted_energy_j, lost=ledger.lost,
+        pending=ledger.pending, at_ns=at_ns, quarantines=ledger.quarantines,
+    )
 
 
 class Shipper:
     """See the module docstring."""
 
-    def __init__(self, node: str, spool: Spool, conn: CollectorConnection) -> None:
+    def __init__(
+        self, node: str, spool: Spool, conn: CollectorConnection, ledger_report_s: float = 60.0,
+        final_ledger_timeout_s: float = 1.5,
+    ) -> None:
         self.node = node
         self.spool = spool
         self.conn = conn
+        self.ledger_report_s = ledger_report_s
+        self.final_ledger_timeout_s = final_ledger_timeout_s
         self.stats = ShipperStats()
         self.new_data = asyncio.Event()
         self.acked = asyncio.Event()
+        self._progressed = False
+        self._ledger_only = True  # the collector accepts batches that carry only a ledger
         self._next_batch_id = 1
         token = read_secret(conn.token, conn.token_file, "collector token")
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
-    def _make_batch(self, rows: Sequence[tuple[int, bytes]]) -> pb.Batch:
+    def _make_batch(self, rows: Sequence[tuple[int, bytes]]) -> tuple[pb.Batch, list[int]]:
+        """A batch of the rows that parse (with the current ledger), and their seqs.
+
+        A row whose payload does not parse (a damaged spool) is moved aside as rejected
+        rather than stopping the shipper.
+        """
         batch = pb.Batch(batch_id=self._next_batch_id, node=self.node, agent_version=__version__)
         self._next_batch_id += 1
         add = batch.gpu_samples.add
-        for _, payload in rows:
-            add().MergeFromString(payload)
-        return batch
+        seqs: list[int] = []
+        damaged: list[int] = []
+        for seq, payload in rows:
+            try:
+                add().MergeFromString(payload)
+                seqs.append(seq)
+            except DecodeError:
+                del batch.gpu_samples[-1]
+                damaged.append(seq)
+        if damaged:
+            self.spool.reject(damaged, "spooled payload is damaged and does not parse")
+            log.error("spool: %d damaged samples do not parse; moved aside as rejected", len(damaged))
+        batch.ledger.CopyFrom(ledger_proto(self.spool.ledger(), time.time_ns()))
+        return batch, seqs
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Ship until ``stop`` is set; reconnects forever (no time-based give-up)."""
+        """Ship until ``stop`` is set; reconnects forever (no time-based give-up).
+
+        The backoff (full jitter, 0.2 s doubling up to ``reconnect_max_s``) restarts from the
+        bottom after a session that got any batch acknowledged.
+        """
         attempt = 0
         while not stop.is_set():
+            self._progressed = False
+            hint_s = 0.0
             try:
-                progressed = await self._session(stop)
-                if progressed:
-                    attempt = 0
+                await self._session(stop)
+                error = ""
             except grpc.aio.AioRpcError as exc:
-                self.stats.last_error = f"{exc.code().name}: {exc.details()}"
-                if attempt == 0:
-                    log.warning("collector %s: %s; retrying", self.conn.address, self.stats.last_error)
+                error = f"{exc.code().name}: {exc.details()}"
             except _Reconnect as exc:
-                self.stats.last_error = str(exc)
-                log.warning("collector %s: %s; reconnecting", self.conn.address, exc)
+                error = str(exc)
+                hint_s = min(exc.retry_after_s, self.conn.reconnect_max_s)
+            if self._progressed:
+                attempt = 0
             if stop.is_set():
                 break
             self.stats.reconnects += 1
-            delay = random.uniform(0, min(self.conn.reconnect_max_s, 0.2 * 2**attempt))
+            self.stats.last_error = error or self.stats.last_error
+            # full jitter, but never sooner than the collector asked (Ack.retry_after_ms)
+            delay = max(hint_s, random.uniform(0, min(self.conn.reconnect_max_s, 0.2 * 2**attempt)))
+            # The first failure after a good session is a warning; the retries that follow are info.
+            (log.warning if attempt == 0 else log.info)(
+                "collector %s: %s; reconnecting in %.2f s (attempt %d, reconnects=%d)",
+                self.conn.address, error or "session ended", delay, attempt + 1, self.stats.reconnects,
+            )
             attempt = min(attempt + 1, 16)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
-    async def _session(self, stop: asyncio.Event) -> bool:
+    async def _session(self, stop: asyncio.Event) -> None:
+        """One stream: announce the ledger, then send batches and read acks until stopped or broken."""
         in_flight: dict[int, list[int]] = {}
-        progressed = False
         async with make_channel(self.conn) as channel:
             stub = pb_grpc.IngestStub(channel)
             call = stub.Stream(metadata=self._metadata)
             last_seq = 0
+            last_sent = time.monotonic()
             slot_free = asyncio.Event()
             slot_free.set()
+            ack_seen = asyncio.Event()
 
             async def read_acks() -> None:
-                nonlocal progressed
                 async for ack in call:
                     seqs = in_flight.pop(ack.batch_id, None)
                     if seqs is None:
                         continue
-                    if ack.code == CODE_OK:
-                        self.spool.acknowledge(seqs)
-                        self.stats.batches_acked += 1
-                        progressed = True
+                    if not seqs and ack.code == CODE_INVALID_ARGUMENT:
+                        # A ledger-only batch refused (an older collector): stop sending those.
+                        if self._ledger_only:
+                            log.warning("collector refuses ledger-only batches (%s); ledgers now ride "
+                                        "only on sample batches", ack.message)
+                        self._ledger_only = False
+                    elif ack.code == CODE_OK:
+                        if seqs:
+                            self.spool.acknowledge(seqs)
+                            self.stats.batches_acked += 1
+                        self._progressed = True
                     elif ack.code == CODE_INVALID_ARGUMENT:
                         self.spool.reject(seqs, ack.message)
                         self.stats.batches_rejected += 1
                         self.stats.rejections.append(ack.message)
                         log.error("collector rejected %d samples: %s", len(seqs), ack.message)
-                        progressed = True
+                        self._progressed = True
                     else:
-                        raise _Reconnect(f"batch not stored ({ack.code}): {ack.message}")
+                        raise _Reconnect(f"batch not stored ({ack.code}): {ack.message}",
+                                         retry_after_s=ack.retry_after_ms / 1000.0)
                     slot_free.set()
+                    ack_seen.set()
                     self.acked.set()
                 raise _Reconnect("collector closed the stream")
 
             reader = asyncio.create_task(read_acks())
             stopper = asyncio.create_task(stop.wait())
+
+            async def send(batch: pb.Batch, seqs: list[int]) -> bool:
+                """Write one batch; False if stopped first (a write can block on a frozen peer)."""
+                nonlocal last_sent
+                in_flight[batch.batch_id] = seqs
+                writer = asyncio.ensure_future(call.write(batch))
+                await asyncio.wait([writer, reader, stopper], return_when=asyncio.FIRST_COMPLETED)
+                if not writer.done():
+                    writer.cancel()
+                    if reader.done():
+                        reader.result()
+                    return False
+                writer.result()
+                self.stats.batches_sent += 1
+                last_sent = time.monotonic()
+                return True
+
             try:
+                if self._ledger_only:  # the ledger first: what was evicted while away
+                    hello, _ = self._make_batch([])
+                    if await send(hello, []):
+                        self.stats.ledger_reports += 1
                 while not stop.is_set():
                     if reader.done():
                         reader.result()
@@ -154,19 +254,48 @@ class Shipper:
                         continue
                     rows = self.spool.read_after(last_seq, self.conn.batch_max_samples)
                     if not rows:
+                        if self._ledger_only and time.monotonic() - last_sent >= self.ledger_report_s:
+                            batch, _ = self._make_batch([])
+                            if await send(batch, []):
+                                self.stats.ledger_reports += 1
+                            continue
                         self.new_data.clear()
                         await self._wait_any(self.new_data.wait(), reader, stopper, timeout=1.0)
                         continue
-                    batch = self._make_batch(rows)
-                    in_flight[batch.batch_id] = [s for s, _ in rows]
                     last_seq = rows[-1][0]
-                    await call.write(batch)
-                    self.stats.batches_sent += 1
-                return progressed
+                    batch, seqs = self._make_batch(rows)
+                    if not seqs:
+                        continue
+                    await send(batch, seqs)
+                await self._final_ledger(call, in_flight, reader, ack_seen)
             finally:
                 stopper.cancel()
                 reader.cancel()
+                if reader.done() and not reader.cancelled():
+                    reader.exception()  # retrieved: the session's error was already handled
                 call.cancel()
+
+    async def _final_ledger(
+        self, call: grpc.aio.StreamStreamCall, in_flight: dict[int, list[int]],
+        reader: asyncio.Task[None], ack_seen: asyncio.Event,
+    ) -> None:
+        """On a graceful stop, tell the collector the final ledger (best effort, bounded in time)."""
+        if reader.done() or not self._ledger_only:
+            return
+        batch, _ = self._make_batch([])
+        in_flight[batch.batch_id] = []
+        deadline = time.monotonic() + self.final_ledger_timeout_s
+        try:
+            await asyncio.wait_for(call.write(batch), timeout=self.final_ledger_timeout_s)
+            self.stats.ledger_reports += 1
+            while batch.batch_id in in_flight and not reader.done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                ack_seen.clear()
+                await self._wait_any(ack_seen.wait(), reader, timeout=left)
+        except (TimeoutError, grpc.aio.AioRpcError, grpc.aio.UsageError, _Reconnect):
+            return
 
     @staticmethod
     async def _wait_any(coro: object, *tasks: asyncio.Task[object], timeout: float | None = None) -> None:
@@ -178,4 +307,8 @@ class Shipper:
 
 
 class _Reconnect(Exception):
-    pass
+    """End the session and reconnect; ``retry_after_s`` is the collector's hint (0: none)."""
+
+    def __init__(self, message: str, retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

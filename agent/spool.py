@@ -5,17 +5,30 @@ order, and deletes them only once their batch is acknowledged as stored.
 When the spool is full the oldest samples are evicted; their count and energy
 are kept in the ledger, which always balances::
 
-    sampled == acknowledged + rejected + evicted + pending
+    sampled == acknowledged + rejected + evicted + lost + pending
+
+A spool that is corrupt or unreadable never stops the agent: on open it is
+checked (``PRAGMA quick_check``); a bad file is moved aside to
+``<spool>.corrupt-<UTC time>`` (with its -wal/-shm), every row that can still be
+read and verified is salvaged into a fresh spool, and the samples that could
+not be are counted as ``lost`` in the ledger (carried over when the old
+ledger is readable).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from gridwatt.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("gridwatt.agent.spool")
 
@@ -40,7 +53,13 @@ CREATE TABLE IF NOT EXISTS ledger (
 );
 """
 
-_COUNTERS = ("sampled", "acknowledged", "rejected", "evicted", "evicted_energy_j")
+_COUNTERS = ("sampled", "acknowledged", "rejected", "evicted", "evicted_energy_j", "lost", "quarantines")
+
+#: SQLite result codes (primary) that mean "this file is damaged", not "cannot open it here".
+_DAMAGED_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_IOERR"}
+
+#: Checks that a salvaged row is what was written: (start_ns, energy_j, payload) → ok.
+RowCheck = Callable[[int, float, bytes], bool]
 
 
 @dataclass(frozen=True)
@@ -53,10 +72,56 @@ class Ledger:
     evicted: int
     evicted_energy_j: float
     pending: int
+    #: Samples that were spooled but could not be read back from a corrupt spool.
+    lost: int = 0
+    #: Times the spool file was found corrupt and moved aside.
+    quarantines: int = 0
 
     @property
     def balanced(self) -> bool:
-        return self.sampled == self.acknowledged + self.rejected + self.evicted + self.pending
+        return self.sampled == self.acknowledged + self.rejected + self.evicted + self.lost + self.pending
+
+    def line(self) -> str:
+        """One log line."""
+        return (
+            f"sampled={self.sampled} acknowledged={self.acknowledged} rejected={self.rejected} "
+            f"evicted={self.evicted} evicted_energy_j={self.evicted_energy_j:.3f} lost={self.lost} "
+            f"pending={self.pending} quarantines={self.quarantines} balanced={self.balanced}"
+        )
+
+
+def gpu_sample_row_ok(start_ns: int, energy_j: float, payload: bytes) -> bool:
+    """A spooled row is intact when its payload parses and agrees with its own columns."""
+    try:
+        sample = pb.GpuSample.FromString(payload)
+    except DecodeError:
+        return False
+    return (
+        sample.start_ns == start_ns
+        and sample.energy_j == energy_j
+        and math.isfinite(sample.energy_j)
+        and sample.end_ns > sample.start_ns
+    )
+
+
+def _damaged(exc: sqlite3.Error) -> bool:
+    """True for errors that mean a damaged file (as opposed to permissions, locks, a missing folder)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if any(name == c or name.startswith(c + "_") for c in _DAMAGED_CODES):
+        return True
+    # Without an error name (older Pythons), only the plain DatabaseError class means corruption.
+    return not name and type(exc) is sqlite3.DatabaseError
+
+
+@dataclass(frozen=True)
+class Salvage:
+    """What was recovered from a quarantined spool."""
+
+    quarantined_path: Path
+    reason: str
+    salvaged: int
+    lost: int
+    old_ledger_readable: bool
 
 
 class SpoolError(Exception):
@@ -66,20 +131,114 @@ class SpoolError(Exception):
 class Spool:
     """See the module docstring. Not thread-safe: use from one thread (the agent's event loop)."""
 
-    def __init__(self, path: Path, max_samples: int = 24 * 3600 * 8) -> None:
+    def __init__(
+        self, path: Path, max_samples: int = 24 * 3600 * 8, row_check: RowCheck = gpu_sample_row_ok
+    ) -> None:
         self.path = path
         self.max_samples = max_samples
+        self.row_check = row_check
+        #: Set when the file was found corrupt on open and replaced.
+        self.salvage: Salvage | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+        except OSError as exc:
+            raise SpoolError(f"spool {path}: cannot create its folder: {exc}") from None
+        problem = self._check(path)
+        if problem is not None:
+            self._quarantine(problem)
+        else:
+            self._db = self._open(path)
+        self._pending = self._count()
+
+    @staticmethod
+    def _check(path: Path) -> str | None:
+        """None if the file is absent or passes quick_check; else what is wrong with it."""
+        if not path.exists():
+            return None
+        try:
+            db = sqlite3.connect(str(path), isolation_level=None)
+        except sqlite3.Error as exc:
+            if _damaged(exc):
+                return str(exc)
+            raise SpoolError(f"spool {path}: cannot open: {exc}") from None
+        try:
+            result = [str(r[0]) for r in db.execute("PRAGMA quick_check(5)").fetchall()]
+            if result != ["ok"]:
+                return "quick_check: " + "; ".join(result)
+            return None
+        except sqlite3.Error as exc:
+            if _damaged(exc):
+                return str(exc)
+            raise SpoolError(f"spool {path}: cannot read: {exc}") from None
+        finally:
+            db.close()
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(str(path), isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
             for name in _COUNTERS:
-                self._db.execute("INSERT OR IGNORE INTO ledger(name, value) VALUES (?, 0)", (name,))
+                db.execute("INSERT OR IGNORE INTO ledger(name, value) VALUES (?, 0)", (name,))
         except (sqlite3.Error, OSError) as exc:
             raise SpoolError(f"spool {path}: cannot open: {exc}") from None
-        self._pending = self._count()
+        return db
+
+    def _quarantine(self, reason: str) -> None:
+        """Move the damaged file aside, open a fresh spool, salvage what can be read into it."""
+        path = self.path
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = path.with_name(f"{path.name}.corrupt-{stamp}")
+        n = 1
+        while dest.exists():
+            n += 1
+            dest = path.with_name(f"{path.name}.corrupt-{stamp}.{n}")
+        try:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                src = Path(str(path) + suffix)
+                if src.exists():
+                    src.rename(str(dest) + suffix)
+        except OSError as exc:
+            raise SpoolError(f"spool {path} is corrupt ({reason}) and cannot be moved aside: {exc}") from None
+        log.error("spool %s is corrupt (%s); moved it aside to %s and started a new spool",
+                  path, reason, dest)
+        self._db = db = self._open(path)
+        db.execute("BEGIN")
+        try:
+            salvaged, old = _read_salvageable(
+                dest, self.row_check,
+                lambda rows: db.executemany(
+                    "INSERT INTO samples(start_ns, energy_j, payload) VALUES (?, ?, ?)", rows),
+            )
+            counters = {name: 0.0 for name in _COUNTERS}
+            lost = 0
+            if old is not None:
+                counters.update({k: v for k, v in old.items() if k in counters})
+                old_pending = int(counters["sampled"] - counters["acknowledged"] - counters["rejected"]
+                                  - counters["evicted"] - counters["lost"])
+                lost = max(old_pending - salvaged, 0)
+                # More rows than the old ledger said were pending: count the surplus as sampled.
+                counters["sampled"] += max(salvaged - old_pending, 0)
+            else:
+                counters["sampled"] = float(salvaged)
+            counters["lost"] += lost
+            counters["quarantines"] += 1
+            db.executemany("UPDATE ledger SET value = ? WHERE name = ?",
+                           [(v, k) for k, v in counters.items()])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.salvage = Salvage(dest, reason, salvaged, lost, old is not None)
+        if old is not None:
+            log.error("spool %s: salvaged %d pending samples from %s; %d could not be read and are "
+                      "counted as lost", path, salvaged, dest, lost)
+        else:
+            log.error("spool %s: salvaged %d samples from %s; its ledger is unreadable, so how many "
+                      "were lost is unknown (the ledger restarts from the salvaged samples)",
+                      path, salvaged, dest)
 
     def _count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM samples").fetchone()[0])
@@ -176,7 +335,133 @@ class Spool:
             evicted=int(values["evicted"]),
             evicted_energy_j=float(values["evicted_energy_j"]),
             pending=self._pending,
+            lost=int(values["lost"]),
+            quarantines=int(values["quarantines"]),
         )
 
     def close(self) -> None:
         self._db.close()
+
+
+def peek_ledger(path: Path) -> Ledger:
+    """The ledger of a spool file, opened read-only (while an agent runs on it, or after a crash)."""
+    db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        values = dict(db.execute("SELECT name, value FROM ledger").fetchall())
+        pending = int(db.execute("SELECT count(*) FROM samples").fetchone()[0])
+    finally:
+        db.close()
+    return Ledger(
+        sampled=int(values.get("sampled", 0)), acknowledged=int(values.get("acknowledged", 0)),
+        rejected=int(values.get("rejected", 0)), evicted=int(values.get("evicted", 0)),
+        evicted_energy_j=float(values.get("evicted_energy_j", 0.0)), pending=pending,
+        lost=int(values.get("lost", 0)), quarantines=int(values.get("quarantines", 0)),
+    )
+
+
+_CHUNK = 500
+
+
+def _read_salvageable(
+    path: Path, row_check: RowCheck, sink: Callable[[list[tuple[int, float, bytes]]], object]
+) -> tuple[int, dict[str, float] | None]:
+    """Pass every pending row of a damaged spool that can be read and verified to ``sink``, in
+    order and in chunks; return how many, and the old ledger counters if they are readable.
+    Never raises for a damaged file.
+
+    Rows are read in chunks by sequence number; where a chunk fails (a damaged page), the
+    rows are probed one by one up to the highest sequence number known from the table, the
+    AUTOINCREMENT counter or the ledger, so the rows past a damaged page are still found.
+    """
+    try:
+        db = sqlite3.connect(str(path), isolation_level=None)
+        # writable_schema lets SQLite open a file shorter than its header says (a truncated spool);
+        # query_only makes sure nothing is written to the quarantined file.
+        db.execute("PRAGMA writable_schema=ON")
+        db.execute("PRAGMA query_only=1")
+    except sqlite3.Error as exc:
+        log.error("spool %s: nothing can be salvaged: %s", path, exc)
+        return 0, None
+
+    def scalar(q: str) -> float | None:
+        try:
+            row = db.execute(q).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+        except sqlite3.Error:
+            return None
+
+    old: dict[str, float] | None
+    try:
+        old = {str(k): float(v) for k, v in db.execute("SELECT name, value FROM ledger").fetchall()}
+        if not {"sampled", "acknowledged", "rejected", "evicted"} <= old.keys() or not all(
+            math.isfinite(v) and 0 <= v < 2**53 for v in old.values()
+        ):
+            old = None  # damaged counters are no better than none
+    except (sqlite3.Error, TypeError, ValueError):
+        old = None
+    bounds = [
+        scalar("SELECT max(seq) FROM samples"),
+        scalar("SELECT seq FROM sqlite_sequence WHERE name = 'samples'"),
+        old.get("sampled") if old else None,
+    ]
+    hi = int(max((b for b in bounds if b is not None), default=0))
+    rows: list[tuple[int, float, bytes]] = []
+    salvaged = bad = 0
+
+    def flush() -> None:
+        nonlocal salvaged
+        if rows:
+            sink(rows)
+            salvaged += len(rows)
+            rows.clear()
+
+    def keep(r: Any) -> None:
+        nonlocal bad
+        try:
+            start_ns, energy_j, payload = int(r[1]), float(r[2]), bytes(r[3])
+        except (TypeError, ValueError):
+            bad += 1
+            return
+        if row_check(start_ns, energy_j, payload):
+            rows.append((start_ns, energy_j, payload))
+        else:
+            bad += 1
+
+    after = 0
+    try:
+        while True:
+            try:
+                chunk = db.execute(
+                    "SELECT seq, start_ns, energy_j, payload FROM samples WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (after, _CHUNK),
+                ).fetchall()
+            except sqlite3.Error:
+                # A damaged page: probe one sequence number at a time until a chunk reads again.
+                probe_to = min(after + _CHUNK, hi)
+                if after >= hi:
+                    break
+                for seq in range(after + 1, probe_to + 1):
+                    try:
+                        r = db.execute(
+                            "SELECT seq, start_ns, energy_j, payload FROM samples WHERE seq = ?", (seq,)
+                        ).fetchone()
+                    except sqlite3.Error:
+                        continue
+                    if r is not None:
+                        keep(r)
+                after = probe_to
+                flush()
+                continue
+            if not chunk:
+                break
+            for r in chunk:
+                keep(r)
+            after = int(chunk[-1][0])
+            flush()
+        flush()
+    finally:
+        db.close()
+    if bad:
+        log.error("spool %s: %d rows were readable but damaged (payload does not match); not salvaged",
+                  path, bad)
+    return salvaged, old

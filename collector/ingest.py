@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError
 from gridwatt import __version__
 from gridwatt.collector.auth import AuthError, Identity, NodeAuth
 from gridwatt.collector.intensity.base import IntensityUnavailable
+from gridwatt.collector.ledger import LedgerBook
 from gridwatt.collector.points import prepare_batch
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore, QueryError, StoreRejected, StoreUnavailable
@@ -148,6 +149,7 @@ class Ingestor:
         self.overload_retry_after_s = overload_retry_after_s
         self.rack_windows = rack_windows
         self.stats = IngestStats()
+        self.ledgers = LedgerBook()
 
     def count_malformed(self) -> None:
         """A message that is not a Batch: one received and rejected batch, no samples."""
@@ -215,7 +217,10 @@ class Ingestor:
                     f"field node: value {batch.node!r} is not in any rack of the collector's config "
                     "and auto-registration is off"
                 )
+            ledger_lines = self.ledgers.lines(batch, placement.rack)
             if not batch.gpu_samples:
+                if ledger_lines:
+                    await self.store.write_lines(ledger_lines)
                 return _Outcome(pb.Ack(batch_id=batch.batch_id, code=CODE_OK, stored_samples=0))
             lo = min(s.start_ns for s in batch.gpu_samples)
             hi = max(s.end_ns for s in batch.gpu_samples)
@@ -223,6 +228,8 @@ class Ingestor:
             prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns)
             result = await self.store.write_lines(prepared.lines)
             retried = result.retries > 0
+            if ledger_lines:
+                await self.store.write_lines(ledger_lines)
             if self.rack_windows:
                 await self.rollup.recompute(batch.node, placement.rack, placement.zone, prepared.windows)
                 if self.on_stored is not None:

@@ -39,6 +39,8 @@ def server_options(config: CollectorConfig) -> list[tuple[str, int]]:
         ("grpc.http2.max_ping_strikes", 0),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # grpcio only times out an unanswered ping after ping_timeout_ms (default 60 s)
+        ("grpc.http2.ping_timeout_ms", 10_000),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ]
 

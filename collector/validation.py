@@ -31,7 +31,7 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
     """Raise BatchRejected naming the first problem found."""
     if not batch.node:
         raise BatchRejected("field node: empty; every batch must name its node")
-    if not batch.gpu_samples and not batch.host_samples:
+    if not batch.gpu_samples and not batch.host_samples and not batch.HasField("ledger"):
         raise BatchRejected("batch has no samples")
     latest_ns = now_ns + limits.max_future_ns
     for i, s in enumerate(batch.gpu_samples):

@@ -103,19 +103,43 @@ class HostSample(_message.Message):
     has_cpu_energy: bool
     def __init__(self, start_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., cpu_util_pct: _Optional[float] = ..., mem_used_bytes: _Optional[int] = ..., mem_total_bytes: _Optional[int] = ..., cpu_energy_j: _Optional[float] = ..., has_cpu_energy: _Optional[bool] = ...) -> None: ...
 
+class SpoolLedger(_message.Message):
+    __slots__ = ("sampled", "acknowledged", "rejected", "evicted", "evicted_energy_j", "lost", "pending", "at_ns", "quarantines")
+    SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_ENERGY_J_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    AT_NS_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINES_FIELD_NUMBER: _ClassVar[int]
+    sampled: int
+    acknowledged: int
+    rejected: int
+    evicted: int
+    evicted_energy_j: float
+    lost: int
+    pending: int
+    at_ns: int
+    quarantines: int
+    def __init__(self, sampled: _Optional[int] = ..., acknowledged: _Optional[int] = ..., rejected: _Optional[int] = ..., evicted: _Optional[int] = ..., evicted_energy_j: _Optional[float] = ..., lost: _Optional[int] = ..., pending: _Optional[int] = ..., at_ns: _Optional[int] = ..., quarantines: _Optional[int] = ...) -> None: ...
+
 class Batch(_message.Message):
-    __slots__ = ("batch_id", "node", "agent_version", "gpu_samples", "host_samples")
+    __slots__ = ("batch_id", "node", "agent_version", "gpu_samples", "host_samples", "ledger")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     GPU_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     HOST_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_FIELD_NUMBER: _ClassVar[int]
     batch_id: int
     node: str
     agent_version: str
     gpu_samples: _containers.RepeatedCompositeFieldContainer[GpuSample]
     host_samples: _containers.RepeatedCompositeFieldContainer[HostSample]
-    def __init__(self, batch_id: _Optional[int] = ..., node: _Optional[str] = ..., agent_version: _Optional[str] = ..., gpu_samples: _Optional[_Iterable[_Union[GpuSample, _Mapping]]] = ..., host_samples: _Optional[_Iterable[_Union[HostSample, _Mapping]]] = ...) -> None: ...
+    ledger: SpoolLedger
+    def __init__(self, batch_id: _Optional[int] = ..., node: _Optional[str] = ..., agent_version: _Optional[str] = ..., gpu_samples: _Optional[_Iterable[_Union[GpuSample, _Mapping]]] = ..., host_samples: _Optional[_Iterable[_Union[HostSample, _Mapping]]] = ..., ledger: _Optional[_Union[SpoolLedger, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("batch_id", "code", "message", "stored_samples", "retry_after_ms")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gridwatt.agent.spool import Spool
+from gridwatt.v1 import telemetry_pb2 as pb
 
 
 def rows(n: int, start: int = 0) -> list[tuple[int, float, bytes]]:
@@ -46,3 +47,114 @@ def test_full_spool_evicts_oldest_and_counts_energy(tmp_path: Path) -> None:
     assert ledger.pending == 100
     assert ledger.balanced
     assert spool.read_after(0, 1)[0][1] == b"s30"
+
+
+# -- corrupt or torn spools ---------------------------------------------------------------
+
+PAGE = 4096
+
+
+def gpu_rows(n: int, t0_ns: int = 1_700_000_000 * 10**9) -> list[tuple[int, float, bytes]]:
+    """n real GpuSample rows of 1 s at 250 W (250 J), one per second."""
+    out = []
+    for i in range(n):
+        s = pb.GpuSample(gpu_index=i % 8, gpu_uuid=f"GPU-{i % 8}", start_ns=t0_ns + i * 10**9,
+                         end_ns=t0_ns + (i + 1) * 10**9, energy_j=250.0, mean_power_w=250.0,
+                         gpu_name="NVIDIA A100-SXM4-80GB (simulated)")
+        out.append((s.start_ns, s.energy_j, s.SerializeToString()))
+    return out
+
+
+def make_spool(path: Path, n: int, acked: int) -> list[tuple[int, float, bytes]]:
+    rows = gpu_rows(n)
+    spool = Spool(path)
+    for i in range(0, n, 100):
+        spool.append(rows[i : i + 100])
+    spool.acknowledge([s for s, _ in spool.read_after(0, acked)])
+    spool.close()  # checkpoints: everything is in the main file now
+    assert not Path(str(path) + "-wal").exists()
+    return rows
+
+
+def quarantined(path: Path) -> list[Path]:
+    return sorted(p for p in path.parent.iterdir() if ".corrupt-" in p.name)
+
+
+def test_damaged_pages_are_quarantined_and_the_rest_salvaged(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    rows = make_spool(path, 3000, acked=500)
+    size = path.stat().st_size
+    with path.open("r+b") as fh:  # garbage over 3 pages in the middle of the samples table
+        fh.seek((size // PAGE // 2) * PAGE)
+        fh.write(b"\xa5\x5a" * (3 * PAGE // 2))
+    spool = Spool(path)
+    assert spool.salvage is not None and spool.salvage.old_ledger_readable
+    ledger = spool.ledger()
+    assert (ledger.sampled, ledger.acknowledged, ledger.quarantines) == (3000, 500, 1)
+    assert ledger.lost > 0 and ledger.pending > 2000
+    assert ledger.lost + ledger.pending == 2500 and ledger.balanced
+    assert ledger.lost == spool.salvage.lost and ledger.pending == spool.salvage.salvaged
+    # what was salvaged is intact, in order, and a subset of what was pending
+    got = [p for _, p in spool.read_after(0, 10_000)]
+    pending_before = [p for _, _, p in rows[500:]]
+    assert got == [p for p in pending_before if p in set(got)]
+    (moved,) = quarantined(path)
+    assert moved.name.startswith("spool.db.corrupt-")
+    spool.append(gpu_rows(10, t0_ns=2_000_000_000 * 10**9))  # and the new spool works
+    assert spool.ledger().balanced and spool.ledger().sampled == 3010
+    spool.close()
+    assert Spool(path).salvage is None  # the new file is healthy
+
+
+def test_garbage_file_starts_a_fresh_spool(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    make_spool(path, 300, acked=0)
+    path.write_bytes(b"this is not a database" * 1000)
+    spool = Spool(path)
+    assert spool.salvage is not None and not spool.salvage.old_ledger_readable
+    ledger = spool.ledger()
+    assert (ledger.sampled, ledger.pending, ledger.lost, ledger.quarantines) == (0, 0, 0, 1)
+    assert len(quarantined(path)) == 1
+
+
+def test_truncated_file_salvages_the_readable_part(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    make_spool(path, 3000, acked=0)
+    size = path.stat().st_size
+    with path.open("r+b") as fh:
+        fh.truncate((size // PAGE // 2) * PAGE)
+    spool = Spool(path)
+    ledger = spool.ledger()
+    assert spool.salvage is not None and spool.salvage.old_ledger_readable and ledger.quarantines == 1
+    assert ledger.balanced and 0 < ledger.pending < 3000 and ledger.pending + ledger.lost == 3000
+    # the first half of the file holds the oldest rows: those are the ones salvaged
+    assert [p for _, p in spool.read_after(0, 5000)] == [p for _, _, p in gpu_rows(ledger.pending)]
+
+
+def test_torn_wal_loses_only_uncommitted_transactions(tmp_path: Path) -> None:
+    """A crash mid-write tears the WAL: the last transaction is gone, the spool is not corrupt."""
+    live = tmp_path / "live.db"
+    spool = Spool(live)
+    rows = gpu_rows(200)
+    for i in range(0, 200, 10):  # 20 transactions of 10, all still in the WAL (no close)
+        spool.append(rows[i : i + 10])
+    crash = tmp_path / "crash"
+    crash.mkdir()
+    (crash / "spool.db").write_bytes(live.read_bytes())
+    wal = Path(str(live) + "-wal").read_bytes()
+    assert len(wal) > 3 * PAGE
+    (crash / "spool.db-wal").write_bytes(wal[: len(wal) - PAGE - 100])  # torn mid-frame
+    spool.close()
+    torn = Spool(crash / "spool.db")
+    ledger = torn.ledger()
+    assert torn.salvage is None and ledger.balanced
+    assert ledger.pending == ledger.sampled and ledger.pending % 10 == 0 and 0 < ledger.pending < 200
+    assert [p for _, p in torn.read_after(0, 500)] == [p for _, _, p in rows[: ledger.pending]]
+    torn.close()
+    # a WAL overwritten with garbage is ignored: the spool opens (as of its last checkpoint)
+    crash2 = tmp_path / "crash2"
+    crash2.mkdir()
+    (crash2 / "spool.db").write_bytes(live.read_bytes() if live.exists() else b"")
+    (crash2 / "spool.db-wal").write_bytes(b"\x00garbage" * 4096)
+    again = Spool(crash2 / "spool.db")
+    assert again.ledger().balanced
