@@ -233,7 +233,13 @@ class Ingestor:
             if self.rack_windows:
                 await self.rollup.recompute(batch.node, placement.rack, placement.zone, prepared.windows)
                 if self.on_stored is not None:
-                    self.on_stored(batch.node, placement.rack, min(prepared.windows), hi)
+                    # a batch may end part way through an interval's GPUs: the node has reported
+                    # completely only up to the earliest of its GPUs' latest ends
+                    latest: dict[int, int] = {}
+                    for s in batch.gpu_samples:
+                        if s.end_ns > latest.get(s.gpu_index, 0):
+                            latest[s.gpu_index] = s.end_ns
+                    self.on_stored(batch.node, placement.rack, min(prepared.windows), min(latest.values()))
         except BatchRejected as exc:
             log.warning("rejected batch %d from node %r: %s", batch.batch_id, batch.node, exc)
             return self._rejected(batch, n, "validation", str(exc))

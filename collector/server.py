@@ -113,7 +113,10 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     )
     monitor = None
     if config.alerts.rules:
-        monitor = AlertMonitor(config.alerts, store, config.accounting.rack_resolution_s)
+        monitor = AlertMonitor(
+            config.alerts, store, config.accounting.rack_resolution_s,
+            expected_nodes={node: rack.name for rack in config.racks for node in rack.nodes},
+        )
         monitor.start()
     ingestor = Ingestor(
         topology, store, rollup, limits,

@@ -43,7 +43,12 @@ class AlertMonitor:
     """See the module docstring. ``note`` is cheap; evaluation runs in a background task."""
 
     def __init__(
-        self, config: AlertsConfig, store: InfluxStore, resolution_s: int, stale_after_s: float = 600.0
+        self,
+        config: AlertsConfig,
+        store: InfluxStore,
+        resolution_s: int,
+        stale_after_s: float = 600.0,
+        expected_nodes: dict[str, str] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -54,7 +59,19 @@ class AlertMonitor:
         else:
             self.engine, self.alerts = AlertEngine(config.rules), AlertStore(config.keep_resolved)
         self.dispatcher = AlertDispatcher(build_sinks(config.sinks))
+        # Nodes that open alerts (from the state file) depend on: until each has reported again
+        # (or stale_after_s has passed), cross-rack scopes (job, cluster, group) wait for them, so
+        # a restart cannot mistake "not reported yet" for "stopped".
+        self._started = time.monotonic()
+        self._awaited_nodes = {
+            n for ev in (*self.engine.active_alerts(), *self.engine.pending_alerts()) for n in ev.nodes
+        }
         self._racks: dict[str, _RackProgress] = defaultdict(_RackProgress)
+        # Configured nodes count as active but not yet reported (end 0) until they report or go
+        # stale, so no window closes before every node that should report has had its chance.
+        now = time.monotonic()
+        for node, rack in (expected_nodes or {}).items():
+            self._racks[rack].nodes[node] = (0, now)
         self._closed: dict[int, dict[str, ScopeWindow]] = defaultdict(dict)  # for group/cluster scopes
         self._jobs_next_ns: int | None = None  # first window not yet evaluated for job scopes
         self._job_rules = any(r.scope == "job" for r in config.rules)
@@ -67,6 +84,7 @@ class AlertMonitor:
 
     def note(self, node: str, rack: str, first_window_ns: int, max_end_ns: int) -> None:
         """A batch of ``node`` was stored: its samples reach ``max_end_ns``."""
+        self._awaited_nodes.discard(node)
         progress = self._racks[rack]
         prev = progress.nodes.get(node, (0, 0.0))[0]
         progress.nodes[node] = (max(prev, max_end_ns), time.monotonic())
@@ -114,11 +132,11 @@ class AlertMonitor:
             rack_marks: dict[str, int] = {}
             for rack, progress in list(self._racks.items()):
                 mark = self._watermark(progress)
-                if mark is None or progress.next_window_ns is None:
+                if mark is None:  # no active node: the rack is off and holds nobody back
                     continue
                 closed_to = mark - mark % self.resolution_ns  # windows starting before this are closed
                 rack_marks[rack] = closed_to
-                if closed_to <= progress.next_window_ns:
+                if progress.next_window_ns is None or closed_to <= progress.next_window_ns:
                     continue
                 windows = await self._rack_windows(rack, progress.next_window_ns, closed_to)
                 progress.next_window_ns = closed_to
@@ -126,6 +144,9 @@ class AlertMonitor:
                     self._closed[w.start_ns][rack] = w
                 events += self.engine.observe_all(windows)
                 observed += len(windows)
+            awaiting = bool(self._awaited_nodes) and time.monotonic() - self._started < self.stale_after_s
+            if awaiting:
+                rack_marks = {}
             events += self._combined(rack_marks)
             if self._job_rules and rack_marks:
                 self._jobs_started = True
