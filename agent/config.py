@@ -40,6 +40,10 @@ class AttributionConfig(_Strict):
     #: Job id for the whole node (also GRIDWATT_JOB_ID); used when no process names a job.
     job_id: str = ""
     slurm: bool = True
+    #: Kubernetes pod of each GPU process (from its cgroup), reported as job "k8s-pod/<uid>".
+    kubernetes: bool = True
+    #: dcgm-exporter style job-mapping folder (--hpc-job-mapping-dir): a file per GPU index naming its job(s).
+    job_mapping_dir: Path | None = None
     proc_root: Path = Path("/proc")
 
 
@@ -100,6 +104,9 @@ class AgentConfig(_Strict):
         sim = data.get("source", {}).get("sim", {}) if isinstance(data.get("source"), dict) else {}
         if isinstance(sim, dict) and sim.get("trace"):
             sim["trace"] = str(resolve_path(sim["trace"], config_dir))
+        attribution = data.get("attribution")
+        if isinstance(attribution, dict) and attribution.get("job_mapping_dir"):
+            attribution["job_mapping_dir"] = str(resolve_path(attribution["job_mapping_dir"], config_dir))
         coll = data.get("collector")
         if isinstance(coll, dict):
             for key in ("ca_file", "cert_file", "key_file", "token_file"):

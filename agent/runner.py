@@ -75,7 +75,13 @@ async def run_agent(
     source = source or build_source(config, replay)
     static_job = config.attribution.job_id or os.environ.get("GRIDWATT_JOB_ID", "")
     sampler = Sampler(
-        Attributor(static_job, config.attribution.proc_root, config.attribution.slurm),
+        Attributor(
+            static_job,
+            config.attribution.proc_root,
+            config.attribution.slurm,
+            kubernetes=config.attribution.kubernetes,
+            job_mapping_dir=config.attribution.job_mapping_dir,
+        ),
         config.idle_below_pct,
     )
     spool = Spool(config.spool_path, config.spool_max_samples)

@@ -78,7 +78,8 @@ class Sampler:
                 sm_clock_mhz=cur.sm_clock_mhz or 0,
                 unsupported_fields=list(cur.unsupported),
             )
-            for share in self.attributor.attribute(cur):
+            process_util = dict(cur.process_util_pct) if cur.process_util_pct else None
+            for share in self.attributor.attribute(cur, process_util):
                 if share.fraction <= 0.0:
                     continue  # an idle job on a shared GPU: nothing to attribute
                 sample.jobs.add(

@@ -50,6 +50,9 @@ class GpuReading:
     sm_clock_mhz: int | None = None
     #: PIDs of the processes using the GPU (compute and graphics).
     pids: tuple[int, ...] = ()
+    #: SM utilisation of each process on the GPU since the previous poll, as (pid, percent) pairs
+    #: (NVML's nvmlDeviceGetProcessUtilization); used to split a shared GPU between jobs.
+    process_util_pct: tuple[tuple[int, float], ...] = ()
     #: Jobs the source itself names for the interval ending now (the simulated trace does).
     jobs: tuple[JobHint, ...] = ()
     #: Names of fields the GPU did not support in this reading, e.g. ("energy_counter",).

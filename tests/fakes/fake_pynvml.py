@@ -135,6 +135,7 @@ FIELDS = (
     "temperature",
     "sm_clock",
     "processes",
+    "process_utilization",
 )
 
 
@@ -172,6 +173,9 @@ class FakeGpu:
     mig_enabled: bool | None = False  # None: GPU without MIG support (NotSupported)
     compute_procs: list[FakeProcess] = field(default_factory=list)
     graphics_procs: list[FakeProcess] = field(default_factory=list)
+    #: Per-process utilisation samples: (pid, smUtil %, timestamp µs), as nvmlDeviceGetProcessUtilization
+    #: returns those newer than the timestamp it is given.
+    proc_util_samples: list[tuple[int, int, int]] = field(default_factory=list)
     #: Field names (see FIELDS) that raise NVMLError_NotSupported.
     unsupported: set[str] = field(default_factory=set)
     lost: bool = False
@@ -339,6 +343,15 @@ class FakeNvml:
     def nvmlDeviceGetComputeRunningProcesses(self, h: FakeGpu) -> list[FakeProcess]:
         self._count("nvmlDeviceGetComputeRunningProcesses")
         return list(self._gpu(h, "processes").compute_procs)
+
+    def nvmlDeviceGetProcessUtilization(self, h: FakeGpu, last_seen_us: int) -> list[SimpleNamespace]:
+        self._count("nvmlDeviceGetProcessUtilization")
+        gpu = self._gpu(h, "process_utilization")
+        newer = [s for s in gpu.proc_util_samples if s[2] > last_seen_us]
+        if not newer:
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        return [SimpleNamespace(pid=p, smUtil=u, memUtil=0, encUtil=0, decUtil=0, timeStamp=t)
+                for p, u, t in newer]
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, h: FakeGpu) -> list[FakeProcess]:
         self._count("nvmlDeviceGetGraphicsRunningProcesses")

@@ -31,6 +31,7 @@ FIELD_NAMES = (
     "temperature",
     "sm_clock",
     "processes",
+    "process_utilization",
 )
 
 FAULT_GPU_LOST = "gpu_lost"
@@ -88,6 +89,8 @@ class _Gpu:
     logged: set[tuple[str, int]] = field(default_factory=set)
     #: pid -> GPU memory in bytes (None where NVML cannot tell), from the last poll.
     proc_mem_bytes: dict[int, int | None] = field(default_factory=dict)
+    #: Newest per-process utilisation sample seen (NVML timestamp, µs), to ask only for newer ones.
+    proc_util_ts: int = 0
 
 
 class NvmlSource:
@@ -251,6 +254,9 @@ class NvmlSource:
         sm_clock = self._field(gpu, "sm_clock", lambda: nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM))
         procs = self._field(gpu, "processes", lambda: self._processes(h))
         gpu.proc_mem_bytes = procs if procs is not None else {}
+        proc_util: dict[int, float] | None = None
+        if len(gpu.proc_mem_bytes) > 1:  # only a shared GPU needs the split
+            proc_util = self._field(gpu, "process_utilization", lambda: self._process_util(gpu))
         return GpuReading(
             index=gpu.index,
             uuid=gpu.uuid,
@@ -267,6 +273,7 @@ class NvmlSource:
             power_limit_mw=_int_or_none(power_limit_mw),
             sm_clock_mhz=_int_or_none(sm_clock),
             pids=tuple(sorted(gpu.proc_mem_bytes)),
+            process_util_pct=tuple(sorted((proc_util or {}).items())),
             unsupported=tuple(n for n in FIELD_NAMES if n in gpu.unsupported),
         )
 
@@ -368,6 +375,23 @@ class NvmlSource:
                 raise _GpuLost(_code(e)) from e
             return False  # cannot tell GA100 from the rest: do not claim an average
         return (int(major), int(minor)) != (8, 0)
+
+    def _process_util(self, gpu: _Gpu) -> dict[int, float]:
+        """pid -> mean SM utilisation (%) over NVML's samples newer than the last poll's."""
+        nvml = self._nvml
+        try:
+            samples = nvml.nvmlDeviceGetProcessUtilization(gpu.handle, gpu.proc_util_ts)
+        except nvml.NVMLError as e:
+            if _code(e) == getattr(nvml, "NVML_ERROR_NOT_FOUND", 6):  # no new samples: all idle
+                return {}
+            raise
+        sums: dict[int, list[float]] = {}
+        for s in samples:
+            acc = sums.setdefault(int(s.pid), [0.0, 0.0])
+            acc[0] += float(s.smUtil)
+            acc[1] += 1
+            gpu.proc_util_ts = max(gpu.proc_util_ts, int(s.timeStamp))
+        return {pid: total / n for pid, (total, n) in sums.items()}
 
     def _processes(self, handle: Any) -> dict[int, int | None]:
         """pid -> GPU memory (bytes) over compute and graphics processes, each pid once."""
