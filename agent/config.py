@@ -47,6 +47,15 @@ class AttributionConfig(_Strict):
     proc_root: Path = Path("/proc")
 
 
+class HostConfig(_Strict):
+    """Host telemetry (CPU utilisation, memory, RAPL CPU package energy) every interval."""
+
+    #: None: on with the NVML source, off with simulated GPUs.
+    enabled: bool | None = None
+    proc_root: Path = Path("/proc")
+    powercap_root: Path = Path("/sys/class/powercap")
+
+
 class CollectorConnection(_Strict):
     #: host:port of the collector's gRPC endpoint.
     address: str = "127.0.0.1:50051"
@@ -91,6 +100,7 @@ class AgentConfig(_Strict):
     ledger_report_s: float = Field(60.0, gt=0)
     source: SourceConfig = SourceConfig()
     attribution: AttributionConfig = AttributionConfig()
+    host: HostConfig = HostConfig()
     collector: CollectorConnection = CollectorConnection()
 
     @model_validator(mode="before")

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 from gridwatt.agent.attribution import Attributor
 from gridwatt.agent.config import AgentConfig
+from gridwatt.agent.host_meter import HostMeter, host_spool_row
 from gridwatt.agent.sampler import Sampler
 from gridwatt.agent.sdnotify import Notifier
 from gridwatt.agent.shipper import Shipper
 from gridwatt.agent.sources.base import GpuSource
+from gridwatt.agent.sources.host import HostSampler
 from gridwatt.agent.spool import Ledger, Spool
 from gridwatt.timeutil import parse_time_ns
 
@@ -84,6 +86,9 @@ async def run_agent(
         ),
         config.idle_below_pct,
     )
+    host_on = config.host.enabled if config.host.enabled is not None else config.source.kind == "nvml"
+    host = HostSampler(config.host.proc_root, config.host.powercap_root) if host_on else None
+    host_meter = HostMeter()
     spool = Spool(config.spool_path, config.spool_max_samples)
     shipper = Shipper(config.node, spool, config.collector, ledger_report_s=config.ledger_report_s)
     stop = stop or asyncio.Event()
@@ -121,8 +126,13 @@ async def run_agent(
         while not stop.is_set():
             notifier.watchdog()
             samples = sampler.take(source.read())
-            if samples:
-                spool.append((s.start_ns, s.energy_j, s.SerializeToString()) for s in samples)
+            rows = [(s.start_ns, s.energy_j, s.SerializeToString()) for s in samples]
+            if host is not None:
+                host_sample = host_meter.take(host.read())
+                if host_sample is not None:
+                    rows.append(host_spool_row(host_sample))
+            if rows:
+                spool.append(rows)
                 shipper.new_data.set()
             if source.finished:
                 break

@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError
 
 from gridwatt import __version__
 from gridwatt.agent.config import CollectorConnection
+from gridwatt.agent.host_meter import HOST_PAYLOAD_PREFIX
 from gridwatt.agent.spool import Ledger, Spool
 from gridwatt.configfile import read_secret
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -132,6 +133,14 @@ class Shipper:
         seqs: list[int] = []
         damaged: list[int] = []
         for seq, payload in rows:
+            if payload[:1] == HOST_PAYLOAD_PREFIX:
+                try:
+                    batch.host_samples.add().MergeFromString(payload[1:])
+                    seqs.append(seq)
+                except DecodeError:
+                    del batch.host_samples[-1]
+                    damaged.append(seq)
+                continue
             try:
                 add().MergeFromString(payload)
                 seqs.append(seq)

@@ -29,11 +29,11 @@ from gridwatt import __version__
 from gridwatt.collector.auth import AuthError, Identity, NodeAuth
 from gridwatt.collector.intensity.base import IntensityUnavailable
 from gridwatt.collector.ledger import LedgerBook
-from gridwatt.collector.points import prepare_batch
+from gridwatt.collector.points import host_lines, prepare_batch
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore, QueryError, StoreRejected, StoreUnavailable
 from gridwatt.collector.topology import Topology
-from gridwatt.collector.validation import BatchRejected, Limits, validate_batch
+from gridwatt.collector.validation import BatchRejected, Limits, validate_batch, validate_host_samples
 from gridwatt.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("gridwatt.collector.ingest")
@@ -217,10 +217,11 @@ class Ingestor:
                     f"field node: value {batch.node!r} is not in any rack of the collector's config "
                     "and auto-registration is off"
                 )
-            ledger_lines = self.ledgers.lines(batch, placement.rack)
+            validate_host_samples(batch, self.limits, time.time_ns())
+            side_lines = self.ledgers.lines(batch, placement.rack) + host_lines(batch, placement)
             if not batch.gpu_samples:
-                if ledger_lines:
-                    await self.store.write_lines(ledger_lines)
+                if side_lines:
+                    await self.store.write_lines(side_lines)
                 return _Outcome(pb.Ack(batch_id=batch.batch_id, code=CODE_OK, stored_samples=0))
             lo = min(s.start_ns for s in batch.gpu_samples)
             hi = max(s.end_ns for s in batch.gpu_samples)
@@ -228,8 +229,8 @@ class Ingestor:
             prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns)
             result = await self.store.write_lines(prepared.lines)
             retried = result.retries > 0
-            if ledger_lines:
-                await self.store.write_lines(ledger_lines)
+            if side_lines:
+                await self.store.write_lines(side_lines)
             if self.rack_windows:
                 await self.rollup.recompute(batch.node, placement.rack, placement.zone, prepared.windows)
                 if self.on_stored is not None:

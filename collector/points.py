@@ -110,3 +110,17 @@ def prepare_batch(
             )
         windows.add(start - start % resolution_ns)
     return PreparedBatch(lines, windows, len(batch.gpu_samples), total_e, total_c, first_line)
+
+
+def host_lines(batch: pb.Batch, placement: Placement) -> list[str]:
+    """``host`` points (tags node, rack): CPU utilisation, memory and RAPL CPU energy per interval."""
+    prefix = f"host,node={tag(batch.node)},rack={tag(placement.rack)} "
+    lines = []
+    for h in batch.host_samples:
+        dur_s = (h.end_ns - h.start_ns) / NS_PER_S
+        energy = f",cpu_energy_j={h.cpu_energy_j!r}" if h.has_cpu_energy else ""
+        lines.append(
+            f"{prefix}duration_s={dur_s!r},cpu_util_pct={h.cpu_util_pct!r},mem_used_bytes={h.mem_used_bytes}i,"
+            f"mem_total_bytes={h.mem_total_bytes}i{energy} {h.start_ns}"
+        )
+    return lines

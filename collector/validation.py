@@ -83,3 +83,19 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
             total += share.fraction
         if total > 1.0 + 1e-6:
             raise BatchRejected(f"{_where(i, s)}: field jobs.fraction: shares sum to {total}, above 1")
+
+
+def validate_host_samples(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
+    """Raise BatchRejected naming the first bad host sample."""
+    latest_ns = now_ns + limits.max_future_ns
+    for i, h in enumerate(batch.host_samples):
+        where = f"host_samples[{i}] (start {h.start_ns})"
+        if h.end_ns <= h.start_ns:
+            raise BatchRejected(f"{where}: field end_ns: value {h.end_ns} is not after start_ns {h.start_ns}")
+        if h.end_ns > latest_ns or h.start_ns < limits.min_time_ns:
+            raise BatchRejected(f"{where}: field end_ns: value {h.end_ns} is outside the accepted time range")
+        if not (0.0 <= h.cpu_util_pct <= 100.0):
+            raise BatchRejected(f"{where}: field cpu_util_pct: value {h.cpu_util_pct} is outside 0-100")
+        if h.has_cpu_energy and not (math.isfinite(h.cpu_energy_j) and h.cpu_energy_j >= 0):
+            raise BatchRejected(f"{where}: field cpu_energy_j: value {h.cpu_energy_j} is not a finite, "
+                                "non-negative number")

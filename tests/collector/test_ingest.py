@@ -196,3 +196,40 @@ async def test_http_and_grpc_job_queries(tmp_path: Path, influxdb: LocalInfluxDB
         assert body["co2e_kg"] == pytest.approx(2 * 300.0 * 600 / 3.6e6 * 1.2 * 0.350)
         status, body = await asyncio.to_thread(get, "nope")
         assert status == 404 and body == {"error": "no samples stored for job 'nope'"}
+
+
+async def test_host_samples_are_stored_and_bad_ones_rejected(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str
+) -> None:
+    good = _good_batch()
+    good.host_samples.add(
+        start_ns=T0,
+        end_ns=T0 + 60 * 10**9,
+        cpu_util_pct=35.0,
+        mem_used_bytes=2**33,
+        mem_total_bytes=2**35,
+        cpu_energy_j=6000.0,
+        has_cpu_energy=True,
+    )
+    bad = _good_batch(batch_id=2)
+    bad.host_samples.add(start_ns=T0, end_ns=T0 + 60 * 10**9, cpu_util_pct=130.0)
+    async with running_collector(tmp_path, collector_toml(influxdb.url, database, racks=RACKS)) as c:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{c.grpc_port}") as ch:
+            stub = pb_grpc.IngestStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Write(bad)
+            assert "host_samples[0]" in (err.value.details() or "") and "cpu_util_pct" in (
+                err.value.details() or ""
+            )
+            assert (await stub.Write(good)).code == 0
+    (host,) = influx_query(
+        influxdb.url,
+        database,
+        "SELECT cpu_util_pct, cpu_energy_j, mem_total_bytes FROM host WHERE node = 'n1'",
+    )
+    assert first_row(host) == {
+        "time": T0,
+        "cpu_util_pct": 35.0,
+        "cpu_energy_j": 6000.0,
+        "mem_total_bytes": 2**35,
+    }
