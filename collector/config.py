@@ -169,6 +169,9 @@ class AccountingConfig(_Strict):
     #: Recompute rack windows after each write. They are read back with InfluxQL, so turn this off
     #: for a write-only store (e.g. VictoriaMetrics' InfluxDB write endpoint).
     rack_windows: bool = True
+    #: Recompute each touched rack window once more this long after its recompute, so that with
+    #: several collector replicas the last write of a window is always a complete one. 0 disables.
+    replica_settle_s: float = Field(2.0, ge=0, le=300)
 
 
 class CollectorConfig(_Strict):

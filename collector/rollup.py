@@ -12,6 +12,13 @@ sample or a batch split differently all leave the same values. Recomputes of
 one node are serialised; recomputes of one rack are coalesced (group commit):
 windows queued while a recompute of the rack runs are all covered by the next
 one, which starts only after their node points were written.
+
+With several collector replicas, nodes of one rack may be served by different
+replicas, and one replica's recompute of a rack window can read before another
+replica's node point lands yet write after that replica's (complete) recompute.
+So every recomputed rack window is recomputed once more ``settle_s`` later
+(coalesced per rack): the last write of a window then always reads every node
+point written before it, and the rack series converges to the exact sum.
 """
 
 from __future__ import annotations
@@ -60,8 +67,15 @@ def rack_lines(rack: str, zone: str, windows: dict[int, dict[str, float]]) -> li
 class RackRollup:
     """See the module docstring."""
 
-    def __init__(self, store: InfluxStore, resolution_s: int, max_gap_windows: int = 60) -> None:
+    def __init__(
+        self, store: InfluxStore, resolution_s: int, max_gap_windows: int = 60, settle_s: float = 0.0
+    ) -> None:
         self.store = store
+        self.settle_s = settle_s
+        self._settle: dict[str, tuple[str, set[int]]] = {}
+        self._settle_handles: dict[str, asyncio.TimerHandle] = {}
+        self._settle_tasks: set[asyncio.Task[int]] = set()
+        self.settle_runs = 0
         self.resolution_ns = resolution_s * NS_PER_S
         self.max_gap_windows = max_gap_windows
         self._node_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -142,7 +156,46 @@ class RackRollup:
             log.error("%s: InfluxDB refused a window point (HTTP %d): %s | %s",
                       what, status, reason, lines[index][:200])
 
-    async def _recompute_rack(self, rack: str, zone: str, window_starts: set[int]) -> int:
+    def _schedule_settle(self, rack: str, zone: str, window_starts: set[int]) -> None:
+        entry = self._settle.get(rack)
+        if entry is not None:
+            entry[1].update(window_starts)
+            return
+        self._settle[rack] = (zone, set(window_starts))
+        loop = asyncio.get_running_loop()
+        self._settle_handles[rack] = loop.call_later(self.settle_s, self._start_settle, rack)
+
+    def _start_settle(self, rack: str) -> None:
+        self._settle_handles.pop(rack, None)
+        zone, windows = self._settle.pop(rack)
+        task = asyncio.create_task(self._recompute_rack(rack, zone, windows, settle=False))
+        self._settle_tasks.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[int]) -> None:
+        self._settle_tasks.discard(task)
+        self.settle_runs += 1
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("settling rack windows failed (a later batch recomputes them): %s", task.exception())
+
+    async def close(self) -> None:
+        """Run pending settle recomputes now (best effort), so a stopping collector leaves them exact."""
+        for handle in self._settle_handles.values():
+            handle.cancel()
+        pending = list(self._settle.items())
+        self._settle_handles.clear()
+        self._settle.clear()
+        for rack, (zone, windows) in pending:
+            try:
+                await self._recompute_rack(rack, zone, windows, settle=False)
+            except Exception as exc:  # the store may be down at shutdown
+                log.warning("rack %r: final settle recompute failed: %s", rack, exc)
+        if self._settle_tasks:
+            await asyncio.gather(*self._settle_tasks, return_exceptions=True)
+
+    async def _recompute_rack(
+        self, rack: str, zone: str, window_starts: set[int], settle: bool = True
+    ) -> int:
         queued = self._queued.get(rack)
         if queued is not None:
             queued[0].update(window_starts)
@@ -167,4 +220,6 @@ class RackRollup:
                 future.exception()  # marked retrieved; waiters re-raise it
             raise
         future.set_result(len(lines))
+        if settle and self.settle_s > 0:
+            self._schedule_settle(rack, zone, todo)  # every window this recompute covered
         return len(lines)

@@ -65,6 +65,7 @@ class RunningCollector:
             await self.monitor.stop()
         if self.http_runner is not None:
             await self.http_runner.cleanup()
+        await self.ingestor.rollup.close()
         await self.store.close()
         await self.topology.close()
 
@@ -104,7 +105,8 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     metrics = CollectorMetrics()
     store = InfluxStore(config.influxdb, metrics)
     await store.start()
-    rollup = RackRollup(store, config.accounting.rack_resolution_s)
+    rollup = RackRollup(store, config.accounting.rack_resolution_s,
+                        settle_s=config.accounting.replica_settle_s)
     limits = Limits(
         max_future_ns=int(config.server.max_future_s * 1e9),
         max_power_w=config.server.max_power_w,

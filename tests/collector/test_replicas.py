@@ -1,0 +1,90 @@
+"""Two collector replicas behind which the nodes of one rack are split: rack and job series stay exact."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.v1 import telemetry_pb2 as pb
+from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
+from tests.collector.helpers import batches, running_collector, sim_samples
+from tests.conftest import collector_toml, first_row, influx_query
+
+T0 = 1_651_000_020 * 10**9  # a whole minute, so 30 minutes are 30 windows
+NODES = ("n1", "n2", "n3", "n4")
+RACK = '[[racks]]\nname = "r1"\nzone = "Z"\npue = 1.25\nnodes = ["n1", "n2", "n3", "n4"]\n'
+
+
+async def stream_node(port: int, node: str, power_w: float) -> int:
+    samples = sim_samples(node, 4, T0, 1800, power_w, 10.0, job_id=f"job-{node}")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        call = pb_grpc.IngestStub(ch).Stream()
+        sent = batches(node, samples, 24)  # small batches: many concurrent recomputes of shared windows
+        for b in sent:
+            await call.write(b)
+        acks = [await call.read() for _ in sent]
+        await call.done_writing()
+    assert {a.code for a in acks} == {0}
+    return len(samples)
+
+
+async def test_two_replicas_keep_rack_and_job_series_exact(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    toml = collector_toml(influxdb.url, database, racks=RACK)
+    async with running_collector(tmp_path / "a", toml) as a, running_collector(tmp_path / "b", toml) as b:
+        powers = {"n1": 300.0, "n2": 310.0, "n3": 320.0, "n4": 330.0}
+        ports = {"n1": a.grpc_port, "n2": b.grpc_port, "n3": a.grpc_port, "n4": b.grpc_port}
+        counts = await asyncio.gather(*(stream_node(ports[n], n, powers[n]) for n in NODES))
+        assert counts == [4 * 180] * 4
+
+        def sums() -> tuple[float, float, float]:
+            gpu, rack = influx_query(
+                influxdb.url,
+                database,
+                "SELECT sum(energy_j) FROM gpu; SELECT sum(it_energy_kwh), sum(gpu_count) FROM rack",
+            )
+            return first_row(gpu)["sum"], first_row(rack)["sum"] * 3.6e6, first_row(rack)["sum_1"]
+
+        deadline = time.monotonic() + 30
+        while True:
+            gpu_j, rack_j, gpu_windows = sums()
+            if rack_j == pytest.approx(gpu_j, rel=1e-12) and gpu_windows == 16 * 30:
+                break
+            assert time.monotonic() < deadline, f"rack series never converged: {rack_j} J vs {gpu_j} J"
+            await asyncio.sleep(0.5)
+        assert gpu_j == pytest.approx(sum(4 * p * 1800 for p in powers.values()), rel=1e-12)
+        # every one of the 30 windows has all 16 GPUs of both replicas' nodes
+        (per_window,) = influx_query(
+            influxdb.url,
+            database,
+            "SELECT min(gpu_count), max(gpu_count), min(nodes), max(nodes), count(gpu_count) FROM rack",
+        )
+        assert {k: v for k, v in first_row(per_window).items() if k != "time"} == {
+            "min": 16,
+            "max": 16,
+            "min_1": 4,
+            "max_1": 4,
+            "count": 30,
+        }
+        # each job, whichever replica stored it, is reported exactly by either replica
+        for node, power in powers.items():
+            for replica in (a, b):
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.grpc_port}") as ch:
+                    report = await pb_grpc.QueryStub(ch).GetJob(pb.GetJobRequest(job_id=f"job-{node}"))
+                assert report.it_energy_kwh == pytest.approx(4 * power * 1800 / 3.6e6, rel=1e-12)
+                assert report.facility_energy_kwh == pytest.approx(1.25 * 4 * power * 1800 / 3.6e6, rel=1e-12)
+        # the settle passes (replica_settle_s later) run, and leave the windows exact
+        deadline = time.monotonic() + 30
+        while a.ingestor.rollup.settle_runs < 1 or b.ingestor.rollup.settle_runs < 1:
+            assert time.monotonic() < deadline, "settle recomputes never ran"
+            await asyncio.sleep(0.2)
+        gpu_j, rack_j, gpu_windows = sums()
+        assert rack_j == pytest.approx(gpu_j, rel=1e-12) and gpu_windows == 16 * 30
