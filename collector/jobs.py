@@ -52,30 +52,52 @@ class JobReport:
         )
 
 
+def _series_tags(key: str) -> dict[str, str]:
+    """Tags of a series key such as ``job,gpu=0,job_id=a\\,b,node=n1,rack=r1`` (escapes undone)."""
+    parts: list[str] = []
+    cur: list[str] = []
+    escaped = False
+    for ch in key:
+        if escaped:
+            cur.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ",":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+
+
 async def job_report(store: InfluxStore, job_id: str) -> JobReport:
-    """Sum the job's points per GPU; raise JobNotFound when there are none."""
-    where = f'WHERE "job_id" = {quote_string(job_id)}'
+    """The job's totals from its ``job_window`` points (one per node and window), its GPUs from the
+    series index, its start and emission factor from its first and last ``job`` points.
+
+    Raises JobNotFound when there are none.
+    """
+    job = quote_string(job_id)
     q = (
         'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
         'sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, sum("idle_energy_j") AS ie, '
-        f'max("end_ns") AS end_ns FROM "job" {where} GROUP BY "node", "gpu"; '
-        f'SELECT first("gpu_s") FROM "job" {where}; '
-        f'SELECT last("ef") FROM "job" {where}'
+        f'max("end_ns") AS end_ns FROM "job_window" WHERE "job_id" = {job}; '
+        f'SHOW SERIES FROM "job" WHERE "job_id" = {job}; '
+        f'SELECT first("gpu_s") FROM "job" WHERE "job_id" = {job}; '
+        f'SELECT last("ef") FROM "job" WHERE "job_id" = {job}'
     )
-    per_gpu, first, ef = await store.query(q)
-    rows = series_rows(per_gpu)
-    if not rows:
+    sums, series, first, ef = await store.query(q)
+    rows = series_rows(sums)
+    if not rows or not rows[0][1].get("g"):
         raise JobNotFound(f"no samples stored for job {job_id!r}")
-    totals = dict.fromkeys(("e", "f", "c", "g", "u", "i", "ie"), 0.0)
-    nodes: set[str] = set()
+    totals = {k: float(rows[0][1].get(k) or 0.0) for k in ("e", "f", "c", "g", "u", "i", "ie")}
+    end_ns = int(rows[0][1].get("end_ns") or 0)
     gpus: set[tuple[str, int]] = set()
-    end_ns = 0
-    for tags, row in rows:
-        for key in totals:
-            totals[key] += row[key] or 0.0
-        end_ns = max(end_ns, int(row["end_ns"] or 0))
-        nodes.add(tags.get("node", ""))
+    for _tags, row in series_rows(series):
+        tags = _series_tags(str(row.get("key", "")))
         gpus.add((tags.get("node", ""), int(tags.get("gpu", "0") or 0)))
+    nodes = {n for n, _ in gpus}
     first_rows = series_rows(first)
     start_ns = int(first_rows[0][1]["time"]) if first_rows else 0
     ef_rows = series_rows(ef)

@@ -64,6 +64,17 @@ def rack_lines(rack: str, zone: str, windows: dict[int, dict[str, float]]) -> li
     return [f"{prefix}{_window_fields(w)},nodes={int(w['nodes'])}i {t}" for t, w in sorted(windows.items())]
 
 
+def job_window_lines(node: str, rack: str, jobs: dict[tuple[int, str], dict[str, float]]) -> list[str]:
+    """``job_window`` points (pure): one job's sums on one node in one window."""
+    suffix = f",node={tag(node)},rack={tag(rack)} "
+    return [
+        f"job_window,job_id={tag(job)}{suffix}energy_j={w['e']!r},facility_energy_j={w['f']!r},"
+        f"co2e_g={w['c']!r},gpu_s={w['d']!r},util_pct_s={w['u']!r},idle_s={w['i']!r},"
+        f"idle_energy_j={w['ie']!r},gpu_count={int(w['n'])}i,end_ns={int(w['end_ns'])}i {t}"
+        for (t, job), w in sorted(jobs.items())
+    ]
+
+
 class RackRollup:
     """See the module docstring."""
 
@@ -99,22 +110,39 @@ class RackRollup:
         (result,) = await self.store.query(q)
         return series_rows(result)
 
-    async def node_windows(self, node: str, lo_ns: int, hi_ns: int) -> dict[int, dict[str, float]]:
-        """Sums per window over all gpu points of ``node`` in [lo_ns, hi_ns)."""
+    async def node_windows(
+        self, node: str, lo_ns: int, hi_ns: int
+    ) -> tuple[dict[int, dict[str, float]], dict[tuple[int, str], dict[str, float]]]:
+        """Sums per window over all job points of ``node`` in [lo_ns, hi_ns): per node, and per job.
+
+        The job points of a GPU interval share out its whole energy (``unattributed`` included),
+        so their sums are the node's; ``gpu_s`` adds up to the GPUs' seconds.
+        """
         res_s = self.resolution_ns // NS_PER_S
         rows = await self._sums(
             'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-            'sum("duration_s") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
-            f'sum("idle_energy_j") AS ie FROM "gpu" WHERE "node" = {quote_string(node)} '
-            f'AND time >= {lo_ns} AND time < {hi_ns} GROUP BY time({res_s}s), "gpu" fill(none)'
+            'sum("gpu_s") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
+            'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns '
+            f'FROM "job" WHERE "node" = {quote_string(node)} AND time >= {lo_ns} AND time < {hi_ns} '
+            f'GROUP BY time({res_s}s), "job_id", "gpu" fill(none)'
         )
         windows: dict[int, dict[str, float]] = {}
-        for _tags, row in rows:
-            w = windows.setdefault(int(row["time"]), dict.fromkeys(_SUMS, 0.0))
+        jobs: dict[tuple[int, str], dict[str, float]] = {}
+        gpus: dict[int, set[str]] = defaultdict(set)
+        for tags, row in rows:
+            t = int(row["time"])
+            w = windows.setdefault(t, dict.fromkeys(_SUMS, 0.0))
+            j = jobs.setdefault((t, tags.get("job_id", "")), dict.fromkeys((*_SUMS, "end_ns"), 0.0))
             for key in _SUMS[:-1]:
-                w[key] += row[key] or 0.0
-            w["n"] += 1
-        return windows
+                value = row[key] or 0.0
+                w[key] += value
+                j[key] += value
+            j["n"] += 1
+            j["end_ns"] = max(j["end_ns"], float(row["end_ns"] or 0))
+            gpus[t].add(tags.get("gpu", ""))
+        for t, w in windows.items():
+            w["n"] = len(gpus[t])
+        return windows, jobs
 
     async def rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> dict[int, dict[str, float]]:
         """Sums per window over all node points of ``rack`` in [lo_ns, hi_ns)."""
@@ -142,9 +170,12 @@ class RackRollup:
         async with self._node_locks[node]:
             lines: list[str] = []
             for lo, hi in self._runs(window_starts):
-                windows = await self.node_windows(node, lo, hi)
+                windows, jobs = await self.node_windows(node, lo, hi)
                 lines += node_lines(
                     node, rack, zone, {t: w for t, w in windows.items() if t in window_starts}
+                )
+                lines += job_window_lines(
+                    node, rack, {k: w for k, w in jobs.items() if k[0] in window_starts}
                 )
             if lines:
                 self._log_refused(node, lines, await self.store.write_lines(lines))
