@@ -44,20 +44,53 @@ class PueStep(_Strict):
         return v
 
 
+class SiteConfig(_Strict):
+    """A site (building, hall) whose facility power is metered as a whole (see collector/README.md, PUE)."""
+
+    name: str = Field(min_length=1)
+    #: CSV with columns time,facility_power_w (or time,facility_power_kw); each row holds until the
+    #: next, the last for one more step of the feed. Relative to the config file's folder.
+    facility_power_csv: Path | None = None
+    #: A feed-derived PUE outside [pue_min, pue_max] is clamped (with a warning).
+    pue_min: float = Field(1.0, ge=1.0)
+    pue_max: float = Field(3.0, gt=1.0, le=10.0)
+    #: PUE used for a window when no recent complete window has IT energy and feed data.
+    fallback_pue: float = Field(1.58, ge=1.0, le=10.0)
+    #: Oldest complete window (seconds before the window being accounted) whose ratio may be used.
+    max_lag_s: int = Field(3600, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> SiteConfig:
+        if not self.pue_min < self.pue_max:
+            raise ValueError(f"pue_min {self.pue_min} must be below pue_max {self.pue_max}")
+        if not self.pue_min <= self.fallback_pue <= self.pue_max:
+            raise ValueError(
+                f"fallback_pue {self.fallback_pue} outside [pue_min, pue_max] = "
+                f"[{self.pue_min}, {self.pue_max}]"
+            )
+        return self
+
+
 class RackConfig(_Strict):
     name: str = Field(min_length=1)
     zone: str = Field(min_length=1)
     nodes: list[str] = []
-    #: A constant PUE, or use pue_schedule (inline steps) or pue_csv (time,pue file).
+    #: The site whose facility power feed covers this rack (default: the rack's name).
+    site: str = ""
+    #: A constant PUE, or use pue_schedule (inline steps), pue_csv (time,pue file) or
+    #: pue_from_feed = true (facility power of the rack's site ÷ measured IT energy).
     pue: float | None = Field(None, ge=1.0, le=3.0)
     pue_schedule: list[PueStep] | None = None
     pue_csv: Path | None = None
+    pue_from_feed: bool = False
 
     @model_validator(mode="after")
     def _one_pue(self) -> RackConfig:
-        given = [x is not None for x in (self.pue, self.pue_schedule, self.pue_csv)]
+        given = [x is not None for x in (self.pue, self.pue_schedule, self.pue_csv)] + [self.pue_from_feed]
         if sum(given) != 1:
-            raise ValueError("give exactly one of pue, pue_schedule, pue_csv")
+            raise ValueError("give exactly one of pue, pue_schedule, pue_csv, pue_from_feed = true")
+        if not self.site:
+            self.site = self.name
         return self
 
 
@@ -181,6 +214,8 @@ class CollectorConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     zones: list[ZoneConfig] = Field(min_length=1)
     racks: list[RackConfig] = []
+    #: Sites with a facility power feed, for racks with pue_from_feed = true.
+    sites: list[SiteConfig] = []
     #: Idle-GPU alert rules and sinks (see collector/alerts/README.md).
     alerts: AlertsConfig = AlertsConfig()
     #: Folder of the config file; relative paths in provider configs are taken from it.
@@ -204,6 +239,9 @@ class CollectorConfig(_Strict):
         for rack in data.get("racks") or []:
             if isinstance(rack, dict) and rack.get("pue_csv"):
                 rack["pue_csv"] = str(resolve_path(rack["pue_csv"], config_dir))
+        for site in data.get("sites") or []:
+            if isinstance(site, dict) and site.get("facility_power_csv"):
+                site["facility_power_csv"] = str(resolve_path(site["facility_power_csv"], config_dir))
         for section, keys in (
             ("server", ("tls_cert_file", "tls_key_file", "tls_client_ca_file")),
             ("influxdb", ("password_file", "token_file")),
@@ -232,6 +270,23 @@ class CollectorConfig(_Strict):
                 if node in seen:
                     raise ValueError(f"node {node!r} is in two racks: {seen[node]!r} and {rack.name!r}")
                 seen[node] = rack.name
+        sites = {s.name: s for s in self.sites}
+        if len(sites) != len(self.sites):
+            raise ValueError(f"site names must be unique: {[s.name for s in self.sites]}")
+        for rack in self.racks:
+            if not rack.pue_from_feed:
+                continue
+            site = sites.get(rack.site)
+            if site is None or site.facility_power_csv is None:
+                raise ValueError(
+                    f"rack {rack.name!r}: pue_from_feed needs site {rack.site!r} to have a facility power "
+                    f"feed ([[sites]] name = {rack.site!r}, facility_power_csv = ...)"
+                )
+            if not self.accounting.rack_windows:
+                raise ValueError(
+                    f"rack {rack.name!r}: pue_from_feed reads the node windows back, so it needs "
+                    "accounting.rack_windows = true"
+                )
         if self.auth.bind_node_to_cert_cn and self.server.tls_client_ca_file is None:
             raise ValueError("auth.bind_node_to_cert_cn needs mutual TLS: set server.tls_client_ca_file")
         if self.accounting.default_zone is not None and self.accounting.default_zone not in zones:

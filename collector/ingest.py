@@ -142,6 +142,7 @@ class Ingestor:
     ) -> None:
         self.on_stored = on_stored
         self.topology = topology
+        topology.attach_store(store)  # feed-derived PUEs read measured IT energy from it
         self.store = store
         self.rollup = rollup
         self.limits = limits
@@ -226,7 +227,8 @@ class Ingestor:
             lo = min(s.start_ns for s in batch.gpu_samples)
             hi = max(s.end_ns for s in batch.gpu_samples)
             intensity = await placement.intensity.series(lo, hi)
-            prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns)
+            pue = await placement.pue_series(lo, hi)
+            prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns, pue)
             result = await self.store.write_lines(prepared.lines)
             retried = result.retries > 0
             if side_lines:
@@ -252,8 +254,9 @@ class Ingestor:
                         batch.batch_id, batch.node, exc)
             retry = exc.retry_after_s if exc.retry_after_s is not None else self.store.retry_after_s()
             return _unavailable(batch, n, "store_unavailable", f"not stored, resend later: {exc}", retry)
-        except QueryError as exc:  # the rack windows could not be read back; a resend recomputes them
-            log.warning("batch %d from %r: rack windows not recomputed: %s", batch.batch_id, batch.node, exc)
+        except QueryError as exc:  # rack windows or feed-derived PUE not read back; a resend redoes them
+            log.warning("batch %d from %r: InfluxDB read failed (rack windows or feed PUE): %s",
+                        batch.batch_id, batch.node, exc)
             return _unavailable(batch, n, "store_unavailable", f"not stored, resend later: {exc}",
                                 self.store.retry_after_s())
         except IntensityUnavailable as exc:

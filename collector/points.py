@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from gridwatt.collector.accounting import J_PER_KWH, facility_and_emissions
 from gridwatt.collector.intensity.base import IntensitySeries
 from gridwatt.collector.lineproto import string_field, tag
+from gridwatt.collector.stepseries import StepSeries
 from gridwatt.collector.topology import Placement
 from gridwatt.v1 import telemetry_pb2 as pb
 
@@ -45,16 +46,24 @@ class PreparedBatch:
 
 
 def prepare_batch(
-    batch: pb.Batch, placement: Placement, intensity: IntensitySeries, resolution_ns: int
+    batch: pb.Batch,
+    placement: Placement,
+    intensity: IntensitySeries,
+    resolution_ns: int,
+    pue: StepSeries | None = None,
 ) -> PreparedBatch:
-    """Account every GPU sample of the batch and render its gpu and job lines."""
+    """Account every GPU sample of the batch and render its gpu and job lines.
+
+    ``pue``: the rack's PUE over the batch (from ``placement.pue_series``); default ``placement.pue``.
+    """
     node_t = tag(batch.node)
     rack_t = tag(placement.rack)
     gpu_prefix = f"gpu,node={node_t},rack={rack_t},zone={tag(placement.zone)},gpu="
     job_suffix = f",node={node_t},rack={rack_t},gpu="
     ef = string_field(intensity.emission_factor)
     src = string_field(intensity.source)
-    pue = placement.pue
+    if pue is None:
+        pue = placement.pue
     ci = intensity.series
     any_estimated = any(ci.estimated)
     lines: list[str] = []

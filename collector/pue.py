@@ -1,10 +1,17 @@
-"""PUE of a rack over time: a constant, inline steps, or a CSV schedule (time,pue)."""
+"""PUE of a rack over time: a constant, inline steps, or a CSV schedule (time,pue).
+
+Every rack's PUE comes from a :class:`PueProvider`: :class:`StaticPue` for the three
+configured kinds here, ``FacilityFeedPue`` (collector/pue_feed.py) for a PUE derived from
+a site's facility power feed and the IT energy the collector measured.
+"""
 
 from __future__ import annotations
 
 import csv
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from gridwatt.collector.stepseries import StepSeries
 from gridwatt.timeutil import parse_time_ns
@@ -13,7 +20,25 @@ PUE_MIN, PUE_MAX = 1.0, 3.0
 
 
 class PueFileError(Exception):
-    """A PUE schedule that cannot be used; the message names file, line and reason."""
+    """A PUE schedule or feed that cannot be used; the message names file, line and reason."""
+
+
+class PueProvider(Protocol):
+    """Gives a rack's PUE (dimensionless) over a time range."""
+
+    async def series(self, start_ns: int, end_ns: int) -> StepSeries:
+        """PUE covering [start_ns, end_ns) as a step function of time."""
+        ...
+
+
+@dataclass(frozen=True)
+class StaticPue:
+    """A PUE known from the config (constant, inline schedule or CSV): no I/O."""
+
+    pue: StepSeries
+
+    async def series(self, start_ns: int, end_ns: int) -> StepSeries:
+        return self.pue
 
 
 def load_pue_csv(path: Path) -> StepSeries:
@@ -46,5 +71,6 @@ def load_pue_csv(path: Path) -> StepSeries:
 
 
 def pue_from_steps(steps: list[tuple[str, float]]) -> StepSeries:
+    """A schedule of (ISO time, PUE) steps, in any order."""
     rows = sorted((parse_time_ns(t), p) for t, p in steps)
     return StepSeries(tuple(r[0] for r in rows), tuple(r[1] for r in rows))
