@@ -14,6 +14,7 @@ from gridwatt.agent.sources.base import SourceError
 from gridwatt.agent.sources.sim.trace import TraceError
 from gridwatt.agent.spool import SpoolError
 from gridwatt.configfile import ConfigError, load_config
+from gridwatt.logsetup import setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
         "then exit once every sample is acknowledged",
     )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-format", choices=["text", "json"], default=None,
+                     help="text (default, or $GRIDWATT_LOG_FORMAT) or json: one JSON object per line")
     check = sub.add_parser("check", help="check this node: GPUs and their fields, spool, collector, auth")
     check.add_argument("--config", required=True, help="agent config file (TOML)")
     check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the collector")
@@ -86,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         logging.basicConfig(level="ERROR", stream=sys.stderr)
         return _check(args)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    setup_logging(args.log_level, args.log_format)
     try:
         config = load_config(args.config, AgentConfig)
         if args.replay and config.source.kind != "sim":

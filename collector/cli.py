@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 from gridwatt import __version__
@@ -13,6 +12,7 @@ from gridwatt.collector.intensity.csv_file import IntensityFileError
 from gridwatt.collector.pue import PueFileError
 from gridwatt.collector.store import QueryError
 from gridwatt.configfile import ConfigError, load_config
+from gridwatt.logsetup import setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="ingest agents' samples, store them, answer queries")
     serve.add_argument("--config", required=True, help="collector config file (TOML)")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--log-format", choices=["text", "json"], default=None,
+                       help="text (default, or $GRIDWATT_LOG_FORMAT) or json: one JSON object per line")
     check = sub.add_parser("check-config", help="validate a config file and its data files, then exit")
     check.add_argument("--config", required=True)
     sub.add_parser(
@@ -33,11 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(getattr(args, "log_level", "INFO"), getattr(args, "log_format", None))
     if args.command == "hash-token":
         from gridwatt.collector.auth import hash_token
 
