@@ -32,6 +32,26 @@ ENERGY_METHOD_NAMES = {
 }
 
 
+ATTRIBUTION_NAMES: dict[int, str] = {
+    pb.ATTRIBUTION_METHOD_UNSPECIFIED: "none",
+    pb.ATTRIBUTION_METHOD_STATIC: "static",
+    pb.ATTRIBUTION_METHOD_SLURM: "slurm",
+    pb.ATTRIBUTION_METHOD_TRACE: "trace",
+    pb.ATTRIBUTION_METHOD_JOB_MAPPING: "job_mapping",
+    pb.ATTRIBUTION_METHOD_KUBERNETES: "kubernetes",
+}
+
+
+def _attribution_fields(method: int, user: str, split_estimated: bool) -> str:
+    """How a job share was attributed: method, the job's user where known, and an estimated split."""
+    out = f",attribution=\"{ATTRIBUTION_NAMES.get(method, 'none')}\""
+    if user:
+        out += f",user={string_field(user)}"
+    if split_estimated:
+        out += ",split_estimated=true"
+    return out
+
+
 @dataclass
 class PreparedBatch:
     """The lines to write, and the rack windows (start ns) the batch touched."""
@@ -71,6 +91,7 @@ def prepare_batch(
     windows: set[int] = set()
     total_e = total_c = 0.0
     tag_cache: dict[str, str] = {}
+    how_cache: dict[tuple[int, str, bool], str] = {}
     first_line: list[int] = []
     for s in batch.gpu_samples:
         first_line.append(len(lines))
@@ -102,20 +123,23 @@ def prepare_batch(
             f"intensity_estimated={'true' if any_estimated and ci.is_estimated_at(start) else 'false'}"
             f" {start}"
         )
-        shares = [(j.job_id, j.fraction) for j in s.jobs]
-        remaining = 1.0 - sum(f for _, f in shares)
+        shares = [(j.job_id, j.fraction, j.method, j.user, j.split_estimated) for j in s.jobs]
+        remaining = 1.0 - sum(sh[1] for sh in shares)
         if remaining > 1e-9:
-            shares.append((UNATTRIBUTED, remaining))
-        for job_id, frac in shares:
+            shares.append((UNATTRIBUTED, remaining, pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False))
+        for job_id, frac, method, user, estimated in shares:
             job_t = tag_cache.get(job_id)
             if job_t is None:
                 job_t = tag_cache[job_id] = tag(job_id)
+            how = how_cache.get((method, user, estimated))
+            if how is None:
+                how = how_cache[(method, user, estimated)] = _attribution_fields(method, user, estimated)
             gpu_s = dur_s * frac
             append(
                 f"job,job_id={job_t}{job_suffix}{gpu} energy_j={e * frac!r},"
                 f"facility_energy_j={fac * frac!r},co2e_g={co2 * frac!r},gpu_s={gpu_s!r},"
                 f"util_pct_s={util * gpu_s!r},idle_s={idle_s * frac!r},idle_energy_j={idle_e * frac!r},"
-                f"fraction={frac!r},end_ns={end}i,ef={ef} {start}"
+                f"fraction={frac!r},end_ns={end}i,ef={ef}{how} {start}"
             )
         windows.add(start - start % resolution_ns)
     return PreparedBatch(lines, windows, len(batch.gpu_samples), total_e, total_c, first_line)

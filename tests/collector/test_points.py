@@ -24,7 +24,15 @@ def test_points_record_source_factor_and_estimated_and_unattributed_share() -> N
                 start_ns=0,
                 end_ns=60 * 10**9,
                 energy_j=6000.0,
-                jobs=[pb.JobShare(job_id="j1", fraction=0.25)],
+                jobs=[
+                    pb.JobShare(
+                        job_id="j1",
+                        fraction=0.25,
+                        method=pb.ATTRIBUTION_METHOD_SLURM,
+                        user="alice",
+                        split_estimated=True,
+                    )
+                ],
             ),
             pb.GpuSample(gpu_index=0, gpu_uuid="GPU-a", start_ns=H, end_ns=H + 60 * 10**9, energy_j=6000.0),
         ],
@@ -44,4 +52,6 @@ def test_points_record_source_factor_and_estimated_and_unattributed_share() -> N
         "job_id=unattributed",
     ]
     assert "energy_j=1500.0," in job_lines[0] and "energy_j=4500.0," in job_lines[1]
+    assert 'attribution="slurm",user="alice",split_estimated=true ' in job_lines[0]
+    assert 'attribution="none" ' in job_lines[1] and "split_estimated" not in job_lines[1]
     assert out.windows == {0, H}
