@@ -141,6 +141,9 @@ class Ingestor:
         on_stored: Callable[[str, str, int, int], None] | None = None,
     ) -> None:
         self.on_stored = on_stored
+        #: True while batches are turned away for overload; listeners hear every change.
+        self.overloaded = False
+        self.overload_listeners: list[Callable[[bool], None]] = []
         self.topology = topology
         topology.attach_store(store)  # feed-derived PUEs read measured IT energy from it
         self.store = store
@@ -163,6 +166,7 @@ class Ingestor:
         st.batches_received += 1
         st.samples_received += n
         if st.batches_in_flight >= self.max_in_flight_batches:
+            self._set_overloaded(True)
             outcome = _unavailable(
                 batch, n, "overload",
                 f"collector overloaded: {st.batches_in_flight} batches in flight (max_in_flight_batches); "
@@ -183,12 +187,27 @@ class Ingestor:
             # in the same event-loop step as the ledger entries below, so the ledger always adds up
             st.batches_in_flight -= 1
             st.samples_in_flight -= n
+            if self.overloaded and st.batches_in_flight <= self.max_in_flight_batches // 2:
+                self._set_overloaded(False)
             if done is None:  # cancelled: the stream went away; the agent still holds the batch
                 st.batches_deferred_by_reason["cancelled"] += 1
                 st.samples_deferred_by_reason["cancelled"] += n
             else:
                 self._record(done, n)
         return done.ack
+
+    def _set_overloaded(self, overloaded: bool) -> None:
+        """Overloaded from the first batch turned away until in-flight falls to half the bound."""
+        if overloaded == self.overloaded:
+            return
+        self.overloaded = overloaded
+        (log.warning if overloaded else log.info)(
+            "collector %s: %d batches in flight (max_in_flight_batches %d)",
+            "overloaded, turning batches away" if overloaded else "no longer overloaded",
+            self.stats.batches_in_flight, self.max_in_flight_batches,
+        )
+        for listener in self.overload_listeners:
+            listener(overloaded)
 
     def _record(self, outcome: _Outcome, n: int) -> None:
         st = self.stats

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 from aiohttp import web
 
@@ -32,7 +34,10 @@ class QueryService(pb_grpc.QueryServicer):
 
 
 def http_app(
-    store: InfluxStore, metrics: CollectorMetrics | None = None, monitor: AlertMonitor | None = None
+    store: InfluxStore,
+    metrics: CollectorMetrics | None = None,
+    monitor: AlertMonitor | None = None,
+    overloaded: Callable[[], bool] | None = None,
 ) -> web.Application:
     """The collector's HTTP API: /v1/jobs/{job_id}, /v1/racks, /v1/alerts, /healthz, /metrics.
 
@@ -55,6 +60,11 @@ def http_app(
         return web.json_response(report.to_json())
 
     async def healthz(request: web.Request) -> web.Response:
+        if store.serving and overloaded is not None and overloaded():
+            return web.json_response(
+                {"status": "unavailable", "reason": "collector overloaded (max_in_flight_batches)"},
+                status=503,
+            )
         if store.serving:
             return web.json_response({"status": "ok"})
         return web.json_response(

@@ -79,19 +79,28 @@ def _split_listen(listen: str) -> tuple[str, int]:
 HEALTH_SERVICES = ("", "gridwatt.v1.Ingest")
 
 
-async def _health_service(store: InfluxStore, server: grpc.aio.Server) -> HealthServicer:
-    """grpc.health.v1: SERVING while InfluxDB accepts writes, NOT_SERVING while it does not."""
+async def _health_service(store: InfluxStore, ingestor: Ingestor, server: grpc.aio.Server) -> HealthServicer:
+    """grpc.health.v1: SERVING while InfluxDB accepts writes and the collector is not overloaded,
+    NOT_SERVING otherwise, so that agents and load balancers back off."""
     servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    tasks: set[asyncio.Task[None]] = set()
 
-    async def follow(serving: bool, reason: str) -> None:
+    async def update(*_: object) -> None:
         response = health_pb2.HealthCheckResponse
+        serving = store.serving and not ingestor.overloaded
         status = response.SERVING if serving else response.NOT_SERVING
         for name in HEALTH_SERVICES:
             await servicer.set(name, status)
 
-    await follow(store.serving, store.health_reason)
-    store.add_health_listener(follow)
+    def on_overload(_: bool) -> None:
+        task = asyncio.create_task(update())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    await update()
+    store.add_health_listener(update)
+    ingestor.overload_listeners.append(on_overload)
     return servicer
 
 
@@ -131,7 +140,7 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     ingest_service = IngestService(ingestor, auth)
     metrics.bind_ledger(lambda: ingestor.stats, lambda: ingest_service.connected_streams)
     server.add_generic_rpc_handlers((ingest_service.handler(),))
-    health_servicer = await _health_service(store, server)
+    health_servicer = await _health_service(store, ingestor, server)
     pb_grpc.add_QueryServicer_to_server(QueryService(store), server)
     sc = config.server
     if sc.tls_cert_file and sc.tls_key_file:
@@ -149,7 +158,8 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     runner = None
     http_port = None
     if sc.http_listen:
-        runner = web.AppRunner(http_app(store, metrics, monitor), access_log=None)
+        app = http_app(store, metrics, monitor, overloaded=lambda: ingestor.overloaded)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         host, port = _split_listen(sc.http_listen)
         site = web.TCPSite(runner, host, port)

@@ -142,10 +142,12 @@ async def test_overload_answers_unavailable_at_once_and_the_in_flight_batches_ar
                 assert (ack.code, ack.retry_after_ms) == (14, 750)
                 await stream.done_writing()
                 assert ledger(c.ingestor.stats) == (40, 0, 0, 20, 20)
-                assert await health_of(ch) == SERVING  # overload is per batch; the store is fine
+                # overloaded: NOT_SERVING, so agents and load balancers back off
+                assert await health_of(ch) == NOT_SERVING
             finally:
                 db.resume()
             acks = await asyncio.gather(*first)
+            assert not c.ingestor.overloaded and await health_of(ch) == SERVING  # in flight fell to 0
             assert [(a.code, a.stored_samples) for a in acks] == [(0, 10), (0, 10)]
             assert ledger(c.ingestor.stats) == (40, 20, 0, 20, 0)
             assert dict(c.ingestor.stats.batches_deferred_by_reason) == {"overload": 2}
