@@ -248,10 +248,15 @@ class Ingestor:
             intensity = await placement.intensity.series(lo, hi)
             pue = await placement.pue_series(lo, hi)
             prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns, pue)
-            result = await self.store.write_lines(prepared.lines)
+            # the ledger and host lines ride along after the samples' lines, in the same requests
+            n_lines = len(prepared.lines)
+            result = await self.store.write_lines(prepared.lines + side_lines)
             retried = result.retries > 0
-            if side_lines:
-                await self.store.write_lines(side_lines)
+            for index, (status, reason) in list(result.rejected.items()):
+                if index >= n_lines:  # a ledger or host line: logged, never costs the samples
+                    del result.rejected[index]
+                    log.error("batch %d from %r: InfluxDB refused a ledger/host line (HTTP %d): %s",
+                              batch.batch_id, batch.node, status, reason)
             if self.rack_windows:
                 await self.rollup.recompute(batch.node, placement.rack, placement.zone, prepared.windows)
                 if self.on_stored is not None:
