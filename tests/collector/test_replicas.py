@@ -9,10 +9,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from gridwatt.harness import start_agent, toml_str
 from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.timeutil import format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
-from tests.collector.helpers import batches, running_collector, sim_samples
+from tests.collector.helpers import running_collector
 from tests.conftest import collector_toml, first_row, influx_query
 
 T0 = 1_651_000_020 * 10**9  # a whole minute, so 30 minutes are 30 windows
@@ -20,17 +22,21 @@ NODES = ("n1", "n2", "n3", "n4")
 RACK = '[[racks]]\nname = "r1"\nzone = "Z"\npue = 1.25\nnodes = ["n1", "n2", "n3", "n4"]\n'
 
 
-async def stream_node(port: int, node: str, power_w: float) -> int:
-    samples = sim_samples(node, 4, T0, 1800, power_w, 10.0, job_id=f"job-{node}")
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        call = pb_grpc.IngestStub(ch).Stream()
-        sent = batches(node, samples, 24)  # small batches: many concurrent recomputes of shared windows
-        for b in sent:
-            await call.write(b)
-        acks = [await call.read() for _ in sent]
-        await call.done_writing()
-    assert {a.code for a in acks} == {0}
-    return len(samples)
+def agent_config(folder: Path, node: str, grpc_port: int, power_w: float) -> Path:
+    """A replaying agent: 4 simulated GPUs at power_w for 30 minutes, 10 s samples, small batches."""
+    cfg = folder / f"agent-{node}.toml"
+    cfg.write_text(
+        f'node = "{node}"\ninterval_s = 10\nspool_path = {toml_str(folder / f"spool-{node}.db")}\n'
+        f'[source]\nkind = "sim"\nsim = {{ gpus = 4, power_w = {power_w}, duration_s = 1800, '
+        f'start = "{format_time_ns(T0)}", job_id = "job-{node}" }}\n'
+        f'[collector]\naddress = "127.0.0.1:{grpc_port}"\nbatch_max_samples = 24\n'
+    )
+    return cfg
+
+
+def run_agents(configs: list[Path]) -> list[int]:
+    agents = [start_agent(c, quiet=True) for c in configs]
+    return [a.wait(timeout=300) for a in agents]
 
 
 async def test_two_replicas_keep_rack_and_job_series_exact(
@@ -42,8 +48,9 @@ async def test_two_replicas_keep_rack_and_job_series_exact(
     async with running_collector(tmp_path / "a", toml) as a, running_collector(tmp_path / "b", toml) as b:
         powers = {"n1": 300.0, "n2": 310.0, "n3": 320.0, "n4": 330.0}
         ports = {"n1": a.grpc_port, "n2": b.grpc_port, "n3": a.grpc_port, "n4": b.grpc_port}
-        counts = await asyncio.gather(*(stream_node(ports[n], n, powers[n]) for n in NODES))
-        assert counts == [4 * 180] * 4
+        # real agent processes, two per replica, all replaying the same 30 minutes at once
+        configs = [agent_config(tmp_path, n, ports[n], powers[n]) for n in NODES]
+        assert await asyncio.to_thread(run_agents, configs) == [0, 0, 0, 0]
 
         def sums() -> tuple[float, float, float]:
             gpu, rack = influx_query(
