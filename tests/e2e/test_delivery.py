@@ -42,6 +42,14 @@ def wait_until(what: str, cond: Callable[[], bool], timeout_s: float = DEADLINE_
         time.sleep(0.05)
 
 
+def ledger_value(spool: Path, name: str) -> int:
+    """One count of the spool's ledger; -1 while the agent is still creating the spool."""
+    try:
+        return int(getattr(peek_ledger(spool), name)) if spool.exists() else -1
+    except sqlite3.OperationalError:
+        return -1
+
+
 class Rig:
     """One collector (not started), its InfluxDB database, and agents for node n1 in tmp_path."""
 
@@ -92,8 +100,13 @@ class Rig:
         return self.stored()[0]
 
     def wait_sampled(self, at_least: int) -> Ledger:
-        wait_until(f"{at_least} samples in the spool",
-                   lambda: self.spool.exists() and peek_ledger(self.spool).sampled >= at_least)
+        def enough() -> bool:
+            try:
+                return self.spool.exists() and peek_ledger(self.spool).sampled >= at_least
+            except sqlite3.OperationalError:  # the agent is still creating the spool's tables
+                return False
+
+        wait_until(f"{at_least} samples in the spool", enough)
         return peek_ledger(self.spool)
 
     def assert_all_delivered(self) -> Ledger:
@@ -317,7 +330,7 @@ def test_frozen_collector_is_detected_by_keepalive(rig: Rig) -> None:
           "(keepalive 1 s + timeout 1 s)")
 
     rig.collector.freeze()
-    wait_until("samples spooled while the collector hangs", lambda: peek_ledger(rig.spool).pending >= 10)
+    wait_until("samples spooled while the collector hangs", lambda: ledger_value(rig.spool, "pending") >= 10)
     rc, seconds = agent.terminate()
     assert rc == 0 and seconds < 10.0, (rc, seconds)
     print(f"SIGTERM with a hung collector: exit 0 after {seconds:.1f} s")
@@ -327,7 +340,7 @@ def test_frozen_collector_is_detected_by_keepalive(rig: Rig) -> None:
     last = rig.agent(collector=keepalive).start()  # delivers what the hung collector did not store
     # (the thawed collector may store what was buffered in its socket: wait for the agent's acks)
     wait_until("the restarted agent's acks",
-               lambda: peek_ledger(rig.spool).acknowledged >= hung.sampled + 2 * LIVE_GPUS)
+               lambda: ledger_value(rig.spool, "acknowledged") >= hung.sampled + 2 * LIVE_GPUS)
     rc, seconds = last.terminate()
     assert rc == 0 and seconds < 10.0
     ledger = rig.assert_all_delivered()
