@@ -28,11 +28,8 @@ GPUS_PER_NODE = 8
 
 
 def grid_csv() -> Path:
-    """The shipped DE 2022 hourly intensity (deploy/data/grid)."""
-    here = Path(__file__).resolve().parent.parent / "deploy" / "data" / "grid" / "DE_2022_hourly.csv"
-    if here.exists():
-        return here
-    return Path(str(resources.files("gridwatt"))) / "data" / "DE_2022_hourly.csv"
+    """Germany's 2022 hourly intensity, shipped as package data (gridwatt/data → deploy/data/grid)."""
+    return Path(str(resources.files("gridwatt") / "data" / "DE_2022_hourly.csv"))
 
 
 def write_trace(path: Path, hours: float) -> None:
