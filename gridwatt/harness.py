@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -10,11 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from gridwatt.local_influxdb import free_port
+from gridwatt.local_influxdb import free_port, wait_until_answering
 
 
 def toml_str(value: str | Path) -> str:
@@ -46,18 +43,11 @@ class CollectorProcess:
             [sys.executable, "-m", "gridwatt.collector.cli", "serve", "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"collector exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}"
-                )
-            with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(
-                f"{self.http_url}/healthz", timeout=1
-            ) as resp:
-                if resp.status == 200:
-                    return self
-            time.sleep(0.1)
+        try:
+            if wait_until_answering(self.proc, f"{self.http_url}/healthz", 200, timeout_s, "collector"):
+                return self
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{self.log_path.read_text()[-3000:]}") from None
         self.stop()
         raise RuntimeError(f"collector did not become healthy in {timeout_s} s; log: {self.log_path}")
 

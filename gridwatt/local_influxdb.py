@@ -31,6 +31,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_answering(
+    proc: subprocess.Popen[bytes], url: str, status: int, timeout_s: float, what: str
+) -> bool:
+    """Poll ``url`` until it answers ``status`` (True) or ``timeout_s`` passes (False).
+
+    Raises RuntimeError naming ``what`` as soon as ``proc`` exits, so a server that dies at start
+    fails at once instead of after the timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(
+            url, timeout=1
+        ) as resp:
+            if resp.status == status:
+                return True
+        time.sleep(0.1)
+    return False
+
+
 class LocalInfluxDB:
     """An influxd process with its data in a temporary folder, stopped and removed on exit.
 
@@ -101,18 +122,9 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         self.proc = subprocess.Popen(
             [influxd, "-config", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"influxd exited with {self.proc.returncode}; see {self.data_dir / 'influxd.log'}"
-                )
-            with contextlib.suppress(OSError, urllib.error.URLError), urllib.request.urlopen(
-                f"{self.url}/ping", timeout=1
-            ) as resp:
-                if resp.status == 204:
-                    return self
-            time.sleep(0.1)
+        log_path = self.data_dir / "influxd.log"
+        if wait_until_answering(self.proc, f"{self.url}/ping", 204, timeout_s, f"influxd (see {log_path})"):
+            return self
         self.stop()
         raise RuntimeError(f"influxd did not answer /ping within {timeout_s:.0f} s")
 
