@@ -51,10 +51,12 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv with $PY"
   "$PY" -m venv .venv
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  log "installing gridwatt and dev tools into .venv"
+# Versions come from requirements.lock (pip constraints; refresh with scripts/lock.sh), so CI and
+# every developer test the same releases.
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
+  log "installing gridwatt and dev tools into .venv (pinned by requirements.lock)"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -c requirements.lock -e '.[dev]'
   touch "$stamp"
 fi
 log "ready: .venv/bin/gridwatt, .venv/bin/gridwatt-agent, .venv/bin/gridwatt-collector; influxd $(influxd version 2>/dev/null | head -1)"
