@@ -34,6 +34,7 @@ from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore, QueryError, StoreRejected, StoreUnavailable
 from gridwatt.collector.topology import Topology
 from gridwatt.collector.validation import BatchRejected, Limits, validate_batch, validate_host_samples
+from gridwatt.names import shown
 from gridwatt.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("gridwatt.collector.ingest")
@@ -139,6 +140,7 @@ class Ingestor:
         overload_retry_after_s: float = 1.0,
         rack_windows: bool = True,
         on_stored: Callable[[str, str, int, int], None] | None = None,
+        unknown_node_retry_after_s: float = 30.0,
     ) -> None:
         self.on_stored = on_stored
         #: True while batches are turned away for overload; listeners hear every change.
@@ -154,6 +156,10 @@ class Ingestor:
         self.rack_windows = rack_windows
         self.stats = IngestStats()
         self.ledgers = LedgerBook()
+        #: Batches answered UNAVAILABLE because their node is in no rack (config mistake).
+        self.unknown_node_batches = 0
+        self.unknown_node_retry_after_s = unknown_node_retry_after_s
+        self._unknown_logged: dict[str, float] = {}
 
     def count_malformed(self) -> None:
         """A message that is not a Batch: one received and rejected batch, no samples."""
@@ -233,10 +239,7 @@ class Ingestor:
             validate_batch(batch, self.limits, time.time_ns())
             placement = self.topology.locate(batch.node)
             if placement is None:
-                raise BatchRejected(
-                    f"field node: value {batch.node!r} is not in any rack of the collector's config "
-                    "and auto-registration is off"
-                )
+                return self._unknown_node(batch, n)
             validate_host_samples(batch, self.limits, time.time_ns())
             side_lines = self.ledgers.lines(batch, placement.rack) + host_lines(batch, placement)
             if not batch.gpu_samples:
@@ -268,8 +271,8 @@ class Ingestor:
                             latest[s.gpu_index] = s.end_ns
                     self.on_stored(batch.node, placement.rack, min(prepared.windows), min(latest.values()))
         except BatchRejected as exc:
-            log.warning("rejected batch %d from node %r: %s", batch.batch_id, batch.node, exc)
-            return self._rejected(batch, n, "validation", str(exc))
+            log.warning("rejected batch %d from node %s: %s", batch.batch_id, shown(batch.node), exc)
+            return self._rejected(batch, n, exc.reason, str(exc))
         except StoreRejected as exc:
             log.error("InfluxDB rejected batch %d from node %r: %s", batch.batch_id, batch.node, exc)
             return self._rejected(batch, n, "influxdb_bad_points", str(exc))
@@ -291,6 +294,23 @@ class Ingestor:
             ack = pb.Ack(batch_id=batch.batch_id, code=CODE_OK, stored_samples=n)
             return _Outcome(ack, stored=n, retried=retried)
         return self._partly_rejected(batch, n, prepared.first_line, result.rejected, retried)
+
+    def _unknown_node(self, batch: pb.Batch, n: int) -> _Outcome:
+        """A node in no rack is a config mistake, not bad data: UNAVAILABLE, so the agent keeps
+        its samples until the node is added to [[racks]]; logged loudly (once a minute per node)."""
+        self.unknown_node_batches += 1
+        now = time.monotonic()
+        if now - self._unknown_logged.get(batch.node, -1e9) >= 60.0:
+            if len(self._unknown_logged) >= 1000:
+                self._unknown_logged.clear()
+            self._unknown_logged[batch.node] = now
+            log.error("unknown_node: node %s is not in any rack of the collector's config (and "
+                      "server.auto_register is off): its samples are NOT stored; the agent keeps them "
+                      "and resends them every %g s until the node is added to [[racks]]",
+                      shown(batch.node), self.unknown_node_retry_after_s)
+        message = (f"unknown_node: node {shown(batch.node)} is not in any rack of the collector's config "
+                   "and auto-registration is off; not stored, keep the samples and resend later")
+        return _unavailable(batch, n, "unknown_node", message, self.unknown_node_retry_after_s)
 
     def _partly_rejected(
         self, batch: pb.Batch, n: int, first_line: list[int], rejected: dict[int, tuple[int, str]],

@@ -30,6 +30,9 @@ def ledger_problem(ledger: pb.SpoolLedger) -> str | None:
     e = ledger.evicted_energy_j
     if not math.isfinite(e) or e < 0:
         return f"field ledger.evicted_energy_j: value {e} is not a finite, non-negative number"
+    for name in ("sampled", "acknowledged", "rejected", "evicted", "lost", "pending"):
+        if getattr(ledger, name) >= 2**63:
+            return f"field ledger.{name}: value {getattr(ledger, name)} is not below 2^63"
     if ledger.at_ns <= 0:
         return f"field ledger.at_ns: value {ledger.at_ns} is not a time"
     return None

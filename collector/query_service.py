@@ -12,6 +12,7 @@ from gridwatt.collector.jobs import JobNotFound, job_report
 from gridwatt.collector.metrics import CONTENT_TYPE, CollectorMetrics
 from gridwatt.collector.racks import rack_totals
 from gridwatt.collector.store import InfluxStore, QueryError
+from gridwatt.names import name_problem
 from gridwatt.timeutil import parse_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
@@ -24,6 +25,9 @@ class QueryService(pb_grpc.QueryServicer):
     async def GetJob(
         self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.JobReport:
+        problem = name_problem(request.job_id)
+        if problem:  # never a valid stored id: answered without a query, without echoing it whole
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad_job_id: field job_id: {problem}")
         try:
             report = await job_report(self.store, request.job_id)
         except JobNotFound as exc:
@@ -51,6 +55,9 @@ def http_app(
 
     async def get_job(request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
+        problem = name_problem(job_id)
+        if problem:
+            return web.json_response({"error": f"bad_job_id: job id: {problem}"}, status=400)
         try:
             report = await job_report(store, job_id)
         except JobNotFound as exc:
@@ -91,7 +98,7 @@ def http_app(
 
     app = web.Application()
     app.router.add_get("/v1/racks", get_racks)
-    app.router.add_get("/v1/jobs/{job_id}", get_job)
+    app.router.add_get("/v1/jobs/{job_id:.+}", get_job)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/alerts", get_alerts)
     app.router.add_get("/metrics", metrics_text)

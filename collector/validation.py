@@ -5,14 +5,27 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from gridwatt.names import name_problem, shown, user_problem
 from gridwatt.timeutil import format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 
 NS_PER_S = 1_000_000_000
+#: InfluxDB integers are signed 64-bit; an unsigned field at or above this would be refused.
+INT64_LIMIT = 2**63
+#: Plausible GPU temperature range (degrees Celsius); 0 when the GPU did not report it.
+TEMP_RANGE_C = (-100.0, 250.0)
 
 
 class BatchRejected(Exception):
-    """The batch is malformed or implausible; nothing of it is stored. Maps to INVALID_ARGUMENT."""
+    """The batch is malformed or implausible; nothing of it is stored. Maps to INVALID_ARGUMENT.
+
+    ``reason`` names the rule (the ``reason`` label of ``samples_rejected_total``; see
+    collector/README.md, "Bounds").
+    """
+
+    def __init__(self, message: str, reason: str = "validation") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -21,6 +34,20 @@ class Limits:
     max_power_w: float
     max_interval_ns: int
     min_time_ns: int
+    #: Job shares one GPU sample may carry.
+    max_job_shares: int = 16
+    #: GPU plus host samples one batch may carry.
+    max_batch_samples: int = 5000
+
+
+def _finite_in(where: str, name: str, v: float, lo: float, hi: float) -> None:
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise BatchRejected(f"{where}: field {name}: value {v} is not a finite number in [{lo:g}, {hi:g}]")
+
+
+def _below_int64(where: str, name: str, v: int) -> None:
+    if v >= INT64_LIMIT:
+        raise BatchRejected(f"{where}: field {name}: value {v} is not below 2^63")
 
 
 def _where(i: int, s: pb.GpuSample) -> str:
@@ -31,8 +58,15 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
     """Raise BatchRejected naming the first problem found."""
     if not batch.node:
         raise BatchRejected("field node: empty; every batch must name its node")
+    problem = name_problem(batch.node)
+    if problem:
+        raise BatchRejected(f"field node: {problem}")
     if not batch.gpu_samples and not batch.host_samples and not batch.HasField("ledger"):
         raise BatchRejected("batch has no samples")
+    n = len(batch.gpu_samples) + len(batch.host_samples)
+    if n > limits.max_batch_samples:
+        raise BatchRejected(f"too_many_samples: {n} samples in one batch, above the {limits.max_batch_samples} "
+                            "allowed (server.max_samples_per_batch)", "too_many_samples")
     latest_ns = now_ns + limits.max_future_ns
     for i, s in enumerate(batch.gpu_samples):
         e = s.energy_j
@@ -71,14 +105,35 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
                 raise BatchRejected(f"{_where(i, s)}: field {name}: value {v} is outside 0-100")
         if not (0.0 <= s.idle_s <= duration_ns / NS_PER_S + 1e-6):
             raise BatchRejected(f"{_where(i, s)}: field idle_s: value {s.idle_s} is outside the interval")
+        where = _where(i, s)
+        _finite_in(where, "mean_power_w", s.mean_power_w, 0.0, limits.max_power_w)
+        _finite_in(where, "power_limit_w", s.power_limit_w, 0.0, limits.max_power_w)
+        _finite_in(where, "temp_c", s.temp_c, *TEMP_RANGE_C)
+        _below_int64(where, "mem_used_bytes", s.mem_used_bytes)
+        problem = name_problem(s.gpu_uuid) if s.gpu_uuid else None
+        if problem:
+            raise BatchRejected(f"{where}: field gpu_uuid: {problem}")
+        if len(s.jobs) > limits.max_job_shares:
+            raise BatchRejected(
+                f"too_many_job_shares: {where}: {len(s.jobs)} job shares, above the "
+                f"{limits.max_job_shares} allowed (server.max_job_shares_per_sample)", "too_many_job_shares")
         total = 0.0
+        seen: set[str] = set()
         for share in s.jobs:
-            if not share.job_id:
-                raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: empty")
+            problem = name_problem(share.job_id)
+            if problem:
+                raise BatchRejected(f"{where}: field jobs.job_id: {problem}")
+            if share.job_id in seen:
+                raise BatchRejected(f"{where}: field jobs.job_id: job {shown(share.job_id)} appears twice; "
+                                    "give each job one share")
+            seen.add(share.job_id)
+            problem = user_problem(share.user)
+            if problem:
+                raise BatchRejected(f"{where}: field jobs.user: {problem}")
             if not (0.0 < share.fraction <= 1.0):
                 raise BatchRejected(
-                    f"{_where(i, s)}: field jobs.fraction: value {share.fraction} for job "
-                    f"{share.job_id!r} is outside (0, 1]"
+                    f"{where}: field jobs.fraction: value {share.fraction} for job "
+                    f"{shown(share.job_id)} is outside (0, 1]"
                 )
             total += share.fraction
         if total > 1.0 + 1e-6:
@@ -96,6 +151,8 @@ def validate_host_samples(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
             raise BatchRejected(f"{where}: field end_ns: value {h.end_ns} is outside the accepted time range")
         if not (0.0 <= h.cpu_util_pct <= 100.0):
             raise BatchRejected(f"{where}: field cpu_util_pct: value {h.cpu_util_pct} is outside 0-100")
+        _below_int64(where, "mem_used_bytes", h.mem_used_bytes)
+        _below_int64(where, "mem_total_bytes", h.mem_total_bytes)
         if h.has_cpu_energy and not (math.isfinite(h.cpu_energy_j) and h.cpu_energy_j >= 0):
             raise BatchRejected(f"{where}: field cpu_energy_j: value {h.cpu_energy_j} is not a finite, "
                                 "non-negative number")

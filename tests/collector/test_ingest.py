@@ -114,7 +114,6 @@ BAD_KINDS = [
     "absurd_power",
     "end_before_start",
     "far_future",
-    "unknown_node",
     "empty_node",
     "bad_fraction",
 ]
