@@ -148,9 +148,13 @@ class NodeAuth:
         return len(self._digests)
 
     def identify(
-        self, metadata: Iterable[tuple[str, Any]] | None, auth_context: Mapping[str, Any]
+        self, metadata: Iterable[tuple[str, Any]] | None, auth_context: Mapping[str, Any],
+        tokens_only: bool = False,
     ) -> Identity:
-        """The caller's identity; AuthError UNAUTHENTICATED when it has no valid credentials."""
+        """The caller's identity; AuthError UNAUTHENTICATED when it has no valid credentials.
+
+        ``tokens_only``: check the bearer token alone (the certificate binding needs the auth context).
+        """
         token_node = None
         if self._digests:
             header = None
@@ -168,7 +172,7 @@ class NodeAuth:
             if token_node is None:
                 raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
         cert_cn = None
-        if self.bind_node_to_cert_cn:
+        if self.bind_node_to_cert_cn and not tokens_only:
             names = auth_context.get("x509_common_name") or []
             if not names:
                 raise AuthError(grpc.StatusCode.UNAUTHENTICATED,

@@ -155,6 +155,29 @@ class ServerConfig(_Strict):
     max_in_flight_batches: int = Field(64, ge=1)
     #: Retry hint (Ack.retry_after_ms, trailing metadata retry-after-ms) sent with an overload answer.
     overload_retry_after_s: float = Field(1.0, gt=0)
+    # -- bounds on what one node or client may send (collector/README.md, "Bounds") --
+    #: Largest gRPC message accepted (bytes); larger ones fail with RESOURCE_EXHAUSTED.
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+    #: GPU plus host samples in one batch (too_many_samples).
+    max_samples_per_batch: int = Field(5000, ge=1, le=100_000)
+    #: Job shares of one GPU sample (too_many_job_shares).
+    max_job_shares_per_sample: int = Field(16, ge=1, le=1024)
+    #: Job ids new to a node that it may introduce per hour (new InfluxDB series; too_many_new_jobs).
+    max_new_jobs_per_node_per_hour: int = Field(1000, ge=1)
+    #: Ingest streams one node may hold open (too_many_streams).
+    max_streams_per_node: int = Field(4, ge=1)
+    #: Batches of one node being stored at once (node_overload).
+    max_in_flight_batches_per_node: int = Field(8, ge=1)
+    #: Retry hint for a node in no rack (unknown_node: its samples stay at the agent).
+    unknown_node_retry_after_s: float = Field(30.0, gt=0, le=3600)
+    #: One GPU-second accounted once: refuse samples that overlap stored time of their GPU with other
+    #: values (interval_conflict). Reads the store; needs accounting.rack_windows (a readable store).
+    check_intervals: bool = True
+    #: HTTP API: open connections (more are closed at once), seconds to receive a request's headers,
+    #: and the largest request body.
+    http_max_connections: int = Field(256, ge=1)
+    http_header_timeout_s: float = Field(10.0, gt=0)
+    http_max_body_bytes: int = Field(64 * 1024, ge=1024)
 
     @model_validator(mode="after")
     def _tls_complete(self) -> ServerConfig:

@@ -15,8 +15,10 @@ the token's ends the stream with PERMISSION_DENIED, storing nothing of it.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -27,12 +29,14 @@ from google.protobuf.message import DecodeError
 
 from gridwatt import __version__
 from gridwatt.collector.auth import AuthError, Identity, NodeAuth
+from gridwatt.collector.bounds import JobSeriesBudget, NodeSlots
 from gridwatt.collector.intensity.base import IntensityUnavailable
+from gridwatt.collector.intervals import first_conflict, stored_intervals
 from gridwatt.collector.ledger import LedgerBook
-from gridwatt.collector.points import host_lines, prepare_batch
+from gridwatt.collector.points import UNATTRIBUTED, host_lines, prepare_batch, sample_digest
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore, QueryError, StoreRejected, StoreUnavailable
-from gridwatt.collector.topology import Topology
+from gridwatt.collector.topology import Placement, Topology
 from gridwatt.collector.validation import BatchRejected, Limits, validate_batch, validate_host_samples
 from gridwatt.names import shown
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -121,6 +125,16 @@ class _Outcome:
     retried: bool = False
 
 
+@dataclass
+class NodeBounds:
+    """Per-node bounds (collector/bounds.py) and the one-GPU-second-once check (collector/intervals.py)."""
+
+    jobs: JobSeriesBudget = field(default_factory=lambda: JobSeriesBudget(1_000_000))
+    in_flight: NodeSlots = field(default_factory=lambda: NodeSlots(1_000_000))
+    check_intervals: bool = False
+    max_interval_ns: int = 3600 * 1_000_000_000
+
+
 def _unavailable(batch: pb.Batch, n: int, reason: str, message: str, retry_after_s: float) -> _Outcome:
     ack = pb.Ack(batch_id=batch.batch_id, code=CODE_UNAVAILABLE, message=message,
                  retry_after_ms=max(1, round(retry_after_s * 1000)))
@@ -141,7 +155,11 @@ class Ingestor:
         rack_windows: bool = True,
         on_stored: Callable[[str, str, int, int], None] | None = None,
         unknown_node_retry_after_s: float = 30.0,
+        bounds: NodeBounds | None = None,
     ) -> None:
+        self.bounds = bounds or NodeBounds()
+        #: One lock per node: its batches are checked against the store and written one at a time.
+        self._node_locks: dict[str, asyncio.Lock] = {}
         self.on_stored = on_stored
         #: True while batches are turned away for overload; listeners hear every change.
         self.overloaded = False
@@ -180,6 +198,16 @@ class Ingestor:
             )
             self._record(outcome, n)
             return outcome.ack
+        node_slots = self.bounds.in_flight
+        if not node_slots.try_take(batch.node):
+            outcome = _unavailable(
+                batch, n, "node_overload",
+                f"node_overload: {node_slots.limit} batches of this node are being stored already "
+                "(server.max_in_flight_batches_per_node); not stored, resend later",
+                self.overload_retry_after_s,
+            )
+            self._record(outcome, n)
+            return outcome.ack
         st.batches_in_flight += 1
         st.samples_in_flight += n
         done: _Outcome | None = None
@@ -193,6 +221,7 @@ class Ingestor:
             # in the same event-loop step as the ledger entries below, so the ledger always adds up
             st.batches_in_flight -= 1
             st.samples_in_flight -= n
+            node_slots.release(batch.node)
             if self.overloaded and st.batches_in_flight <= self.max_in_flight_batches // 2:
                 self._set_overloaded(False)
             if done is None:  # cancelled: the stream went away; the agent still holds the batch
@@ -234,7 +263,6 @@ class Ingestor:
         return _Outcome(ack, rejected=Counter({reason: n}) if n else Counter(), rejected_batch=reason)
 
     async def _process(self, batch: pb.Batch, n: int) -> _Outcome:
-        retried = False
         try:
             validate_batch(batch, self.limits, time.time_ns())
             placement = self.topology.locate(batch.node)
@@ -246,30 +274,11 @@ class Ingestor:
                 if side_lines:
                     await self.store.write_lines(side_lines)
                 return _Outcome(pb.Ack(batch_id=batch.batch_id, code=CODE_OK, stored_samples=0))
-            lo = min(s.start_ns for s in batch.gpu_samples)
-            hi = max(s.end_ns for s in batch.gpu_samples)
-            intensity = await placement.intensity.series(lo, hi)
-            pue = await placement.pue_series(lo, hi)
-            prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns, pue)
-            # the ledger and host lines ride along after the samples' lines, in the same requests
-            n_lines = len(prepared.lines)
-            result = await self.store.write_lines(prepared.lines + side_lines)
-            retried = result.retries > 0
-            for index, (status, reason) in list(result.rejected.items()):
-                if index >= n_lines:  # a ledger or host line: logged, never costs the samples
-                    del result.rejected[index]
-                    log.error("batch %d from %r: InfluxDB refused a ledger/host line (HTTP %d): %s",
-                              batch.batch_id, batch.node, status, reason)
-            if self.rack_windows:
-                await self.rollup.recompute(batch.node, placement.rack, placement.zone, prepared.windows)
-                if self.on_stored is not None:
-                    # a batch may end part way through an interval's GPUs: the node has reported
-                    # completely only up to the earliest of its GPUs' latest ends
-                    latest: dict[int, int] = {}
-                    for s in batch.gpu_samples:
-                        if s.end_ns > latest.get(s.gpu_index, 0):
-                            latest[s.gpu_index] = s.end_ns
-                    self.on_stored(batch.node, placement.rack, min(prepared.windows), min(latest.values()))
+            lock = self._node_locks.get(batch.node)
+            if lock is None:
+                lock = self._node_locks[batch.node] = asyncio.Lock()
+            async with lock:
+                return await self._store_samples(batch, n, placement, side_lines)
         except BatchRejected as exc:
             log.warning("rejected batch %d from node %s: %s", batch.batch_id, shown(batch.node), exc)
             return self._rejected(batch, n, exc.reason, str(exc))
@@ -290,6 +299,57 @@ class Ingestor:
             log.warning("batch %d from %r: %s", batch.batch_id, batch.node, exc)
             return _unavailable(batch, n, "intensity_unavailable", f"not stored, resend later: {exc}",
                                 self.store.retry_after_s())
+
+    async def _store_samples(self, batch: pb.Batch, n: int, placement: Placement,
+                             side_lines: list[str]) -> _Outcome:
+        """Check the node's job budget and stored GPU time, then account and write (under the node lock)."""
+        budget = self.bounds.jobs
+        job_ids = [j.job_id for s in batch.gpu_samples for j in s.jobs if j.job_id != UNATTRIBUTED]
+        new_jobs = budget.new_jobs(batch.node, job_ids)
+        wait_s = budget.check(batch.node, new_jobs)
+        if math.isinf(wait_s):
+            raise BatchRejected(
+                f"too_many_new_jobs: the batch names {len(new_jobs)} job ids new to this node, above the "
+                f"{budget.per_hour} a node may introduce per hour (server.max_new_jobs_per_node_per_hour)",
+                "too_many_new_jobs")
+        if wait_s > 0:
+            log.warning("node %s: too_many_new_jobs: %d new job ids this hour, %d more refused for now",
+                        shown(batch.node), budget.used(batch.node), len(new_jobs))
+            return _unavailable(
+                batch, n, "too_many_new_jobs",
+                f"too_many_new_jobs: this node introduced {budget.used(batch.node)} new job ids in the last "
+                f"hour (server.max_new_jobs_per_node_per_hour = {budget.per_hour}); resend later", wait_s)
+        lo = min(s.start_ns for s in batch.gpu_samples)
+        hi = max(s.end_ns for s in batch.gpu_samples)
+        if self.bounds.check_intervals:
+            stored = await stored_intervals(self.store, batch.node, lo, hi, self.bounds.max_interval_ns)
+            samples = list(batch.gpu_samples)
+            conflict = first_conflict(samples, [sample_digest(s) for s in samples], stored)
+            if conflict:
+                raise BatchRejected(f"interval_conflict: {conflict}", "interval_conflict")
+        intensity = await placement.intensity.series(lo, hi)
+        pue = await placement.pue_series(lo, hi)
+        prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns, pue)
+        # the ledger and host lines ride along after the samples' lines, in the same requests
+        n_lines = len(prepared.lines)
+        result = await self.store.write_lines(prepared.lines + side_lines)
+        retried = result.retries > 0
+        for index, (status, reason) in list(result.rejected.items()):
+            if index >= n_lines:  # a ledger or host line: logged, never costs the samples
+                del result.rejected[index]
+                log.error("batch %d from %r: InfluxDB refused a ledger/host line (HTTP %d): %s",
+                          batch.batch_id, batch.node, status, reason)
+        if self.rack_windows:
+            await self.rollup.recompute(batch.node, placement.rack, placement.zone, prepared.windows)
+            if self.on_stored is not None:
+                # a batch may end part way through an interval's GPUs: the node has reported
+                # completely only up to the earliest of its GPUs' latest ends
+                latest: dict[int, int] = {}
+                for s in batch.gpu_samples:
+                    if s.end_ns > latest.get(s.gpu_index, 0):
+                        latest[s.gpu_index] = s.end_ns
+                self.on_stored(batch.node, placement.rack, min(prepared.windows), min(latest.values()))
+        budget.admit(batch.node, job_ids, new_jobs)
         if not result.rejected:
             ack = pb.Ack(batch_id=batch.batch_id, code=CODE_OK, stored_samples=n)
             return _Outcome(ack, stored=n, retried=retried)
@@ -352,11 +412,14 @@ class IngestService:
     answered with INVALID_ARGUMENT (gRPC's own deserializer would say INTERNAL).
     """
 
-    def __init__(self, ingestor: Ingestor, auth: NodeAuth | None = None) -> None:
+    def __init__(self, ingestor: Ingestor, auth: NodeAuth | None = None,
+                 max_streams_per_node: int = 1_000_000) -> None:
         self.ingestor = ingestor
         self.auth = auth or NodeAuth()
         self.connected_streams = 0
         self.refused_calls = 0
+        #: Streams open per node (the node of a stream's first batch; every later one must match).
+        self.streams = NodeSlots(max_streams_per_node)
 
     async def _refuse(self, context: grpc.aio.ServicerContext, exc: AuthError) -> None:
         self.refused_calls += 1
@@ -384,6 +447,7 @@ class IngestService:
     ) -> AsyncIterator[pb.Ack]:
         identity = await self._identify(context)
         self.connected_streams += 1
+        stream_node: str | None = None
         try:
             async for raw in request_iterator:
                 batch = _parse_batch(raw)
@@ -393,9 +457,26 @@ class IngestService:
                     yield pb.Ack(batch_id=0, code=CODE_INVALID_ARGUMENT, message=batch)
                     continue
                 await self._authorize(context, identity, batch.node)
+                if stream_node is None and batch.node:
+                    if not self.streams.try_take(batch.node):
+                        self.refused_calls += 1
+                        log.warning("too_many_streams: node %s already has %d streams open (peer %s)",
+                                    shown(batch.node), self.streams.limit, context.peer())
+                        await context.abort(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"too_many_streams: this node has {self.streams.limit} streams open already "
+                            "(server.max_streams_per_node); use one stream")
+                    stream_node = batch.node
+                elif stream_node is not None and batch.node != stream_node:
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"stream_node_changed: this stream carries node {shown(stream_node)}, not "
+                        f"{shown(batch.node)}; one stream per node")
                 yield await self.ingestor.handle(batch)
         finally:
             self.connected_streams -= 1
+            if stream_node is not None:
+                self.streams.release(stream_node)
 
     async def Write(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Ack:
         identity = await self._identify(context)

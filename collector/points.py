@@ -12,6 +12,7 @@ Rack-level windows are derived from ``gpu`` afterwards (collector/rollup.py).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from gridwatt.collector.accounting import J_PER_KWH, facility_and_emissions
@@ -40,6 +41,12 @@ ATTRIBUTION_NAMES: dict[int, str] = {
     pb.ATTRIBUTION_METHOD_JOB_MAPPING: "job_mapping",
     pb.ATTRIBUTION_METHOD_KUBERNETES: "kubernetes",
 }
+
+
+def sample_digest(s: pb.GpuSample) -> str:
+    """128-bit hex digest of a sample's values (its deterministic serialization): stored as the ``gpu``
+    point's ``digest`` field, so an exact resend is told from a rewrite (collector/intervals.py)."""
+    return hashlib.sha256(s.SerializeToString(deterministic=True)).hexdigest()[:32]
 
 
 def _attribution_fields(method: int, user: str, split_estimated: bool) -> str:
@@ -120,8 +127,8 @@ def prepare_batch(
             f"idle_energy_j={idle_e!r},pue={eff_pue!r},intensity_g_per_kwh={eff_ci!r},end_ns={end}i,"
             f"energy_method=\"{ENERGY_METHOD_NAMES.get(s.energy_method, 'unspecified')}\","
             f"jobs={string_field(jobs)},ef={ef},intensity_source={src},"
-            f"intensity_estimated={'true' if any_estimated and ci.is_estimated_at(start) else 'false'}"
-            f" {start}"
+            f"intensity_estimated={'true' if any_estimated and ci.is_estimated_at(start) else 'false'},"
+            f"digest=\"{sample_digest(s)}\" {start}"
         )
         shares = [(j.job_id, j.fraction, j.method, j.user, j.split_estimated) for j in s.jobs]
         remaining = 1.0 - sum(sh[1] for sh in shares)

@@ -15,8 +15,10 @@ from grpc_health.v1._async import HealthServicer
 
 from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.auth import NodeAuth
+from gridwatt.collector.auth_interceptor import TokenInterceptor
+from gridwatt.collector.bounds import JobSeriesBudget, NodeSlots
 from gridwatt.collector.config import CollectorConfig
-from gridwatt.collector.ingest import Ingestor, IngestService
+from gridwatt.collector.ingest import Ingestor, IngestService, NodeBounds
 from gridwatt.collector.metrics import CollectorMetrics
 from gridwatt.collector.query_service import QueryService, http_app
 from gridwatt.collector.rollup import RackRollup
@@ -41,7 +43,8 @@ def server_options(config: CollectorConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 10_000),
         # grpcio only times out an unanswered ping after ping_timeout_ms (default 60 s)
         ("grpc.http2.ping_timeout_ms", 10_000),
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_receive_message_length", config.server.max_message_bytes),
+        ("grpc.max_send_message_length", config.server.max_message_bytes),
     ]
 
 
@@ -121,6 +124,8 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
         max_power_w=config.server.max_power_w,
         max_interval_ns=int(config.server.max_interval_s * 1e9),
         min_time_ns=parse_time_ns(config.server.min_time),
+        max_job_shares=config.server.max_job_shares_per_sample,
+        max_batch_samples=config.server.max_samples_per_batch,
     )
     monitor = None
     if config.alerts.rules:
@@ -135,9 +140,17 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
         overload_retry_after_s=config.server.overload_retry_after_s,
         rack_windows=config.accounting.rack_windows,
         on_stored=monitor.note if monitor else None,
+        unknown_node_retry_after_s=config.server.unknown_node_retry_after_s,
+        bounds=NodeBounds(
+            jobs=JobSeriesBudget(config.server.max_new_jobs_per_node_per_hour),
+            in_flight=NodeSlots(config.server.max_in_flight_batches_per_node),
+            check_intervals=config.server.check_intervals and config.accounting.rack_windows,
+            max_interval_ns=int(config.server.max_interval_s * 1e9),
+        ),
     )
-    server = grpc.aio.server(options=server_options(config))
-    ingest_service = IngestService(ingestor, auth)
+    interceptors = [TokenInterceptor(auth)] if auth.token_count else []
+    server = grpc.aio.server(options=server_options(config), interceptors=interceptors)
+    ingest_service = IngestService(ingestor, auth, max_streams_per_node=config.server.max_streams_per_node)
     metrics.bind_ledger(lambda: ingestor.stats, lambda: ingest_service.connected_streams)
     server.add_generic_rpc_handlers((ingest_service.handler(),))
     health_servicer = await _health_service(store, ingestor, server)

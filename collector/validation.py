@@ -65,8 +65,9 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
         raise BatchRejected("batch has no samples")
     n = len(batch.gpu_samples) + len(batch.host_samples)
     if n > limits.max_batch_samples:
-        raise BatchRejected(f"too_many_samples: {n} samples in one batch, above the {limits.max_batch_samples} "
-                            "allowed (server.max_samples_per_batch)", "too_many_samples")
+        raise BatchRejected(f"too_many_samples: {n} samples in one batch, above the "
+                            f"{limits.max_batch_samples} allowed (server.max_samples_per_batch)",
+                            "too_many_samples")
     latest_ns = now_ns + limits.max_future_ns
     for i, s in enumerate(batch.gpu_samples):
         e = s.energy_j

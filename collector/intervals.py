@@ -1,0 +1,102 @@
+"""One GPU-second is accounted once: a sample may only repeat a stored interval of its GPU exactly.
+
+Before a batch is written, the stored ``gpu`` points of its node around the batch's time range are
+read back (``stored_intervals``), and ``first_conflict`` (pure) finds the first sample that
+
+* starts where a stored interval of the same GPU starts but has other values (another energy, other
+  jobs, other fractions: a re-attribution or a rewrite of the past), or
+* overlaps a stored interval of the same GPU, or another sample of the batch, without being the same.
+
+Identity is the sample's digest (SHA-256 of its deterministic serialization), stored with each ``gpu``
+point as the string field ``digest``, so an exact resend (at-least-once delivery) is recognised and
+stays idempotent. Because the check reads the store, it holds across collector restarts and between
+replicas (up to the instant between one replica's read and its write; a node streams to one replica).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from gridwatt.collector.points import sample_digest
+from gridwatt.collector.store import InfluxStore, quote_string, series_rows
+from gridwatt.v1 import telemetry_pb2 as pb
+
+__all__ = ["StoredGpuTime", "StoredInterval", "first_conflict", "sample_digest", "stored_intervals"]
+
+
+@dataclass(frozen=True)
+class StoredInterval:
+    start_ns: int
+    end_ns: int
+    digest: str  # "" for points stored before digests were kept
+    energy_j: float
+
+
+@dataclass
+class StoredGpuTime:
+    """Stored intervals of one node's GPUs: those starting in the batch's range, and per GPU the
+    latest end of those starting before it."""
+
+    inside: dict[int, dict[int, StoredInterval]]
+    end_before: dict[int, int]
+
+
+async def stored_intervals(store: InfluxStore, node: str, lo_ns: int, hi_ns: int,
+                           lookback_ns: int) -> StoredGpuTime:
+    """Read the node's ``gpu`` points starting in [lo_ns, hi_ns), and the latest end before lo_ns."""
+    n = quote_string(node)
+    q = (f'SELECT "end_ns", "digest", "energy_j" FROM "gpu" WHERE "node" = {n} AND time >= {lo_ns} '
+         f'AND time < {hi_ns} GROUP BY "gpu"; '
+         f'SELECT max("end_ns") FROM "gpu" WHERE "node" = {n} AND time >= {lo_ns - lookback_ns} '
+         f'AND time < {lo_ns} GROUP BY "gpu"')
+    inside_res, before_res = await store.query(q)
+    inside: dict[int, dict[int, StoredInterval]] = defaultdict(dict)
+    for tags, row in series_rows(inside_res):
+        gpu = int(tags.get("gpu", "0"))
+        t = int(row["time"])
+        inside[gpu][t] = StoredInterval(t, int(row.get("end_ns") or t), str(row.get("digest") or ""),
+                                        float(row.get("energy_j") or 0.0))
+    end_before = {int(tags.get("gpu", "0")): int(row.get("max") or 0)
+                  for tags, row in series_rows(before_res)}
+    return StoredGpuTime(dict(inside), end_before)
+
+
+def _same(s: pb.GpuSample, digest: str, stored: StoredInterval) -> bool:
+    if stored.digest:
+        return stored.digest == digest
+    return stored.end_ns == s.end_ns and stored.energy_j == s.energy_j
+
+
+def first_conflict(samples: list[pb.GpuSample], digests: list[str], stored: StoredGpuTime) -> str | None:
+    """A description of the first sample that would account GPU time twice, or None."""
+    by_gpu: dict[int, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        by_gpu[s.gpu_index].append(i)
+    for gpu, idx in by_gpu.items():
+        idx.sort(key=lambda i: (samples[i].start_ns, samples[i].end_ns))
+        points = sorted(stored.inside.get(gpu, {}).values(), key=lambda p: p.start_ns)
+        before = stored.end_before.get(gpu, 0)
+        prev: int | None = None
+        for i in idx:
+            s = samples[i]
+            where = f"gpu_samples[{i}] (gpu {gpu}, {s.start_ns}..{s.end_ns})"
+            if prev is not None:
+                p = samples[prev]
+                if s.start_ns < p.end_ns and not (s.start_ns == p.start_ns and digests[i] == digests[prev]):
+                    return (f"{where} overlaps gpu_samples[{prev}] ({p.start_ns}..{p.end_ns}) "
+                            "of the same batch")
+            prev = i
+            if before > s.start_ns:
+                return f"{where} overlaps a stored interval of this GPU that ends at {before}"
+            for pt in points:
+                if pt.start_ns >= s.end_ns:
+                    break
+                if pt.start_ns == s.start_ns:
+                    if not _same(s, digests[i], pt):
+                        return (f"{where} repeats the start of a stored interval of this GPU with other "
+                                f"values (stored {pt.start_ns}..{pt.end_ns}, {pt.energy_j!r} J); "
+                                "a resend must be identical")
+                elif pt.end_ns > s.start_ns:
+                    return f"{where} overlaps the stored interval {pt.start_ns}..{pt.end_ns} of this GPU"
+    return None
