@@ -54,6 +54,7 @@ def main(argv: list[str]) -> int:
     refusals: list[str] = []
     acked = 0
     errors = 0
+    unavailable = 0
     next_id = 1
     pending: pb.Batch | None = None
     next_tick = time.monotonic()
@@ -82,6 +83,7 @@ def main(argv: list[str]) -> int:
                     refusals.append(ack.message[:300])
                     pending = None
                 else:
+                    unavailable += 1
                     time.sleep(max(ack.retry_after_ms / 1000.0, 0.05))
                     continue
                 next_tick += PERIOD_S
@@ -95,7 +97,7 @@ def main(argv: list[str]) -> int:
             channel.close()
     with open(out, "w") as fh:
         json.dump({"acked_samples": acked, "energy_j": acked * SAMPLE_J, "latencies_s": latencies,
-                   "refusals": refusals, "stream_errors": errors, "batches": next_id - 1}, fh)
+                   "refusals": refusals, "stream_errors": errors, "unavailable": unavailable, "batches": next_id - 1}, fh)
     return 0
 
 

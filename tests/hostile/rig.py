@@ -55,6 +55,8 @@ def percentile(values: list[float], p: float) -> float:
 class AttackReport:
     name: str
     good_samples: int = 0
+    good_unavailable: int = 0
+    good_stream_errors: int = 0
     ack_p50_s: float = 0.0
     ack_p99_s: float = 0.0
     ack_max_s: float = 0.0
@@ -135,13 +137,16 @@ class AttackRig:
         result = json.loads(out.read_text())
         lat = result["latencies_s"]
         report.good_samples = result["acked_samples"]
+        report.good_unavailable = result["unavailable"]
+        report.good_stream_errors = result["stream_errors"]
         report.ack_p50_s = round(percentile(lat, 50), 4)
         report.ack_p99_s = round(percentile(lat, 99), 4)
         report.ack_max_s = round(max(lat, default=0.0), 4)
         rss = peak_rss_bytes(self.pid)
         report.peak_rss_mb = round(rss / 2**20, 1)
         self._record(report)
-        assert result["refusals"] == [] or all(r.startswith("stream ended") for r in result["refusals"]), \
+        # the good agent was never refused, turned away or cut off
+        assert (result["refusals"], result["unavailable"], result["stream_errors"]) == ([], 0, 0), \
             result["refusals"][:3]
         count, energy = self.stored(GOOD)
         assert count - before == result["acked_samples"] == GPUS * result["batches"]
