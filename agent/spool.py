@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -128,6 +129,16 @@ class SpoolError(Exception):
     """The spool file cannot be opened or written; the message names the path."""
 
 
+def _private_file(path: Path) -> None:
+    """Create ``path`` as mode 0600 (never following a symlink), or narrow an existing file to 0600."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class Spool:
     """See the module docstring. Not thread-safe: use from one thread (the agent's event loop)."""
 
@@ -140,9 +151,11 @@ class Spool:
         #: Set when the file was found corrupt on open and replaced.
         self.salvage: Salvage | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.exists():  # job ids and user names: readable by the agent's user only
+                path.parent.mkdir(parents=True, mode=0o700)
+            _private_file(path)
         except OSError as exc:
-            raise SpoolError(f"spool {path}: cannot create its folder: {exc}") from None
+            raise SpoolError(f"spool {path}: cannot create it: {exc}") from None
         problem = self._check(path)
         if problem is not None:
             self._quarantine(problem)
@@ -176,6 +189,7 @@ class Spool:
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
         try:
+            _private_file(path)  # SQLite gives its -wal and -shm files the same mode
             db = sqlite3.connect(str(path), isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")

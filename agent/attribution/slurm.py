@@ -2,9 +2,9 @@
 
 Sources, in order:
 
-* ``SLURM_JOB_ID`` (or the older ``SLURM_JOBID``) in ``/proc/PID/environ``: wins
-  when present, even over a cgroup that names another job.
-* ``job_<id>`` in the process's cgroup path, below a Slurm cgroup root:
+* ``job_<id>`` in the process's cgroup path, below a Slurm cgroup root: wins over the
+  environment, which the job's user controls (a process may set ``SLURM_JOB_ID`` to any
+  job), while the cgroup is set by slurmd;
 
   - cgroup v1 (``cgroup/v1`` plugin), one line per controller::
 
@@ -20,6 +20,8 @@ Sources, in order:
 
   The cgroup catches processes without Slurm variables too, e.g. an ssh session
   adopted into the job by ``pam_slurm_adopt``.
+* ``SLURM_JOB_ID`` (or the older ``SLURM_JOBID``) in ``/proc/PID/environ``: only when
+  the cgroup names no Slurm job (no cgroup plugin, or the cgroup is unreadable).
 
 The job id is Slurm's raw id (what ``SLURM_JOB_ID`` and the cgroup hold); an
 array task ``1234_7`` shows as its own raw id, as in ``sacct -o JobIDRaw``.
@@ -141,15 +143,13 @@ def slurm_process(
     """What Slurm tells about ``pid``, or None when it is not in a Slurm job (or is gone)."""
     env = procfs.environ(pid)
     env_job = env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID") or ""
-    env_user = env.get("SLURM_JOB_USER", "")
-    cgroup_job: tuple[str, int | None] | None = None
-    if not env_job or not env_user:
-        text = (read_cgroup or procfs.cgroup)(pid)
-        cgroup_job = job_of_cgroup(text) if text else None
-    job = env_job or (cgroup_job[0] if cgroup_job else "")
+    text = (read_cgroup or procfs.cgroup)(pid)
+    cgroup_job = job_of_cgroup(text) if text else None
+    job = cgroup_job[0] if cgroup_job else env_job
     if not job:
         return None
-    user = env_user
+    # the environment's user is believed only for the job the environment names
+    user = env.get("SLURM_JOB_USER", "") if job == env_job else ""
     if not user:
         uid = cgroup_job[1] if cgroup_job and cgroup_job[0] == job else None
         if uid is None:

@@ -109,11 +109,12 @@ def test_slurm_environ_only(tmp_path: Path) -> None:
     assert attr.attribute(reading(pids=(300,))) == [JobShareInfo("4242", 1.0, METHOD_SLURM, "carol", False)]
 
 
-def test_slurm_environ_beats_cgroup(tmp_path: Path) -> None:
-    add_proc(tmp_path, 1001, fixture=True, environ=slurm_env("777"))  # cgroup says job 1234
+def test_slurm_cgroup_beats_environ(tmp_path: Path) -> None:
+    # the user controls the environment; slurmd sets the cgroup (issue #8, finding 9)
+    add_proc(tmp_path, 1001, fixture=True, environ=slurm_env("777", SLURM_JOB_USER="mallory"))  # cgroup: 1234
     attr = Attributor(proc_root=tmp_path, user_of_uid=user_of)
     got = attr.attribute(reading(pids=(1001,)))
-    assert [(s.job_id, s.method) for s in got] == [("777", METHOD_SLURM)]
+    assert [(s.job_id, s.method, s.user) for s in got] == [("1234", METHOD_SLURM, user_of(1000))]
 
 
 def test_slurm_user_lookup(tmp_path: Path) -> None:
