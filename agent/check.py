@@ -152,7 +152,8 @@ async def check_collector(config: AgentConfig, report: CheckReport, timeout_s: f
 
     conn = config.collector
     try:
-        token = read_secret(conn.token, conn.token_file, "collector token")
+        token = read_secret(conn.token, conn.token_file, "collector token", conn.token_file_mode,
+                            "collector.token_file_mode")
         channel = make_channel(conn)
     except ConfigError as exc:
         report.add(FAIL, f"collector {conn.address}: {exc}")

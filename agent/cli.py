@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gridwatt import __version__
 from gridwatt.agent.config import AgentConfig
+from gridwatt.agent.runner import AgentTaskDied
 from gridwatt.agent.sources.base import SourceError
 from gridwatt.agent.sources.sim.trace import TraceError
 from gridwatt.agent.spool import SpoolError
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except AgentTaskDied as exc:
+        print(f"gridwatt-agent: {exc}", file=sys.stderr)
+        return 3
     if result.rejections:
         print(f"gridwatt-agent: the collector rejected {result.ledger.rejected} samples; first reason: "
               f"{result.rejections[0]}", file=sys.stderr)

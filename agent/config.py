@@ -68,6 +68,8 @@ class CollectorConnection(_Strict):
     #: Bearer token (inline value is best passed as GRIDWATT_COLLECTOR__TOKEN).
     token: str | None = Field(None, repr=False)
     token_file: Path | None = None
+    #: A token_file readable by every user: "refuse" (exit with an error) or "warn".
+    token_file_mode: Literal["refuse", "warn"] = "refuse"
     batch_max_samples: int = Field(1000, ge=1, le=50_000)
     max_in_flight: int = Field(4, ge=1, le=64)
     #: Seconds between keepalive pings on an idle stream (a dead collector is noticed in about

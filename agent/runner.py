@@ -52,6 +52,10 @@ def build_source(config: AgentConfig, replay: bool) -> GpuSource:
                      energy_counter=sim.energy_counter)
 
 
+class AgentTaskDied(Exception):
+    """A task the agent cannot work without (the shipper) ended while the agent was running."""
+
+
 @dataclass
 class RunResult:
     ledger: Ledger
@@ -119,11 +123,26 @@ async def run_agent(
             + (f" (collector: {shipper.stats.last_error})" if shipper.stats.last_error and not final else "")
         )
 
+    def check_tasks() -> None:
+        """Stop (no more watchdog pings, a non-zero exit) if the shipper died: systemd restarts us."""
+        if ship_task.done() and not shipping_stop.is_set():
+            why = "it returned"
+            if ship_task.cancelled():
+                why = "it was cancelled"
+            elif ship_task.exception() is not None:
+                exc = ship_task.exception()
+                why = f"{type(exc).__name__}: {exc}"
+            log.critical("the shipper stopped unexpectedly (%s); %d samples stay spooled; exiting",
+                         why, spool.pending)
+            raise AgentTaskDied(f"the shipper stopped unexpectedly ({why}); samples stay spooled at "
+                                f"{config.spool_path}")
+
     notifier = Notifier()  # a no-op unless NOTIFY_SOCKET is set (systemd Type=notify)
     notifier.ready(f"sampling {config.source.kind}, shipping to {config.collector.address}")
     try:
         next_tick = time.monotonic()
         while not stop.is_set():
+            check_tasks()
             notifier.watchdog()
             samples = sampler.take(source.read())
             rows = [(s.start_ns, s.energy_j, s.SerializeToString()) for s in samples]
@@ -140,6 +159,7 @@ async def run_agent(
             if replay:
                 # Backpressure: a replay never outruns the collector so far that the spool evicts.
                 while spool.pending > high_water and not stop.is_set():
+                    check_tasks()
                     shipper.acked.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(shipper.acked.wait(), timeout=1.0)
@@ -160,6 +180,7 @@ async def run_agent(
         # ends the process within 10 s (systemd's default stop timeout is 90 s).
         deadline = None if replay and not stop.is_set() else time.monotonic() + DRAIN_S
         while spool.pending > 0 and (deadline is None or time.monotonic() < deadline):
+            check_tasks()
             shipper.acked.clear()
             wait_s = 1.0 if deadline is None else max(min(1.0, deadline - time.monotonic()), 0.0)
             with contextlib.suppress(TimeoutError):
@@ -171,9 +192,14 @@ async def run_agent(
             if stop.is_set() and deadline is None:
                 deadline = time.monotonic() + DRAIN_S
     finally:
+        died = ship_task.done() and not shipping_stop.is_set()
         shipping_stop.set()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(ship_task, timeout=SHIPPER_STOP_S)
+        if died:
+            if not ship_task.cancelled():
+                ship_task.exception()  # retrieved; check_tasks reported it
+        else:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(ship_task, timeout=SHIPPER_STOP_S)
         source.close()
         if replay:
             report(final=True)

@@ -118,7 +118,8 @@ class Shipper:
         self._progressed = False
         self._ledger_only = True  # the collector accepts batches that carry only a ledger
         self._next_batch_id = 1
-        token = read_secret(conn.token, conn.token_file, "collector token")
+        token = read_secret(conn.token, conn.token_file, "collector token", conn.token_file_mode,
+                            "collector.token_file_mode")
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def _make_batch(self, rows: Sequence[tuple[int, bytes]]) -> tuple[pb.Batch, list[int]]:
@@ -171,6 +172,10 @@ class Shipper:
             except _Reconnect as exc:
                 error = str(exc)
                 hint_s = min(exc.retry_after_s, self.conn.reconnect_max_s)
+            except Exception as exc:  # any other failure of a session: never ends shipping
+                error = f"{type(exc).__name__}: {exc}"
+                log.error("shipping session failed unexpectedly (%s); reconnecting", error,
+                          exc_info=not isinstance(exc, (OSError, asyncio.InvalidStateError)))
             if self._progressed:
                 attempt = 0
             if stop.is_set():
@@ -244,7 +249,15 @@ class Shipper:
                     if reader.done():
                         reader.result()
                     return False
-                writer.result()
+                try:
+                    writer.result()
+                except (asyncio.InvalidStateError, grpc.aio.UsageError):
+                    # the RPC ended under the write (e.g. aborted PERMISSION_DENIED): its status is
+                    # what the reader gets; wait briefly for it so the real error is reported
+                    await asyncio.wait([reader], timeout=1.0)
+                    if reader.done():
+                        reader.result()
+                    raise _Reconnect("the collector ended the stream") from None
                 self.stats.batches_sent += 1
                 last_sent = time.monotonic()
                 return True

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -31,7 +30,7 @@ from typing import Any
 import grpc
 
 from gridwatt.collector.config import AuthConfig
-from gridwatt.configfile import ConfigError
+from gridwatt.configfile import ConfigError, check_secret_file
 
 log = logging.getLogger("gridwatt.collector.auth")
 
@@ -120,8 +119,9 @@ class NodeAuth:
         """Load tokens from ``tokens_file`` and ``tokens``; ConfigError names file, line and node."""
         entries: list[tuple[str, str, str]] = []
         if config.tokens_file is not None:
+            check_secret_file(config.tokens_file, "auth.tokens_file", config.tokens_file_mode,
+                              "auth.tokens_file_mode")
             entries += _parse_tokens_file(config.tokens_file)
-            _warn_if_readable_by_others(config.tokens_file)
         entries += [("auth.tokens", node, value) for node, value in config.tokens.items()]
         digests: dict[str, bytes] = {}
         owner: dict[bytes, str] = {}
@@ -197,12 +197,3 @@ class NodeAuth:
             if hmac.compare_digest(presented, digest):
                 found = node
         return found
-
-
-def _warn_if_readable_by_others(path: Path) -> None:
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return
-    if mode & 0o004:
-        log.warning("auth.tokens_file %s is readable by every user; chmod 640 it", path)

@@ -198,6 +198,8 @@ class AuthConfig(_Strict):
 
     #: ``node token`` lines or TOML ``node = "token"``; a token may be stored as ``sha256:<hex>``.
     tokens_file: Path | None = None
+    #: A tokens_file readable by every user: "refuse" (the collector does not start) or "warn".
+    tokens_file_mode: Literal["refuse", "warn"] = "refuse"
     #: Inline node → token map, best given as GRIDWATT_AUTH__TOKENS='{ node = "token" }'.
     tokens: dict[str, Any] = Field(default_factory=dict, repr=False)
     #: With mutual TLS: a batch's node must equal the client certificate's common name (CN).

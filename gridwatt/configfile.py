@@ -8,11 +8,12 @@ they parse (numbers, booleans), else taken as strings.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -117,11 +118,38 @@ def resolve_path(value: str | Path, config_dir: Path | None) -> Path:
     return p
 
 
-def read_secret(value: str | None, file: str | Path | None, what: str) -> str | None:
-    """A secret given inline (usually from the environment) or in a file; never logged."""
+#: What to do with a secret file that every user may read: refuse to start, or log a warning.
+SecretFileMode = Literal["refuse", "warn"]
+
+
+def check_secret_file(path: str | Path, what: str, policy: SecretFileMode = "refuse",
+                      option: str = "") -> None:
+    """Refuse (ConfigError) or warn about a secret file readable or writable by every user."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return  # reading it will say why
+    if not mode & 0o006:
+        return
+    problem = (f"{what}: {path} is {'readable' if mode & 0o004 else 'writable'} by every user "
+               f"(mode {mode:04o}); chmod 600 it (and chown it to the service's user)")
+    if policy == "refuse":
+        hint = f", or set {option} = \"warn\"" if option else ""
+        raise ConfigError(problem + hint)
+    logging.getLogger("gridwatt.config").warning("%s", problem)
+
+
+def read_secret(value: str | None, file: str | Path | None, what: str,
+                file_mode_policy: SecretFileMode | None = None, option: str = "") -> str | None:
+    """A secret given inline (usually from the environment) or in a file; never logged.
+
+    ``file_mode_policy``: check that the file is not readable by every user (see check_secret_file).
+    """
     if value:
         return value
     if file:
+        if file_mode_policy is not None:
+            check_secret_file(file, what, file_mode_policy, option)
         try:
             return Path(file).read_text().strip()
         except OSError as exc:

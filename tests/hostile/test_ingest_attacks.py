@@ -10,7 +10,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.hostile.batches import NS, T0, Client, batch, sample
 from tests.hostile.rig import EVIL, GOOD, AttackRig

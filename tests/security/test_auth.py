@@ -58,6 +58,7 @@ def test_lines_and_toml_token_files_and_hashes(tmp_path: Path) -> None:
     lines = write_tokens(tmp_path)
     toml = tmp_path / "tokens.toml"
     toml.write_text(f'[tokens]\nn1 = "{TOKEN_N1}"\nn2 = "{hash_token(TOKEN_N2)}"\n')
+    toml.chmod(0o600)
     for path in (lines, toml):
         auth = NodeAuth.from_config(AuthConfig(tokens_file=path))
         assert auth.enabled and auth.token_count == 2
@@ -84,6 +85,7 @@ def test_auth_is_off_without_tokens() -> None:
 def test_bad_token_files_name_the_problem_never_the_token(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "tokens"
     path.write_text(content)
+    path.chmod(0o600)
     with pytest.raises(ConfigError) as err:
         NodeAuth.from_config(AuthConfig(tokens_file=path))
     assert message in str(err.value)
@@ -206,6 +208,7 @@ async def test_agent_with_its_token_replays_and_a_wrong_token_is_logged_without_
     caplog.set_level(logging.DEBUG)
     token_file = tmp_path / "agent-token"
     token_file.write_text(TOKEN_N1 + "\n")
+    token_file.chmod(0o600)
     toml = collector_toml(influxdb.url, database, racks=auth_toml(write_tokens(tmp_path)))
     async with running_collector(tmp_path, toml) as c:
         result = await replay(agent_config(tmp_path, c.grpc_port, token_file=token_file))

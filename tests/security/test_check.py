@@ -27,6 +27,7 @@ RACKS = '[[racks]]\nname = "r1"\nzone = "Z"\npue = 1.2\nnodes = ["n1"]\n'
 def agent_toml(tmp_path: Path, port: int, node: str = "n1", token: str = TOKEN) -> Path:
     token_file = tmp_path / f"token-{node}"
     token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
     path = tmp_path / f"agent-{node}.toml"
     path.write_text(
         f'node = "{node}"\nspool_path = {toml_str(tmp_path / "spool" / "spool.db")}\n'
@@ -50,6 +51,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
 def tokens_toml(tmp_path: Path) -> str:
     path = tmp_path / "tokens"
     path.write_text(f"n1 {hash_token(TOKEN)}\n")
+    path.chmod(0o600)
     return RACKS + f"\n[auth]\ntokens_file = {toml_str(path)}\n"
 
 
