@@ -140,6 +140,16 @@ class Installer:
                 return None
         return next((r[0] for r in db if len(r) > 2 and r[2] == str(gid)), None)
 
+    def group_id(self, name: str) -> int | None:
+        """The gid of group ``name`` in the target root, or None."""
+        db = self._db("group")
+        if db is None:
+            try:
+                return grp.getgrnam(name).gr_gid
+            except KeyError:
+                return None
+        return next((int(r[2]) for r in db if len(r) > 2 and r[0] == name and r[2].isdigit()), None)
+
     def group_exists(self, name: str) -> bool:
         db = self._db("group")
         if db is None:
@@ -267,12 +277,14 @@ class Installer:
             wrote_config = True
 
             def write_config() -> None:
-                self.config_path.write_text(self.render_config())
-                self.config_path.chmod(0o640)
-                self._chown(self.config_path, "root", opts.user)
+                gid = self.group_id(opts.user)
+                if gid is None:
+                    self.out(f"! group {opts.user} not found in {self.path('/etc/group')}: "
+                             f"{self.config_path} stays root:root 0640, unreadable by the service")
+                write_private_file(self.config_path, self.render_config(), 0o640, 0, gid)
 
-            self._do(f"write {self.config_path} from the example (0640): edit node and [collector]",
-                     write_config)
+            self._do(f"write {self.config_path} from the example (root:{opts.user} 0640, atomically): "
+                     "edit node and [collector]", write_config)
         unit = self.render_unit(groups, exec_path)
 
         def write_unit() -> None:
@@ -337,6 +349,28 @@ class Installer:
         etc = self.config_path.parent
         if opts.purge and etc.exists() and not any(etc.iterdir()):
             self._do(f"remove the empty {etc}", lambda: _rmdir(etc))
+
+
+def write_private_file(path: Path, text: str, mode: int, uid: int, gid: int | None) -> None:
+    """Write ``path`` atomically with its final mode and owner: a temporary file in the same folder is
+    created with ``mode`` (whatever the umask), chowned (when root), synced, and renamed over ``path``.
+    No moment exists at which the content is readable with a wider mode or another owner."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if os.geteuid() == 0:
+            os.fchown(fd, uid, gid if gid is not None else 0)
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", closefd=False) as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
 
 
 def _rmdir(path: Path) -> None:

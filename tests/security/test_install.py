@@ -212,3 +212,24 @@ def test_world_accessible_devices_need_no_group(root: Path, stubs: Path) -> None
     assert "--groups" not in calls(stubs)[0]
     unit = (root / "etc/systemd/system/gridwatt-agent.service").read_text()
     assert "SupplementaryGroups" not in unit and "\nDeviceAllow=char-nvidia* rw\n" in unit
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another group needs root")
+def test_install_into_a_root_gives_the_config_to_the_service_group_atomically(
+    root: Path, stubs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue #8, finding 10: agent.toml is root:<service group> 0640 from the moment it exists, with
+    any umask, also under --root (the group's id comes from the target root's /etc/group)."""
+    with (root / "etc/group").open("a") as fh:
+        fh.write("gridwatt:x:990:\n")
+    with (root / "etc/passwd").open("a") as fh:
+        fh.write("gridwatt:x:990:990::/var/lib/gridwatt:/usr/sbin/nologin\n")
+    old = os.umask(0)
+    try:
+        assert main(["install", "--root", str(root), "--exec", "/opt/venv/bin/gridwatt-agent"]) == 0
+    finally:
+        os.umask(old)
+    st = (root / "etc/gridwatt/agent.toml").stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 990, 0o640)
+    assert [p.name for p in (root / "etc/gridwatt").iterdir() if p.name.startswith(".agent.toml")] == []
+    assert "root:gridwatt 0640, atomically" in capsys.readouterr().out
