@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from aiohttp import web
@@ -18,6 +18,7 @@ from gridwatt.collector.auth import NodeAuth
 from gridwatt.collector.auth_interceptor import TokenInterceptor
 from gridwatt.collector.bounds import JobSeriesBudget, NodeSlots
 from gridwatt.collector.config import CollectorConfig
+from gridwatt.collector.http_guard import HttpGuard
 from gridwatt.collector.ingest import Ingestor, IngestService, NodeBounds
 from gridwatt.collector.metrics import CollectorMetrics
 from gridwatt.collector.query_service import QueryService, http_app
@@ -60,12 +61,15 @@ class RunningCollector:
     http_port: int | None
     metrics: CollectorMetrics
     health: HealthServicer
+    http_servers: list[asyncio.Server] = field(default_factory=list)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace_s)
         if self.monitor is not None:
             await self.monitor.stop()
+        for http_server in self.http_servers:
+            http_server.close()
         if self.http_runner is not None:
             await self.http_runner.cleanup()
         await self.ingestor.rollup.close()
@@ -170,21 +174,27 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     await server.start()
     runner = None
     http_port = None
+    http_servers: list[asyncio.Server] = []
     if sc.http_listen:
         app = http_app(store, metrics, monitor, overloaded=lambda: ingestor.overloaded)
-        runner = web.AppRunner(app, access_log=None)
+        app._client_max_size = sc.http_max_body_bytes  # body limit (aiohttp answers 413 beyond it)
+        guard = HttpGuard(sc.http_max_connections, sc.http_header_timeout_s)
+        app.middlewares.append(guard.middleware)
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=sc.http_header_timeout_s)
         await runner.setup()
         host, port = _split_listen(sc.http_listen)
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        assert runner.server is not None
+        http_server = await asyncio.get_running_loop().create_server(
+            guard.factory(runner.server), host, port, backlog=128)
+        http_servers.append(http_server)
         http_port = port
-        server_obj = site._server
-        if port == 0 and isinstance(server_obj, asyncio.Server) and server_obj.sockets:
-            http_port = server_obj.sockets[0].getsockname()[1]
+        if port == 0 and http_server.sockets:
+            http_port = http_server.sockets[0].getsockname()[1]
     log.info("collector serving gRPC on port %d, HTTP on %s; InfluxDB %s (v%d)", grpc_port,
              http_port, config.influxdb.url, config.influxdb.version)
     return RunningCollector(
-        server, runner, store, ingestor, topology, monitor, grpc_port, http_port, metrics, health_servicer
+        server, runner, store, ingestor, topology, monitor, grpc_port, http_port, metrics, health_servicer,
+        http_servers,
     )
 
 
