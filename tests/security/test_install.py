@@ -233,3 +233,23 @@ def test_install_into_a_root_gives_the_config_to_the_service_group_atomically(
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 990, 0o640)
     assert [p.name for p in (root / "etc/gridwatt").iterdir() if p.name.startswith(".agent.toml")] == []
     assert "root:gridwatt 0640, atomically" in capsys.readouterr().out
+
+
+COLLECTOR_UNIT = REPO / "deploy" / "systemd" / "gridwatt-collector.service"
+
+
+def test_collector_unit_has_descriptors_and_state_directory() -> None:
+    """Issue #8, finding 3: descriptors for every agent and client; alert state in StateDirectory."""
+    unit = COLLECTOR_UNIT.read_text().splitlines()
+    assert "LimitNOFILE=65536" in unit
+    assert "StateDirectory=gridwatt" in unit and "ReadWritePaths=/var/lib/gridwatt" in unit
+    assert "UMask=0077" in unit
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_collector_unit_exposure_is_at_most_4() -> None:
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(COLLECTOR_UNIT)],
+                          capture_output=True, text=True, timeout=60)
+    found = re.search(r"Overall exposure level for gridwatt-collector.service: (\d+\.\d)", proc.stdout)
+    assert found, proc.stdout + proc.stderr
+    assert float(found.group(1)) <= 4.0
