@@ -70,7 +70,8 @@ class CollectorConnection(_Strict):
     token_file: Path | None = None
     #: A token_file readable by every user: "refuse" (exit with an error) or "warn".
     token_file_mode: Literal["refuse", "warn"] = "refuse"
-    batch_max_samples: int = Field(1000, ge=1, le=50_000)
+    #: At most the collector's server.max_samples_per_batch (5000 by default).
+    batch_max_samples: int = Field(1000, ge=1, le=5000)
     max_in_flight: int = Field(4, ge=1, le=64)
     #: Seconds between keepalive pings on an idle stream (a dead collector is noticed in about
     #: keepalive_s + keepalive_timeout_s). Keep it at or above the collector's

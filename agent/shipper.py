@@ -185,7 +185,9 @@ class Shipper:
             # full jitter, but never sooner than the collector asked (Ack.retry_after_ms)
             delay = max(hint_s, random.uniform(0, min(self.conn.reconnect_max_s, 0.2 * 2**attempt)))
             # The first failure after a good session is a warning; the retries that follow are info.
-            (log.warning if attempt == 0 else log.info)(
+            # A config mistake at the collector (node in no rack) is loud every time: nothing is stored.
+            loud = attempt == 0 or "unknown_node" in error
+            (log.error if "unknown_node" in error else log.warning if loud else log.info)(
                 "collector %s: %s; reconnecting in %.2f s (attempt %d, reconnects=%d)",
                 self.conn.address, error or "session ended", delay, attempt + 1, self.stats.reconnects,
             )
