@@ -178,6 +178,8 @@ class Ingestor:
         self.unknown_node_batches = 0
         self.unknown_node_retry_after_s = unknown_node_retry_after_s
         self._unknown_logged: dict[str, float] = {}
+        #: Rejections are logged at most 10 a minute per node (a hostile node cannot flood the log).
+        self._log_budget = LogBudget(10, 60.0)
 
     def count_malformed(self) -> None:
         """A message that is not a Batch: one received and rejected batch, no samples."""
@@ -280,7 +282,8 @@ class Ingestor:
             async with lock:
                 return await self._store_samples(batch, n, placement, side_lines)
         except BatchRejected as exc:
-            log.warning("rejected batch %d from node %s: %s", batch.batch_id, shown(batch.node), exc)
+            if self._log_budget.allow(batch.node):
+                log.warning("rejected batch %d from node %s: %s", batch.batch_id, shown(batch.node), exc)
             return self._rejected(batch, n, exc.reason, str(exc))
         except StoreRejected as exc:
             log.error("InfluxDB rejected batch %d from node %r: %s", batch.batch_id, batch.node, exc)
@@ -395,6 +398,29 @@ class Ingestor:
                      stored_samples=stored)
         return _Outcome(ack, stored=stored, rejected=reasons, rejected_batch=reasons.most_common(1)[0][0],
                         retried=retried)
+
+
+class LogBudget:
+    """At most ``per_window`` log lines per key and window; then one line saying how many were skipped."""
+
+    def __init__(self, per_window: int, window_s: float) -> None:
+        self.per_window = per_window
+        self.window_s = window_s
+        self._state: dict[str, tuple[float, int]] = {}
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        start, count = self._state.get(key, (now, 0))
+        if now - start >= self.window_s:
+            if count > self.per_window:
+                log.warning("node %s: %d more rejections in the last %g s were not logged (see "
+                            "gridwatt_collector_samples_rejected_total)", shown(key), count - self.per_window,
+                            self.window_s)
+            start, count = now, 0
+        if len(self._state) > 10_000:
+            self._state.clear()
+        self._state[key] = (start, count + 1)
+        return count < self.per_window
 
 
 def _parse_batch(raw: bytes) -> pb.Batch | str:
