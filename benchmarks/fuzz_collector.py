@@ -155,7 +155,10 @@ async def run(args: argparse.Namespace, collector: CollectorProcess,
               influx: LocalInfluxDB) -> dict[str, object]:
     tally = Tally()
     per = args.inputs // args.workers
-    start_ns = (time.time_ns() - 30 * 86400 * NS) // NS * NS
+    # each worker is its own node, so their sample times may coincide; a worker's cursor moves 120 s per
+    # good batch (about 2 % of its inputs), so start far enough back never to reach the future bound
+    span_ns = int(per * 0.05 * 120) * NS + 86400 * NS
+    start_ns = (time.time_ns() - span_ns) // NS * NS
     t0 = time.monotonic()
 
     async def progress() -> None:
@@ -168,10 +171,9 @@ async def run(args: argparse.Namespace, collector: CollectorProcess,
 
     reporter = asyncio.create_task(progress())
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        # each worker its own slice of sample time: 10 s of cursor per input at most
         await asyncio.gather(*(
-            worker(w, collector.grpc_address, collector.http_url, args.seed, per, tally,
-                   start_ns + w * per * 120 * NS, session) for w in range(args.workers)))
+            worker(w, collector.grpc_address, collector.http_url, args.seed, per, tally, start_ns, session)
+            for w in range(args.workers)))
     reporter.cancel()
     elapsed = time.monotonic() - t0
     alive = collector.proc is not None and collector.proc.poll() is None

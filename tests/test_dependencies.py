@@ -55,7 +55,7 @@ def test_lock_pins_every_dependency_within_its_specifier() -> None:
     for name, req in _requirements().items():
         key = re.sub(r"[-_.]+", "-", name)
         assert key in pins, f"{name} is not pinned in requirements.lock"
-        assert req.specifier.contains(pins[key], prereleases=True), f"lock pins {name}=={pins[key]}, not {req}"
+        assert req.specifier.contains(pins[key], prereleases=True), f"{name}=={pins[key]} is not {req}"
 
 
 def test_installed_versions_are_the_locked_ones() -> None:

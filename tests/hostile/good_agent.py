@@ -97,7 +97,8 @@ def main(argv: list[str]) -> int:
             channel.close()
     with open(out, "w") as fh:
         json.dump({"acked_samples": acked, "energy_j": acked * SAMPLE_J, "latencies_s": latencies,
-                   "refusals": refusals, "stream_errors": errors, "unavailable": unavailable, "batches": next_id - 1}, fh)
+                   "refusals": refusals, "stream_errors": errors, "unavailable": unavailable,
+                   "batches": next_id - 1}, fh)
     return 0
 
 

@@ -23,7 +23,8 @@ def _agent_toml(tmp: Path, address: str, node: str = "n1", extra: str = "", coll
                 sim: str = "gpus = 4, power_w = 300.0, duration_s = 600, start = \"" + START + "\"") -> Path:
     path = tmp / f"agent-{node}.toml"
     path.write_text(
-        f'node = "{node}"\ninterval_s = {interval_s}\nspool_path = {toml_str(tmp / "spool" / f"{node}.db")}\n{extra}\n'
+        f'node = "{node}"\ninterval_s = {interval_s}\n'
+        f'spool_path = {toml_str(tmp / "spool" / f"{node}.db")}\n{extra}\n'
         f'[source]\nkind = "sim"\nsim = {{ {sim} }}\n'
         f'[collector]\naddress = "{address}"\nreconnect_max_s = 0.5\n{collector}\n'
     )

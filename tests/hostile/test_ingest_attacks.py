@@ -10,6 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from gridwatt.agent.spool import peek_ledger
+from gridwatt.harness import AgentProcess, toml_str
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.hostile.batches import NS, T0, Client, batch, sample
 from tests.hostile.rig import EVIL, GOOD, AttackRig
@@ -198,3 +200,30 @@ def test_unknown_node_keeps_its_samples_at_the_agent(make_rig: Callable[..., Att
     assert "unknown_node: node 'ghost'" in rig.collector.log_text()
     assert 'gridwatt_collector_samples_deferred_total{reason="unknown_node"} 1.0' in _metrics(rig)
     assert rig.stored("ghost") == (0, 0.0)
+    # a real agent of the unknown node: its samples stay spooled (none rejected), it says why loudly
+    agent_cfg = rig.tmp / "ghost-agent.toml"
+    spool = rig.tmp / "ghost-spool.db"
+    agent_cfg.write_text(
+        f'node = "ghost"\ninterval_s = 60\nspool_path = {toml_str(spool)}\n'
+        '[source]\nkind = "sim"\nsim = { gpus = 2, power_w = 300.0, duration_s = 600, '
+        'start = "2022-04-15T05:20:00Z" }\n'
+        f'[collector]\naddress = "{rig.address}"\nreconnect_max_s = 0.5\n'
+    )
+    agent = AgentProcess(agent_cfg, replay=True, log_path=rig.tmp / "ghost-agent.log")
+    agent.start()
+    try:
+        agent.wait_for_log(r"ERROR .*unknown_node: node 'ghost' is not in any rack", timeout_s=60)
+        assert agent.running
+        agent.terminate()
+    finally:
+        agent.cleanup()
+    ledger = peek_ledger(spool)
+    assert (ledger.sampled, ledger.pending, ledger.rejected, ledger.acknowledged) == (20, 20, 0, 0)
+    # the operator adds the node: the same agent delivers everything it kept
+    config = rig.collector.config_path
+    config.write_text(config.read_text().replace('"n2"]', '"n2", "ghost"]'))
+    rig.collector.stop()
+    rig.collector.start()
+    agent.start()
+    assert agent.wait(120) == 0
+    assert rig.stored("ghost") == (20, 2 * 300.0 * 600)

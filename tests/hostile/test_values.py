@@ -25,15 +25,19 @@ def _bad_samples() -> list[tuple[str, pb.GpuSample, str]]:
         ("power -1e300", lambda s: setattr(s, "mean_power_w", -1e300), "field mean_power_w: value -1e+300"),
         ("temp nan", lambda s: setattr(s, "temp_c", math.nan), "field temp_c: value nan"),
         ("temp inf", lambda s: setattr(s, "temp_c", math.inf), "field temp_c: value inf"),
-        ("mem 2^63", lambda s: setattr(s, "mem_used_bytes", 2**63), "field mem_used_bytes: value 9223372036854775808"),
+        ("mem 2^63", lambda s: setattr(s, "mem_used_bytes", 2**63),
+         "field mem_used_bytes: value 9223372036854775808"),
         ("mem 2^64-1", lambda s: setattr(s, "mem_used_bytes", 2**64 - 1), "is not below 2^63"),
         ("limit nan", lambda s: setattr(s, "power_limit_w", math.nan), "field power_limit_w: value nan"),
-        ("job ends in backslash", lambda s: setattr(s.jobs[0], "job_id", "job\\"), "character '\\\\' is not allowed"),
+        ("job ends in backslash", lambda s: setattr(s.jobs[0], "job_id", "job\\"),
+         "character '\\\\' is not allowed"),
         ("job a\\b", lambda s: setattr(s.jobs[0], "job_id", "a\\b"), "character '\\\\' is not allowed"),
         ("job with CR", lambda s: setattr(s.jobs[0], "job_id", "a\rb"), "character '\\r' is not allowed"),
         ("job with NUL", lambda s: setattr(s.jobs[0], "job_id", "a\0b"), "character '\\x00' is not allowed"),
-        ("job 70 KB", lambda s: setattr(s.jobs[0], "job_id", "x" * 70_000), "70000 characters, above the 128"),
-        ("user newline", lambda s: setattr(s.jobs[0], "user", "bob\nrm"), "field jobs.user: control character"),
+        ("job 70 KB", lambda s: setattr(s.jobs[0], "job_id", "x" * 70_000),
+         "70000 characters, above the 128"),
+        ("user newline", lambda s: setattr(s.jobs[0], "user", "bob\nrm"),
+         "field jobs.user: control character"),
         ("uuid ends in backslash", lambda s: setattr(s, "gpu_uuid", "GPU-1\\"), "field gpu_uuid"),
         ("same job twice", lambda s: s.jobs.add(job_id="job-1", fraction=0.001), "appears twice"),
     ]
@@ -64,7 +68,8 @@ def test_a_sample_influxdb_would_refuse_is_refused_whole_while_a_good_agent_stre
     assert rig.query(f"SELECT count(energy_j) FROM job WHERE node = '{EVIL}'") == {}
 
 
-IDS = ["plain-1", "with space", "a,b=c", "quote'd", 'dq"id', "k8s-pod/5e1f-aa", "semi;colon#hash?q%20", "x" * 128]
+IDS = ["plain-1", "with space", "a,b=c", "quote'd", 'dq"id', "k8s-pod/5e1f-aa", "semi;colon#hash?q%20",
+       "x" * 128]
 
 
 def test_job_ids_read_back_exactly_and_bad_ids_are_client_errors(make_rig: Callable[..., AttackRig]) -> None:
@@ -78,7 +83,8 @@ def test_job_ids_read_back_exactly_and_bad_ids_are_client_errors(make_rig: Calla
             url = f"{rig.collector.http_url}/v1/jobs/{urllib.parse.quote(job, safe='')}"
             with urllib.request.urlopen(url, timeout=30) as resp:
                 body = json.load(resp)
-            assert (body["job_id"], body["it_energy_kwh"]) == (job, pytest.approx(300 * 60 / 3.6e6, rel=1e-12))
+            kwh = pytest.approx(300 * 60 / 3.6e6, rel=1e-12)
+            assert (body["job_id"], body["it_energy_kwh"]) == (job, kwh)
             assert client.get_job(job) == ("OK", "")
         for bad in ["a\\b", "a\rb", "a\0b", "y" * 70_000]:
             code, details = client.get_job(bad)
