@@ -14,9 +14,13 @@ from gridwatt.agent.attribution import (
 )
 from gridwatt.agent.meter import NS_PER_S, idle_seconds, interval_energy
 from gridwatt.agent.sources.base import GpuReading
+from gridwatt.names import name_problem, shown, user_problem
 from gridwatt.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("gridwatt.agent.sampler")
+
+#: Job shares per sample the collector accepts by default (server.max_job_shares_per_sample).
+MAX_JOB_SHARES = 16
 
 ATTRIBUTION_METHODS = {
     METHOD_STATIC: pb.ATTRIBUTION_METHOD_STATIC,
@@ -35,6 +39,18 @@ class Sampler:
         self.idle_below_pct = idle_below_pct
         self._prev: dict[str, GpuReading] = {}
         self._faulty: set[str] = set()
+        self._bad_ids: set[str] = set()
+
+    def _sendable(self, job_id: str) -> bool:
+        """False (logged once per id) for a job id the collector would refuse (gridwatt/names.py)."""
+        problem = name_problem(job_id)
+        if problem is None:
+            return True
+        if job_id not in self._bad_ids and len(self._bad_ids) < 1000:
+            self._bad_ids.add(job_id)
+            log.warning("job id %s is not sendable (%s); its share is reported unattributed",
+                        shown(job_id), problem)
+        return False
 
     def take(self, readings: list[GpuReading]) -> list[pb.GpuSample]:
         """Samples for the intervals ending at these readings (none for a GPU's first reading)."""
@@ -79,14 +95,18 @@ class Sampler:
                 unsupported_fields=list(cur.unsupported),
             )
             process_util = dict(cur.process_util_pct) if cur.process_util_pct else None
-            for share in self.attributor.attribute(cur, process_util):
-                if share.fraction <= 0.0:
-                    continue  # an idle job on a shared GPU: nothing to attribute
+            shares = [sh for sh in self.attributor.attribute(cur, process_util)
+                      if sh.fraction > 0.0 and self._sendable(sh.job_id)]  # idle jobs: nothing to attribute
+            if len(shares) > MAX_JOB_SHARES:  # the collector's bound; the rest stays unattributed
+                log.warning("GPU %d: %d jobs share it; the %d largest are attributed, the rest is "
+                            "reported unattributed", cur.index, len(shares), MAX_JOB_SHARES)
+                shares = sorted(shares, key=lambda sh: -sh.fraction)[:MAX_JOB_SHARES]
+            for share in shares:
                 sample.jobs.add(
                     job_id=share.job_id,
                     fraction=share.fraction,
                     method=ATTRIBUTION_METHODS.get(share.method, pb.ATTRIBUTION_METHOD_UNSPECIFIED),
-                    user=share.user,
+                    user=share.user if user_problem(share.user) is None else "",
                     split_estimated=share.split_estimated,
                 )
             samples.append(sample)
