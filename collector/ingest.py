@@ -325,7 +325,15 @@ class Ingestor:
         lo = min(s.start_ns for s in batch.gpu_samples)
         hi = max(s.end_ns for s in batch.gpu_samples)
         if self.bounds.check_intervals:
-            stored = await stored_intervals(self.store, batch.node, lo, hi, self.bounds.max_interval_ns)
+            if not self.store.serving:  # as a write would: no request while InfluxDB is down
+                raise StoreUnavailable(f"InfluxDB unavailable: {self.store.health_reason}",
+                                       self.store.retry_after_s(), "unhealthy")
+            try:
+                stored = await stored_intervals(self.store, batch.node, lo, hi, self.bounds.max_interval_ns)
+            except QueryError as exc:
+                if "unreachable" in str(exc):  # down, as a failed write would find: health follows
+                    await self.store.note_unreachable(str(exc))
+                raise
             samples = list(batch.gpu_samples)
             conflict = first_conflict(samples, [sample_digest(s) for s in samples], stored)
             if conflict:

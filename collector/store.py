@@ -229,6 +229,10 @@ class InfluxStore:
         for listener in list(self._listeners):
             await listener(serving, reason)
 
+    async def note_unreachable(self, reason: str) -> None:
+        """A read found InfluxDB unreachable: unhealthy (and probing) as after a failed write."""
+        await self._set_health(False, reason)
+
     async def _probe_until_serving(self) -> None:
         while not self.serving:
             await asyncio.sleep(max(self._retry_at - time.monotonic(), self.config.health_probe_interval_s))
