@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ import pytest
 
 from gridwatt.agent.spool import peek_ledger
 from gridwatt.harness import AgentProcess, toml_str
+from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.hostile.batches import NS, T0, Client, batch, sample
 from tests.hostile.rig import EVIL, GOOD, AttackRig
@@ -183,9 +185,28 @@ def test_one_node_cannot_starve_the_others(make_rig: Callable[..., AttackRig]) -
 
         with ThreadPoolExecutor(50) as pool:
             list(pool.map(stream, range(200)))
+        # deterministically: four open streams of one node, and a fifth is turned away
+        held = []
+        for i in range(5):
+            feed: queue.Queue[pb.Batch | None] = queue.Queue()
+            feed.put(batch(EVIL, [sample(i, T0 - 3 * DAY)], 1000 + i))
+            responses = stub.Stream(iter(feed.get, None), timeout=120)
+            held.append((feed, responses))
+        fifth: list[str] = []
+        for i, (_feed, responses) in enumerate(held):
+            try:
+                fifth.append(str(next(responses).code))
+            except grpc.RpcError as exc:
+                fifth.append(f"{exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
+            if i == 4:
+                break
+        for feed, _ in held:
+            feed.put(None)
         channel.close()
     client.close()
     assert len(codes) == 200 and set(codes) <= {"0", "14", "RESOURCE_EXHAUSTED"}, set(codes)
+    assert fifth[:4] == ["0"] * 4
+    assert fifth[4].startswith("RESOURCE_EXHAUSTED: too_many_streams: this node has 4 streams open")
 
 
 def test_unknown_node_keeps_its_samples_at_the_agent(make_rig: Callable[..., AttackRig]) -> None:
