@@ -65,10 +65,13 @@ class IngestStats:
     * stored: acknowledged OK, or stored although the batch was answered INVALID_ARGUMENT because
       InfluxDB refused other samples of it (that batch counts as rejected in the batch ledger);
     * rejected: answered INVALID_ARGUMENT; never to be resent (by reason: ``validation``,
-      ``malformed``, ``influxdb_bad_points`` for HTTP 400/422, ``influxdb_too_large`` for 413);
+      ``malformed``, ``influxdb_bad_points`` for HTTP 400/422, ``influxdb_too_large`` for 413, and
+      the bounds of collector/README.md: ``too_many_samples``, ``too_many_job_shares``,
+      ``too_many_new_jobs``, ``interval_conflict``);
     * deferred: answered UNAVAILABLE, or the stream went away before the answer: not stored as
       far as the agent knows, so the agent keeps them and resends them (by reason:
-      ``store_unavailable``, ``overload``, ``intensity_unavailable``, ``cancelled``, ``error``);
+      ``store_unavailable``, ``overload``, ``intensity_unavailable``, ``cancelled``, ``error``,
+      ``unknown_node``, ``node_overload``, ``too_many_new_jobs``);
     * in flight: being handled now.
 
     A resent sample is received (and stored) again: the counts are of deliveries, not of
