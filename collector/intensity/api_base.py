@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from gridwatt.collector.intensity.base import EmissionFactor, IntensitySeries
 from gridwatt.collector.intensity.cache import Point, RangeCache
+from gridwatt.collector.intensity.coverage import IntensityGap
 from gridwatt.collector.intensity.http import HttpSettings, JsonClient, SleepFn
 from gridwatt.timeutil import NS_PER_S
 
@@ -34,10 +36,12 @@ class CachedApiProvider:
     Subclasses implement ``_fetch(start_ns, end_ns) -> (points, covered_until_ns)``:
     the points they got and how far the range is now known for good. A fetch that
     falls short (data not yet published near "now") is not repeated for
-    ``min_refetch_s``; meanwhile the last value holds, marked estimated.
+    ``min_refetch_s``; meanwhile the last value holds, marked estimated, for at most
+    ``max_hold_ns`` past the end of its period. A stretch beyond that is not covered:
+    ``series`` raises IntensityGap (the chain asks the next provider for that stretch only).
     """
 
-    #: how long one value may be held to reach the start of an asked range
+    #: how long one value may be held past the end of its own period (marked estimated)
     max_hold_ns: int = 3 * 3600 * NS_PER_S
 
     def __init__(
@@ -51,7 +55,10 @@ class CachedApiProvider:
         sleep: SleepFn = asyncio.sleep,
         clock_ns: ClockNs = time.time_ns,
         min_refetch_s: float = 60.0,
+        max_hold_s: float | None = None,
     ) -> None:
+        if max_hold_s is not None:
+            self.max_hold_ns = int(max_hold_s * NS_PER_S)
         self.name = name
         self.source = source
         self.emission_factor: EmissionFactor = emission_factor
@@ -85,8 +92,18 @@ class CachedApiProvider:
                 if covered_until < gap_end:
                     self._frontier_ns = covered_until
                     self._frontier_checked_mono = time.monotonic()
-            steps = self._cache.series(start_ns, end_ns, self.name, self.max_hold_ns)
+            try:
+                steps = self._cache.series(start_ns, end_ns, self.name, self.max_hold_ns)
+            except IntensityGap as gap:
+                named = [replace(g, source=self.source, emission_factor=self.emission_factor)
+                         for g in gap.segments]
+                raise IntensityGap(str(gap), named, gap.missing) from None
         return IntensitySeries(steps, self.source, self.emission_factor)
+
+    def forget(self, start_ns: int, end_ns: int) -> None:
+        """Ask the API again for ``[start_ns, end_ns)`` on the next ``series`` (a late value may be there)."""
+        self._cache.forget(start_ns, end_ns)
+        self._frontier_ns = None
 
     async def close(self) -> None:
         """Close the HTTP session."""
