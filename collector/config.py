@@ -205,6 +205,15 @@ class AccountingConfig(_Strict):
     #: Recompute each touched rack window once more this long after its recompute, so that with
     #: several collector replicas the last write of a window is always a complete one. 0 disables.
     replica_settle_s: float = Field(2.0, ge=0, le=300)
+    #: How often stretches accounted with estimated or held intensity are asked of their provider
+    #: again; where a measured value has arrived, their samples and windows are re-accounted
+    #: (collector/revisit.py). 0 disables. Needs rack_windows (it reads the stored samples back).
+    estimate_revisit_s: float = Field(300.0, ge=0, le=86400)
+    #: How long after a batch was accounted with an estimate it is revisited (the look-back bound).
+    #: 48 h: Electricity Maps replaces its estimated hours within about a day (the recorded
+    #: answers in tests/fixtures/grid show updates 23 h after the hour), UK actuals come within
+    #: the hour, WattTime's historical MOER within minutes; 48 h covers those with a day to spare.
+    estimate_lookback_s: float = Field(48 * 3600.0, ge=0, le=30 * 86400)
 
 
 class CollectorConfig(_Strict):

@@ -84,7 +84,8 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
     job = quote_string(job_id)
     q = (
         'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-        'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, sum("idle_energy_j") AS ie, '
+        'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, '
+        'sum("idle_energy_j") AS ie, '
         f'max("end_ns") AS end_ns FROM "job_window" WHERE "job_id" = {job}; '
         f'SHOW SERIES FROM "job" WHERE "job_id" = {job}; '
         f'SELECT first("gpu_s") FROM "job" WHERE "job_id" = {job}; '

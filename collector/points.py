@@ -127,7 +127,8 @@ def prepare_batch(
             f"idle_energy_j={idle_e!r},pue={eff_pue!r},intensity_g_per_kwh={eff_ci!r},end_ns={end}i,"
             f"energy_method=\"{ENERGY_METHOD_NAMES.get(s.energy_method, 'unspecified')}\","
             f"jobs={string_field(jobs)},ef={ef},intensity_source={src},"
-            f"intensity_estimated={'true' if any_estimated and (est_co2 > 0 or ci.is_estimated_at(start)) else 'false'}"
+            f"intensity_estimated="
+            f"{'true' if any_estimated and (est_co2 > 0 or ci.is_estimated_at(start)) else 'false'}"
             f",estimated_co2e_g={est_co2!r} {start}"
         )
         shares = [(j.job_id, j.fraction, j.method, j.user, j.split_estimated) for j in s.jobs]

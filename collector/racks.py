@@ -24,7 +24,8 @@ async def rack_totals(
     where = f"WHERE {' AND '.join(conds)} " if conds else ""
     (result,) = await store.query(
         'SELECT sum("it_energy_kwh") AS it, sum("facility_energy_kwh") AS fac, sum("co2e_kg") AS co2, '
-        'sum("estimated_co2e_g") AS est, sum("gpu_seconds") AS gs, sum("util_pct_s") AS us, sum("idle_energy_kwh") AS idle, '
+        'sum("estimated_co2e_g") AS est, sum("gpu_seconds") AS gs, sum("util_pct_s") AS us, '
+        'sum("idle_energy_kwh") AS idle, '
         f'max("gpu_count") AS gpus FROM "rack" {where}GROUP BY "rack", "zone"'
     )
     out = []

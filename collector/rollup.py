@@ -48,7 +48,8 @@ def _window_fields(w: dict[str, float]) -> str:
     mean_util = w["u"] / d if d > 0 else 0.0
     return (
         f"it_energy_kwh={e / J_PER_KWH!r},facility_energy_kwh={f / J_PER_KWH!r},co2e_g={c!r},"
-        f"co2e_kg={c / 1000!r},estimated_co2e_g={w['ce']!r},pue={pue!r},intensity_g_per_kwh={intensity!r},gpu_count={int(w['n'])}i,"
+        f"co2e_kg={c / 1000!r},estimated_co2e_g={w['ce']!r},pue={pue!r},"
+        f"intensity_g_per_kwh={intensity!r},gpu_count={int(w['n'])}i,"
         f"gpu_seconds={d!r},util_pct_s={w['u']!r},mean_util_pct={mean_util!r},idle_s={w['i']!r},"
         f"idle_energy_kwh={w['ie'] / J_PER_KWH!r}"
     )
@@ -151,7 +152,8 @@ class RackRollup:
         res_s = self.resolution_ns // NS_PER_S
         rows = await self._sums(
             'SELECT sum("it_energy_kwh") AS e, sum("facility_energy_kwh") AS f, sum("co2e_g") AS c, '
-            'sum("estimated_co2e_g") AS ce, sum("gpu_seconds") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
+            'sum("estimated_co2e_g") AS ce, sum("gpu_seconds") AS d, sum("util_pct_s") AS u, '
+            'sum("idle_s") AS i, '
             'sum("idle_energy_kwh") AS ie, sum("gpu_count") AS n, count("gpu_count") AS nodes '
             f'FROM "node" WHERE "rack" = {quote_string(rack)} AND time >= {lo_ns} AND time < {hi_ns} '
             f"GROUP BY time({res_s}s) fill(none)"

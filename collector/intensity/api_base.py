@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from types import TracebackType
 
 from gridwatt.collector.intensity.base import EmissionFactor, IntensitySeries

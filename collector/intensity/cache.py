@@ -128,7 +128,9 @@ class RangeCache:
                 segs, missing,
             )
         return StepSeries(
-            tuple(s.start_ns for s in segs), tuple(s.g_per_kwh for s in segs), tuple(s.estimated for s in segs)
+            tuple(s.start_ns for s in segs),
+            tuple(s.g_per_kwh for s in segs),
+            tuple(s.estimated for s in segs),
         )
 
     def forget(self, start_ns: int, end_ns: int) -> None:

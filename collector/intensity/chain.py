@@ -98,18 +98,25 @@ class FallbackChain:
                     left.append((a, b))
                     continue
                 answered = True
+                if (a, b) == (start_ns, end_ns) and (i == 0 or not self._mark):
+                    self._answered(i)
+                    return result  # one provider answered the whole range as it is
                 got += self._mark_fallback(from_series(result, a, b), i)
             if left and not answered:
                 PROVIDER_ERRORS.labels(provider=_source_of(provider, i)).inc()
                 if i not in self._failing:
                     log.warning("intensity provider %s unavailable: %s", _source_of(provider, i), reasons[-1])
                 self._failing[i] = time.monotonic()
-            elif self._failing.pop(i, None) is not None:
-                log.info("intensity provider %s answers again", _source_of(provider, i))
+            else:
+                self._answered(i)
             todo = left
         if todo:
             raise IntensityUnavailable("no intensity provider answered: " + "; ".join(reasons))
         return to_series(got, start_ns, end_ns)
+
+    def _answered(self, index: int) -> None:
+        if self._failing.pop(index, None) is not None:
+            log.info("intensity provider %s answers again", _source_of(self.providers[index], index))
 
     def _mark_fallback(self, segments: list[Segment], index: int) -> list[Segment]:
         if index == 0 or not self._mark:

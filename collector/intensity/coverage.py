@@ -84,7 +84,9 @@ def to_series(segments: Sequence[Segment], start_ns: int, end_ns: int) -> Intens
     if not pieces or holes:
         raise IntensityUnavailable(f"intensity does not cover {holes or [(start_ns, end_ns)]}")
     steps = StepSeries(
-        tuple(p.start_ns for p in pieces), tuple(p.g_per_kwh for p in pieces), tuple(p.estimated for p in pieces)
+        tuple(p.start_ns for p in pieces),
+        tuple(p.g_per_kwh for p in pieces),
+        tuple(p.estimated for p in pieces),
     )
     sources = tuple(p.source for p in pieces)
     factors = tuple(p.emission_factor for p in pieces)
