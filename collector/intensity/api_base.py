@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from types import TracebackType
 
-from gridwatt.collector.intensity.base import EmissionFactor, IntensitySeries
+import aiohttp
+
+from gridwatt.collector.intensity.base import EmissionFactor, IntensitySeries, IntensityUnavailable
 from gridwatt.collector.intensity.cache import Point, RangeCache
 from gridwatt.collector.intensity.coverage import IntensityGap
 from gridwatt.collector.intensity.http import HttpSettings, JsonClient, SleepFn
@@ -69,6 +71,8 @@ class CachedApiProvider:
         self._min_refetch_s = min_refetch_s
         self._frontier_ns: int | None = None
         self._frontier_checked_mono = 0.0
+        self._failed: BaseException | None = None  # the last fetch's failure, while it is recent
+        self._failed_mono = 0.0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(source={self.source!r})"
@@ -79,6 +83,7 @@ class CachedApiProvider:
     async def series(self, start_ns: int, end_ns: int) -> IntensitySeries:
         """Intensity over ``[start_ns, end_ns)``; raise IntensityUnavailable if it cannot be had."""
         async with self._lock:
+            failed: BaseException | None = None
             for gap_start, gap_end in self._cache.missing(start_ns, end_ns):
                 if (
                     self._frontier_ns is not None
@@ -86,7 +91,16 @@ class CachedApiProvider:
                     and time.monotonic() - self._frontier_checked_mono < self._min_refetch_s
                 ):
                     continue  # asked a moment ago; the API had nothing newer
-                points, covered_until = await self._fetch(gap_start, gap_end)
+                if self._failed is not None and time.monotonic() - self._failed_mono < self._min_refetch_s:
+                    failed = self._failed  # failed a moment ago: answer from the cache (holds) until
+                    break                  # min_refetch_s has passed, instead of a timeout per batch
+                try:
+                    points, covered_until = await self._fetch(gap_start, gap_end)
+                except (IntensityUnavailable, TimeoutError, aiohttp.ClientError) as exc:
+                    failed = self._failed = exc
+                    self._failed_mono = time.monotonic()
+                    break
+                self._failed = None
                 covered_until = min(covered_until, gap_end)
                 self._cache.add(points, (gap_start, covered_until))
                 if covered_until < gap_end:
@@ -95,15 +109,19 @@ class CachedApiProvider:
             try:
                 steps = self._cache.series(start_ns, end_ns, self.name, self.max_hold_ns)
             except IntensityGap as gap:
+                if failed is not None and not gap.segments:
+                    raise failed from None  # nothing cached to hold: the API's failure is the answer
                 named = [replace(g, source=self.source, emission_factor=self.emission_factor)
                          for g in gap.segments]
-                raise IntensityGap(str(gap), named, gap.missing) from None
+                why = f"{gap} (API: {str(failed) or type(failed).__name__})" if failed is not None else str(gap)
+                raise IntensityGap(why, named, gap.missing) from None
         return IntensitySeries(steps, self.source, self.emission_factor)
 
     def forget(self, start_ns: int, end_ns: int) -> None:
         """Ask the API again for ``[start_ns, end_ns)`` on the next ``series`` (a late value may be there)."""
         self._cache.forget(start_ns, end_ns)
         self._frontier_ns = None
+        self._failed = None
 
     async def close(self) -> None:
         """Close the HTTP session."""

@@ -12,7 +12,6 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from gridwatt.collector.intensity.base import IntensityUnavailable
 from gridwatt.collector.intensity.coverage import IntensityGap, Segment, clip, uncovered
 from gridwatt.collector.stepseries import StepSeries
 from gridwatt.timeutil import NS_PER_S, format_time_ns
@@ -110,15 +109,15 @@ class RangeCache:
     def series(self, start_ns: int, end_ns: int, what: str, max_hold_ns: int) -> StepSeries:
         """Steps covering ``[start_ns, end_ns)`` (see :meth:`segments`).
 
-        Raises IntensityUnavailable when nothing of the range is covered, and IntensityGap
-        (an IntensityUnavailable carrying the covered segments and the missing stretches) when
-        part of it is not: a value is never held silently, nor past ``max_hold_ns``.
+        Raises IntensityGap (an IntensityUnavailable carrying the covered segments and the
+        missing stretches) when any part of the range is not covered (none of it: no segments):
+        a value is never held silently, nor past ``max_hold_ns``.
         """
         segs, missing = self.segments(start_ns, end_ns, max_hold_ns)
-        if not segs:
+        if not segs:  # an answer (the data has nothing here), not a failure: an IntensityGap too
             newest = max(self._points, default=None)
             older = " (newest point is older)" if newest is not None and newest < start_ns else ""
-            raise IntensityUnavailable(f"{what}: no data for the asked range{older}")
+            raise IntensityGap(f"{what}: no data for the asked range{older}", [], missing)
         if missing:
             a, b = missing[0]
             raise IntensityGap(

@@ -87,8 +87,8 @@ class FallbackChain:
             for a, b in todo:
                 try:
                     result = await provider.series(a, b)
-                except IntensityGap as gap:
-                    answered = answered or bool(gap.segments)
+                except IntensityGap as gap:  # an answer: the data has a hole here; not a failure
+                    answered = True
                     reasons.append(str(gap))
                     got += self._mark_fallback(clip(gap.segments, a, b), i)
                     left += gap.missing
