@@ -12,7 +12,7 @@ import aiohttp
 
 from gridwatt.collector.intensity.base import EmissionFactor, IntensitySeries, IntensityUnavailable
 from gridwatt.collector.intensity.cache import Point, RangeCache
-from gridwatt.collector.intensity.coverage import IntensityGap
+from gridwatt.collector.intensity.coverage import IntensityGap, Segment, clip, uncovered
 from gridwatt.collector.intensity.http import HttpSettings, JsonClient, SleepFn
 from gridwatt.timeutil import NS_PER_S
 
@@ -73,6 +73,7 @@ class CachedApiProvider:
         self._frontier_checked_mono = 0.0
         self._failed: BaseException | None = None  # the last fetch's failure, while it is recent
         self._failed_mono = 0.0
+        self._holes: dict[tuple[int, int], float] = {}  # holes in answers -> monotonic time asked
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(source={self.source!r})"
@@ -91,6 +92,8 @@ class CachedApiProvider:
                     and time.monotonic() - self._frontier_checked_mono < self._min_refetch_s
                 ):
                     continue  # asked a moment ago; the API had nothing newer
+                if self._asked_recently(gap_start, gap_end):
+                    continue  # a hole in the data, asked a moment ago
                 if self._failed is not None and time.monotonic() - self._failed_mono < self._min_refetch_s:
                     failed = self._failed  # failed a moment ago: answer from the cache (holds) until
                     break                  # min_refetch_s has passed, instead of a timeout per batch
@@ -102,7 +105,16 @@ class CachedApiProvider:
                     break
                 self._failed = None
                 covered_until = min(covered_until, gap_end)
-                self._cache.add(points, (gap_start, covered_until))
+                # only what the points cover is known for good: a hole (e.g. a null hour) is asked
+                # again later (at most every min_refetch_s), as its value may still come
+                known = [Segment(p.time_ns, p.end_ns if p.end_ns is not None else covered_until, 0.0, False)
+                         for p in points]
+                self._cache.add(points)
+                for seg in clip(known, gap_start, covered_until):
+                    self._cache.add([], (seg.start_ns, seg.end_ns))
+                now_mono = time.monotonic()
+                for hole in uncovered(known, gap_start, covered_until):
+                    self._holes[hole] = now_mono
                 if covered_until < gap_end:
                     self._frontier_ns = covered_until
                     self._frontier_checked_mono = time.monotonic()
@@ -113,15 +125,26 @@ class CachedApiProvider:
                     raise failed from None  # nothing cached to hold: the API's failure is the answer
                 named = [replace(g, source=self.source, emission_factor=self.emission_factor)
                          for g in gap.segments]
-                why = f"{gap} (API: {str(failed) or type(failed).__name__})" if failed is not None else str(gap)
+                why = str(gap)
+                if failed is not None:
+                    why += f" (API: {str(failed) or type(failed).__name__})"
                 raise IntensityGap(why, named, gap.missing) from None
         return IntensitySeries(steps, self.source, self.emission_factor)
+
+    def _asked_recently(self, start_ns: int, end_ns: int) -> bool:
+        """Whether ``[start_ns, end_ns)`` lies in a hole of an answer less than min_refetch_s old."""
+        now = time.monotonic()
+        if len(self._holes) > 1000:
+            self._holes = {h: t for h, t in self._holes.items() if now - t < self._min_refetch_s}
+        return any(a <= start_ns and end_ns <= b and now - t < self._min_refetch_s
+                   for (a, b), t in self._holes.items())
 
     def forget(self, start_ns: int, end_ns: int) -> None:
         """Ask the API again for ``[start_ns, end_ns)`` on the next ``series`` (a late value may be there)."""
         self._cache.forget(start_ns, end_ns)
         self._frontier_ns = None
         self._failed = None
+        self._holes.clear()
 
     async def close(self) -> None:
         """Close the HTTP session."""
