@@ -73,7 +73,7 @@ async def api() -> AsyncIterator[tuple[GridServer, PastRange]]:
 
 
 def toml(tmp: Path, influx_url: str, database: str, api_url: str, chain: bool = True,
-         lookback_s: float = 3600.0) -> str:
+         lookback_s: float = 3600.0, nodes: str = '"n1"') -> str:
     key = tmp / "em.key"
     key.write_text("k-test\n")
     key.chmod(0o600)
@@ -88,7 +88,7 @@ def toml(tmp: Path, influx_url: str, database: str, api_url: str, chain: bool = 
         zones = f'[[zones]]\nname = "MISO"\n[zones.intensity]\n{em}'
     return collector_toml(
         influx_url, database, zones=zones,
-        racks='[[racks]]\nname = "r1"\nzone = "MISO"\npue = 1.2\nnodes = ["n1"]\n',
+        racks=f'[[racks]]\nname = "r1"\nzone = "MISO"\npue = 1.2\nnodes = [{nodes}]\n',
         # the revisit runs only when a test calls run_once()
         extra_server=f"\n[accounting]\nestimate_revisit_s = 86400\nestimate_lookback_s = {lookback_s}\n",
     )
@@ -120,8 +120,8 @@ async def rack(c: RunningCollector) -> dict[str, Any]:
     return dict(r)
 
 
-def samples() -> list[pb.Batch]:
-    return batches("n1", sim_samples("n1", 1, T8, 36000, 300.0, 60.0), 100)
+def samples(node: str = "n1") -> list[pb.Batch]:
+    return batches(node, sim_samples(node, 1, T8, 36000, 300.0, 60.0), 100)
 
 
 async def test_held_then_fallback_then_replaced_exact_under_resends(
@@ -208,3 +208,36 @@ async def test_without_a_chain_a_stretch_past_the_hold_is_refused_and_resent(
     assert partial["estimated_share"] == pytest.approx(KWH_PER_H * 3 * 419 / held_g, rel=1e-9)
     assert after["co2e_kg"] * 1000 == pytest.approx(FULL_G, rel=1e-9)
     assert after["estimated_share"] == 0
+
+
+async def test_two_replicas_revisiting_at_once_stay_exact(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str, api: tuple[GridServer, PastRange]
+) -> None:
+    """n1 writes through replica a, n2 through b; both revisit the zone at once after recovery."""
+    server, handler = api
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cfg = toml(tmp_path, influxdb.url, database, server.base_url, nodes='"n1", "n2"')
+    async with running_collector(tmp_path / "a", cfg) as a, running_collector(tmp_path / "b", cfg) as b:
+        assert await send(a, samples("n1")) == [0] * 6
+        assert await send(b, samples("n2")) == [0] * 6
+        await a.ingestor.rollup.close()
+        await b.ingestor.rollup.close()
+        assert (await rack(a))["co2e_kg"] * 1000 == pytest.approx(2 * OUTAGE_G, rel=1e-9)
+        handler.outage = False
+        assert a.revisor is not None and b.revisor is not None
+        done = await asyncio.gather(a.revisor.run_once(), b.revisor.run_once())
+        assert sum(done) >= 720  # each replica rewrites what is still estimated when it reads
+        await a.ingestor.rollup.close()
+        await b.ingestor.rollup.close()
+        r = await rack(a)
+        assert r["co2e_kg"] * 1000 == pytest.approx(2 * FULL_G, rel=1e-9)
+        assert r["estimated_share"] == 0
+    (nodes, racks) = influx_query(
+        influxdb.url, database,
+        "SELECT sum(co2e_g), sum(estimated_co2e_g) FROM node GROUP BY node; "
+        "SELECT sum(co2e_g), sum(estimated_co2e_g) FROM rack",
+    )
+    for series in nodes["series"]:
+        assert series["values"][0][1:] == [pytest.approx(FULL_G, rel=1e-9), 0.0]
+    assert first_row(racks)["sum"] == pytest.approx(2 * FULL_G, rel=1e-9)
