@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from gridwatt.collector.intensity.base import IntensityUnavailable
 from gridwatt.collector.intensity.chain import FallbackChain
 from gridwatt.collector.intensity.constant import ConstantIntensity
 from gridwatt.collector.intensity.coverage import IntensityGap
+from gridwatt.collector.intensity.csv_file import CsvIntensity
 from gridwatt.collector.intensity.electricitymaps import ElectricityMapsIntensity
 from gridwatt.collector.intensity.uk_carbon import UkCarbonIntensity
 from gridwatt.collector.intensity.watttime import WattTimeIntensity
@@ -183,3 +185,13 @@ async def test_watttime_hole_held_within_max_hold_then_missing(server: GridServe
     ]
     assert err.value.segments[2].g_per_kwh == pytest.approx(body["data"][1]["value"] * lb)
     assert err.value.missing == [(t0 + 1200 * NS_PER_S, t0 + 3300 * NS_PER_S)]
+
+
+async def test_csv_gap_row_is_held_marked_estimated(tmp_path: Path) -> None:
+    path = tmp_path / "zone.csv"
+    path.write_text("time,intensity_g_per_kwh\n2024-01-01T00:00:00Z,100\n2024-01-01T01:00:00Z,\n"
+                    "2024-01-01T02:00:00Z,\n2024-01-01T03:00:00Z,300\n")
+    got = await CsvIntensity(path).series(t("2024-01-01T00:00:00Z"), t("2024-01-01T04:00:00Z"))
+    s = got.series
+    assert s.values == (100.0, 100.0, 100.0, 300.0)
+    assert s.estimated == (False, True, True, False)
