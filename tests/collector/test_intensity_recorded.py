@@ -2,8 +2,9 @@
 
 Electricity Maps: the real recorded /history answer of US-MIDW-MISO (zeus, Apache-2.0; see the
 PROVENANCE files in tests/fixtures/grid/), as recorded (its lag) and with hours nulled (an hour the
-API has no value for comes back as ``carbonIntensity: null``). UK and WattTime: no recording under
-a licence we may use was found, so their holes are cut into the documented-shape fixtures.
+API has no value for comes back as ``carbonIntensity: null``). UK: recorded national and regional
+answers (jscruz/carbonintensity, MIT), with holes cut and newest actuals nulled. WattTime: no
+recording under a licence we may use was found, so its hole is cut into the documented-shape file.
 """
 
 from __future__ import annotations
@@ -195,3 +196,55 @@ async def test_csv_gap_row_is_held_marked_estimated(tmp_path: Path) -> None:
     s = got.series
     assert s.values == (100.0, 100.0, 100.0, 300.0)
     assert s.estimated == (False, True, True, False)
+
+
+async def test_uk_recorded_national_actuals_then_nulled_actuals_estimated(server: GridServer) -> None:
+    body = fixture("uk_intensity_national_2017-10-01.json")
+    server.route("/intensity/", json_handler(body))
+    now = t("2017-10-02T12:10:00Z")
+    lo, hi = t("2017-10-02T09:00:00Z"), t("2017-10-02T12:00:00Z")
+    async with UkCarbonIntensity(base_url=server.base_url, clock_ns=lambda: now, min_refetch_s=0) as p:
+        got = await p.series(lo, hi)
+    assert got.series.values == (181.0, 178.0, 177.0, 176.0, 181.0, 184.0)  # the recorded actuals
+    assert not any(got.series.estimated)
+    # the API's lag: the newest periods' actual not in yet (null): the forecast stands in, estimated
+    lagging = copy.deepcopy(body)
+    for d in lagging["data"][-3:]:
+        d["intensity"]["actual"] = None
+    server.route("/intensity/", json_handler(lagging))
+    async with UkCarbonIntensity(base_url=server.base_url, clock_ns=lambda: now, min_refetch_s=0) as p:
+        got = await p.series(lo, hi)
+        assert got.series.values == (181.0, 178.0, 177.0, 134.0, 157.0, 155.0)
+        assert got.series.estimated == (False, False, False, True, True, True)
+        server.route("/intensity/", json_handler(body))  # the actuals arrive
+        p.forget(lo, hi)
+        again = await p.series(lo, hi)
+    assert again.series.values == (181.0, 178.0, 177.0, 176.0, 181.0, 184.0)
+    assert not any(again.series.estimated)
+
+
+async def test_uk_recorded_regional_forecasts_are_estimated_and_a_hole_moves_the_chain_on(
+    server: GridServer,
+) -> None:
+    body = fixture("uk_regional_intensity_postcode_BH1.json")
+    server.route("/regional/intensity/", json_handler(body))
+    now = t("2020-05-20T21:00:00Z")
+    lo = t("2020-05-19T20:00:00Z")
+    async with UkCarbonIntensity(11, base_url=server.base_url, clock_ns=lambda: now) as p:
+        got = await p.series(lo, lo + 24 * H)
+    assert len(got.series.values) == 48
+    assert got.series.values[:3] == (307.0, 311.0, 315.0)
+    assert all(got.series.estimated)  # regional answers are forecasts only
+    # three hours missing from the answer (21:00-00:00): held 2 h (the UK default), then the chain
+    holed = copy.deepcopy(body)
+    holed["data"]["data"] = [d for d in holed["data"]["data"]
+                             if not t("2020-05-19T21:00:00Z") <= t(d["from"]) < t("2020-05-20T00:00:00Z")]
+    server.route("/regional/intensity/", json_handler(holed))
+    chain = FallbackChain([UkCarbonIntensity(11, base_url=server.base_url, clock_ns=lambda: now),
+                           ConstantIntensity(200.0, "direct")])
+    got = await chain.series(lo, lo + 5 * H)
+    await chain.close()
+    s = got.series
+    assert [(x - lo) / H for x in s.times_ns] == [0.0, 0.5, 1.0, 3.0, 4.0, 4.5]
+    assert s.values == (307.0, 311.0, 311.0, 200.0, 295.0, 294.0)
+    assert got.step_sources[2:4] == ("uk_carbon_intensity:region11", "constant")
