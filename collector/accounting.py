@@ -14,12 +14,16 @@ J_PER_KWH = 3_600_000.0
 
 
 def emissions_with_estimated(
-    energy_j: float, start_ns: int, end_ns: int, pue: StepSeries, intensity: StepSeries
+    energy_j: float, start_ns: int, end_ns: int, pue: StepSeries, intensity: StepSeries,
+    has_estimates: bool | None = None,
 ) -> tuple[float, float, float]:
     """(facility energy in J, emissions in gCO2e, the part of those emissions in gCO2e that rests on
-    estimated or held intensity steps) of ``energy_j`` IT energy used over [start_ns, end_ns)."""
+    estimated or held intensity steps) of ``energy_j`` IT energy used over [start_ns, end_ns).
+
+    ``has_estimates``: whether ``intensity`` has any estimated step, when the caller knows (saves
+    a scan of the series per interval)."""
     facility_j, co2e_g = facility_and_emissions(energy_j, start_ns, end_ns, pue, intensity)
-    if not any(intensity.estimated):
+    if not (any(intensity.estimated) if has_estimates is None else has_estimates):
         return facility_j, co2e_g, 0.0
     nxt_i = intensity.next_step_after(start_ns)
     if end_ns <= start_ns or nxt_i is None or nxt_i >= end_ns:  # one intensity step

@@ -101,7 +101,7 @@ def prepare_batch(
         start = s.start_ns
         end = s.end_ns
         e = s.energy_j
-        fac, co2, est_co2 = emissions_with_estimated(e, start, end, pue, ci)
+        fac, co2, est_co2 = emissions_with_estimated(e, start, end, pue, ci, any_estimated)
         if mixed:  # steps from several providers: each sample names the one at its start
             ef = string_field(intensity.factor_at(start))
             src = string_field(intensity.source_at(start))

@@ -204,13 +204,14 @@ class EstimateRevisor:
             key = (tags.get("node", ""), tags.get("gpu", ""), int(row["time"]))
             fractions.setdefault(key, []).append((tags.get("job_id", ""), tags.get("rack", ""),
                                                   float(row.get("fraction") or 0.0)))
+        has_est = any(intensity.series.estimated)
         lines: list[str] = []
         touched: dict[tuple[str, str], set[int]] = {}
         estimated_left = False
         rewritten = 0
         for tags, row in gpu_rows:
             node, rack = tags.get("node", ""), tags.get("rack", "")
-            changed, left = await self._point_lines(zone, intensity, tags, row, fractions, lines)
+            changed, left = await self._point_lines(zone, intensity, tags, row, fractions, lines, has_est)
             estimated_left = estimated_left or left
             if changed:
                 rewritten += 1
@@ -228,6 +229,7 @@ class EstimateRevisor:
     async def _point_lines(
         self, zone: str, intensity: IntensitySeries, tags: dict[str, str], row: dict[str, Any],
         fractions: dict[tuple[str, str, int], list[tuple[str, str, float]]], lines: list[str],
+        has_est: bool,
     ) -> tuple[bool, bool]:
         node, rack, gpu, uuid = (tags.get(k, "") for k in ("node", "rack", "gpu", "uuid"))
         start = int(row["time"])
@@ -237,7 +239,7 @@ class EstimateRevisor:
         if placement is None:
             return False, False
         pue = await placement.pue_series(start, max(end, start + 1))
-        fac, co2, est = emissions_with_estimated(energy_j, start, end, pue, intensity.series)
+        fac, co2, est = emissions_with_estimated(energy_j, start, end, pue, intensity.series, has_est)
         old_co2 = float(row.get("co2e_g") or 0.0)
         old_est = float(row.get("estimated_co2e_g") or 0.0)
         if not (_differs(co2, old_co2) or _differs(est, old_est)):
