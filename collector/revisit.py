@@ -13,8 +13,10 @@ windows are recomputed from the stored points as after any batch (collector/roll
 
 A stretch is dropped once nothing in it rests on an estimate any more, or ``lookback_s`` after
 it was last noted (the look-back bound: providers publish measured values within hours; see
-collector/intensity/README.md). At most ``max_stretches`` stretches per zone are kept (the
-oldest are dropped, with a warning).
+collector/README.md). At most ``max_stretches`` stretches per zone are kept (the oldest are
+dropped, with a warning). Pending stretches live in memory; at start the collector notes again
+the hours of the last ``lookback_s`` (by sample time) whose stored samples still carry estimated
+emissions (:meth:`EstimateRevisor.recover`), so a restart or a new replica picks them up.
 """
 
 from __future__ import annotations
@@ -129,7 +131,33 @@ class EstimateRevisor:
                 await self._task
             self._task = None
 
+    async def recover(self) -> int:
+        """Note the hours of the last ``lookback_s`` (sample time) whose stored samples still carry
+        estimated emissions, so that a restarted collector (or a new replica) revisits them too.
+        Returns the number of hours noted."""
+        lookback_s = int(self.lookback_s)
+        if lookback_s <= 0:
+            return 0
+        (res,) = await self.store.query(
+            'SELECT count("estimated_co2e_g") FROM "gpu" WHERE "estimated_co2e_g" > 0 '
+            f'AND time > now() - {lookback_s}s GROUP BY time(1h), "zone" fill(none)'
+        )
+        hours = 0
+        for tags, row in series_rows(res):
+            zone = tags.get("zone", "")
+            if zone and row.get("count"):
+                t = int(row["time"])
+                self.note(zone, t, t + 3600 * NS_PER_S)
+                hours += 1
+        if hours:
+            log.info("%d hours of stored samples with estimated intensity to revisit", hours)
+        return hours
+
     async def _loop(self) -> None:
+        try:
+            await self.recover()
+        except Exception as exc:  # the store may be down at start: only what is noted from now is revisited
+            log.warning("could not read back the samples with estimated intensity to revisit: %s", exc)
         while True:
             await asyncio.sleep(self.interval_s)
             try:

@@ -25,6 +25,7 @@ import grpc
 import pytest
 from aiohttp import web
 
+from gridwatt.collector.revisit import EstimateRevisor
 from gridwatt.collector.server import RunningCollector
 from gridwatt.harness import toml_str
 from gridwatt.local_influxdb import LocalInfluxDB
@@ -241,3 +242,23 @@ async def test_two_replicas_revisiting_at_once_stay_exact(
     for series in nodes["series"]:
         assert series["values"][0][1:] == [pytest.approx(FULL_G, rel=1e-9), 0.0]
     assert first_row(racks)["sum"] == pytest.approx(2 * FULL_G, rel=1e-9)
+
+
+async def test_a_restarted_collector_recovers_the_stretches_to_revisit(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str, api: tuple[GridServer, PastRange]
+) -> None:
+    server, handler = api
+    cfg = toml(tmp_path, influxdb.url, database, server.base_url)
+    async with running_collector(tmp_path, cfg) as c:
+        assert await send(c, samples()) == [0] * 6
+    handler.outage = False
+    async with running_collector(tmp_path, cfg) as c:  # a new process: nothing noted in memory
+        assert c.revisor is not None and not c.revisor.pending
+        # these samples are from 2024: recover() reads back by sample time, so look back far enough
+        revisor = EstimateRevisor(c.store, c.ingestor.rollup, c.topology, lookback_s=5 * 365 * 86400.0)
+        assert await revisor.recover() == 6  # the hours 10:00-16:00 carry estimated emissions
+        assert [(s.start_ns, s.end_ns) for s in revisor.pending["MISO"]] == [OUTAGE]
+        assert await revisor.run_once() == 360
+        after = await job(c)
+    assert after["co2e_kg"] * 1000 == pytest.approx(FULL_G, rel=1e-9)
+    assert after["estimated_share"] == 0
