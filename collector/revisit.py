@@ -33,6 +33,7 @@ from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated
 from gridwatt.collector.intensity.base import IntensityProvider, IntensitySeries, IntensityUnavailable
 from gridwatt.collector.lineproto import string_field, tag
 from gridwatt.collector.rollup import RackRollup
+from gridwatt.collector.stepseries import StepSeries
 from gridwatt.collector.store import InfluxStore, QueryError, StoreUnavailable, quote_string, series_rows
 from gridwatt.collector.topology import Topology
 
@@ -200,24 +201,32 @@ class EstimateRevisor:
         series = await revisit_series(provider, stretch.start_ns, stretch.end_ns)
         rewritten = 0
         estimated_left = False
-        t = stretch.start_ns
-        while t < stretch.end_ns:
-            n, left = await self._reaccount(zone, series, t, min(t + CHUNK_NS, stretch.end_ns))
-            rewritten += n
-            estimated_left = estimated_left or left
-            t += CHUNK_NS
+        todo = [(t, min(t + CHUNK_NS, stretch.end_ns))
+                for t in range(stretch.start_ns, stretch.end_ns, CHUNK_NS)]
+        while todo:
+            lo, hi = todo.pop(0)
+            got = await self._reaccount(zone, series, lo, hi)
+            if got is None:  # InfluxDB cut the answer short (max-row-limit): halve the chunk
+                mid = lo + (hi - lo) // 2
+                todo[:0] = [(lo, mid), (mid, hi)]
+                continue
+            rewritten += got[0]
+            estimated_left = estimated_left or got[1]
         return rewritten, estimated_left
 
     async def _reaccount(
         self, zone: str, intensity: IntensitySeries, lo_ns: int, hi_ns: int
-    ) -> tuple[int, bool]:
+    ) -> tuple[int, bool] | None:
         """Re-account the gpu (and job) points of ``zone`` starting in [lo_ns, hi_ns) that carry
-        estimated emissions; returns (gpu points rewritten, whether estimated emissions remain)."""
+        estimated emissions; returns (gpu points rewritten, whether estimated emissions remain), or
+        None when InfluxDB answered only part of the rows (a smaller range must be asked)."""
         (gpu_res,) = await self.store.query(
             'SELECT "energy_j", "end_ns", "co2e_g", "estimated_co2e_g" FROM "gpu" '
             f'WHERE "zone" = {quote_string(zone)} AND "estimated_co2e_g" > 0 '
             f'AND time >= {lo_ns} AND time < {hi_ns} GROUP BY "node", "rack", "gpu", "uuid"'
         )
+        if gpu_res.get("partial") and hi_ns - lo_ns > NS_PER_S:
+            return None
         gpu_rows = series_rows(gpu_res)
         if not gpu_rows:
             return 0, False
@@ -227,19 +236,25 @@ class EstimateRevisor:
             + f') AND "estimated_co2e_g" > 0 AND time >= {lo_ns} AND time < {hi_ns} '
             'GROUP BY "job_id", "node", "rack", "gpu"'
         )
+        if job_res.get("partial") and hi_ns - lo_ns > NS_PER_S:
+            return None
         fractions: dict[tuple[str, str, int], list[tuple[str, str, float]]] = {}
         for tags, row in series_rows(job_res):
             key = (tags.get("node", ""), tags.get("gpu", ""), int(row["time"]))
             fractions.setdefault(key, []).append((tags.get("job_id", ""), tags.get("rack", ""),
                                                   float(row.get("fraction") or 0.0)))
         has_est = any(intensity.series.estimated)
+        pues: dict[str, StepSeries | None] = {}
         lines: list[str] = []
         touched: dict[tuple[str, str], set[int]] = {}
         estimated_left = False
         rewritten = 0
         for tags, row in gpu_rows:
             node, rack = tags.get("node", ""), tags.get("rack", "")
-            changed, left = await self._point_lines(zone, intensity, tags, row, fractions, lines, has_est)
+            pue = await self._pue(pues, node, gpu_rows)
+            if pue is None:
+                continue
+            changed, left = self._point_lines(zone, intensity, pue, tags, row, fractions, lines, has_est)
             estimated_left = estimated_left or left
             if changed:
                 rewritten += 1
@@ -254,8 +269,24 @@ class EstimateRevisor:
             await self.rollup.recompute(node, rack, zone, windows)
         return rewritten, estimated_left
 
-    async def _point_lines(
-        self, zone: str, intensity: IntensitySeries, tags: dict[str, str], row: dict[str, Any],
+    async def _pue(
+        self, pues: dict[str, StepSeries | None], node: str,
+        rows: list[tuple[dict[str, str], dict[str, Any]]],
+    ) -> StepSeries | None:
+        """The PUE of ``node``'s rack over all the rows' intervals (asked once per node and chunk)."""
+        if node not in pues:
+            placement = self.topology.locate(node)
+            if placement is None:
+                pues[node] = None
+            else:
+                lo = min(int(r["time"]) for _, r in rows)
+                hi = max(int(r.get("end_ns") or r["time"]) for _, r in rows)
+                pues[node] = await placement.pue_series(lo, max(hi, lo + 1))
+        return pues[node]
+
+    def _point_lines(
+        self, zone: str, intensity: IntensitySeries, pue: StepSeries, tags: dict[str, str],
+        row: dict[str, Any],
         fractions: dict[tuple[str, str, int], list[tuple[str, str, float]]], lines: list[str],
         has_est: bool,
     ) -> tuple[bool, bool]:
@@ -263,10 +294,6 @@ class EstimateRevisor:
         start = int(row["time"])
         end = int(row.get("end_ns") or start)
         energy_j = float(row.get("energy_j") or 0.0)
-        placement = self.topology.locate(node)
-        if placement is None:
-            return False, False
-        pue = await placement.pue_series(start, max(end, start + 1))
         fac, co2, est = emissions_with_estimated(energy_j, start, end, pue, intensity.series, has_est)
         old_co2 = float(row.get("co2e_g") or 0.0)
         old_est = float(row.get("estimated_co2e_g") or 0.0)
