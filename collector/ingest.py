@@ -141,6 +141,8 @@ class Ingestor:
         on_stored: Callable[[str, str, int, int], None] | None = None,
     ) -> None:
         self.on_stored = on_stored
+        #: Called with (batch, placement, intensity, pue, first_line, refused lines) once stored.
+        self.on_accounted: Callable[..., None] | None = None
         #: True while batches are turned away for overload; listeners hear every change.
         self.overloaded = False
         self.overload_listeners: list[Callable[[bool], None]] = []
@@ -257,6 +259,8 @@ class Ingestor:
                     del result.rejected[index]
                     log.error("batch %d from %r: InfluxDB refused a ledger/host line (HTTP %d): %s",
                               batch.batch_id, batch.node, status, reason)
+            if self.on_accounted is not None:  # the live view on /metrics (collector/live_metrics.py)
+                self.on_accounted(batch, placement, intensity, pue, prepared.first_line, result.rejected)
             if self.rack_windows:
                 await self.rollup.recompute(batch.node, placement.rack, placement.zone, prepared.windows)
                 if self.on_stored is not None:

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.jobs import JobNotFound, job_report
+from gridwatt.collector.live_metrics import exposition
 from gridwatt.collector.metrics import CONTENT_TYPE, CollectorMetrics
 from gridwatt.collector.racks import rack_totals
 from gridwatt.collector.store import InfluxStore, QueryError
@@ -74,8 +75,10 @@ def http_app(
         )
 
     async def metrics_text(request: web.Request) -> web.Response:
-        body = metrics.render() if metrics is not None else b""
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+        if metrics is None:
+            return web.Response(body=b"", headers={"Content-Type": CONTENT_TYPE})
+        body, content_type = exposition(metrics, request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def get_racks(request: web.Request) -> web.Response:
         try:
