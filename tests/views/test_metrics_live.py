@@ -58,7 +58,8 @@ def test_prometheus_job_and_rack_totals_equal_reports(replay: Replay, prometheus
         assert abs(it_j / J_PER_KWH - report["it_energy_kwh"]) <= 1e-3 * report["it_energy_kwh"]
         assert abs(fac_j / J_PER_KWH - report["facility_energy_kwh"]) <= 1e-3 * report["facility_energy_kwh"]
         assert abs(co2_g / 1000 - report["co2e_kg"]) <= 1e-3 * report["co2e_kg"]
-        assert abs(idle_j / J_PER_KWH - report["idle_energy_kwh"]) <= 1e-3 * max(report["idle_energy_kwh"], 1e-9)
+        idle_kwh = report["idle_energy_kwh"]
+        assert abs(idle_j / J_PER_KWH - idle_kwh) <= 1e-3 * max(idle_kwh, 1e-9)
         assert abs(gpu_s / 3600 - report["gpu_hours"]) <= 1e-3 * report["gpu_hours"]
         assert gpus == report["gpu_count"]
         checks += 1
