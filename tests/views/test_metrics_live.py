@@ -85,3 +85,19 @@ def test_prometheus_job_and_rack_totals_equal_reports(replay: Replay, prometheus
     assert ci["metric"]["zone"] == "DE" and ci["metric"]["emission_factor"] == "lifecycle"
     assert ci["metric"]["source"]
     assert checks == 5
+
+
+def test_alert_state_and_waste_counters_equal_the_alerts_api(replay: Replay) -> None:
+    alerts = replay.get("/v1/alerts")["alerts"]
+    fired = [a for a in alerts if a["fired_at"] is not None]
+    assert fired, alerts  # the replay's 40-minute data-loader stall fires job-idle
+    text, _ = scrape(replay.url)
+    for rule, kind in {(a["rule"], a["scope_kind"]) for a in fired}:
+        want_j = sum(a["wasted_energy_kwh"] for a in fired if (a["rule"], a["scope_kind"]) == (rule, kind))
+        labels = f'{{rule="{rule}",scope_kind="{kind}"}}'
+        line = next(x for x in text.splitlines()
+                    if x.startswith("gridwatt_alert_wasted_energy_joules_total" + labels + " "))
+        assert abs(float(line.rsplit(" ", 1)[1]) - want_j * J_PER_KWH) <= 1e-6 * want_j * J_PER_KWH
+    active = [x for x in text.splitlines() if x.startswith("gridwatt_alert_active{")]
+    open_alerts = [a for a in alerts if a["state"] in ("firing", "pending")]
+    assert len(active) == len(open_alerts)
