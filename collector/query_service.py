@@ -13,6 +13,7 @@ from gridwatt.collector.live_metrics import exposition
 from gridwatt.collector.metrics import CONTENT_TYPE, CollectorMetrics
 from gridwatt.collector.racks import rack_totals
 from gridwatt.collector.store import InfluxStore, QueryError
+from gridwatt.collector.web.pages import Pages
 from gridwatt.timeutil import parse_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
@@ -98,4 +99,5 @@ def http_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/alerts", get_alerts)
     app.router.add_get("/metrics", metrics_text)
+    Pages(store, monitor).add_routes(app)  # the web page at /ui/
     return app
