@@ -208,7 +208,8 @@ class Pages:
                 ("Emissions by hour", "kg CO2e", "co2e_kg", "bar", "chart-emissions"),
             )
         )
-        body = f'{info}<table id="report">{rows}</table><h2>By hour (UTC)</h2><div class="charts">{charts}</div>'
+        body = (f'{info}<table id="report">{rows}</table><h2>By hour (UTC)</h2>'
+                f'<div class="charts">{charts}</div>')
         return _page(f"Job {job_id}", body)
 
     async def alerts(self, request: web.Request) -> web.Response:
