@@ -132,3 +132,37 @@ def test_unknown_job_is_a_404_page(replay: Replay) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(replay.url + "/ui/jobs/no-such-job", timeout=30)
     assert err.value.code == 404 and b"no samples stored for job" in err.value.read()
+
+
+def test_demo_serve_prints_the_web_page_address() -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    demo = subprocess.Popen([sys.executable, "-m", "gridwatt.cli", "demo", "--hours", "1", "--serve"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert demo.stdout is not None
+        lines = []
+        match = None
+        for line in demo.stdout:
+            lines.append(line)
+            match = re.search(r"\[demo\] web page: (http://127\.0\.0\.1:\d+)/ui/ ", line)
+            if match:
+                break
+        assert match, "".join(lines)
+        with urllib.request.urlopen(match.group(1) + "/ui/", timeout=30) as resp:
+            page = resp.read().decode()
+        assert resp.status == 200 and 'data-name="rack-a"' in page and 'data-name="rack-b"' in page
+        with urllib.request.urlopen(f"{match.group(1)}/ui/jobs/{JOB}", timeout=30) as resp:
+            assert resp.status == 200 and 'id="chart-emissions"' in resp.read().decode()
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            rc = demo.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            raise
+    assert rc == 0
