@@ -153,6 +153,7 @@ class LiveAccounts:
         self.samples_counted = 0
         self.samples_skipped = 0
         self.job_series_expired = 0
+        self._next_expiry = 0.0
         self.monitor: AlertMonitor | None = None
         # waste of resolved alerts, (rule, scope_kind) → [J, g]; open alerts add theirs at scrape
         self._waste_done: dict[tuple[str, str], list[float]] = {}
@@ -219,7 +220,8 @@ class LiveAccounts:
             pue_cur = self.rack_pue.get(rack)
             if pue_cur is None or at >= pue_cur[1]:
                 self.rack_pue[rack] = (pue.value_at(at), at, zone)
-        self._expire_jobs(now)
+        if now >= self._next_expiry or len(self.jobs) > self.max_job_series:
+            self._expire_jobs(now)
 
     def _add_job(self, job_id: str, user: str, account: str, frac: float, e: float, fac: float,
                  co2: float, idle_e: float, dur_s: float, gpu: tuple[str, int], now: float) -> None:
@@ -238,6 +240,8 @@ class LiveAccounts:
         job.last_seen = now
 
     def _expire_jobs(self, now: float) -> None:
+        """Drop stale job series (a scan of all jobs: at most once a second from the ingest path)."""
+        self._next_expiry = now + 1.0
         stale = [j for j, job in self.jobs.items() if now - job.last_seen > self.job_series_ttl_s]
         for j in stale:
             del self.jobs[j]
