@@ -18,11 +18,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from grafana_foundation_sdk.builders import common, prometheus, stat, table, timeseries
 from grafana_foundation_sdk.builders import dashboard as dash
-from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import LegendDisplayMode, LegendPlacement
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
 
 OUT = Path(__file__).resolve().parent / "dashboards"
@@ -62,16 +63,20 @@ def promql(expr: str, legend: str, ref_id: str = "A", instant: bool = False) -> 
 
 
 def ts(title: str, unit: str, target: Any, ds: DataSourceRef = INFLUX, w: int = 12) -> timeseries.Panel:
+    legend = (common.VizLegendOptions().show_legend(True).display_mode(LegendDisplayMode.TABLE)
+              .placement(LegendPlacement.BOTTOM).calcs(["mean", "max", "lastNotNull"]))
     return (timeseries.Panel().title(title).datasource(ds).unit(unit).with_target(target)
-            .span(w).height(8))
+            .legend(legend).span(w).height(8))
 
 
 def tab(title: str, target: Any, ds: DataSourceRef = INFLUX, w: int = 12) -> table.Panel:
-    return table.Panel().title(title).datasource(ds).with_target(target).span(w).height(8)
+    return table.Panel().title(title).datasource(ds).with_target(target).show_header(True).span(w).height(8)
 
 
 def st(title: str, unit: str, target: Any, ds: DataSourceRef = INFLUX, w: int = 6) -> stat.Panel:
-    return stat.Panel().title(title).datasource(ds).unit(unit).with_target(target).span(w).height(4)
+    reduce = common.ReduceDataOptions().calcs(["lastNotNull"]).values(False)
+    return (stat.Panel().title(title).datasource(ds).unit(unit).with_target(target)
+            .reduce_options(reduce).span(w).height(4))
 
 
 def base(uid: str, title: str, description: str) -> dash.Dashboard:
