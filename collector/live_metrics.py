@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gridwatt.collector.accounting import facility_and_emissions
+from gridwatt.v1 import telemetry_pb2 as pb
 
 if TYPE_CHECKING:
     from gridwatt.collector.alerts.model import AlertEvent
@@ -38,11 +39,13 @@ if TYPE_CHECKING:
     from gridwatt.collector.metrics import CollectorMetrics
     from gridwatt.collector.stepseries import StepSeries
     from gridwatt.collector.topology import Placement
-    from gridwatt.v1 import telemetry_pb2 as pb
 
 PREFIX = "gridwatt_"
 UNATTRIBUTED = "unattributed"
 NS_PER_S = 1_000_000_000
+#: Whether the wire's JobShare carries an account (the label stays empty until it does).
+_ACCOUNT = "account"
+_HAS_ACCOUNT = _ACCOUNT in pb.JobShare.DESCRIPTOR.fields_by_name
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
@@ -206,7 +209,8 @@ class LiveAccounts:
             latest_end = max(latest_end, s.end_ns)
             rest = 1.0
             for share in s.jobs:
-                self._add_job(share.job_id, share.user, getattr(share, "account", ""), share.fraction,
+                account = getattr(share, _ACCOUNT) if _HAS_ACCOUNT else ""
+                self._add_job(share.job_id, share.user, account, share.fraction,
                               e, fac, co2, idle_e, dur_s, key, now)
                 rest -= share.fraction
             if rest > 1e-9:
