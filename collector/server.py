@@ -20,8 +20,10 @@ from gridwatt.collector.bounds import JobSeriesBudget, NodeSlots
 from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.http_guard import HttpGuard
 from gridwatt.collector.ingest import Ingestor, IngestService, NodeBounds
+from gridwatt.collector.live_metrics import LiveAccounts
 from gridwatt.collector.metrics import CollectorMetrics
 from gridwatt.collector.query_service import QueryService, http_app
+from gridwatt.collector.revisit import EstimateRevisor
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore
 from gridwatt.collector.topology import Topology
@@ -61,11 +63,14 @@ class RunningCollector:
     http_port: int | None
     metrics: CollectorMetrics
     health: HealthServicer
+    revisor: EstimateRevisor | None = None
     http_servers: list[asyncio.Server] = field(default_factory=list)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace_s)
+        if self.revisor is not None:
+            await self.revisor.stop()
         if self.monitor is not None:
             await self.monitor.stop()
         for http_server in self.http_servers:
@@ -138,12 +143,17 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
             expected_nodes={node: rack.name for rack in config.racks for node in rack.nodes},
         )
         monitor.start()
+    revisor = None
+    if config.accounting.rack_windows and config.accounting.estimate_revisit_s > 0:
+        revisor = EstimateRevisor(store, rollup, topology, interval_s=config.accounting.estimate_revisit_s,
+                                  lookback_s=config.accounting.estimate_lookback_s)
     ingestor = Ingestor(
         topology, store, rollup, limits,
         max_in_flight_batches=config.server.max_in_flight_batches,
         overload_retry_after_s=config.server.overload_retry_after_s,
         rack_windows=config.accounting.rack_windows,
         on_stored=monitor.note if monitor else None,
+        on_estimated=revisor.note if revisor else None,
         unknown_node_retry_after_s=config.server.unknown_node_retry_after_s,
         bounds=NodeBounds(
             jobs=JobSeriesBudget(config.server.max_new_jobs_per_node_per_hour),
@@ -152,6 +162,11 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
             max_interval_ns=int(config.server.max_interval_s * 1e9),
         ),
     )
+    live = LiveAccounts(config.metrics.job_series_ttl_s, config.metrics.max_job_series)
+    ingestor.on_accounted = live.observe
+    if monitor is not None:
+        live.attach_monitor(monitor)
+    metrics.live = live
     interceptors = [TokenInterceptor(auth)] if auth.token_count else []
     server = grpc.aio.server(options=server_options(config), interceptors=interceptors)
     ingest_service = IngestService(ingestor, auth, max_streams_per_node=config.server.max_streams_per_node)
@@ -192,9 +207,11 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
             http_port = http_server.sockets[0].getsockname()[1]
     log.info("collector serving gRPC on port %d, HTTP on %s; InfluxDB %s (v%d)", grpc_port,
              http_port, config.influxdb.url, config.influxdb.version)
+    if revisor is not None:
+        revisor.start()
     return RunningCollector(
         server, runner, store, ingestor, topology, monitor, grpc_port, http_port, metrics, health_servicer,
-        http_servers,
+        revisor, http_servers,
     )
 
 
