@@ -138,7 +138,10 @@ def test_one_gpu_second_is_accounted_once(make_rig: Callable[..., AttackRig]) ->
         answers.append(client.write(batch(EVIL, [long_one], 7))[0])  # starts before, covers them
     assert answers == ["OK"] + ["INVALID_ARGUMENT"] * 5
     assert _totals(rig, EVIL) == pytest.approx(once, rel=1e-12)
-    assert once[0] == 10 * 300.0 * 60
+    assert once == pytest.approx((10 * 300.0 * 60,) * 3, rel=1e-12)  # gpu = job = node
+    rack = rig.query("SELECT sum(it_energy_kwh) FROM rack WHERE time >= 0")["sum"] * 3.6e6
+    nodes = rig.query("SELECT sum(it_energy_kwh) FROM node WHERE time >= 0")["sum"] * 3.6e6
+    assert rack == pytest.approx(nodes, rel=1e-9)  # rack = its nodes (evil's and the good agent's)
     text = rig.collector.log_text()
     assert text.count("interval_conflict") >= 5
     metrics = _metrics(rig)
