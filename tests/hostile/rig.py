@@ -102,7 +102,7 @@ class AttackRig:
 
     def stored(self, node: str) -> tuple[int, float]:
         row = self.query(f"SELECT count(energy_j), sum(energy_j) FROM gpu WHERE node = '{node}'")
-        return int(row.get("count", 0)), float(row.get("sum", 0.0))
+        return int(row.get("count") or 0), float(row.get("sum") or 0.0)  # nulls: nothing stored
 
     @contextlib.contextmanager
     def good_agent_during(self, name: str, token: str = "") -> Iterator[AttackReport]:

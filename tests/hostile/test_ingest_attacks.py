@@ -24,9 +24,9 @@ DAY = 86400 * NS
 
 def _totals(rig: AttackRig, node: str) -> tuple[float, float, float]:
     """Energy (J) of the node in the gpu, job and node measurements."""
-    gpu = rig.query(f"SELECT sum(energy_j) FROM gpu WHERE node = '{node}'").get("sum", 0.0)
-    job = rig.query(f"SELECT sum(energy_j) FROM job WHERE node = '{node}'").get("sum", 0.0)
-    nodes = rig.query(f"SELECT sum(it_energy_kwh) FROM node WHERE node = '{node}'").get("sum", 0.0)
+    gpu = rig.query(f"SELECT sum(energy_j) FROM gpu WHERE node = '{node}'").get("sum") or 0.0
+    job = rig.query(f"SELECT sum(energy_j) FROM job WHERE node = '{node}'").get("sum") or 0.0
+    nodes = rig.query(f"SELECT sum(it_energy_kwh) FROM node WHERE node = '{node}'").get("sum") or 0.0
     return gpu, job, nodes * 3.6e6
 
 
