@@ -23,6 +23,10 @@ command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
 [ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# Debian packages of gridwatt (scripts/build_deb.sh, tests/deploy/test_deb.py): lintian checks them,
+# strip (binutils) trims the bundled shared objects.
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+command -v strip >/dev/null 2>&1 || missing+=(binutils)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
