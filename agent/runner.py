@@ -110,7 +110,10 @@ async def run_agent(
             loop.add_signal_handler(sig, stop.set)
     shipping_stop = asyncio.Event()
     ship_task = asyncio.create_task(shipper.run(shipping_stop))
-    kubelet_task = asyncio.create_task(kubelet.run(shipping_stop)) if kubelet is not None else None
+    kubelet_task = None
+    if kubelet is not None:  # the first samples already know which pods hold the GPUs
+        await kubelet.refresh()
+        kubelet_task = asyncio.create_task(kubelet.run(shipping_stop))
     high_water = config.collector.batch_max_samples * config.collector.max_in_flight * 4
     last_progress = 0.0
     last_ledger_log = time.monotonic()

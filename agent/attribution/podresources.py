@@ -158,6 +158,9 @@ class KubeletGpuMap:
         except grpc.aio.AioRpcError as e:
             self._problem(f"kubelet pod-resources List failed: {e.code().name}: {e.details()}")
             return False
+        except Exception as e:  # the agent keeps measuring whatever the kubelet does
+            self._problem(f"kubelet pod-resources List failed: {e!r}")
+            return False
         self._map = containers_by_device(response, self.resource_prefixes)
         self._at = self._monotonic()
         self.refreshes += 1
@@ -167,11 +170,13 @@ class KubeletGpuMap:
         return True
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Refresh every ``refresh_s`` until ``stop`` is set."""
+        """Refresh every ``refresh_s`` until ``stop`` is set (the first refresh after one period:
+        the agent asks once itself before its first poll)."""
         while not stop.is_set():
-            await self.refresh()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.refresh_s)
+            if not stop.is_set():
+                await self.refresh()
 
     def _problem(self, text: str, level: int = logging.WARNING) -> None:
         self.failures += 1
