@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -29,6 +31,7 @@ from gridwatt.agent.sources.nvml.capture import (
     CLOCK_FN,
     POLL_FN,
     CaptureError,
+    power_comparison,
     read_capture,
     record_session,
     write_capture,
@@ -77,6 +80,8 @@ def expected_polls(rows: list[dict[str, Any]]) -> list[dict[str, Expected]]:
     last_clock: int | None = None
     for row in rows:
         fn = row["fn"]
+        if row.get("extra"):
+            continue  # the capture's own power comparison calls, not the source's
         if fn == POLL_FN:
             polls.append(defaultdict(Expected))
             continue
@@ -264,3 +269,49 @@ def test_capture_command_without_nvml_says_why(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("gridwatt-agent capture: NVML cannot be used")
     assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_power_comparison_of_the_synthetic_session() -> None:
+    """Counter vs integrated powers, from the capture's lines (what `capture` prints at its end)."""
+    _, rows = read_capture(SYNTHETIC_PATH)
+    h100, a100, p100, l4 = power_comparison(rows)
+    assert (h100.index, h100.name) == (0, "NVIDIA H100 80GB HBM3")
+    assert h100.counter_j == (9_879_842_085 - 9_876_543_210) / 1000 and h100.counter_resets == 0
+    # The extra lines' times and the powers set for each poll, integrated by hand here.
+    times = [r["t_ns"] for r in rows if r.get("extra") and r["args"][0] == {"handle": 0}]
+    watts = [612.0, 655.5, 690.25, 701.0, 640.125, 598.0]
+    assert len(times) == 6
+    by_hand = sum((watts[i] + watts[i + 1]) / 2 * (times[i + 1] - times[i]) / 1e9 for i in range(5))
+    assert math.isclose(h100.average_power_j or 0, by_hand, rel_tol=1e-12)
+    assert h100.instant_power_j == h100.average_power_j  # the fake answers one power for both fields
+    assert h100.usage_power_j is None  # the source read the average field, not nvmlDeviceGetPowerUsage
+    # A100 (no power fields): its instantaneous nvmlDeviceGetPowerUsage, 250 W for the first second.
+    assert a100.average_power_j is None and a100.usage_power_j is not None and a100.counter_j == 1348.75
+    assert p100.counter_j is None and p100.usage_power_j is not None
+    # L4: 70 J + 71.5 J, the reset interval skipped, 60 J after it (the lost poll has no counter).
+    assert l4.counter_j == 201.5 and l4.counter_resets == 1
+    assert "1 counter resets skipped" in l4.line() and "energy counter 3298.9 J" in h100.line()
+
+
+def test_capture_command_records_a_pynvml_module(tmp_path: Path) -> None:
+    """The command end to end, over a pynvml module that is the fake (put first on PYTHONPATH)."""
+    (tmp_path / "pynvml.py").write_text(
+        "from tests.fakes.fake_pynvml import *  # noqa: F403 - constants and error classes\n"
+        "from tests.fakes.fake_pynvml import FakeGpu, FakeNvml\n"
+        "_fake = FakeNvml([FakeGpu('GPU-cli-0', power_mw=250_000, energy_mj=1_000)])\n"
+        "def __getattr__(name):\n    return getattr(_fake, name)\n")
+    out = tmp_path / "cap.jsonl"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{root}"}
+    cmd = [sys.executable, "-m", "gridwatt.agent.cli", "capture", "--seconds", "1", "--interval", "0.5",
+           "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert re.fullmatch(r"wrote \d+ records \(3 polls of 1 GPUs, driver unknown\) to " + re.escape(str(out)),
+                        lines[0])
+    assert lines[1].startswith("GPU 0 NVIDIA H100 80GB HBM3 (GPU-cli-0): energy counter 0.0 J")
+    head, _ = read_capture(out)
+    assert head["synthetic"] is False and head["polls"] == 3 and head["interval_s"] == 0.5
+    nvml, polls = replay(out)
+    assert nvml.unconsumed() == [] and [p[0].power_mw for p in polls] == [250_000] * 3

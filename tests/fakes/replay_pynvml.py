@@ -58,6 +58,8 @@ class ReplayNvml:
                 self._clock.append(int(row["result"]))
             elif fn == POLL_FN:
                 self.polls += 1
+            elif row.get("extra"):
+                continue  # asked by the capture for the power comparison, not by the source
             elif row.get("missing"):
                 self._missing.add(fn)
             else:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import ctypes
 import datetime as dt
 import importlib
+import itertools
 import json
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,11 @@ MAX_CALLS = 2_000_000
 
 class CaptureError(Exception):
     """A capture cannot be made or read; the message says why."""
+
+
+def _error(err: BaseException) -> dict[str, Any]:
+    """An NVML error as a capture records it."""
+    return {"code": int(getattr(err, "value", -1)), "name": type(err).__name__, "text": str(err)}
 
 
 def _handle_key(handle: Any) -> int:
@@ -62,6 +69,8 @@ class RecordingNvml:
         self._module = module
         self._clock_ns = clock_ns
         self._handles: dict[int, int] = {}
+        #: handle number -> the handle itself (for the power comparison's extra calls)
+        self.handle_objects: dict[int, Any] = {}
         self.lines: list[dict[str, Any]] = []
 
     # ---- what the source sees ----
@@ -86,6 +95,30 @@ class RecordingNvml:
 
         return recorded
 
+    def power_fields(self) -> None:
+        """Ask every GPU for both power fields (1-s average and instantaneous), as ``extra`` lines.
+
+        The source asks for one of them; these lines let a capture compare the energy counter with
+        both integrated powers (``power_comparison``). Replays skip them.
+        """
+        nvml = self._module
+        fields = [getattr(nvml, "NVML_FI_DEV_POWER_AVERAGE", 185),
+                  getattr(nvml, "NVML_FI_DEV_POWER_INSTANT", 186)]
+        scope = getattr(nvml, "NVML_POWER_SCOPE_GPU", 0)
+        for number, handle in sorted(self.handle_objects.items()):
+            start = self._clock_ns()
+            line: dict[str, Any] = {"fn": "nvmlDeviceGetFieldValues", "extra": True,
+                                    "args": [{"handle": number}, [[f, scope] for f in fields]]}
+            try:
+                result = nvml.nvmlDeviceGetFieldValues(handle, [(f, scope) for f in fields])
+            except AttributeError:
+                return  # a pynvml without field values: nothing to compare
+            except nvml.NVMLError as e:
+                line["error"] = _error(e)
+            else:
+                line["result"] = self.encode(result)
+            self._add(line, start)
+
     def mark_poll(self, poll: int) -> None:
         """Note that poll number ``poll`` (0-based) starts."""
         self._add({"fn": POLL_FN, "poll": poll})
@@ -98,12 +131,12 @@ class RecordingNvml:
             try:
                 result = fn(*args)
             except self._module.NVMLError as e:
-                code = int(getattr(e, "value", -1))
-                line["error"] = {"code": code, "name": type(e).__name__, "text": str(e)}
+                line["error"] = _error(e)
                 self._add(line, start)
                 raise
             if name.startswith("nvmlDeviceGetHandleBy"):
-                self._handles.setdefault(_handle_key(result), len(self._handles))
+                number = self._handles.setdefault(_handle_key(result), len(self._handles))
+                self.handle_objects[number] = result
             line["result"] = self.encode(result)
             self._add(line, start)
             return result
@@ -190,10 +223,12 @@ def record_session(
     clock_ns: Callable[[], int] = time.time_ns,
     sleep: Callable[[float], None] = time.sleep,
     before_poll: Callable[[int], None] | None = None,
+    compare_power: bool = True,
 ) -> list[dict[str, Any]]:
     """Run NvmlSource over ``module`` for ``seconds`` (a poll every ``interval_s``); the capture's lines.
 
     ``before_poll(k)`` runs before poll k (synthetic sessions change their fake GPUs there).
+    ``compare_power`` adds, after each poll, the ``extra`` lines that ``power_comparison`` reads.
     The versions in the header are asked outside the recording, before the source shuts NVML down.
     """
     from gridwatt.agent.sources.nvml.source import NvmlSource
@@ -215,6 +250,8 @@ def record_session(
                 before_poll(k)
             rec.mark_poll(k)
             source.read()
+            if compare_power:
+                rec.power_fields()
     finally:
         source.close()
     return [head, *rec.lines]
@@ -248,6 +285,110 @@ def read_capture(path: Path, max_bytes: int = 512 * 2**20) -> tuple[dict[str, An
     return rows[0], rows[1:]
 
 
+@dataclass(frozen=True, slots=True)
+class PowerComparison:
+    """One GPU over a capture: energy by its counter and by each integrated power. Units: J, s."""
+
+    index: int
+    uuid: str
+    name: str
+    #: Energy counter: the sum of its non-negative differences (None: no counter); its span.
+    counter_j: float | None
+    counter_s: float
+    counter_resets: int
+    #: NVML_FI_DEV_POWER_AVERAGE (1-s average) and NVML_FI_DEV_POWER_INSTANT, trapezoid-integrated;
+    #: None where the field did not answer; their span.
+    average_power_j: float | None
+    instant_power_j: float | None
+    power_s: float
+    #: nvmlDeviceGetPowerUsage as the source read it (GPUs without the power fields), integrated.
+    usage_power_j: float | None = None
+    usage_s: float = 0.0
+
+    def line(self) -> str:
+        """One line for people: each method's energy and mean power."""
+
+        def part(label: str, joules: float | None, span_s: float) -> str:
+            if joules is None:
+                return f"{label} n/a"
+            mean = f" ({joules / span_s:.1f} W)" if span_s > 0 else ""
+            return f"{label} {joules:.1f} J{mean}"
+
+        resets = f", {self.counter_resets} counter resets skipped" if self.counter_resets else ""
+        if self.usage_power_j is not None:
+            usage = part("nvmlDeviceGetPowerUsage", self.usage_power_j, self.usage_s)
+            resets += f"; {usage} over {self.usage_s:.1f} s"
+        return (f"GPU {self.index} {self.name} ({self.uuid}): "
+                f"{part('energy counter', self.counter_j, self.counter_s)} over {self.counter_s:.1f} s; "
+                f"{part('1-s average power', self.average_power_j, self.power_s)}, "
+                f"{part('instantaneous power', self.instant_power_j, self.power_s)} over {self.power_s:.1f} s"
+                f"{resets}")
+
+
+def _trapezoid_j(samples: list[tuple[int, int]]) -> float | None:
+    """Integral of (t_ns, mW) samples. Units: J."""
+    if len(samples) < 2:
+        return None
+    return sum((p0 + p1) / 2 / 1000 * (t1 - t0) / 1e9 for (t0, p0), (t1, p1) in itertools.pairwise(samples))
+
+
+def _span_s(samples: list[tuple[int, int]]) -> float:
+    return (samples[-1][0] - samples[0][0]) / 1e9 if len(samples) >= 2 else 0.0
+
+
+def power_comparison(rows: Iterable[dict[str, Any]]) -> list[PowerComparison]:
+    """Per GPU of a capture (its call lines): the energy counter against both integrated powers."""
+    index: dict[int, int] = {}
+    uuid: dict[int, str] = {}
+    name: dict[int, str] = {}
+    energy: dict[int, list[tuple[int, int]]] = {}
+    average: dict[int, list[tuple[int, int]]] = {}
+    instant: dict[int, list[tuple[int, int]]] = {}
+    usage: dict[int, list[tuple[int, int]]] = {}
+    for row in rows:
+        fn, args, result = row.get("fn"), row.get("args") or [], row.get("result")
+        if fn == "nvmlDeviceGetHandleByIndex" and isinstance(result, dict) and "handle" in result:
+            index.setdefault(result["handle"], int(args[0]))
+            continue
+        h = args[0].get("handle") if args and isinstance(args[0], dict) else None
+        if h is None or result is None:
+            continue
+        if fn == "nvmlDeviceGetUUID":
+            uuid[h] = str(result)
+        elif fn == "nvmlDeviceGetName":
+            name[h] = str(result)
+        elif fn == "nvmlDeviceGetPowerUsage":
+            usage.setdefault(h, []).append((int(row["t_ns"]), int(result)))
+        elif fn == "nvmlDeviceGetTotalEnergyConsumption":
+            energy.setdefault(h, []).append((int(row["t_ns"]), int(result)))
+        elif fn == "nvmlDeviceGetFieldValues" and row.get("extra"):
+            for value in result:
+                v = value.get("obj", {})
+                if v.get("nvmlReturn") != 0:
+                    continue
+                target = {185: average, 186: instant}.get(v.get("fieldId"))
+                if target is not None:
+                    target.setdefault(h, []).append((int(row["t_ns"]), int(v["value"]["obj"]["uiVal"])))
+    out = []
+    for h in sorted(index):
+        counts = energy.get(h, [])
+        deltas = [e1 - e0 for (_, e0), (_, e1) in itertools.pairwise(counts)]
+        counter_j = sum(d for d in deltas if d >= 0) / 1000 if len(counts) >= 2 else None
+        powers = average.get(h, []) or instant.get(h, [])
+        out.append(PowerComparison(
+            index=index[h], uuid=uuid.get(h, ""), name=name.get(h, ""),
+            counter_j=counter_j,
+            counter_s=(counts[-1][0] - counts[0][0]) / 1e9 if len(counts) >= 2 else 0.0,
+            counter_resets=sum(1 for d in deltas if d < 0),
+            average_power_j=_trapezoid_j(average.get(h, [])),
+            instant_power_j=_trapezoid_j(instant.get(h, [])),
+            power_s=(powers[-1][0] - powers[0][0]) / 1e9 if len(powers) >= 2 else 0.0,
+            usage_power_j=_trapezoid_j(usage.get(h, [])),
+            usage_s=_span_s(usage.get(h, [])),
+        ))
+    return out
+
+
 def run_capture_command(seconds: float, interval_s: float, output: Path) -> int:
     """``gridwatt-agent capture``: record the real pynvml; 0 on success, 2 with one line on stderr if not."""
     from gridwatt.agent.sources.base import SourceError
@@ -269,4 +410,6 @@ def run_capture_command(seconds: float, interval_s: float, output: Path) -> int:
     gpus = sum(1 for line in lines if line.get("fn") == "nvmlDeviceGetHandleByIndex")
     print(f"wrote {len(lines) - 1} records ({head['polls']} polls of {gpus} GPUs, driver "
           f"{head['driver_version'] or 'unknown'}) to {output}")
+    for gpu in power_comparison(lines[1:]):
+        print(gpu.line())
     return 0
