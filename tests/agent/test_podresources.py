@@ -24,6 +24,7 @@ from gridwatt.agent.attribution.podresources import (
     device_key,
     list_pod_resources,
 )
+from gridwatt.agent.check import CheckReport, check_kubelet
 from gridwatt.agent.config import AgentConfig
 from gridwatt.agent.runner import kubelet_gpu_map
 from gridwatt.agent.sources.base import GpuReading
@@ -217,3 +218,24 @@ async def test_config_builds_the_watcher(kubelet: Kubelet) -> None:
     assert kubelet_gpu_map(off) is None
     default = AgentConfig.model_validate({"node": "n1"})
     assert default.attribution.kubelet_socket == Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+
+
+async def test_check_reports_the_kubelet(kubelet: Kubelet, tmp_path: Path) -> None:
+    def config(sock: Path) -> AgentConfig:
+        return AgentConfig.model_validate({"node": "n1", "attribution": {"kubelet_socket": str(sock)}})
+
+    report = CheckReport()
+    await check_kubelet(config(kubelet.socket), report)
+    assert report.lines == [
+        f"✓ kubelet pod-resources {kubelet.socket}: 4 GPU devices held by 5 pods (k8s-pod/batch/by-index, "
+        "k8s-pod/ml/mig-user, k8s-pod/ml/notebook-a, k8s-pod/ml/train-0, k8s-pod/research/notebook-b)"
+    ]
+    kubelet.lister.fail_with = grpc.StatusCode.PERMISSION_DENIED
+    report = CheckReport()
+    await check_kubelet(config(kubelet.socket), report)
+    assert report.lines[0].startswith(
+        f"! kubelet pod-resources {kubelet.socket}: PERMISSION_DENIED: kubelet says no")
+    assert not report.failed
+    report = CheckReport()
+    await check_kubelet(config(tmp_path / "absent.sock"), report)  # not a Kubernetes node: no line
+    assert report.lines == []
