@@ -113,10 +113,19 @@ S=$WORK/gridwatt-common
 VENV=$S/opt/gridwatt
 log "virtualenv on $SYS_PY (Python $PYVER) with gridwatt $VERSION from $ROOT"
 "$SYS_PY" -m venv --without-pip "$VENV"
-# pip of the build environment installs into the staged venv; the project from this tree
-# (a regular, non-editable install, however the tree lays out its packages).
+# The project is built from a clean copy of the tree's files (tracked and new, not ignored), so
+# no stale build/ folder of an earlier build leaks into the package.
+SRC=$ROOT
+if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  SRC=$WORK/src
+  mkdir -p "$SRC"
+  git -C "$ROOT" ls-files -z --cached --others --exclude-standard | (cd "$ROOT" && tar --null -T - -cf -) \
+    | tar -xf - -C "$SRC"
+fi
+# pip of the build environment installs into the staged venv: a regular, non-editable install,
+# however the tree lays out its packages.
 "${PIP[@]}" --python "$VENV/bin/python" install --quiet --no-compile --no-cache-dir \
-  --disable-pip-version-check "$ROOT"
+  --disable-pip-version-check "$SRC"
 # The staged venv knows its build path: make it the installed one.
 grep -rlI --null "$S" "$VENV/bin" "$VENV/pyvenv.cfg" | xargs -0 -r sed -i "s|$S||g"
 rm -f "$VENV"/lib/python*/site-packages/*.dist-info/direct_url.json
