@@ -80,14 +80,13 @@ def test_lintian_clean_and_every_override_explained(debs: dict[str, Path]) -> No
     if shutil.which("lintian") is None:
         pytest.skip("lintian is not installed (scripts/setup.sh installs it)")
     files = [str(p) for p in debs.values()]
-    proc = subprocess.run(["lintian", "--tag-display-limit", "0", *files], capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert [ln for ln in proc.stdout.splitlines() if ln.startswith(("E:", "W:"))] == []
-    # Again, listing the overridden tags (lintian's exit code then counts them, so it is not used).
+    # --show-overrides lists the overridden tags as "O:" (and makes lintian's exit code count them,
+    # so the verdict is read from the lines: no error, no warning that is not overridden).
     shown = subprocess.run(["lintian", "--tag-display-limit", "0", "--show-overrides", *files],
                            capture_output=True, text=True, timeout=900)
     lines = shown.stdout.splitlines()
+    assert lines and not [ln for ln in shown.stderr.splitlines() if "running with root" not in ln]
+    assert [ln for ln in lines if ln.startswith(("E:", "W:"))] == []
     overridden = {tuple(ln.split()[1:3]) for ln in lines if ln.startswith("O:")}
     assert overridden == {
         ("gridwatt-common:", "dir-or-file-in-opt"),
