@@ -145,6 +145,8 @@ class QueryStore(Protocol):
 
     async def query(self, q: str, method: str = "GET") -> list[dict[str, Any]]: ...
 
+    def measurement(self, name: str) -> str: ...
+
 
 class FacilityFeedPue:
     """A PueProvider for the racks of one site; see the module docstring for the semantics."""
@@ -174,7 +176,7 @@ class FacilityFeedPue:
         self._waiting_for: frozenset[str] = frozenset()
         self.queries = 0
         rack_match = " OR ".join(f'"rack" = {quote_string(r)}' for r in site.racks)
-        self._where = f'FROM "node" WHERE ({rack_match})'
+        self._where = f"WHERE ({rack_match})"
 
     async def series(self, start_ns: int, end_ns: int) -> StepSeries:
         """PUE for every window of [start_ns, end_ns); one InfluxQL request."""
@@ -198,9 +200,10 @@ class FacilityFeedPue:
             raise RuntimeError(f"site {self.site.name!r}: FacilityFeedPue has no store attached")
         res_s = self.resolution_ns // NS_PER_S
         self.queries += 1
+        node = self.store.measurement("node")
         last_q, sums_q = await self.store.query(
-            f'SELECT last("it_energy_kwh") {self._where} AND time >= {look_lo} GROUP BY "node"; '
-            f'SELECT sum("it_energy_kwh") {self._where} AND time >= {look_lo} AND time < {hi} '
+            f'SELECT last("it_energy_kwh") FROM {node} {self._where} AND time >= {look_lo} GROUP BY "node"; '
+            f'SELECT sum("it_energy_kwh") FROM {node} {self._where} AND time >= {look_lo} AND time < {hi} '
             f"GROUP BY time({res_s}s) fill(none)"
         )
         latest = {tags.get("node", ""): int(row["time"]) for tags, row in series_rows(last_q)}

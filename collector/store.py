@@ -266,11 +266,17 @@ class InfluxStore:
             raise StoreUnavailable(f"InfluxDB unavailable: {self.health_reason}", self.retry_after_s(),
                                    "unhealthy")
         try:
-            i = 0
-            while i < len(lines):
-                hi = min(len(lines), i + self._chunk_lines)
-                await self._write_range(lines, i, hi, result)
-                i = hi
+            for rp, indexes in self._by_retention_policy(lines).items():
+                part = lines if len(indexes) == len(lines) else [lines[k] for k in indexes]
+                part_result = WriteResult(lines=len(part))
+                i = 0
+                while i < len(part):
+                    hi = min(len(part), i + self._chunk_lines)
+                    await self._write_range(part, i, hi, part_result, rp)
+                    i = hi
+                result.retries += part_result.retries
+                for k, why in part_result.rejected.items():
+                    result.rejected[indexes[k]] = why
         except StoreUnavailable as exc:
             await self._set_health(False, str(exc), exc.retry_after_s)
             raise
@@ -278,10 +284,27 @@ class InfluxStore:
             await self._set_health(True, "")
         return result
 
-    async def _write_range(self, lines: list[str], lo: int, hi: int, result: WriteResult) -> bool:
+    def measurement(self, name: str) -> str:
+        """``name`` quoted for InfluxQL's FROM, qualified with its retention policy where it has one."""
+        rp = self.config.retention_policy_of(name)
+        return (f"{_quote_ident(rp)}." if rp else "") + _quote_ident(name)
+
+    def _by_retention_policy(self, lines: list[str]) -> dict[str, list[int]]:
+        """Line indexes grouped by the retention policy of their measurement (one group if none set)."""
+        if not self.config.retention_policies:
+            return {self.config.retention_policy: list(range(len(lines)))}
+        groups: dict[str, list[int]] = {}
+        for k, line in enumerate(lines):
+            name = line.split(",", 1)[0].split(" ", 1)[0]
+            groups.setdefault(self.config.retention_policy_of(name), []).append(k)
+        return groups
+
+    async def _write_range(
+        self, lines: list[str], lo: int, hi: int, result: WriteResult, rp: str = ""
+    ) -> bool:
         """Write lines[lo:hi], splitting as needed; False if InfluxDB answered 413 to any part."""
         n = hi - lo
-        status, body = await self._post(lines[lo:hi], result)
+        status, body = await self._post(lines[lo:hi], result, rp)
         if 200 <= status < 300:
             return True
         if status == 413 and n == 1:
@@ -298,8 +321,8 @@ class InfluxStore:
         result.retries += 1
         self.metrics.write_splits.labels(reason=f"http_{status}").inc()
         mid = lo + n // 2
-        left = await self._write_range(lines, lo, mid, result)
-        right = await self._write_range(lines, mid, hi, result)
+        left = await self._write_range(lines, lo, mid, result, rp)
+        right = await self._write_range(lines, mid, hi, result, rp)
         if status != 413:
             return left and right
         if left and right and mid - lo < self._chunk_lines:
@@ -309,12 +332,12 @@ class InfluxStore:
                         n, self._chunk_lines)
         return False
 
-    async def _post(self, chunk: list[str], result: WriteResult) -> tuple[int, str]:
+    async def _post(self, chunk: list[str], result: WriteResult, rp: str = "") -> tuple[int, str]:
         """One request, retried on transient failures; returns (status, body) for 2xx/400/413/422."""
         body = "\n".join(chunk).encode()
         attempt = 0
         while True:
-            ans = await self._request(body)
+            ans = await self._request(body, rp)
             status = ans.status
             if 200 <= status < 300 or status in (400, 413, 422):
                 return status, ans.body
@@ -348,7 +371,7 @@ class InfluxStore:
             log.info("InfluxDB write %s; retry %d in %.2f s", what, attempt, delay)
             await asyncio.sleep(delay)
 
-    async def _request(self, body: bytes) -> _Answer:
+    async def _request(self, body: bytes, rp: str | None = None) -> _Answer:
         """Send one write request; never raises for HTTP or network failures."""
         t0 = time.perf_counter()
         try:
@@ -359,8 +382,9 @@ class InfluxStore:
                 path = "api/v2/write"
             else:
                 params = {"db": self.config.database, "precision": "ns"}
-                if self.config.retention_policy:
-                    params["rp"] = self.config.retention_policy
+                rp = self.config.retention_policy if rp is None else rp
+                if rp:
+                    params["rp"] = rp
                 path = "write"
             async with self.session.post(path, params=params, data=body) as resp:
                 text = await resp.text(errors="replace")

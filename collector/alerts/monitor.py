@@ -190,7 +190,7 @@ class AlertMonitor:
         res_s = self.resolution_ns // NS_PER_S
         (result,) = await self.store.query(
             'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-            'sum("gpu_s") AS g, sum("util_pct_s") AS u FROM "job" '
+            f'sum("gpu_s") AS g, sum("util_pct_s") AS u FROM {self.store.measurement("job")} '
             f"WHERE \"job_id\" != 'unattributed' AND time >= {lo} AND time < {closed_to} "
             f'GROUP BY time({res_s}s), "job_id", "node", "gpu" fill(none)'
         )
@@ -227,8 +227,9 @@ class AlertMonitor:
         where = f'WHERE "rack" = {quote_string(rack)} AND time >= {lo_ns} AND time < {hi_ns}'
         racks, gpus = await self.store.query(
             'SELECT "it_energy_kwh", "facility_energy_kwh", "co2e_kg", "mean_util_pct", "gpu_count" '
-            f'FROM "rack" {where}; '
-            f'SELECT count("energy_j") FROM "gpu" {where} GROUP BY time({res_s}s), "node", "gpu" fill(none)'
+            f'FROM {self.store.measurement("rack")} {where}; '
+            f'SELECT count("energy_j") FROM {self.store.measurement("gpu")} {where} '
+            f'GROUP BY time({res_s}s), "node", "gpu" fill(none)'
         )
         members: dict[int, set[tuple[str, str]]] = defaultdict(set)
         for tags, row in series_rows(gpus):
