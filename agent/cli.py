@@ -43,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--user", default="gridwatt", help="system user to run as (default gridwatt)")
         sp.add_argument("--dry-run", action="store_true", help="print what would be done, do nothing")
         if name == "install":
-            sp.add_argument("--node", help="node name for a new agent.toml (default: the example's)")
-            sp.add_argument("--collector", help="collector host:port for a new agent.toml")
+            sp.add_argument("--node", help="node name, set in agent.toml, new or existing "
+                            "(default: none set, so the agent uses the hostname)")
+            sp.add_argument("--collector", help="collector host:port, set in agent.toml, new or existing")
             sp.add_argument("--exec", dest="exec_path", type=Path,
                             help="gridwatt-agent executable for ExecStart (default: this one)")
             sp.add_argument("--no-start", action="store_true", help="enable but do not start it")

@@ -24,7 +24,6 @@ from importlib import resources
 from pathlib import Path
 
 from gridwatt.agent.install import Installer, InstallError, InstallOptions
-from gridwatt.rootprep import prepare_root
 
 UNIT_NAME = "gridwatt-collector.service"
 DEFAULT_EXEC = "/opt/gridwatt/bin/gridwatt-collector"
@@ -68,10 +67,6 @@ class CollectorInstaller(Installer):
         if exec_path is not None:
             unit = unit.replace(DEFAULT_EXEC, str(exec_path))
         return unit.replace("User=gridwatt\nGroup=gridwatt", f"User={self.opts.user}\nGroup={self.opts.user}")
-
-    def _prepare_root(self) -> None:
-        for line in prepare_root(self.opts.root):
-            self.out(f"  {line}")
 
     def install(self) -> None:
         """See the module docstring."""
