@@ -65,7 +65,8 @@ def test_install_into_an_empty_root_then_again_then_uninstall(
     assert f"created {root / 'etc/passwd'}" in out
     passwd = (root / "etc/passwd").read_text().splitlines()
     assert passwd[0].startswith("root:x:0:0:")
-    assert re.fullmatch(r"gridwatt:x:\d+:\d+:gridwatt collector:/var/lib/gridwatt:/usr/sbin/nologin", passwd[1])
+    assert re.fullmatch(r"gridwatt:x:\d+:\d+:gridwatt collector:/var/lib/gridwatt:/usr/sbin/nologin",
+                        passwd[1])
     unit = (root / "etc/systemd/system/gridwatt-collector.service").read_text()
     assert unit == UNIT.read_text().replace("/opt/gridwatt/bin/gridwatt-collector", exe)
     assert (root / "etc/systemd/system/multi-user.target.wants/gridwatt-collector.service").is_symlink()
@@ -127,8 +128,9 @@ def test_check_config_refuses_a_state_file_in_a_missing_folder(
     cfg = _config_with_state(tmp_path, tmp_path / "var/lib/gridwatt/alerts-state.json")
     assert collector_main(["check-config", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"gridwatt-collector: alerts.state_file {tmp_path}/var/lib/gridwatt/alerts-state.json:"
-                          " cannot write alert state there (No such file or directory)")
+    state = tmp_path / "var/lib/gridwatt/alerts-state.json"
+    assert err.startswith(f"gridwatt-collector: alerts.state_file {state}: cannot write alert state there "
+                          "(No such file or directory)")
     assert len(err.strip().splitlines()) == 1
     (tmp_path / "var/lib/gridwatt").mkdir(parents=True)
     assert collector_main(["check-config", "--config", str(cfg)]) == 0
@@ -234,14 +236,13 @@ def _admin_query(url: str, database: str, q: str) -> list[dict[str, object]]:
 
 def test_retention_policy_config_errors_name_the_field(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text(collector_toml("http://127.0.0.1:8086", "d")
-                   + '[[influxdb.retention_policies]]\nname = "a"\nduration = "30d"\nmeasurements = ["jobs"]\n')
+    rp = '[[influxdb.retention_policies]]\nname = "a"\nduration = "{}"\nmeasurements = ["{}"]\n'
+    cfg.write_text(collector_toml("http://127.0.0.1:8086", "d") + rp.format("30d", "jobs"))
     with pytest.raises(ConfigError) as err:
         load_config(cfg, CollectorConfig, environ={})
-    assert "field influxdb.retention_policies.0.measurements: Value error, unknown measurement(s) ['jobs']" in str(
-        err.value)
-    cfg.write_text(collector_toml("http://127.0.0.1:8086", "d")
-                   + '[[influxdb.retention_policies]]\nname = "a"\nduration = "30 days"\nmeasurements = ["job"]\n')
+    assert ("field influxdb.retention_policies.0.measurements: Value error, unknown measurement(s) ['jobs']"
+            in str(err.value))
+    cfg.write_text(collector_toml("http://127.0.0.1:8086", "d") + rp.format("30 days", "job"))
     with pytest.raises(ConfigError) as err:
         load_config(cfg, CollectorConfig, environ={})
     assert "field influxdb.retention_policies.0.duration: String should match pattern" in str(err.value)
