@@ -66,6 +66,7 @@ class AlertMonitor:
         self._awaited_nodes = {
             n for ev in (*self.engine.active_alerts(), *self.engine.pending_alerts()) for n in ev.nodes
         }
+        self.refresh_open_alerts()  # the state file's engine holds newer numbers than its store
         self._racks: dict[str, _RackProgress] = defaultdict(_RackProgress)
         # Configured nodes count as active but not yet reported (end 0) until they report or go
         # stale, so no window closes before every node that should report has had its chance.
@@ -81,6 +82,14 @@ class AlertMonitor:
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
         self.events_sent = 0
+
+    def refresh_open_alerts(self) -> None:
+        """Give ``gridwatt alerts``/``/v1/alerts`` the current duration and waste of open alerts.
+
+        Events carry the numbers of the moment they happened; a firing alert emits no event while
+        it stays idle, so its record is replaced by the engine's snapshot after every evaluation.
+        """
+        self.alerts.apply([*self.engine.active_alerts(), *self.engine.pending_alerts()])
 
     def note(self, node: str, rack: str, first_window_ns: int, max_end_ns: int) -> None:
         """A batch of ``node`` was stored: its samples reach ``max_end_ns``."""
@@ -155,6 +164,7 @@ class AlertMonitor:
                 self.alerts.apply(events)
                 await self.dispatcher.dispatch(events)
                 self.events_sent += len(events)
+            self.refresh_open_alerts()
             if (events or observed) and self.config.state_file:
                 # saved after every evaluation, so a restart resumes exactly where it left off
                 save_state(self.config.state_file, self.engine, self.alerts)
