@@ -148,6 +148,9 @@ class InfluxConfig(_Strict):
     retry_max_delay_s: float = Field(10.0, gt=0)
     #: While InfluxDB is unhealthy, how often an empty write probes it (reachability and credentials).
     health_probe_interval_s: float = Field(1.0, gt=0)
+    #: While healthy and no write succeeded for this long, probe anyway, so /healthz and gRPC health
+    #: notice an outage when no agent writes. 0 disables.
+    health_check_interval_s: float = Field(10.0, ge=0)
 
     @model_validator(mode="after")
     def _v2_needs_bucket(self) -> InfluxConfig:

@@ -164,6 +164,9 @@ class InfluxStore:
         self._retry_at = 0.0  # monotonic time before which no probe is sent
         self._listeners: list[HealthListener] = []
         self._probe_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._database_pending = False
+        self._last_ok = time.monotonic()  # last successful write or probe
 
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
@@ -179,14 +182,42 @@ class InfluxStore:
             )
             self._v2_write = self._v2_client.write_api()
         elif self.config.create_database:
-            await self.query(f"CREATE DATABASE {_quote_ident(self.config.database)}", method="POST")
+            self._database_pending = True
+            try:
+                await self._create_database()
+            except QueryError as exc:
+                # Serve anyway: health says NOT_SERVING, agents keep their samples, and the probe
+                # creates the database once InfluxDB answers (as after any later outage).
+                log.warning("InfluxDB %s: cannot create database %s yet (%s); serving, and answering "
+                            "agents UNAVAILABLE until it answers", self.config.url, self.config.database, exc)
+                await self._set_health(False, str(exc))
+        if self.config.health_check_interval_s > 0:
+            self._watch_task = asyncio.create_task(self._watch_while_serving())
+
+    async def _create_database(self) -> None:
+        await self.query(f"CREATE DATABASE {_quote_ident(self.config.database)}", method="POST")
+        self._database_pending = False
+
+    async def _watch_while_serving(self) -> None:
+        """While healthy, probe every health_check_interval_s when no write succeeded meanwhile, so
+        health turns NOT_SERVING in an outage even when no agent is writing."""
+        while True:
+            await asyncio.sleep(self.config.health_check_interval_s)
+            if not self.serving or time.monotonic() - self._last_ok < self.config.health_check_interval_s:
+                continue
+            ok, reason, retry_after = await self.probe()
+            if ok:
+                self._last_ok = time.monotonic()
+            elif self.serving:
+                await self._set_health(False, reason, retry_after)
 
     async def close(self) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe_task
-            self._probe_task = None
+        for task in (self._probe_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._probe_task = self._watch_task = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -234,9 +265,15 @@ class InfluxStore:
             await asyncio.sleep(max(self._retry_at - time.monotonic(), self.config.health_probe_interval_s))
             if self.serving:
                 return
+            if self._database_pending:
+                with contextlib.suppress(QueryError):
+                    await self._create_database()
+                    log.info("InfluxDB %s answers: database %s created", self.config.url,
+                             self.config.database)
             ok, reason, retry_after = await self.probe()
             if ok:
                 self._retry_at = 0.0
+                self._last_ok = time.monotonic()
                 await self._set_health(True, "")
             else:
                 await self._set_health(False, reason, retry_after)
@@ -280,6 +317,7 @@ class InfluxStore:
         except StoreUnavailable as exc:
             await self._set_health(False, str(exc), exc.retry_after_s)
             raise
+        self._last_ok = time.monotonic()
         if not self.serving:
             await self._set_health(True, "")
         return result
@@ -426,8 +464,12 @@ class InfluxStore:
                 body = await resp.json(content_type=None)
                 if resp.status != 200:
                     raise QueryError(f"InfluxDB query failed ({resp.status}): {body}")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise QueryError(f"InfluxDB unreachable at {self.config.url}: {exc}") from None
+        except TimeoutError:
+            raise QueryError(f"InfluxDB at {self.config.url} did not answer within "
+                             f"{self.config.timeout_s:g} s (timeout_s)") from None
+        except aiohttp.ClientError as exc:
+            raise QueryError(f"InfluxDB unreachable at {self.config.url}: "
+                             f"{str(exc) or type(exc).__name__}") from None
         results: list[dict[str, Any]] = body.get("results", [])
         for r in results:
             if "error" in r:
