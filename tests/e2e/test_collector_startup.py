@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gridwatt.local_influxdb import LocalInfluxDB, free_port
+from tests.collector.helpers import http_get
 from tests.conftest import collector_toml, influx_query
 
 #: Generous bound for a condition that the collector reaches within a few probe intervals.
@@ -35,14 +36,15 @@ def healthz(port: int) -> tuple[int, dict[str, object]]:
 def wait_for(what: str, cond: Callable[[], bool], proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + DEADLINE_S
     while not cond():
-        assert proc is None or proc.poll() is None, f"the collector exited ({proc.returncode}) waiting for {what}"
+        if proc is not None:
+            assert proc.poll() is None, f"the collector exited ({proc.returncode}) waiting for {what}"
         assert time.monotonic() < deadline, f"not reached: {what}"
         time.sleep(0.2)
 
 
 def start(config: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "gridwatt.collector.cli", "serve", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    argv = [sys.executable, "-m", "gridwatt.collector.cli", "serve", "--config", str(config)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> str:
@@ -59,16 +61,12 @@ def test_starts_while_influxdb_is_down_and_creates_the_database_once_it_answers(
     proc = start(config)
     try:
         wait_for("/healthz 503", lambda: healthz(http_port)[0] == 503, proc)
-        status, body = healthz(http_port)
-        assert body["status"] == "unavailable"
-        assert f"InfluxDB unreachable at http://127.0.0.1:{influx_port}: Cannot connect" in str(body["reason"])
+        body = healthz(http_port)[1]
+        unreachable = f"InfluxDB unreachable at http://127.0.0.1:{influx_port}: Cannot connect"
+        assert body["status"] == "unavailable" and unreachable in str(body["reason"])
         # the query API answers with the reason too (not an empty one)
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/jobs/j1", timeout=30)
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 503
-            message = json.load(exc)["error"]
-            assert message.startswith(f"InfluxDB unreachable at http://127.0.0.1:{influx_port}: Cannot connect")
+        code, text = http_get(f"http://127.0.0.1:{http_port}/v1/jobs/j1")
+        assert code == 503 and json.loads(text)["error"].startswith(unreachable)
         with LocalInfluxDB(data_dir=tmp_path / "influx", port=influx_port) as db:
             wait_for("/healthz 200", lambda: healthz(http_port)[0] == 200, proc)
             (res,) = influx_query(db.url, "", "SHOW DATABASES")
