@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         help="simulated source only: play the trace as fast as possible with its own timestamps, "
         "then exit once every sample is acknowledged",
     )
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                     help="least severe log lines shown (default INFO; WARNING also hides replay progress)")
     run.add_argument("--log-format", choices=["text", "json"], default=None,
                      help="text (default, or $GRIDWATT_LOG_FORMAT) or json: one JSON object per line")
     check = sub.add_parser("check", help="check this node: GPUs and their fields, spool, collector, auth")

@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="ingest agents' samples, store them, answer queries")
     serve.add_argument("--config", required=True, help="collector config file (TOML)")
-    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="least severe log lines shown (default INFO)")
     serve.add_argument("--log-format", choices=["text", "json"], default=None,
                        help="text (default, or $GRIDWATT_LOG_FORMAT) or json: one JSON object per line")
     check = sub.add_parser("check-config", help="validate a config file and its data files, then exit")
