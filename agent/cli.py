@@ -84,6 +84,10 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if run_check(config, args.config, timeout_s=args.timeout) else 1
 
 
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("install", "uninstall"):
@@ -98,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.config}: --replay needs source.kind = \"sim\"")
         from gridwatt.agent.runner import run_agent
 
-        result = asyncio.run(run_agent(config, replay=args.replay))
+        quiet = args.log_level in ("WARNING", "ERROR")
+        result = asyncio.run(run_agent(config, replay=args.replay, progress=None if quiet else _progress))
     except (ConfigError, SourceError, TraceError, SpoolError) as exc:
         print(f"gridwatt-agent: {exc}", file=sys.stderr)
         return 2

@@ -36,6 +36,7 @@ from gridwatt.collector.accounting import J_PER_KWH
 from gridwatt.collector.pue import PueFileError
 from gridwatt.collector.stepseries import StepSeries
 from gridwatt.collector.store import quote_string, series_rows
+from gridwatt.textfile import checked_lines
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 
 log = logging.getLogger("gridwatt.collector.pue_feed")
@@ -66,12 +67,12 @@ def load_facility_feed(path: Path) -> FacilityFeed:
     between the last two rows), after which the feed is missing. A feed of one row holds on.
     """
     try:
-        fh = path.open(newline="")
+        fh = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise PueFileError(f"{path}: cannot open: {exc.strerror}") from None
     rows: list[tuple[int, float]] = []
     with fh:
-        reader = csv.DictReader(fh)
+        reader = csv.DictReader(checked_lines(fh, path, PueFileError))
         names = set(reader.fieldnames or ())
         columns = [c for c in _POWER_COLUMNS if c in names]
         if "time" not in names or len(columns) != 1:
