@@ -38,13 +38,7 @@ if ! command -v victoria-metrics >/dev/null 2>&1 && [ ! -x /usr/bin/victoria-met
     || log "victoria-metrics could not be installed; its test will be skipped"
 fi
 
-PY=""
-for cand in python3.13 python3.12 python3.11 python3; do
-  if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-    PY=$(command -v "$cand"); break
-  fi
-done
-[ -n "$PY" ] || { log "Python 3.11 or newer is required"; exit 1; }
+PY=$(bash scripts/find_python.sh) || { log "Python 3.11 or newer is required"; exit 1; }
 
 stamp=.venv/.gridwatt-installed
 if [ ! -x .venv/bin/python ]; then
