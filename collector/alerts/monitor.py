@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,8 @@ class AlertMonitor:
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
         self.events_sent = 0
+        #: Called with every evaluation's events (e.g. the live waste counters on /metrics).
+        self.event_listeners: list[Callable[[list[AlertEvent]], None]] = []
 
     def refresh_open_alerts(self) -> None:
         """Give ``gridwatt alerts``/``/v1/alerts`` the current duration and waste of open alerts.
@@ -162,6 +165,8 @@ class AlertMonitor:
                 events += await self._job_scopes(min(rack_marks.values()))
             if events:
                 self.alerts.apply(events)
+                for listener in self.event_listeners:
+                    listener(events)
                 await self.dispatcher.dispatch(events)
                 self.events_sent += len(events)
             self.refresh_open_alerts()
