@@ -182,8 +182,11 @@ def run_demo(hours: float = 24.0, keep: bool = False, serve: bool = False) -> in
                     f"Prometheus metrics: {collector.http_url}/metrics)")
                 say(f"serving until Ctrl-C; try: gridwatt --collector {collector.http_url} job {JOB}")
                 say(f"or: curl {collector.http_url}/v1/jobs/{JOB}   (InfluxDB: {db.url}, db gridwatt)")
-                while collector.proc is not None and collector.proc.poll() is None:
-                    time.sleep(1)
+                try:
+                    while collector.proc is not None and collector.proc.poll() is None:
+                        time.sleep(1)
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal end of --serve
+                    say("stopping the collector and InfluxDB")
             else:
                 say("run `gridwatt demo --serve` to keep the collector and InfluxDB up and query them")
             collector.stop()
