@@ -83,6 +83,7 @@ class AlertMonitor:
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
         self.events_sent = 0
+        self._state_error = ""  # the last state-file write failure, logged once
         #: Called with every evaluation's events (e.g. the live waste counters on /metrics).
         self.event_listeners: list[Callable[[list[AlertEvent]], None]] = []
 
@@ -172,8 +173,27 @@ class AlertMonitor:
             self.refresh_open_alerts()
             if (events or observed) and self.config.state_file:
                 # saved after every evaluation, so a restart resumes exactly where it left off
-                save_state(self.config.state_file, self.engine, self.alerts)
+                self.save_state()
             return events
+
+    def save_state(self) -> bool:
+        """Write the state file; a failure is one error line (once until it changes), never a traceback,
+        and evaluation goes on (a restart would then re-send the events since the last good save)."""
+        assert self.config.state_file is not None
+        try:
+            save_state(self.config.state_file, self.engine, self.alerts)
+        except OSError as exc:
+            problem = f"{exc.strerror or exc}"
+            if problem != self._state_error:
+                self._state_error = problem
+                log.error("alerts.state_file %s cannot be written (%s): alerts go on, but a restart "
+                          "would re-send the events since the last good save", self.config.state_file,
+                          problem)
+            return False
+        if self._state_error:
+            log.info("alerts.state_file %s is written again", self.config.state_file)
+            self._state_error = ""
+        return True
 
     def _combined(self, rack_marks: dict[str, int]) -> list[AlertEvent]:
         """Group and cluster windows for spans every active rack has closed."""

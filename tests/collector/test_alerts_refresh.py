@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
+
+import pytest
 
 from gridwatt.cli import format_alerts
 from gridwatt.collector.alerts import AlertEngine, AlertsConfig, AlertStore, save_state
@@ -55,3 +58,22 @@ def test_restart_shows_the_state_files_numbers(tmp_path: Path) -> None:
     assert math.isclose(float(record["wasted_energy_kwh"]), math.fsum(w.facility_energy_kwh for w in idle60))
     text = format_alerts({"alerts": [record], "rules": 1})
     assert f"{IDLE_RACK}  since 2024-03-01T10:00:00Z" in text and "for 60 min" in text
+
+
+def test_an_unwritable_state_file_is_one_error_line_not_a_traceback_per_evaluation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "gone" / "alerts-state.json"
+    cfg = AlertsConfig.model_validate({**CONFIG, "state_file": str(state)})
+    monitor = AlertMonitor(cfg, InfluxStore(InfluxConfig()), 60)
+    (tmp_path / "gone").write_text("a file where the folder should be")
+    with caplog.at_level(logging.INFO, logger="gridwatt.collector.alerts"):
+        assert monitor.save_state() is False
+        assert monitor.save_state() is False
+        (tmp_path / "gone").unlink()
+        assert monitor.save_state() is True
+    lines = [r for r in caplog.records if "alerts.state_file" in r.getMessage()]
+    assert [r.levelname for r in lines] == ["ERROR", "INFO"]
+    assert lines[0].getMessage().startswith(f"alerts.state_file {state} cannot be written (")
+    assert not any(r.exc_info for r in caplog.records)
+    assert state.exists()
