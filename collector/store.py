@@ -338,7 +338,7 @@ class InfluxStore:
         return groups
 
     async def _write_range(
-        self, lines: list[str], lo: int, hi: int, result: WriteResult, rp: str = ""
+        self, lines: list[str], lo: int, hi: int, result: WriteResult, rp: str | None = None
     ) -> bool:
         """Write lines[lo:hi], splitting as needed; False if InfluxDB answered 413 to any part."""
         n = hi - lo
@@ -370,7 +370,7 @@ class InfluxStore:
                         n, self._chunk_lines)
         return False
 
-    async def _post(self, chunk: list[str], result: WriteResult, rp: str = "") -> tuple[int, str]:
+    async def _post(self, chunk: list[str], result: WriteResult, rp: str | None = None) -> tuple[int, str]:
         """One request, retried on transient failures; returns (status, body) for 2xx/400/413/422."""
         body = "\n".join(chunk).encode()
         attempt = 0
