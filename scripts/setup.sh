@@ -23,6 +23,10 @@ command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
 [ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# the deployment tests (tests/deploy): real useradd/systemctl fill --root images; curl as in the README
+command -v useradd >/dev/null 2>&1 || missing+=(passwd)
+command -v systemctl >/dev/null 2>&1 || missing+=(systemd)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 # views (#11): promtool and a real Prometheus for the /metrics and dashboard tests; headless
 # Chromium and its WebDriver for the web page's browser test
 [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
