@@ -11,8 +11,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gridwatt.agent.attribution import Attributor
+from gridwatt.agent.attribution.podresources import KubeletGpuMap
 from gridwatt.agent.config import AgentConfig
 from gridwatt.agent.host_meter import HostMeter, host_spool_row
 from gridwatt.agent.sampler import Sampler
@@ -21,7 +23,7 @@ from gridwatt.agent.shipper import Shipper
 from gridwatt.agent.sources.base import GpuSource
 from gridwatt.agent.sources.host import HostSampler
 from gridwatt.agent.spool import Ledger, Spool
-from gridwatt.timeutil import parse_time_ns
+from gridwatt.timeutil import format_time_ns, parse_time_ns
 
 log = logging.getLogger("gridwatt.agent")
 
@@ -56,6 +58,46 @@ class AgentTaskDied(Exception):
     """A task the agent cannot work without (the shipper) ended while the agent was running."""
 
 
+def kubelet_gpu_map(config: AgentConfig) -> KubeletGpuMap | None:
+    """The kubelet pod-resources watcher, when Kubernetes attribution and a socket are configured."""
+    att = config.attribution
+    if not att.kubernetes or att.kubelet_socket is None or str(att.kubelet_socket) in ("", "."):
+        return None
+    return KubeletGpuMap(att.kubelet_socket, att.kubelet_refresh_s,
+                         resource_prefixes=att.kubelet_resource_prefixes)
+
+
+def _replay_start(config: AgentConfig, source: GpuSource, spool: Spool,
+                  progress: ProgressFn | None) -> str | None:
+    """Say what a replay will do, and resume after what the spool already took; returns the mark's name.
+
+    The mark (the last read time whose samples are spooled) is keyed by the trace's span, interval
+    and GPU count, so another trace or interval starts from its beginning.
+    """
+    if not hasattr(source, "resume_from"):
+        return None
+    sim: Any = source
+    say = progress or (lambda line: None)
+    node = config.node
+    if sim.gpu_count == 0:
+        say(f"[{node}] the trace has no rows for node {node!r}: nothing to replay")
+        return None
+    estimate = sim.samples_estimate
+    hours = (sim.end_ns - sim.start_ns) / 3.6e12
+    say(f"[{node}] replaying {sim.gpu_count} GPUs over {hours:g} h at interval_s {config.interval_s:g}: "
+        f"about {estimate:,} samples"
+        + (" (a larger interval_s replays faster; line it up with the trace's steps)"
+           if estimate > 1_000_000 else ""))
+    name = f"replay {sim.start_ns}-{sim.end_ns} every {sim.interval_ns} ns, {sim.gpu_count} GPUs"
+    done_to = spool.mark(name)
+    if done_to is not None:
+        sim.resume_from(done_to)
+        where = "the end: nothing left" if done_to >= sim.end_ns else format_time_ns(done_to)
+        say(f"[{node}] resuming after what the spool already took: from {where} "
+            f"(remove {config.spool_path} to replay from the start)")
+    return name
+
+
 @dataclass
 class RunResult:
     ledger: Ledger
@@ -80,6 +122,7 @@ async def run_agent(
     """Run until stopped (SIGINT/SIGTERM), or in replay mode until the trace is played and acknowledged."""
     source = source or build_source(config, replay)
     static_job = config.attribution.job_id or os.environ.get("GRIDWATT_JOB_ID", "")
+    kubelet = kubelet_gpu_map(config)
     sampler = Sampler(
         Attributor(
             static_job,
@@ -87,6 +130,7 @@ async def run_agent(
             config.attribution.slurm,
             kubernetes=config.attribution.kubernetes,
             job_mapping_dir=config.attribution.job_mapping_dir,
+            gpu_pods=kubelet.current if kubelet is not None else None,
         ),
         config.idle_below_pct,
     )
@@ -102,6 +146,10 @@ async def run_agent(
             loop.add_signal_handler(sig, stop.set)
     shipping_stop = asyncio.Event()
     ship_task = asyncio.create_task(shipper.run(shipping_stop))
+    kubelet_task = None
+    if kubelet is not None:  # the first samples already know which pods hold the GPUs
+        await kubelet.refresh()
+        kubelet_task = asyncio.create_task(kubelet.run(shipping_stop))
     high_water = config.collector.batch_max_samples * config.collector.max_in_flight * 4
     last_progress = 0.0
     last_ledger_log = time.monotonic()
@@ -112,11 +160,17 @@ async def run_agent(
             last_ledger_log = time.monotonic()
             log.info("ledger: %s; shipper: %s", spool.ledger().line(), shipper.stats.line())
 
-    def report(final: bool = False) -> None:
+    last_reported: tuple[int, int] | None = None
+
+    def report(final: bool = False, draining: bool = False) -> None:
+        nonlocal last_reported
         if progress is None:
             return
         ledger = spool.ledger()
-        state = "done" if final else f"{source.progress() * 100:5.1f}%"
+        if draining and last_reported == (ledger.acknowledged, ledger.pending):
+            return  # waiting for acknowledgements: say something only when they move
+        last_reported = (ledger.acknowledged, ledger.pending)
+        state = "done" if final else "delivering" if draining else f"{source.progress() * 100:5.1f}%"
         progress(
             f"[{config.node}] replay {state} sampled={ledger.sampled} acknowledged={ledger.acknowledged} "
             f"pending={ledger.pending} rejected={ledger.rejected}"
@@ -137,11 +191,13 @@ async def run_agent(
             raise AgentTaskDied(f"the shipper stopped unexpectedly ({why}); samples stay spooled at "
                                 f"{config.spool_path}")
 
+    mark_name = _replay_start(config, source, spool, progress) if replay else None
     notifier = Notifier()  # a no-op unless NOTIFY_SOCKET is set (systemd Type=notify)
     notifier.ready(f"sampling {config.source.kind}, shipping to {config.collector.address}")
     try:
         next_tick = time.monotonic()
-        while not stop.is_set():
+        nothing_to_play = replay and getattr(source, "gpu_count", 1) == 0
+        while not stop.is_set() and not nothing_to_play:
             check_tasks()
             notifier.watchdog()
             samples = sampler.take(source.read())
@@ -150,8 +206,11 @@ async def run_agent(
                 host_sample = host_meter.take(host.read())
                 if host_sample is not None:
                     rows.append(host_spool_row(host_sample))
-            if rows:
+            if mark_name is not None:  # how far the replay got, with its samples (a restart resumes there)
+                spool.append(rows, marks={mark_name: getattr(source, "now_ns", 0) or 0})
+            elif rows:
                 spool.append(rows)
+            if rows:
                 shipper.new_data.set()
             if source.finished:
                 break
@@ -187,13 +246,17 @@ async def run_agent(
                 await asyncio.wait_for(shipper.acked.wait(), timeout=wait_s)
             if replay and time.monotonic() - last_progress >= progress_every_s:
                 last_progress = time.monotonic()
-                report()
+                report(draining=True)
             log_ledger_now_and_then()
             if stop.is_set() and deadline is None:
                 deadline = time.monotonic() + DRAIN_S
     finally:
         died = ship_task.done() and not shipping_stop.is_set()
         shipping_stop.set()
+        if kubelet_task is not None:
+            kubelet_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await kubelet_task
         if died:
             if not ship_task.cancelled():
                 ship_task.exception()  # retrieved; check_tasks reported it

@@ -242,7 +242,7 @@ def test_collector_unit_has_descriptors_and_state_directory() -> None:
     """Issue #8, finding 3: descriptors for every agent and client; alert state in StateDirectory."""
     unit = COLLECTOR_UNIT.read_text().splitlines()
     assert "LimitNOFILE=65536" in unit
-    assert "StateDirectory=gridwatt" in unit and "ReadWritePaths=/var/lib/gridwatt" in unit
+    assert "StateDirectory=gridwatt" in unit
     assert "UMask=0077" in unit
 
 
