@@ -5,8 +5,9 @@ half-sent requests once held every file descriptor the collector had (and with t
 to InfluxDB). ``HttpGuard`` wraps aiohttp's protocol factory:
 
 * at most ``max_connections`` connections are open: a new one evicts the oldest connection that
-  has no request being handled (a slow client cannot keep a health check out), and is closed at
-  once only when every open connection is busy;
+  is still waiting for a request head (a complete head, or a request being handled, is never
+  evicted), so slow clients cannot keep a health check out; it is closed at once only when every
+  open connection is busy;
 * a connection must deliver a complete request head within ``header_timeout_s`` of being opened,
   and again after each response (an idle keep-alive connection is closed then too);
 * request bodies are limited by the application's ``client_max_size`` (``http_max_body_bytes``).
@@ -41,6 +42,9 @@ class _Guarded(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.busy = 0
+        #: A complete request head (up to its blank line) has arrived and awaits its handler.
+        self.head_complete = False
+        self._tail = b""
 
     def arm(self) -> None:
         self.disarm()
@@ -51,9 +55,14 @@ class _Guarded(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
 
+    @property
+    def evictable(self) -> bool:
+        """Waiting for (the rest of) a request head: nothing of value would be lost."""
+        return self.busy == 0 and not self.head_complete
+
     def _expire(self) -> None:
         self.timer = None
-        if self.busy == 0 and self.transport is not None and not self.transport.is_closing():
+        if self.evictable and self.transport is not None and not self.transport.is_closing():
             self.guard.timed_out += 1
             self.transport.abort()
 
@@ -65,6 +74,12 @@ class _Guarded(asyncio.Protocol):
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
+        if not self.head_complete and self.busy == 0:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:
+                self.head_complete = True
+                self.disarm()
+            self._tail = seen[-3:]
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -109,7 +124,7 @@ class HttpGuard:
     def _evict_one(self) -> bool:
         """Abort the oldest open connection with no request in progress; False if all are busy."""
         for transport, conn in self.open.items():
-            if conn.busy == 0:
+            if conn.evictable:
                 del self.open[transport]
                 conn.disarm()
                 self.evicted += 1
@@ -124,10 +139,12 @@ class HttpGuard:
         if conn is None:
             return await handler(request)
         conn.busy += 1
+        conn.head_complete = False
         conn.disarm()
         try:
             return await handler(request)
         finally:
             conn.busy -= 1
             if conn.busy == 0:
+                conn._tail = b""
                 conn.arm()
