@@ -86,7 +86,7 @@ class Rig:
     def stored(self, where: str = "") -> tuple[int, float]:
         """(count, sum of energy_j) of this node's gpu points."""
         row = self.query(f"SELECT count(energy_j), sum(energy_j) FROM gpu WHERE node = '{NODE}' {where}")
-        return int(row.get("count", 0)), float(row.get("sum", 0.0))
+        return int(row.get("count") or 0), float(row.get("sum") or 0.0)  # nulls: a shard being written
 
     def rack_energy_j(self) -> float:
         return float(self.query("SELECT sum(it_energy_kwh) FROM rack").get("sum", 0.0)) * 3.6e6

@@ -40,7 +40,7 @@ def stored(db: LocalInfluxDB, database: str, node: str | None = None) -> tuple[i
     where = f" WHERE node = '{node}'" if node else ""
     (res,) = influx_query(db.url, database, f"SELECT count(energy_j), sum(energy_j) FROM gpu{where}")
     row = first_row(res)
-    return int(row.get("count", 0)), float(row.get("sum", 0.0))
+    return int(row.get("count") or 0), float(row.get("sum") or 0.0)  # nulls: a shard being written
 
 
 def tls_server_toml(pki: Any, mutual: bool) -> str:
