@@ -12,12 +12,12 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from importlib import resources
 from pathlib import Path
 
 from gridwatt.cli import fetch_json, format_alerts, format_job, format_racks
 from gridwatt.harness import CollectorProcess, new_collector_ports, start_agent, toml_str
 from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.resources import deploy_file
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 
 JOB = "llama-7b-finetune"
@@ -28,8 +28,8 @@ GPUS_PER_NODE = 8
 
 
 def grid_csv() -> Path:
-    """Germany's 2022 hourly intensity, shipped as package data (gridwatt/data → deploy/data/grid)."""
-    return Path(str(resources.files("gridwatt") / "data" / "DE_2022_hourly.csv"))
+    """Germany's 2022 hourly intensity, shipped as package data (deploy/data/grid, gridwatt.deploy)."""
+    return Path(str(deploy_file("data", "grid", "DE_2022_hourly.csv")))
 
 
 def write_trace(path: Path, hours: float) -> None:
