@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, CollectorConfig)
         from gridwatt.collector.auth import NodeAuth
-        from gridwatt.collector.topology import Topology
+        from gridwatt.collector.wiring import build_topology
 
-        Topology(config)  # loads intensity and PUE files: their errors surface before serving
+        build_topology(config)  # loads intensity and PUE files: their errors surface before serving
         auth = NodeAuth.from_config(config.auth)
         if args.command == "check-config":
             print(f"{args.config}: OK ({len(config.zones)} zones, {len(config.racks)} racks, "

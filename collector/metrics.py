@@ -13,7 +13,6 @@ Two registries:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,8 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from gridwatt.collector.ingest import IngestStats
+from gridwatt.collector.ingest_stats import IngestStats
 
 PREFIX = "gridwatt_collector_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -23,6 +23,7 @@ from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore
 from gridwatt.collector.topology import Topology
 from gridwatt.collector.validation import Limits
+from gridwatt.collector.wiring import build_topology
 from gridwatt.timeutil import parse_time_ns
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 
@@ -106,13 +107,14 @@ async def _health_service(store: InfluxStore, ingestor: Ingestor, server: grpc.a
 
 async def start_collector(config: CollectorConfig) -> RunningCollector:
     """Start serving; returns handles (ports resolved when :0 was asked)."""
-    topology = Topology(config)
+    metrics = CollectorMetrics()
+    store = InfluxStore(config.influxdb, metrics)
+    # loads every data file before anything starts; feed-derived PUEs read measured IT energy from store
+    topology = build_topology(config, store)
     auth = NodeAuth.from_config(config.auth)
     if not auth.enabled:
         log.warning("agent authentication is off: any client can write for any node; "
                     "configure [auth] tokens_file in production")
-    metrics = CollectorMetrics()
-    store = InfluxStore(config.influxdb, metrics)
     await store.start()
     rollup = RackRollup(store, config.accounting.rack_resolution_s,
                         settle_s=config.accounting.replica_settle_s)

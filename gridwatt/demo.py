@@ -14,9 +14,9 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from gridwatt.cli import fetch_json, format_alerts, format_job, format_racks
-from gridwatt.harness import CollectorProcess, new_collector_ports, start_agent, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, start_agent, toml_str
+from gridwatt.report import fetch_json, format_alerts, format_job, format_racks
 from gridwatt.resources import deploy_file
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 

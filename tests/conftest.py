@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from gridwatt.harness import toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import toml_str
 
 REPO = Path(__file__).resolve().parent.parent
 DE_CSV = REPO / "deploy" / "data" / "grid" / "DE_2022_hourly.csv"

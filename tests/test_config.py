@@ -78,8 +78,8 @@ def test_example_configs_are_valid() -> None:
     assert agent.node == "gpu-node-01" and agent.source.kind == "nvml"
     collector = load_config(deploy / "collector.example.toml", CollectorConfig, environ={})
     assert [r.name for r in collector.racks] == ["rack-a", "rack-b", "paris-1"]
-    from gridwatt.collector.topology import Topology
+    from gridwatt.collector.wiring import build_topology
 
-    topology = Topology(collector)  # loads the CSV intensity shipped in deploy/data/grid
+    topology = build_topology(collector)  # loads the CSV intensity shipped in deploy/data/grid
     placed = topology.locate("gpu-node-03")
     assert placed is not None and placed.pue.value_at(0) == 1.35

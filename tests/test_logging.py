@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gridwatt.harness import CollectorProcess, new_collector_ports
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports
 from gridwatt.logsetup import JsonFormatter
 from tests.conftest import collector_toml
 

@@ -13,12 +13,12 @@ from gridwatt.collector.intensity.config import (
     ChainConfig,
     ElectricityMapsConfig,
     WattTimeConfig,
-    build_provider,
     parse_provider_config,
 )
 from gridwatt.collector.intensity.constant import ConstantIntensity
 from gridwatt.collector.intensity.csv_file import CsvIntensity
 from gridwatt.collector.intensity.electricitymaps import ElectricityMapsIntensity
+from gridwatt.collector.intensity.factory import build_provider
 from gridwatt.collector.intensity.uk_carbon import UkCarbonIntensity
 from gridwatt.collector.intensity.watttime import WattTimeIntensity
 from gridwatt.configfile import ConfigError

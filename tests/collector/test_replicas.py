@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gridwatt.harness import start_agent, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import start_agent, toml_str
 from gridwatt.timeutil import format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc

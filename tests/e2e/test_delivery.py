@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from gridwatt.agent.spool import Ledger, Spool, peek_ledger
-from gridwatt.harness import AgentProcess, CollectorProcess, new_collector_ports, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import AgentProcess, CollectorProcess, new_collector_ports, toml_str
 from gridwatt.timeutil import NS_PER_S, parse_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 from tests.conftest import collector_toml, first_row, influx_query

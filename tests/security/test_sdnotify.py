@@ -16,7 +16,7 @@ import pytest
 from gridwatt.agent.config import SimConfig
 from gridwatt.agent.runner import run_agent
 from gridwatt.agent.sdnotify import Notifier, notify, watchdog_interval_s
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from tests.collector.helpers import running_collector
 from tests.conftest import collector_toml
 from tests.security.helpers import EXPECTED_SAMPLES, agent_config, replay

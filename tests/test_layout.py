@@ -1,0 +1,66 @@
+"""The tree's shape: no symlinks, no import circles, and import names mapped onto the real folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import gridwatt.agent
+import gridwatt.collector
+import gridwatt.deploy
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_symlink_is_tracked() -> None:
+    out = subprocess.run(["git", "ls-files", "-s"], cwd=REPO, capture_output=True, text=True, check=True)
+    links = [line.split("\t", 1)[1] for line in out.stdout.splitlines() if line.startswith("120000 ")]
+    assert links == []
+
+
+def test_import_names_come_from_the_real_folders() -> None:
+    assert Path(gridwatt.agent.__file__).resolve() == REPO / "agent" / "__init__.py"
+    assert Path(gridwatt.collector.__file__).resolve() == REPO / "collector" / "__init__.py"
+    assert Path(gridwatt.deploy.__file__).resolve() == REPO / "deploy" / "__init__.py"
+
+
+def test_no_import_circle_in_gridwatt_agent_or_collector() -> None:
+    cycles = _script("import_cycles")
+    files = cycles.module_files(REPO)
+    graph = cycles.import_graph(files)
+    assert "gridwatt.agent.runner" in files and "gridwatt.collector.ingest" in files
+    # the graph sees imports inside agent/ and collector/ (a lazy and a TYPE_CHECKING one count too)
+    assert "gridwatt.collector.ingest_stats" in graph["gridwatt.collector.metrics"]
+    assert "gridwatt.agent.spool" in graph["gridwatt.agent.runner"]
+    assert cycles.cycles(graph) == []
+
+
+def test_import_cycles_finds_a_circle() -> None:
+    cycles = _script("import_cycles")
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert cycles.cycles(graph) == [["a", "b", "c"]]
+
+
+def test_typecheck_tree_maps_import_names_onto_the_folders(tmp_path: Path) -> None:
+    tree = _script("typecheck_tree").build(REPO, tmp_path / "typecheck")
+    assert (tree / "gridwatt" / "agent").resolve() == REPO / "agent"
+    assert (tree / "gridwatt" / "collector").resolve() == REPO / "collector"
+    assert (tree / "gridwatt" / "cli.py").resolve() == REPO / "gridwatt" / "cli.py"
+    assert (tree / "gridwatt" / "agent" / "runner.py").is_file()
+
+
+def test_the_script_exits_zero_on_this_tree() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "import_cycles.py")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
