@@ -65,18 +65,10 @@ def _stderr_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-async def run_agent(
-    config: AgentConfig,
-    replay: bool = False,
-    source: GpuSource | None = None,
-    progress: ProgressFn | None = _stderr_progress,
-    progress_every_s: float = 2.0,
-    stop: asyncio.Event | None = None,
-) -> RunResult:
-    """Run until stopped (SIGINT/SIGTERM), or in replay mode until the trace is played and acknowledged."""
-    source = source or build_source(config, replay)
+def build_sampler(config: AgentConfig) -> Sampler:
+    """The sampler with the configured attribution (static job id, Slurm, Kubernetes, mapping files)."""
     static_job = config.attribution.job_id or os.environ.get("GRIDWATT_JOB_ID", "")
-    sampler = Sampler(
+    return Sampler(
         Attributor(
             static_job,
             config.attribution.proc_root,
@@ -86,101 +78,162 @@ async def run_agent(
         ),
         config.idle_below_pct,
     )
-    host_on = config.host.enabled if config.host.enabled is not None else config.source.kind == "nvml"
-    host = HostSampler(config.host.proc_root, config.host.powercap_root) if host_on else None
-    host_meter = HostMeter()
-    spool = Spool(config.spool_path, config.spool_max_samples)
-    shipper = Shipper(config.node, spool, config.collector, ledger_report_s=config.ledger_report_s)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    shipping_stop = asyncio.Event()
-    ship_task = asyncio.create_task(shipper.run(shipping_stop))
-    high_water = config.collector.batch_max_samples * config.collector.max_in_flight * 4
-    last_progress = 0.0
-    last_ledger_log = time.monotonic()
 
-    def log_ledger_now_and_then() -> None:
-        nonlocal last_ledger_log
-        if time.monotonic() - last_ledger_log >= config.ledger_report_s:
-            last_ledger_log = time.monotonic()
-            log.info("ledger: %s; shipper: %s", spool.ledger().line(), shipper.stats.line())
 
-    def report(final: bool = False) -> None:
-        if progress is None:
-            return
-        ledger = spool.ledger()
-        state = "done" if final else f"{source.progress() * 100:5.1f}%"
-        progress(
-            f"[{config.node}] replay {state} sampled={ledger.sampled} acknowledged={ledger.acknowledged} "
-            f"pending={ledger.pending} rejected={ledger.rejected}"
-            + (f" (collector: {shipper.stats.last_error})" if shipper.stats.last_error and not final else "")
-        )
+async def run_agent(
+    config: AgentConfig,
+    replay: bool = False,
+    source: GpuSource | None = None,
+    progress: ProgressFn | None = _stderr_progress,
+    progress_every_s: float = 2.0,
+    stop: asyncio.Event | None = None,
+) -> RunResult:
+    """Run until stopped (SIGINT/SIGTERM), or in replay mode until the trace is played and acknowledged."""
+    agent = _AgentLoop(config, replay, source or build_source(config, replay), progress, progress_every_s,
+                       stop or asyncio.Event())
+    return await agent.run()
 
-    notifier = Notifier()  # a no-op unless NOTIFY_SOCKET is set (systemd Type=notify)
-    notifier.ready(f"sampling {config.source.kind}, shipping to {config.collector.address}")
-    try:
+
+class _AgentLoop:
+    """One run of the agent: sample → spool → ship, then drain; see :func:`run_agent`."""
+
+    def __init__(self, config: AgentConfig, replay: bool, source: GpuSource, progress: ProgressFn | None,
+                 progress_every_s: float, stop: asyncio.Event) -> None:
+        self.config = config
+        self.replay = replay
+        self.source = source
+        self.progress = progress
+        self.progress_every_s = progress_every_s
+        self.stop = stop
+        self.sampler = build_sampler(config)
+        host_on = config.host.enabled if config.host.enabled is not None else config.source.kind == "nvml"
+        self.host = HostSampler(config.host.proc_root, config.host.powercap_root) if host_on else None
+        self.host_meter = HostMeter()
+        self.spool = Spool(config.spool_path, config.spool_max_samples)
+        self.shipper = Shipper(config.node, self.spool, config.collector,
+                               ledger_report_s=config.ledger_report_s)
+        self.notifier = Notifier()  # a no-op unless NOTIFY_SOCKET is set (systemd Type=notify)
+        self.high_water = config.collector.batch_max_samples * config.collector.max_in_flight * 4
+        self.last_progress = 0.0
+        self.last_ledger_log = time.monotonic()
+        self.stopping_sent = False
+
+    async def run(self) -> RunResult:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop.set)
+        shipping_stop = asyncio.Event()
+        ship_task = asyncio.create_task(self.shipper.run(shipping_stop))
+        config = self.config
+        self.notifier.ready(f"sampling {config.source.kind}, shipping to {config.collector.address}")
+        try:
+            await self._sample_until_done()
+            await self._drain()
+        finally:
+            shipping_stop.set()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(ship_task, timeout=SHIPPER_STOP_S)
+            self.source.close()
+            if self.replay:
+                self._report(final=True)
+            ledger = self.spool.ledger()
+            self.spool.close()
+        if ledger.pending:
+            log.warning("stopping with %d samples still spooled at %s; they are sent on the next start",
+                        ledger.pending, self.config.spool_path)
+        log.info("ledger: %s; shipper: %s", ledger.line(), self.shipper.stats.line())
+        return RunResult(ledger, list(self.shipper.stats.rejections))
+
+    async def _sample_until_done(self) -> None:
+        """Sample every interval (a replay: as fast as the collector takes it) until stopped or finished."""
         next_tick = time.monotonic()
-        while not stop.is_set():
-            notifier.watchdog()
-            samples = sampler.take(source.read())
-            rows = [(s.start_ns, s.energy_j, s.SerializeToString()) for s in samples]
-            if host is not None:
-                host_sample = host_meter.take(host.read())
-                if host_sample is not None:
-                    rows.append(host_spool_row(host_sample))
-            if rows:
-                spool.append(rows)
-                shipper.new_data.set()
-            if source.finished:
+        while not self.stop.is_set():
+            self.notifier.watchdog()
+            self._sample_once()
+            if self.source.finished:
                 break
-            log_ledger_now_and_then()
-            if replay:
-                # Backpressure: a replay never outruns the collector so far that the spool evicts.
-                while spool.pending > high_water and not stop.is_set():
-                    shipper.acked.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(shipper.acked.wait(), timeout=1.0)
-                await asyncio.sleep(0)
-                if time.monotonic() - last_progress >= progress_every_s:
-                    last_progress = time.monotonic()
-                    report()
+            self._log_ledger_now_and_then()
+            if self.replay:
+                await self._hold_back()
+                self._progress_now_and_then()
             else:
-                next_tick += config.interval_s
-                delay = next_tick - time.monotonic()
-                if delay < 0:
-                    next_tick = time.monotonic()
-                    delay = 0
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-        # Drain: a replay waits for everything to be acknowledged; a stopped agent flushes for up to
-        # DRAIN_S, then the shipper gets SHIPPER_STOP_S to send the final ledger and close: a SIGTERM
-        # ends the process within 10 s (systemd's default stop timeout is 90 s).
-        deadline = None if replay and not stop.is_set() else time.monotonic() + DRAIN_S
-        while spool.pending > 0 and (deadline is None or time.monotonic() < deadline):
-            shipper.acked.clear()
+                next_tick = await self._wait_for_tick(next_tick)
+
+    def _sample_once(self) -> None:
+        """Read the source (and the host), spool what it gives and wake the shipper."""
+        samples = self.sampler.take(self.source.read())
+        rows = [(s.start_ns, s.energy_j, s.SerializeToString()) for s in samples]
+        if self.host is not None:
+            host_sample = self.host_meter.take(self.host.read())
+            if host_sample is not None:
+                rows.append(host_spool_row(host_sample))
+        if rows:
+            self.spool.append(rows)
+            self.shipper.new_data.set()
+
+    async def _hold_back(self) -> None:
+        """Backpressure: a replay never outruns the collector so far that the spool evicts."""
+        while self.spool.pending > self.high_water and not self.stop.is_set():
+            self.shipper.acked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.shipper.acked.wait(), timeout=1.0)
+        await asyncio.sleep(0)
+
+    async def _wait_for_tick(self, next_tick: float) -> float:
+        """Sleep until the next interval (or a stop); returns the tick after it."""
+        next_tick += self.config.interval_s
+        delay = next_tick - time.monotonic()
+        if delay < 0:
+            next_tick = time.monotonic()
+            delay = 0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), timeout=delay)
+        return next_tick
+
+    async def _drain(self) -> None:
+        """Deliver what is spooled: a replay waits for everything to be acknowledged; a stopped agent
+        flushes for up to DRAIN_S, then the shipper gets SHIPPER_STOP_S to send the final ledger and
+        close: a SIGTERM ends the process within 10 s (systemd's default stop timeout is 90 s)."""
+        self._notice_stop()
+        deadline = None if self.replay and not self.stop.is_set() else time.monotonic() + DRAIN_S
+        while self.spool.pending > 0 and (deadline is None or time.monotonic() < deadline):
+            self.shipper.acked.clear()
             wait_s = 1.0 if deadline is None else max(min(1.0, deadline - time.monotonic()), 0.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(shipper.acked.wait(), timeout=wait_s)
-            if replay and time.monotonic() - last_progress >= progress_every_s:
-                last_progress = time.monotonic()
-                report()
-            log_ledger_now_and_then()
-            if stop.is_set() and deadline is None:
+                await asyncio.wait_for(self.shipper.acked.wait(), timeout=wait_s)
+            if self.replay:
+                self._progress_now_and_then()
+            self._log_ledger_now_and_then()
+            if self.stop.is_set() and deadline is None:
+                self._notice_stop()
                 deadline = time.monotonic() + DRAIN_S
-    finally:
-        shipping_stop.set()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(ship_task, timeout=SHIPPER_STOP_S)
-        source.close()
-        if replay:
-            report(final=True)
-        ledger = spool.ledger()
-        spool.close()
-    if ledger.pending:
-        log.warning("stopping with %d samples still spooled at %s; they are sent on the next start",
-                    ledger.pending, config.spool_path)
-    log.info("ledger: %s; shipper: %s", ledger.line(), shipper.stats.line())
-    return RunResult(ledger, list(shipper.stats.rejections))
+
+    def _notice_stop(self) -> None:
+        """Tell systemd (STOPPING=1) once, when a stop was asked (SIGTERM, SIGINT or ``stop``)."""
+        if self.stop.is_set() and not self.stopping_sent:
+            self.stopping_sent = True
+            self.notifier.stopping()
+
+    def _log_ledger_now_and_then(self) -> None:
+        if time.monotonic() - self.last_ledger_log >= self.config.ledger_report_s:
+            self.last_ledger_log = time.monotonic()
+            log.info("ledger: %s; shipper: %s", self.spool.ledger().line(), self.shipper.stats.line())
+
+    def _progress_now_and_then(self) -> None:
+        if time.monotonic() - self.last_progress >= self.progress_every_s:
+            self.last_progress = time.monotonic()
+            self._report()
+
+    def _report(self, final: bool = False) -> None:
+        if self.progress is None:
+            return
+        ledger = self.spool.ledger()
+        state = "done" if final else f"{self.source.progress() * 100:5.1f}%"
+        error = self.shipper.stats.last_error
+        node = self.config.node
+        self.progress(
+            f"[{node}] replay {state} sampled={ledger.sampled} acknowledged={ledger.acknowledged} "
+            f"pending={ledger.pending} rejected={ledger.rejected}"
+            + (f" (collector: {error})" if error and not final else "")
+        )

@@ -257,11 +257,18 @@ class CollectorConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> CollectorConfig:
         zones = [z.name for z in self.zones]
-        if len(set(zones)) != len(zones):
-            raise ValueError(f"zone names must be unique: {zones}")
-        racks = [r.name for r in self.racks]
-        if len(set(racks)) != len(racks):
-            raise ValueError(f"rack names must be unique: {racks}")
+        _unique("zone", zones)
+        _unique("rack", [r.name for r in self.racks])
+        self._check_rack_zones_and_nodes(zones)
+        self._check_feed_racks()
+        if self.auth.bind_node_to_cert_cn and self.server.tls_client_ca_file is None:
+            raise ValueError("auth.bind_node_to_cert_cn needs mutual TLS: set server.tls_client_ca_file")
+        if self.accounting.default_zone is not None and self.accounting.default_zone not in zones:
+            raise ValueError(f"accounting.default_zone {self.accounting.default_zone!r} is not a zone")
+        return self
+
+    def _check_rack_zones_and_nodes(self, zones: list[str]) -> None:
+        """Every rack's zone exists; no node is in two racks."""
         seen: dict[str, str] = {}
         for rack in self.racks:
             if rack.zone not in zones:
@@ -270,6 +277,9 @@ class CollectorConfig(_Strict):
                 if node in seen:
                     raise ValueError(f"node {node!r} is in two racks: {seen[node]!r} and {rack.name!r}")
                 seen[node] = rack.name
+
+    def _check_feed_racks(self) -> None:
+        """Site names are unique; a pue_from_feed rack has a site with a feed, and rack windows on."""
         sites = {s.name: s for s in self.sites}
         if len(sites) != len(self.sites):
             raise ValueError(f"site names must be unique: {[s.name for s in self.sites]}")
@@ -287,8 +297,9 @@ class CollectorConfig(_Strict):
                     f"rack {rack.name!r}: pue_from_feed reads the node windows back, so it needs "
                     "accounting.rack_windows = true"
                 )
-        if self.auth.bind_node_to_cert_cn and self.server.tls_client_ca_file is None:
-            raise ValueError("auth.bind_node_to_cert_cn needs mutual TLS: set server.tls_client_ca_file")
-        if self.accounting.default_zone is not None and self.accounting.default_zone not in zones:
-            raise ValueError(f"accounting.default_zone {self.accounting.default_zone!r} is not a zone")
-        return self
+
+
+def _unique(what: str, names: list[str]) -> None:
+    """ValueError listing ``names`` when one appears twice."""
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} names must be unique: {names}")

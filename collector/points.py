@@ -19,10 +19,10 @@ from gridwatt.collector.intensity.base import IntensitySeries
 from gridwatt.collector.lineproto import string_field, tag
 from gridwatt.collector.stepseries import StepSeries
 from gridwatt.collector.topology import Placement
+from gridwatt.timeutil import NS_PER_S
 from gridwatt.v1 import telemetry_pb2 as pb
 
 UNATTRIBUTED = "unattributed"
-NS_PER_S = 1_000_000_000
 
 ENERGY_METHOD_NAMES = {
     pb.ENERGY_METHOD_UNSPECIFIED: "unspecified",

@@ -2,8 +2,10 @@
 
 No window is accumulated in memory. After a batch of node N is stored:
 
-1. every window it touched is recomputed from all ``gpu`` points of node N in
-   that window and written to the ``node`` measurement (reads only N's points);
+1. every window it touched is recomputed from all ``job`` points of node N in
+   that window (the job shares of each GPU interval, ``unattributed`` included, add up to
+   the interval) and written to the ``node`` and ``job_window`` measurements (reads only
+   N's points);
 2. those windows of N's rack are recomputed from the rack's ``node`` points
    (one small point per node and window) and written to ``rack``.
 
@@ -31,10 +33,10 @@ from typing import Any
 from gridwatt.collector.accounting import J_PER_KWH
 from gridwatt.collector.lineproto import tag
 from gridwatt.collector.store import InfluxStore, quote_string, series_rows
+from gridwatt.timeutil import NS_PER_S
 
 log = logging.getLogger("gridwatt.collector.rollup")
 
-NS_PER_S = 1_000_000_000
 _SUMS = ("e", "f", "c", "d", "u", "i", "ie", "n")
 
 

@@ -28,9 +28,9 @@ from gridwatt.collector.alerts.sinks import AlertDispatcher, build_sinks
 from gridwatt.collector.alerts.state import load_state, save_state
 from gridwatt.collector.alerts.store import AlertStore
 from gridwatt.collector.store import InfluxStore, quote_string, series_rows
+from gridwatt.timeutil import NS_PER_S
 
 log = logging.getLogger("gridwatt.collector.alerts")
-NS_PER_S = 1_000_000_000
 
 
 @dataclass
@@ -80,7 +80,6 @@ class AlertMonitor:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
-        self.events_sent = 0
 
     def note(self, node: str, rack: str, first_window_ns: int, max_end_ns: int) -> None:
         """A batch of ``node`` was stored: its samples reach ``max_end_ns``."""
@@ -154,7 +153,6 @@ class AlertMonitor:
             if events:
                 self.alerts.apply(events)
                 await self.dispatcher.dispatch(events)
-                self.events_sent += len(events)
             if (events or observed) and self.config.state_file:
                 # saved after every evaluation, so a restart resumes exactly where it left off
                 save_state(self.config.state_file, self.engine, self.alerts)

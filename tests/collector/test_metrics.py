@@ -22,8 +22,8 @@ from tests.collector.helpers import (
     sim_samples,
     with_influx_settings,
 )
-from tests.collector.influx_front import InfluxFront, Reply
 from tests.conftest import collector_toml
+from tests.influx_front import InfluxFront, Reply
 
 T0 = 1_650_000_000 * 10**9
 P = "gridwatt_collector_"

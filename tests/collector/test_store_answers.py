@@ -24,8 +24,8 @@ from gridwatt.collector.config import InfluxConfig
 from gridwatt.collector.store import InfluxStore, StoreUnavailable, parse_dropped, parse_retry_after
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from tests.collector.helpers import influx_post
-from tests.collector.influx_front import InfluxFront, Reply
 from tests.conftest import first_row, influx_query
+from tests.influx_front import InfluxFront, Reply
 
 NOW_NS = time.time_ns()
 
