@@ -1,4 +1,12 @@
-"""Shared fixtures: one real InfluxDB 1.x server per test session, a fresh database per test."""
+"""Shared fixtures: one real InfluxDB 1.x server per test session, a fresh database per test.
+
+Every test gets one kind marker (README, "Tests"), set here unless the test sets one itself:
+
+* ``e2e``: gridwatt's own programs run as real processes (everything under tests/e2e/);
+* ``integration``: a real server (InfluxDB through the ``influxdb`` fixture, Alertmanager,
+  VictoriaMetrics, a collector on real sockets) but no gridwatt child process;
+* ``unit``: neither; ``pytest -m unit`` is the fast inner loop.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +26,22 @@ from gridwatt.demo_harness.processes import toml_str
 REPO = Path(__file__).resolve().parent.parent
 DE_CSV = REPO / "deploy" / "data" / "grid" / "DE_2022_hourly.csv"
 _db_counter = itertools.count(1)
+KINDS = ("unit", "integration", "e2e")
+#: Fixtures that start a real server: a test using one is (at least) an integration test.
+SERVER_FIXTURES = {"influxdb", "alertmanager", "victoriametrics"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its kind (see the module docstring)."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in KINDS):
+            continue
+        if Path(str(item.fspath)).is_relative_to(REPO / "tests" / "e2e"):
+            item.add_marker(pytest.mark.e2e)
+        elif SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")

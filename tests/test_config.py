@@ -54,6 +54,7 @@ def test_collector_rack_in_unknown_zone(tmp_path: Path) -> None:
         load_config(cfg, CollectorConfig)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("program", ["gridwatt.agent.cli", "gridwatt.collector.cli"])
 def test_cli_exits_2_before_starting(tmp_path: Path, program: str) -> None:
     cfg = tmp_path / "bad.toml"

@@ -30,6 +30,8 @@ from tests.collector.helpers import (
 )
 from tests.conftest import collector_toml, first_row, influx_query
 
+pytestmark = pytest.mark.integration  # see tests/conftest.py
+
 T0 = 1_650_000_000 * 10**9
 H_NS = 3600 * 10**9
 SERVING = health_pb2.HealthCheckResponse.SERVING

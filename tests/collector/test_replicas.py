@@ -17,6 +17,8 @@ from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.collector.helpers import running_collector
 from tests.conftest import collector_toml, first_row, influx_query
 
+pytestmark = pytest.mark.e2e  # see tests/conftest.py
+
 T0 = 1_651_000_020 * 10**9  # a whole minute, so 30 minutes are 30 windows
 NODES = ("n1", "n2", "n3", "n4")
 RACK = '[[racks]]\nname = "r1"\nzone = "Z"\npue = 1.25\nnodes = ["n1", "n2", "n3", "n4"]\n'

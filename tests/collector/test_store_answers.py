@@ -27,6 +27,8 @@ from tests.collector.helpers import influx_post
 from tests.conftest import first_row, influx_query
 from tests.influx_front import InfluxFront, Reply
 
+pytestmark = pytest.mark.integration  # see tests/conftest.py
+
 NOW_NS = time.time_ns()
 
 

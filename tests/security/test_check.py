@@ -120,6 +120,7 @@ async def test_check_names_unknown_node_and_unreachable_collector(
         f"(nothing listens on 127.0.0.1:{port}: is gridwatt-collector running there?)")
 
 
+@pytest.mark.e2e
 async def test_check_cli_config_error_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "agent.toml"
     bad.write_text("interval_s = -5\n")

@@ -131,6 +131,7 @@ async def test_agent_sends_ready_then_watchdog_from_its_loop(
     assert 2 <= len(periodic[1:-1]) <= 7  # 0.6 s / 100 ms = 6, +1 at start; fewer on a slow machine
 
 
+@pytest.mark.e2e
 async def test_sigterm_sends_stopping_before_the_agent_exits(
     tmp_path: Path, influxdb: LocalInfluxDB, database: str, notify_socket: tuple[socket.socket, str],
 ) -> None:
