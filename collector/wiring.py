@@ -21,7 +21,7 @@ def build_providers(config: CollectorConfig) -> dict[str, IntensityProvider]:
     providers: dict[str, IntensityProvider] = {}
     for zone in config.zones:
         try:
-            providers[zone.name] = build_provider(zone.intensity, config.config_dir)
+            providers[zone.name] = build_provider(zone.intensity)
         except ConfigError as exc:
             raise ConfigError(f"zone {zone.name!r}: {exc}") from None
     return providers

@@ -11,21 +11,24 @@ A provider is a table with a ``kind``; a ``chain`` holds a list of them::
     ]
 
 Secrets are never inline: each comes from the environment variable named in
-``*_env`` or, if that is unset, the file in ``*_file`` (relative to the config file).
+``*_env`` or, if that is unset, the file in ``*_file``. Paths are relative to the config file's
+folder (:data:`gridwatt.configfile.ConfigPath`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, TypeAdapter, field_validator
 
 from gridwatt.collector.intensity.base import EmissionFactor
 from gridwatt.collector.intensity.http import HttpSettings
+from gridwatt.configfile import ConfigPath, StrictModel
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    model_config = ConfigDict(frozen=True)  # and, from StrictModel, extra="forbid"
 
 
 class ConstantConfig(_Model):
@@ -40,7 +43,7 @@ class CsvConfig(_Model):
     """A CSV time series (Electricity Maps export or ``time,intensity_g_per_kwh``)."""
 
     kind: Literal["csv"]
-    path: str
+    path: ConfigPath
     emission_factor: EmissionFactor = "lifecycle"
     #: unset: the file's values hold at all times; set: ranges outside the file are unavailable
     max_hold_s: float | None = Field(default=None, ge=0)
@@ -74,7 +77,7 @@ class ElectricityMapsConfig(_HttpConfig):
     emission_factor: EmissionFactor = "lifecycle"
     base_url: str = "https://api.electricitymaps.com"
     api_key_env: str = "ELECTRICITYMAPS_API_KEY"
-    api_key_file: str | None = None
+    api_key_file: ConfigPath | None = None
     past_range_max_s: int = Field(default=10 * 24 * 3600, gt=0)
 
 
@@ -86,7 +89,7 @@ class WattTimeConfig(_HttpConfig):
     username: str | None = None
     username_env: str = "WATTTIME_USERNAME"
     password_env: str = "WATTTIME_PASSWORD"
-    password_file: str | None = None
+    password_file: ConfigPath | None = None
     signal_type: str = "co2_moer"
     endpoint: str = "historical"
     base_url: str = "https://api.watttime.org"
@@ -145,9 +148,8 @@ ProviderConfig = Annotated[
 ChainConfig.model_rebuild()
 
 
-def parse_provider_config(data: object) -> ProviderConfig:
-    """Validate one provider table (a dict from TOML) into its config model."""
-    from pydantic import TypeAdapter
-
+def parse_provider_config(data: object, config_dir: Path | None = None) -> ProviderConfig:
+    """Validate one provider table (a dict from TOML) into its config model; relative paths are
+    taken from ``config_dir`` (as for a table in a config file in that folder)."""
     adapter: TypeAdapter[ProviderConfig] = TypeAdapter(ProviderConfig)
-    return adapter.validate_python(data)
+    return adapter.validate_python(data, context={"config_dir": config_dir})

@@ -25,11 +25,10 @@ from gridwatt.collector.intensity.csv_file import CsvIntensity, IntensityFileErr
 from gridwatt.collector.intensity.electricitymaps import ElectricityMapsIntensity
 from gridwatt.collector.intensity.uk_carbon import UkCarbonIntensity
 from gridwatt.collector.intensity.watttime import WattTimeIntensity
-from gridwatt.configfile import ConfigError, read_secret, resolve_path
+from gridwatt.configfile import ConfigError, read_secret
 
 
-def _secret(env_name: str, file: str | None, config_dir: Path | None, what: str) -> str:
-    path = resolve_path(file, config_dir) if file else None
+def _secret(env_name: str, path: Path | None, what: str) -> str:
     value = read_secret(os.environ.get(env_name) or None, path, what)
     if not value:
         where = f"environment variable {env_name}" + (f" or file {path}" if path else "")
@@ -37,8 +36,8 @@ def _secret(env_name: str, file: str | None, config_dir: Path | None, what: str)
     return value
 
 
-def build_provider(cfg: ProviderConfig, config_dir: Path | None = None) -> IntensityProvider:
-    """The provider ``cfg`` describes; relative paths are taken from ``config_dir``.
+def build_provider(cfg: ProviderConfig) -> IntensityProvider:
+    """The provider ``cfg`` describes (its paths were resolved when the config was read).
 
     Raises ConfigError (naming the provider and field, never a secret) when a
     file or secret cannot be read.
@@ -47,11 +46,11 @@ def build_provider(cfg: ProviderConfig, config_dir: Path | None = None) -> Inten
         return ConstantIntensity(cfg.g_per_kwh, cfg.emission_factor)
     if isinstance(cfg, CsvConfig):
         try:
-            return CsvIntensity(resolve_path(cfg.path, config_dir), cfg.emission_factor, cfg.max_hold_s)
+            return CsvIntensity(cfg.path, cfg.emission_factor, cfg.max_hold_s)
         except IntensityFileError as exc:
             raise ConfigError(f"intensity csv: {exc}") from None
     if isinstance(cfg, ElectricityMapsConfig):
-        key = _secret(cfg.api_key_env, cfg.api_key_file, config_dir, "intensity electricitymaps api key")
+        key = _secret(cfg.api_key_env, cfg.api_key_file, "intensity electricitymaps api key")
         return ElectricityMapsIntensity(
             cfg.zone,
             key,
@@ -65,7 +64,7 @@ def build_provider(cfg: ProviderConfig, config_dir: Path | None = None) -> Inten
         username = cfg.username or os.environ.get(cfg.username_env)
         if not username:
             raise ConfigError(f"intensity watttime: no username (set 'username' or {cfg.username_env})")
-        password = _secret(cfg.password_env, cfg.password_file, config_dir, "intensity watttime password")
+        password = _secret(cfg.password_env, cfg.password_file, "intensity watttime password")
         return WattTimeIntensity(
             cfg.region,
             username,
@@ -84,7 +83,7 @@ def build_provider(cfg: ProviderConfig, config_dir: Path | None = None) -> Inten
         )
     if isinstance(cfg, ChainConfig):
         return FallbackChain(
-            [build_provider(p, config_dir) for p in cfg.providers],
+            [build_provider(p) for p in cfg.providers],
             cooldown_s=cfg.cooldown_s,
             mark_fallback_estimated=cfg.mark_fallback_estimated,
         )
