@@ -13,6 +13,7 @@ Two registries:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,6 +27,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gridwatt.collector.ingest_stats import IngestStats
+
+
+class LiveView(Protocol):
+    """What /metrics appends after these metrics: collector/live_metrics.py's LiveAccounts."""
+
+    def render(self, openmetrics: bool = False) -> str: ...
+
 
 PREFIX = "gridwatt_collector_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -134,6 +142,8 @@ class CollectorMetrics(StoreMetrics):
     def __init__(self) -> None:
         super().__init__(CollectorRegistry())
         self._ledger: _LedgerCollector | None = None
+        #: Accounted energy and carbon (collector/live_metrics.py), appended to the exposition.
+        self.live: LiveView | None = None
 
     def bind_ledger(self, stats: Callable[[], IngestStats], streams: Callable[[], int]) -> None:
         """Export the ingest ledger (once)."""

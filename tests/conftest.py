@@ -29,6 +29,8 @@ _db_counter = itertools.count(1)
 KINDS = ("unit", "integration", "e2e")
 #: Fixtures that start a real server: a test using one is (at least) an integration test.
 SERVER_FIXTURES = {"influxdb", "alertmanager", "victoriametrics"}
+#: Fixtures that run gridwatt's programs as processes (tests/views: the replayed demo cluster).
+PROCESS_FIXTURES = {"replay"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -36,9 +38,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if any(item.get_closest_marker(kind) for kind in KINDS):
             continue
-        if Path(str(item.fspath)).is_relative_to(REPO / "tests" / "e2e"):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if Path(str(item.fspath)).is_relative_to(REPO / "tests" / "e2e") or PROCESS_FIXTURES & fixtures:
             item.add_marker(pytest.mark.e2e)
-        elif SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        elif SERVER_FIXTURES & fixtures:
             item.add_marker(pytest.mark.integration)
         else:
             item.add_marker(pytest.mark.unit)

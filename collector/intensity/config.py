@@ -58,6 +58,9 @@ class _HttpConfig(_Model):
     backoff_max_s: float = Field(default=30.0, ge=0)
     retry_after_max_s: float = Field(default=120.0, ge=0)
     min_refetch_s: float = Field(default=60.0, ge=0)
+    #: longest a value is held past its own period, marked estimated (unset: the provider's
+    #: default: 3 h Electricity Maps, 1 h WattTime, 2 h UK); beyond it the chain moves on
+    max_hold_s: float | None = Field(default=None, ge=0, le=7 * 24 * 3600)
 
     def http_settings(self) -> HttpSettings:
         return HttpSettings(

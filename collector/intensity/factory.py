@@ -59,6 +59,7 @@ def build_provider(cfg: ProviderConfig) -> IntensityProvider:
             http=cfg.http_settings(),
             past_range_max_s=cfg.past_range_max_s,
             min_refetch_s=cfg.min_refetch_s,
+            max_hold_s=cfg.max_hold_s,
         )
     if isinstance(cfg, WattTimeConfig):
         username = cfg.username or os.environ.get(cfg.username_env)
@@ -76,10 +77,12 @@ def build_provider(cfg: ProviderConfig) -> IntensityProvider:
             historical_max_s=cfg.historical_max_s,
             use_forecast=cfg.use_forecast,
             min_refetch_s=cfg.min_refetch_s,
+            max_hold_s=cfg.max_hold_s,
         )
     if isinstance(cfg, UkCarbonIntensityConfig):
         return UkCarbonIntensity(
-            cfg.region_id, base_url=cfg.base_url, http=cfg.http_settings(), min_refetch_s=cfg.min_refetch_s
+            cfg.region_id, base_url=cfg.base_url, http=cfg.http_settings(), min_refetch_s=cfg.min_refetch_s,
+            max_hold_s=cfg.max_hold_s,
         )
     if isinstance(cfg, ChainConfig):
         return FallbackChain(
