@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -28,7 +27,8 @@ class SimConfig(StrictModel):
 
 
 class SourceConfig(StrictModel):
-    kind: Literal["nvml", "sim"] = "nvml"
+    #: A GPU source registered in agent/sources/plugins.py: "nvml" or "sim".
+    kind: str = Field("nvml", min_length=1)
     sim: SimConfig = SimConfig()
 
 

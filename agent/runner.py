@@ -20,8 +20,8 @@ from gridwatt.agent.sdnotify import Notifier
 from gridwatt.agent.shipper import Shipper
 from gridwatt.agent.sources.base import GpuSource
 from gridwatt.agent.sources.host import HostSampler
+from gridwatt.agent.sources.plugins import SOURCES
 from gridwatt.agent.spool import Ledger, Spool
-from gridwatt.timeutil import parse_time_ns
 
 log = logging.getLogger("gridwatt.agent")
 
@@ -32,24 +32,8 @@ SHIPPER_STOP_S = 2.0
 
 
 def build_source(config: AgentConfig, replay: bool) -> GpuSource:
-    """The configured GPU source (NVML, or simulated GPUs)."""
-    if config.source.kind == "nvml":
-        from gridwatt.agent.sources.nvml.source import NvmlSource
-
-        return NvmlSource()
-    from gridwatt.agent.sources.sim.source import SimSource
-    from gridwatt.agent.sources.sim.trace import load_trace_csv, synthetic_trace
-
-    sim = config.source.sim
-    if sim.trace is not None:
-        trace = load_trace_csv(sim.trace, node=config.node)
-        shift = None if replay else time.time_ns()
-    else:
-        start = parse_time_ns(sim.start) if sim.start else time.time_ns()
-        trace = synthetic_trace(sim.gpus, start, sim.duration_s, sim.power_w, sim.util_pct, sim.job_id)
-        shift = None if replay or sim.start is None else time.time_ns()
-    return SimSource(trace, config.node, config.interval_s, sim.gpu_name, shift_to_ns=shift,
-                     energy_counter=sim.energy_counter)
+    """The configured GPU source (``source.kind``: a name in agent/sources/plugins.py)."""
+    return SOURCES.get(config.source.kind)(config, replay)
 
 
 @dataclass

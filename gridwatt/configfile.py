@@ -150,3 +150,13 @@ def read_secret(value: str | None, file: str | Path | None, what: str) -> str | 
         except OSError as exc:
             raise ConfigError(f"{what}: cannot read secret file {file}: {exc.strerror}") from None
     return None
+
+
+def secret_from(env_name: str, path: Path | None, what: str) -> str:
+    """A required secret: the environment variable ``env_name``, else the file ``path``; ConfigError
+    saying where to put it when neither has one (the secret itself is never shown)."""
+    value = read_secret(os.environ.get(env_name) or None, path, what)
+    if not value:
+        where = f"environment variable {env_name}" + (f" or file {path}" if path else "")
+        raise ConfigError(f"{what}: no secret found (set {where})")
+    return value

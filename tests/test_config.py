@@ -155,3 +155,16 @@ def test_an_empty_path_is_an_error(tmp_path: Path) -> None:
     cfg.write_text('spool_path = ""\n')
     with pytest.raises(ConfigError, match=r"field spool_path: Value error, must not be empty"):
         load_config(cfg, AgentConfig, environ={})
+
+
+def test_unknown_gpu_source_exits_2_naming_the_known_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gridwatt.agent.cli import main
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('spool_path = "spool.db"\n[source]\nkind = "rocm"\n')
+    assert main(["run", "--config", str(cfg)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "gridwatt-agent: source.kind: unknown GPU source 'rocm' (known: nvml, sim)")
+    assert not (tmp_path / "spool.db").exists()  # nothing started

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import get_args
+
+import pytest
 
 import gridwatt.agent
 import gridwatt.collector
@@ -64,3 +67,28 @@ def test_the_script_exits_zero_on_this_tree() -> None:
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "import_cycles.py")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_every_configurable_kind_has_a_registered_factory() -> None:
+    """One registration pattern (gridwatt/registry.py): the kinds a config can name are exactly the
+    registered ones, for GPU sources, intensity providers and alert sinks."""
+    from gridwatt.agent.sources.plugins import SOURCES
+    from gridwatt.collector.alerts.rules import SinksConfig
+    from gridwatt.collector.alerts.sinks.plugins import SINKS
+    from gridwatt.collector.intensity.config import ProviderConfig
+    from gridwatt.collector.intensity.plugins import PROVIDERS
+
+    assert SOURCES.names() == ("nvml", "sim")
+    union = get_args(get_args(ProviderConfig)[0])
+    assert sorted(get_args(m.model_fields["kind"].annotation)[0] for m in union) == list(PROVIDERS.names())
+    assert PROVIDERS.names() == ("chain", "constant", "csv", "electricitymaps", "uk_carbon_intensity",
+                                 "watttime")
+    assert SINKS.names() == tuple(sorted(SinksConfig.model_fields))
+
+
+def test_an_unknown_kind_names_the_key_and_the_known_ones() -> None:
+    from gridwatt.agent.sources.plugins import SOURCES
+    from gridwatt.configfile import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^source.kind: unknown GPU source 'rocm' \(known: nvml, sim\)$"):
+        SOURCES.get("rocm")
