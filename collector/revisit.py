@@ -31,8 +31,8 @@ from typing import Any
 
 from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated
 from gridwatt.collector.intensity.base import IntensityProvider, IntensitySeries, IntensityUnavailable
-from gridwatt.collector.lineproto import string_field, tag
 from gridwatt.collector.rollup import RackRollup
+from gridwatt.collector.schema import gpu_key, job_key, string_field
 from gridwatt.collector.stepseries import StepSeries
 from gridwatt.collector.store import InfluxStore, QueryError, StoreUnavailable, quote_string, series_rows
 from gridwatt.collector.topology import Topology
@@ -303,13 +303,13 @@ class EstimateRevisor:
         ef = string_field(intensity.factor_at(start))
         src = string_field(intensity.source_at(start))
         lines.append(
-            f"gpu,node={tag(node)},rack={tag(rack)},zone={tag(zone)},gpu={tag(gpu)},uuid={tag(uuid)} "
+            f"{gpu_key(node, rack, zone, gpu, uuid)} "
             f"co2e_g={co2!r},estimated_co2e_g={est!r},intensity_g_per_kwh={eff_ci!r},"
             f"intensity_estimated={'true' if est > 0 else 'false'},intensity_source={src},ef={ef} {start}"
         )
         for job_id, job_rack, frac in fractions.get((node, gpu, start), []):
             lines.append(
-                f"job,job_id={tag(job_id)},node={tag(node)},rack={tag(job_rack)},gpu={tag(gpu)} "
+                f"{job_key(job_id, node, job_rack, gpu)} "
                 f"co2e_g={co2 * frac!r},estimated_co2e_g={est * frac!r},ef={ef} {start}"
             )
         return True, est > 0

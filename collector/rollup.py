@@ -31,7 +31,7 @@ from collections import defaultdict
 from typing import Any
 
 from gridwatt.collector.accounting import J_PER_KWH
-from gridwatt.collector.lineproto import tag
+from gridwatt.collector.schema import job_window_key, node_key, rack_key
 from gridwatt.collector.store import InfluxStore, quote_string, series_rows
 from gridwatt.timeutil import NS_PER_S
 
@@ -59,21 +59,20 @@ def _window_fields(w: dict[str, float]) -> str:
 
 def node_lines(node: str, rack: str, zone: str, windows: dict[int, dict[str, float]]) -> list[str]:
     """``node`` points (pure)."""
-    prefix = f"node,node={tag(node)},rack={tag(rack)},zone={tag(zone)} "
+    prefix = node_key(node, rack, zone) + " "
     return [f"{prefix}{_window_fields(w)} {t}" for t, w in sorted(windows.items())]
 
 
 def rack_lines(rack: str, zone: str, windows: dict[int, dict[str, float]]) -> list[str]:
     """``rack`` points (pure); ``nodes`` is the number of nodes that reported in the window."""
-    prefix = f"rack,rack={tag(rack)},zone={tag(zone)} "
+    prefix = rack_key(rack, zone) + " "
     return [f"{prefix}{_window_fields(w)},nodes={int(w['nodes'])}i {t}" for t, w in sorted(windows.items())]
 
 
 def job_window_lines(node: str, rack: str, jobs: dict[tuple[int, str], dict[str, float]]) -> list[str]:
     """``job_window`` points (pure): one job's sums on one node in one window."""
-    suffix = f",node={tag(node)},rack={tag(rack)} "
     return [
-        f"job_window,job_id={tag(job)}{suffix}energy_j={w['e']!r},facility_energy_j={w['f']!r},"
+        f"{job_window_key(job, node, rack)} energy_j={w['e']!r},facility_energy_j={w['f']!r},"
         f"co2e_g={w['c']!r},estimated_co2e_g={w['ce']!r},gpu_s={w['d']!r},util_pct_s={w['u']!r},idle_s={w['i']!r},"
         f"idle_energy_j={w['ie']!r},gpu_count={int(w['n'])}i,end_ns={int(w['end_ns'])}i {t}"
         for (t, job), w in sorted(jobs.items())
