@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH
-from gridwatt.collector.store import InfluxStore, quote_string, series_rows
+from gridwatt.collector.store import InfluxStore, series_rows
 from gridwatt.timeutil import format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 
@@ -81,17 +82,7 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
 
     Raises JobNotFound when there are none.
     """
-    job = quote_string(job_id)
-    q = (
-        'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-        'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, '
-        'sum("idle_energy_j") AS ie, '
-        f'max("end_ns") AS end_ns FROM "job_window" WHERE "job_id" = {job}; '
-        f'SHOW SERIES FROM "job" WHERE "job_id" = {job}; '
-        f'SELECT first("gpu_s") FROM "job" WHERE "job_id" = {job}; '
-        f'SELECT last("ef") FROM "job" WHERE "job_id" = {job}'
-    )
-    sums, series, first, ef = await store.query(q)
+    sums, series, first, ef = await store.query(queries.job_report(job_id))
     rows = series_rows(sums)
     if not rows or not rows[0][1].get("g"):
         raise JobNotFound(f"no samples stored for job {job_id!r}")

@@ -29,12 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated
 from gridwatt.collector.intensity.base import IntensityProvider, IntensitySeries, IntensityUnavailable
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.schema import gpu_key, job_key, string_field
 from gridwatt.collector.stepseries import StepSeries
-from gridwatt.collector.store import InfluxStore, QueryError, StoreUnavailable, quote_string, series_rows
+from gridwatt.collector.store import InfluxStore, QueryError, StoreUnavailable, series_rows
 from gridwatt.collector.topology import Topology
 from gridwatt.timeutil import NS_PER_S
 
@@ -139,10 +140,7 @@ class EstimateRevisor:
         lookback_s = int(self.lookback_s)
         if lookback_s <= 0:
             return 0
-        (res,) = await self.store.query(
-            'SELECT count("estimated_co2e_g") FROM "gpu" WHERE "estimated_co2e_g" > 0 '
-            f'AND time > now() - {lookback_s}s GROUP BY time(1h), "zone" fill(none)'
-        )
+        (res,) = await self.store.query(queries.estimated_hours(lookback_s))
         hours = 0
         for tags, row in series_rows(res):
             zone = tags.get("zone", "")
@@ -220,22 +218,14 @@ class EstimateRevisor:
         """Re-account the gpu (and job) points of ``zone`` starting in [lo_ns, hi_ns) that carry
         estimated emissions; returns (gpu points rewritten, whether estimated emissions remain), or
         None when InfluxDB answered only part of the rows (a smaller range must be asked)."""
-        (gpu_res,) = await self.store.query(
-            'SELECT "energy_j", "end_ns", "co2e_g", "estimated_co2e_g" FROM "gpu" '
-            f'WHERE "zone" = {quote_string(zone)} AND "estimated_co2e_g" > 0 '
-            f'AND time >= {lo_ns} AND time < {hi_ns} GROUP BY "node", "rack", "gpu", "uuid"'
-        )
+        (gpu_res,) = await self.store.query(queries.estimated_gpu_points(zone, lo_ns, hi_ns))
         if gpu_res.get("partial") and hi_ns - lo_ns > NS_PER_S:
             return None
         gpu_rows = series_rows(gpu_res)
         if not gpu_rows:
             return 0, False
         racks = sorted({tags.get("rack", "") for tags, _ in gpu_rows})
-        (job_res,) = await self.store.query(
-            'SELECT "fraction" FROM "job" WHERE (' + " OR ".join(f'"rack" = {quote_string(r)}' for r in racks)
-            + f') AND "estimated_co2e_g" > 0 AND time >= {lo_ns} AND time < {hi_ns} '
-            'GROUP BY "job_id", "node", "rack", "gpu"'
-        )
+        (job_res,) = await self.store.query(queries.estimated_job_fractions(racks, lo_ns, hi_ns))
         if job_res.get("partial") and hi_ns - lo_ns > NS_PER_S:
             return None
         fractions: dict[tuple[str, str, int], list[tuple[str, str, float]]] = {}

@@ -30,9 +30,10 @@ import logging
 from collections import defaultdict
 from typing import Any
 
+from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH
 from gridwatt.collector.schema import job_window_key, node_key, rack_key
-from gridwatt.collector.store import InfluxStore, quote_string, series_rows
+from gridwatt.collector.store import InfluxStore, series_rows
 from gridwatt.timeutil import NS_PER_S
 
 log = logging.getLogger("gridwatt.collector.rollup")
@@ -123,13 +124,7 @@ class RackRollup:
         so their sums are the node's; ``gpu_s`` adds up to the GPUs' seconds.
         """
         res_s = self.resolution_ns // NS_PER_S
-        rows = await self._sums(
-            'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-            'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
-            'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns '
-            f'FROM "job" WHERE "node" = {quote_string(node)} AND time >= {lo_ns} AND time < {hi_ns} '
-            f'GROUP BY time({res_s}s), "job_id", "gpu" fill(none)'
-        )
+        rows = await self._sums(queries.node_window_sums(node, lo_ns, hi_ns, res_s))
         windows: dict[int, dict[str, float]] = {}
         jobs: dict[tuple[int, str], dict[str, float]] = {}
         gpus: dict[int, set[str]] = defaultdict(set)
@@ -151,14 +146,7 @@ class RackRollup:
     async def rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> dict[int, dict[str, float]]:
         """Sums per window over all node points of ``rack`` in [lo_ns, hi_ns)."""
         res_s = self.resolution_ns // NS_PER_S
-        rows = await self._sums(
-            'SELECT sum("it_energy_kwh") AS e, sum("facility_energy_kwh") AS f, sum("co2e_g") AS c, '
-            'sum("estimated_co2e_g") AS ce, sum("gpu_seconds") AS d, sum("util_pct_s") AS u, '
-            'sum("idle_s") AS i, '
-            'sum("idle_energy_kwh") AS ie, sum("gpu_count") AS n, count("gpu_count") AS nodes '
-            f'FROM "node" WHERE "rack" = {quote_string(rack)} AND time >= {lo_ns} AND time < {hi_ns} '
-            f"GROUP BY time({res_s}s) fill(none)"
-        )
+        rows = await self._sums(queries.rack_window_sums(rack, lo_ns, hi_ns, res_s))
         windows: dict[int, dict[str, float]] = {}
         for _tags, row in rows:
             w = {key: float(row.get(key) or 0.0) for key in (*_SUMS, "nodes")}

@@ -45,6 +45,7 @@ import aiohttp
 
 from gridwatt.collector.config import InfluxConfig
 from gridwatt.collector.metrics import StoreMetrics
+from gridwatt.collector.queries import quote_ident
 from gridwatt.collector.writers import Answer, LineWriter, make_writer
 from gridwatt.configfile import read_secret
 
@@ -123,15 +124,6 @@ def _error_text(body: str) -> str:
     return body.strip()[:500]
 
 
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def quote_string(value: str) -> str:
-    """An InfluxQL string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 class InfluxStore:
     """One InfluxDB connection pool for writes and InfluxQL reads, and InfluxDB's health."""
 
@@ -163,7 +155,7 @@ class InfluxStore:
         )
         self._writer = make_writer(self.config, self._session, self._token)
         if self.config.version != 2 and self.config.create_database:
-            await self.query(f"CREATE DATABASE {_quote_ident(self.config.database)}", method="POST")
+            await self.query(f"CREATE DATABASE {quote_ident(self.config.database)}", method="POST")
 
     async def close(self) -> None:
         if self._probe_task is not None:

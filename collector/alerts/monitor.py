@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH
 from gridwatt.collector.alerts.engine import AlertEngine
 from gridwatt.collector.alerts.model import AlertEvent, ScopeWindow, combine_windows
@@ -28,7 +29,7 @@ from gridwatt.collector.alerts.rules import AlertsConfig
 from gridwatt.collector.alerts.sinks import AlertDispatcher, build_sinks
 from gridwatt.collector.alerts.state import load_state, save_state
 from gridwatt.collector.alerts.store import AlertStore
-from gridwatt.collector.store import InfluxStore, quote_string, series_rows
+from gridwatt.collector.store import InfluxStore, series_rows
 from gridwatt.timeutil import NS_PER_S
 
 log = logging.getLogger("gridwatt.collector.alerts")
@@ -191,12 +192,7 @@ class AlertMonitor:
             return []
         self._jobs_next_ns = closed_to
         res_s = self.resolution_ns // NS_PER_S
-        (result,) = await self.store.query(
-            'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-            'sum("gpu_s") AS g, sum("util_pct_s") AS u FROM "job" '
-            f"WHERE \"job_id\" != 'unattributed' AND time >= {lo} AND time < {closed_to} "
-            f'GROUP BY time({res_s}s), "job_id", "node", "gpu" fill(none)'
-        )
+        (result,) = await self.store.query(queries.alert_job_windows(lo, closed_to, res_s))
         acc: dict[tuple[int, str], dict[str, Any]] = {}
         for tags, row in series_rows(result):
             key = (int(row["time"]), tags.get("job_id", ""))
@@ -227,12 +223,7 @@ class AlertMonitor:
 
     async def _rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> list[ScopeWindow]:
         res_s = self.resolution_ns // NS_PER_S
-        where = f'WHERE "rack" = {quote_string(rack)} AND time >= {lo_ns} AND time < {hi_ns}'
-        racks, gpus = await self.store.query(
-            'SELECT "it_energy_kwh", "facility_energy_kwh", "co2e_kg", "mean_util_pct", "gpu_count" '
-            f'FROM "rack" {where}; '
-            f'SELECT count("energy_j") FROM "gpu" {where} GROUP BY time({res_s}s), "node", "gpu" fill(none)'
-        )
+        racks, gpus = await self.store.query(queries.alert_rack_windows(rack, lo_ns, hi_ns, res_s))
         members: dict[int, set[tuple[str, str]]] = defaultdict(set)
         for tags, row in series_rows(gpus):
             members[int(row["time"])].add((tags.get("node", ""), tags.get("gpu", "")))
