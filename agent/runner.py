@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gridwatt.agent.attribution import Attributor
+from gridwatt.agent.attribution.podresources import KubeletGpuMap
 from gridwatt.agent.config import AgentConfig
 from gridwatt.agent.host_meter import HostMeter, host_spool_row
 from gridwatt.agent.sampler import Sampler
@@ -49,7 +50,16 @@ def _stderr_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def build_sampler(config: AgentConfig) -> Sampler:
+def kubelet_gpu_map(config: AgentConfig) -> KubeletGpuMap | None:
+    """The kubelet pod-resources watcher, when Kubernetes attribution and a socket are configured."""
+    att = config.attribution
+    if not att.kubernetes or att.kubelet_socket is None or str(att.kubelet_socket) in ("", "."):
+        return None
+    return KubeletGpuMap(att.kubelet_socket, att.kubelet_refresh_s,
+                         resource_prefixes=att.kubelet_resource_prefixes)
+
+
+def build_sampler(config: AgentConfig, kubelet: KubeletGpuMap | None = None) -> Sampler:
     """The sampler with the configured attribution (static job id, Slurm, Kubernetes, mapping files)."""
     static_job = config.attribution.job_id or os.environ.get("GRIDWATT_JOB_ID", "")
     return Sampler(
@@ -59,6 +69,7 @@ def build_sampler(config: AgentConfig) -> Sampler:
             config.attribution.slurm,
             kubernetes=config.attribution.kubernetes,
             job_mapping_dir=config.attribution.job_mapping_dir,
+            gpu_pods=kubelet.current if kubelet is not None else None,
         ),
         config.idle_below_pct,
     )
@@ -89,7 +100,8 @@ class _AgentLoop:
         self.progress = progress
         self.progress_every_s = progress_every_s
         self.stop = stop
-        self.sampler = build_sampler(config)
+        self.kubelet = kubelet_gpu_map(config)
+        self.sampler = build_sampler(config, self.kubelet)
         host_on = config.host.enabled if config.host.enabled is not None else config.source.kind == "nvml"
         self.host = HostSampler(config.host.proc_root, config.host.powercap_root) if host_on else None
         self.host_meter = HostMeter()
@@ -109,6 +121,10 @@ class _AgentLoop:
                 loop.add_signal_handler(sig, self.stop.set)
         shipping_stop = asyncio.Event()
         ship_task = asyncio.create_task(self.shipper.run(shipping_stop))
+        kubelet_task = None
+        if self.kubelet is not None:  # the first samples already know which pods hold the GPUs
+            await self.kubelet.refresh()
+            kubelet_task = asyncio.create_task(self.kubelet.run(shipping_stop))
         config = self.config
         self.notifier.ready(f"sampling {config.source.kind}, shipping to {config.collector.address}")
         try:
@@ -116,6 +132,10 @@ class _AgentLoop:
             await self._drain()
         finally:
             shipping_stop.set()
+            if kubelet_task is not None:
+                kubelet_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await kubelet_task
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(ship_task, timeout=SHIPPER_STOP_S)
             self.source.close()

@@ -31,6 +31,9 @@ KINDS = ("unit", "integration", "e2e")
 SERVER_FIXTURES = {"influxdb", "alertmanager", "victoriametrics"}
 #: Fixtures that run gridwatt's programs as processes (tests/views: the replayed demo cluster).
 PROCESS_FIXTURES = {"replay"}
+#: Kinds by place, most specific first: tests/e2e; the Debian packages (built, installed into a root
+#: and run); the Kubernetes manifests (rendered and validated by the real tools).
+KIND_BY_PATH = (("tests/e2e", "e2e"), ("tests/deploy/test_deb.py", "e2e"), ("tests/deploy", "integration"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,7 +42,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if any(item.get_closest_marker(kind) for kind in KINDS):
             continue
         fixtures = set(getattr(item, "fixturenames", ()))
-        if Path(str(item.fspath)).is_relative_to(REPO / "tests" / "e2e") or PROCESS_FIXTURES & fixtures:
+        path = Path(str(item.fspath))
+        by_path = next((kind for place, kind in KIND_BY_PATH if path.is_relative_to(REPO / place)), None)
+        if by_path is not None:
+            item.add_marker(getattr(pytest.mark, by_path))
+        elif PROCESS_FIXTURES & fixtures:
             item.add_marker(pytest.mark.e2e)
         elif SERVER_FIXTURES & fixtures:
             item.add_marker(pytest.mark.integration)
