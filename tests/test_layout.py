@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import get_args
@@ -92,3 +93,19 @@ def test_an_unknown_kind_names_the_key_and_the_known_ones() -> None:
 
     with pytest.raises(ConfigError, match=r"^source.kind: unknown GPU source 'rocm' \(known: nvml, sim\)$"):
         SOURCES.get("rocm")
+
+
+@pytest.mark.e2e
+def test_the_wheel_ships_every_package_and_the_deploy_files(tmp_path: Path) -> None:
+    """setup.py finds the packages below each mapped folder; deploy/ ships as gridwatt.deploy."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("gridwatt-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name, folder in (("gridwatt/agent", "agent"), ("gridwatt/collector", "collector")):
+        for init in (REPO / folder).rglob("__init__.py"):
+            assert f"{name}/{init.relative_to(REPO / folder).as_posix()}" in names
+    assert {"gridwatt/deploy/agent.example.toml", "gridwatt/deploy/systemd/gridwatt-agent.service",
+            "gridwatt/deploy/data/grid/DE_2022_hourly.csv", "gridwatt/deploy/data/grid/README.md",
+            "gridwatt/demo_harness/influxdb.py", "gridwatt/py.typed"} <= names
+    assert not any(n.startswith(("gridwatt/agent/data/", "gridwatt/data/")) for n in names)
