@@ -83,3 +83,23 @@ def job_window_key(job_id: str, node: str, rack: str) -> str:
 
 def ledger_key(node: str, rack: str) -> str:
     return f"{AGENT_LEDGER},node={tag(node)},rack={tag(rack)}"
+
+
+def series_tags(key: str) -> dict[str, str]:
+    """Tags of a series key such as ``job,gpu=0,job_id=a\\,b,node=n1,rack=r1`` (escapes undone)."""
+    parts: list[str] = []
+    cur: list[str] = []
+    escaped = False
+    for ch in key:
+        if escaped:
+            cur.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ",":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return dict(p.split("=", 1) for p in parts[1:] if "=" in p)
