@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gridwatt.agent.attribution import Attributor
 from gridwatt.agent.attribution.podresources import KubeletGpuMap
@@ -23,6 +24,7 @@ from gridwatt.agent.sources.base import GpuSource
 from gridwatt.agent.sources.host import HostSampler
 from gridwatt.agent.sources.plugins import SOURCES
 from gridwatt.agent.spool import Ledger, Spool
+from gridwatt.timeutil import format_time_ns
 
 log = logging.getLogger("gridwatt.agent")
 
@@ -35,6 +37,37 @@ SHIPPER_STOP_S = 2.0
 def build_source(config: AgentConfig, replay: bool) -> GpuSource:
     """The configured GPU source (``source.kind``: a name in agent/sources/plugins.py)."""
     return SOURCES.get(config.source.kind)(config, replay)
+
+
+def _replay_start(config: AgentConfig, source: GpuSource, spool: Spool,
+                  progress: ProgressFn | None) -> str | None:
+    """Say what a replay will do, and resume after what the spool already took; returns the mark's name.
+
+    The mark (the last read time whose samples are spooled) is keyed by the trace's span, interval
+    and GPU count, so another trace or interval starts from its beginning.
+    """
+    if not hasattr(source, "resume_from"):
+        return None
+    sim: Any = source
+    say = progress or (lambda line: None)
+    node = config.node
+    if sim.gpu_count == 0:
+        say(f"[{node}] the trace has no rows for node {node!r}: nothing to replay")
+        return None
+    estimate = sim.samples_estimate
+    hours = (sim.end_ns - sim.start_ns) / 3.6e12
+    say(f"[{node}] replaying {sim.gpu_count} GPUs over {hours:g} h at interval_s {config.interval_s:g}: "
+        f"about {estimate:,} samples"
+        + (" (a larger interval_s replays faster; line it up with the trace's steps)"
+           if estimate > 1_000_000 else ""))
+    name = f"replay {sim.start_ns}-{sim.end_ns} every {sim.interval_ns} ns, {sim.gpu_count} GPUs"
+    done_to = spool.mark(name)
+    if done_to is not None:
+        sim.resume_from(done_to)
+        where = "the end: nothing left" if done_to >= sim.end_ns else format_time_ns(done_to)
+        say(f"[{node}] resuming after what the spool already took: from {where} "
+            f"(remove {config.spool_path} to replay from the start)")
+    return name
 
 
 @dataclass
@@ -113,6 +146,8 @@ class _AgentLoop:
         self.last_progress = 0.0
         self.last_ledger_log = time.monotonic()
         self.stopping_sent = False
+        self.last_reported: tuple[int, int] | None = None
+        self.mark_name: str | None = None
 
     async def run(self) -> RunResult:
         loop = asyncio.get_running_loop()
@@ -126,6 +161,8 @@ class _AgentLoop:
             await self.kubelet.refresh()
             kubelet_task = asyncio.create_task(self.kubelet.run(shipping_stop))
         config = self.config
+        if self.replay:
+            self.mark_name = _replay_start(config, self.source, self.spool, self.progress)
         self.notifier.ready(f"sampling {config.source.kind}, shipping to {config.collector.address}")
         try:
             await self._sample_until_done()
@@ -152,7 +189,8 @@ class _AgentLoop:
     async def _sample_until_done(self) -> None:
         """Sample every interval (a replay: as fast as the collector takes it) until stopped or finished."""
         next_tick = time.monotonic()
-        while not self.stop.is_set():
+        nothing_to_play = self.replay and getattr(self.source, "gpu_count", 1) == 0
+        while not self.stop.is_set() and not nothing_to_play:
             self.notifier.watchdog()
             self._sample_once()
             if self.source.finished:
@@ -172,8 +210,11 @@ class _AgentLoop:
             host_sample = self.host_meter.take(self.host.read())
             if host_sample is not None:
                 rows.append(host_spool_row(host_sample))
-        if rows:
+        if self.mark_name is not None:  # how far the replay got, with its samples (a restart resumes there)
+            self.spool.append(rows, marks={self.mark_name: getattr(self.source, "now_ns", 0) or 0})
+        elif rows:
             self.spool.append(rows)
+        if rows:
             self.shipper.new_data.set()
 
     async def _hold_back(self) -> None:
@@ -207,7 +248,7 @@ class _AgentLoop:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.shipper.acked.wait(), timeout=wait_s)
             if self.replay:
-                self._progress_now_and_then()
+                self._progress_now_and_then(draining=True)
             self._log_ledger_now_and_then()
             if self.stop.is_set() and deadline is None:
                 self._notice_stop()
@@ -224,16 +265,19 @@ class _AgentLoop:
             self.last_ledger_log = time.monotonic()
             log.info("ledger: %s; shipper: %s", self.spool.ledger().line(), self.shipper.stats.line())
 
-    def _progress_now_and_then(self) -> None:
+    def _progress_now_and_then(self, draining: bool = False) -> None:
         if time.monotonic() - self.last_progress >= self.progress_every_s:
             self.last_progress = time.monotonic()
-            self._report()
+            self._report(draining=draining)
 
-    def _report(self, final: bool = False) -> None:
+    def _report(self, final: bool = False, draining: bool = False) -> None:
         if self.progress is None:
             return
         ledger = self.spool.ledger()
-        state = "done" if final else f"{self.source.progress() * 100:5.1f}%"
+        if draining and self.last_reported == (ledger.acknowledged, ledger.pending):
+            return  # waiting for acknowledgements: say something only when they move
+        self.last_reported = (ledger.acknowledged, ledger.pending)
+        state = "done" if final else "delivering" if draining else f"{self.source.progress() * 100:5.1f}%"
         error = self.shipper.stats.last_error
         node = self.config.node
         self.progress(

@@ -63,7 +63,7 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
 
     Raises JobNotFound when there are none.
     """
-    sums, series, first, ef = await store.query(queries.job_report(job_id))
+    sums, series, first, ef = await store.query(queries.job_report(store.measurement, job_id))
     rows = series_rows(sums)
     if not rows or not rows[0][1].get("g"):
         raise JobNotFound(f"no samples stored for job {job_id!r}")

@@ -37,6 +37,7 @@ from gridwatt.collector.accounting import J_PER_KWH
 from gridwatt.collector.pue import PueFileError
 from gridwatt.collector.stepseries import StepSeries
 from gridwatt.collector.store import series_rows
+from gridwatt.textfile import checked_lines
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 
 log = logging.getLogger("gridwatt.collector.pue_feed")
@@ -67,12 +68,12 @@ def load_facility_feed(path: Path) -> FacilityFeed:
     between the last two rows), after which the feed is missing. A feed of one row holds on.
     """
     try:
-        fh = path.open(newline="")
+        fh = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise PueFileError(f"{path}: cannot open: {exc.strerror}") from None
     rows: list[tuple[int, float]] = []
     with fh:
-        reader = csv.DictReader(fh)
+        reader = csv.DictReader(checked_lines(fh, path, PueFileError))
         names = set(reader.fieldnames or ())
         columns = [c for c in _POWER_COLUMNS if c in names]
         if "time" not in names or len(columns) != 1:
@@ -146,6 +147,8 @@ class QueryStore(Protocol):
 
     async def query(self, q: str, method: str = "GET") -> list[dict[str, Any]]: ...
 
+    def measurement(self, name: str) -> str: ...
+
 
 class FacilityFeedPue:
     """A PueProvider for the racks of one site; see the module docstring for the semantics."""
@@ -197,7 +200,9 @@ class FacilityFeedPue:
             raise RuntimeError(f"site {self.site.name!r}: FacilityFeedPue has no store attached")
         res_s = self.resolution_ns // NS_PER_S
         self.queries += 1
-        last_q, sums_q = await self.store.query(queries.site_it_energy(self.site.racks, look_lo, hi, res_s))
+        last_q, sums_q = await self.store.query(
+            queries.site_it_energy(self.store.measurement, self.site.racks, look_lo, hi, res_s)
+        )
         latest = {tags.get("node", ""): int(row["time"]) for tags, row in series_rows(last_q)}
         it_kwh = {int(row["time"]): float(row["sum"]) for _, row in series_rows(sums_q)
                   if row.get("sum") is not None}

@@ -17,7 +17,7 @@ async def rack_totals(
     store: InfluxStore, since_ns: int | None = None, until_ns: int | None = None
 ) -> list[dict[str, Any]]:
     """One dict per rack: energy, emissions, energy-weighted PUE and intensity, GPU-hours, mean util."""
-    (result,) = await store.query(queries.rack_totals(since_ns, until_ns))
+    (result,) = await store.query(queries.rack_totals(store.measurement, since_ns, until_ns))
     out = []
     for tags, row in series_rows(result):
         it, fac, co2, gs = (float(row[k] or 0.0) for k in ("it", "fac", "co2", "gs"))

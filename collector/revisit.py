@@ -140,7 +140,7 @@ class EstimateRevisor:
         lookback_s = int(self.lookback_s)
         if lookback_s <= 0:
             return 0
-        (res,) = await self.store.query(queries.estimated_hours(lookback_s))
+        (res,) = await self.store.query(queries.estimated_hours(self.store.measurement, lookback_s))
         hours = 0
         for tags, row in series_rows(res):
             zone = tags.get("zone", "")
@@ -218,14 +218,18 @@ class EstimateRevisor:
         """Re-account the gpu (and job) points of ``zone`` starting in [lo_ns, hi_ns) that carry
         estimated emissions; returns (gpu points rewritten, whether estimated emissions remain), or
         None when InfluxDB answered only part of the rows (a smaller range must be asked)."""
-        (gpu_res,) = await self.store.query(queries.estimated_gpu_points(zone, lo_ns, hi_ns))
+        (gpu_res,) = await self.store.query(
+            queries.estimated_gpu_points(self.store.measurement, zone, lo_ns, hi_ns)
+        )
         if gpu_res.get("partial") and hi_ns - lo_ns > NS_PER_S:
             return None
         gpu_rows = series_rows(gpu_res)
         if not gpu_rows:
             return 0, False
         racks = sorted({tags.get("rack", "") for tags, _ in gpu_rows})
-        (job_res,) = await self.store.query(queries.estimated_job_fractions(racks, lo_ns, hi_ns))
+        (job_res,) = await self.store.query(
+            queries.estimated_job_fractions(self.store.measurement, racks, lo_ns, hi_ns)
+        )
         if job_res.get("partial") and hi_ns - lo_ns > NS_PER_S:
             return None
         fractions: dict[tuple[str, str, int], list[tuple[str, str, float]]] = {}

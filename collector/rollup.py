@@ -124,7 +124,7 @@ class RackRollup:
         so their sums are the node's; ``gpu_s`` adds up to the GPUs' seconds.
         """
         res_s = self.resolution_ns // NS_PER_S
-        rows = await self._sums(queries.node_window_sums(node, lo_ns, hi_ns, res_s))
+        rows = await self._sums(queries.node_window_sums(self.store.measurement, node, lo_ns, hi_ns, res_s))
         windows: dict[int, dict[str, float]] = {}
         jobs: dict[tuple[int, str], dict[str, float]] = {}
         gpus: dict[int, set[str]] = defaultdict(set)
@@ -146,7 +146,7 @@ class RackRollup:
     async def rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> dict[int, dict[str, float]]:
         """Sums per window over all node points of ``rack`` in [lo_ns, hi_ns)."""
         res_s = self.resolution_ns // NS_PER_S
-        rows = await self._sums(queries.rack_window_sums(rack, lo_ns, hi_ns, res_s))
+        rows = await self._sums(queries.rack_window_sums(self.store.measurement, rack, lo_ns, hi_ns, res_s))
         windows: dict[int, dict[str, float]] = {}
         for _tags, row in rows:
             w = {key: float(row.get(key) or 0.0) for key in (*_SUMS, "nodes")}

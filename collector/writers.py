@@ -33,9 +33,13 @@ class Answer:
 
 
 class LineWriter(Protocol):
-    """Sends one line-protocol body (empty: a probe that checks the write path)."""
+    """Sends one line-protocol body (empty: a probe that checks the write path).
 
-    async def post(self, body: bytes) -> Answer: ...
+    ``rp``: the InfluxDB 1.x retention policy to write to (None: the configured one); the v2 API
+    has none and ignores it.
+    """
+
+    async def post(self, body: bytes, rp: str | None = None) -> Answer: ...
 
     async def close(self) -> None: ...
 
@@ -52,13 +56,16 @@ class V1Writer:
     """InfluxDB 1.x ``/write`` (database and retention policy), nanosecond precision."""
 
     def __init__(self, config: InfluxConfig, session: aiohttp.ClientSession) -> None:
-        self.params = {"db": config.database, "precision": "ns"}
-        if config.retention_policy:
-            self.params["rp"] = config.retention_policy
+        self.database = config.database
+        self.retention_policy = config.retention_policy
         self.session = session
 
-    async def post(self, body: bytes) -> Answer:
-        return await _post_http(self.session, "write", self.params, body)
+    async def post(self, body: bytes, rp: str | None = None) -> Answer:
+        params = {"db": self.database, "precision": "ns"}
+        rp = self.retention_policy if rp is None else rp
+        if rp:
+            params["rp"] = rp
+        return await _post_http(self.session, "write", params, body)
 
     async def close(self) -> None:
         return None
@@ -78,7 +85,7 @@ class V2Writer:
         )
         self._write: Any = self._client.write_api()
 
-    async def post(self, body: bytes) -> Answer:
+    async def post(self, body: bytes, rp: str | None = None) -> Answer:
         if not body:
             return await _post_http(self.session, "api/v2/write", self.params, body)
         from influxdb_client.rest import ApiException

@@ -5,6 +5,7 @@ Used by the ``gridwatt`` command (gridwatt/cli.py) and the demo (gridwatt/demo.p
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -15,7 +16,12 @@ class CliError(Exception):
     """A user-facing error; printed without a traceback."""
 
 
-def fetch_json(base_url: str, path: str, timeout_s: float = 10.0) -> dict[str, Any]:
+#: Longer than the collector's own InfluxDB timeout (10 s), so that when InfluxDB hangs the
+#: collector's answer naming InfluxDB arrives before the CLI gives up on the collector.
+DEFAULT_TIMEOUT_S = 30.0
+
+
+def fetch_json(base_url: str, path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """GET a collector API path; raise CliError with the collector's message on failure."""
     url = base_url.rstrip("/") + path
     try:
@@ -28,8 +34,17 @@ def fetch_json(base_url: str, path: str, timeout_s: float = 10.0) -> dict[str, A
         except (ValueError, AttributeError):
             message = exc.reason
         raise CliError(f"{message} (HTTP {exc.code} from {url})") from None
+    except http.client.HTTPException as exc:
+        raise CliError(f"{base_url} did not answer HTTP ({type(exc).__name__}): is it the collector's gRPC "
+                       "port? The HTTP API is at [server] http_listen (default port 8080)") from None
+    except TimeoutError:
+        raise CliError(f"the collector at {base_url} did not answer within {timeout_s:g} s "
+                       "(--timeout)") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError):
+            raise CliError(f"the collector at {base_url} did not answer within {timeout_s:g} s "
+                           "(--timeout)") from None
         raise CliError(f"cannot reach the collector at {base_url}: {reason} "
                        "(set --collector or GRIDWATT_COLLECTOR_URL)") from None
 
@@ -85,10 +100,8 @@ def format_alerts(body: dict[str, Any]) -> str:
     lines = []
     for a in alerts:
         when = a.get("resolved_at") or a.get("fired_at") or a.get("started_at")
-        lines.append(
-            f"{a['state'].upper():9} {a['rule']}  {a['scope_kind']} {a['scope']}  since {a['started_at']}"
-            f"  ({when})"
-        )
+        scope = a["scope"] if a["scope_kind"] == a["scope"] else f"{a['scope_kind']} {a['scope']}"
+        lines.append(f"{a['state'].upper():9} {a['rule']}  {scope}  since {a['started_at']}  ({when})")
         lines.append(
             f"          {len(a.get('gpus', []))} GPUs on {len(a.get('nodes', []))} nodes at "
             f"{a['mean_util_pct']:.1f} % util for {a['duration_s'] / 60:.0f} min: wasted "

@@ -68,6 +68,7 @@ class AlertMonitor:
         self._awaited_nodes = {
             n for ev in (*self.engine.active_alerts(), *self.engine.pending_alerts()) for n in ev.nodes
         }
+        self.refresh_open_alerts()  # the state file's engine holds newer numbers than its store
         self._racks: dict[str, _RackProgress] = defaultdict(_RackProgress)
         # Configured nodes count as active but not yet reported (end 0) until they report or go
         # stale, so no window closes before every node that should report has had its chance.
@@ -82,8 +83,17 @@ class AlertMonitor:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
+        self._state_error = ""  # the last state-file write failure, logged once
         #: Called with every evaluation's events (e.g. the live waste counters on /metrics).
         self.event_listeners: list[Callable[[list[AlertEvent]], None]] = []
+
+    def refresh_open_alerts(self) -> None:
+        """Give ``gridwatt alerts``/``/v1/alerts`` the current duration and waste of open alerts.
+
+        Events carry the numbers of the moment they happened; a firing alert emits no event while
+        it stays idle, so its record is replaced by the engine's snapshot after every evaluation.
+        """
+        self.alerts.apply([*self.engine.active_alerts(), *self.engine.pending_alerts()])
 
     def note(self, node: str, rack: str, first_window_ns: int, max_end_ns: int) -> None:
         """A batch of ``node`` was stored: its samples reach ``max_end_ns``."""
@@ -159,10 +169,30 @@ class AlertMonitor:
                 for listener in self.event_listeners:
                     listener(events)
                 await self.dispatcher.dispatch(events)
+            self.refresh_open_alerts()
             if (events or observed) and self.config.state_file:
                 # saved after every evaluation, so a restart resumes exactly where it left off
-                save_state(self.config.state_file, self.engine, self.alerts)
+                self.save_state()
             return events
+
+    def save_state(self) -> bool:
+        """Write the state file; a failure is one error line (once until it changes), never a traceback,
+        and evaluation goes on (a restart would then re-send the events since the last good save)."""
+        assert self.config.state_file is not None
+        try:
+            save_state(self.config.state_file, self.engine, self.alerts)
+        except OSError as exc:
+            problem = f"{exc.strerror or exc}"
+            if problem != self._state_error:
+                self._state_error = problem
+                log.error("alerts.state_file %s cannot be written (%s): alerts go on, but a restart "
+                          "would re-send the events since the last good save", self.config.state_file,
+                          problem)
+            return False
+        if self._state_error:
+            log.info("alerts.state_file %s is written again", self.config.state_file)
+            self._state_error = ""
+        return True
 
     def _combined(self, rack_marks: dict[str, int]) -> list[AlertEvent]:
         """Group and cluster windows for spans every active rack has closed."""
@@ -192,7 +222,9 @@ class AlertMonitor:
             return []
         self._jobs_next_ns = closed_to
         res_s = self.resolution_ns // NS_PER_S
-        (result,) = await self.store.query(queries.alert_job_windows(lo, closed_to, res_s))
+        (result,) = await self.store.query(
+            queries.alert_job_windows(self.store.measurement, lo, closed_to, res_s)
+        )
         acc: dict[tuple[int, str], dict[str, Any]] = {}
         for tags, row in series_rows(result):
             key = (int(row["time"]), tags.get("job_id", ""))
@@ -223,7 +255,9 @@ class AlertMonitor:
 
     async def _rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> list[ScopeWindow]:
         res_s = self.resolution_ns // NS_PER_S
-        racks, gpus = await self.store.query(queries.alert_rack_windows(rack, lo_ns, hi_ns, res_s))
+        racks, gpus = await self.store.query(
+            queries.alert_rack_windows(self.store.measurement, rack, lo_ns, hi_ns, res_s)
+        )
         members: dict[int, set[tuple[str, str]]] = defaultdict(set)
         for tags, row in series_rows(gpus):
             members[int(row["time"])].add((tags.get("node", ""), tags.get("gpu", "")))

@@ -111,7 +111,7 @@ def _table(rows: list[dict[str, Any]], first: str, table_id: str) -> str:
 async def hourly(store: InfluxStore, report: JobReport) -> list[dict[str, float]]:
     """The job's hours: time, mean IT power (W), utilisation (%), intensity (g/kWh), emissions (kg)."""
     lo = report.start_ns - report.start_ns % HOUR_NS
-    q = queries.job_hourly(report.job_id, lo, report.end_ns)
+    q = queries.job_hourly(store.measurement, report.job_id, lo, report.end_ns)
     (result,) = await store.query(q)
     out = []
     for _, row in series_rows(result):
@@ -161,7 +161,7 @@ class Pages:
         return _page("gridwatt: racks and zones", body)
 
     async def jobs(self, request: web.Request) -> web.Response:
-        q = queries.jobs_list()
+        q = queries.jobs_list(self.store.measurement)
         try:
             (result,) = await self.store.query(q)
         except QueryError as exc:
