@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+from gridwatt.collector import queries
 from gridwatt.collector.points import sample_digest
-from gridwatt.collector.store import InfluxStore, quote_string, series_rows
+from gridwatt.collector.store import InfluxStore, series_rows
 from gridwatt.v1 import telemetry_pb2 as pb
 
 __all__ = ["StoredGpuTime", "StoredInterval", "first_conflict", "sample_digest", "stored_intervals"]
@@ -45,11 +46,7 @@ class StoredGpuTime:
 async def stored_intervals(store: InfluxStore, node: str, lo_ns: int, hi_ns: int,
                            lookback_ns: int) -> StoredGpuTime:
     """Read the node's ``gpu`` points starting in [lo_ns, hi_ns), and the latest end before lo_ns."""
-    n = quote_string(node)
-    q = (f'SELECT "end_ns", "digest", "energy_j" FROM "gpu" WHERE "node" = {n} AND time >= {lo_ns} '
-         f'AND time < {hi_ns} GROUP BY "gpu"; '
-         f'SELECT max("end_ns") FROM "gpu" WHERE "node" = {n} AND time >= {lo_ns - lookback_ns} '
-         f'AND time < {lo_ns} GROUP BY "gpu"')
+    q = queries.gpu_intervals(store.measurement, node, lo_ns, hi_ns, lookback_ns)
     inside_res, before_res = await store.query(q)
     inside: dict[int, dict[int, StoredInterval]] = defaultdict(dict)
     for tags, row in series_rows(inside_res):

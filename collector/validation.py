@@ -6,10 +6,9 @@ import math
 from dataclasses import dataclass
 
 from gridwatt.names import name_problem, shown, user_problem
-from gridwatt.timeutil import format_time_ns
+from gridwatt.timeutil import NS_PER_S, format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 
-NS_PER_S = 1_000_000_000
 #: InfluxDB integers are signed 64-bit; an unsigned field at or above this would be refused.
 INT64_LIMIT = 2**63
 #: Plausible GPU temperature range (degrees Celsius); 0 when the GPU did not report it.
