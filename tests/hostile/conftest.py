@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from tests.hostile.rig import AttackRig
 
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gridwatt.harness import CollectorProcess, new_collector_ports
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports
 from tests.conftest import REPO, collector_toml, first_row, influx_query
 from tests.hostile.good_agent import GPUS, SAMPLE_J
 

@@ -12,8 +12,13 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from gridwatt.harness import toml_str
+import pytest
+
+from gridwatt.demo_harness.processes import toml_str
 from tests.hostile.rig import AttackRig
+
+#: Real collector and agent processes.
+pytestmark = pytest.mark.e2e
 
 START = "2022-04-15T05:20:00Z"
 

@@ -12,10 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
 from tests.hostile.batches import NS, T0, Client
 from tests.hostile.rig import AttackRig
+
+#: Real collector and agent processes.
+pytestmark = pytest.mark.e2e
 
 REGION_NS = 3600 * NS
 _region = itertools.count(1)

@@ -10,7 +10,12 @@ import time
 import urllib.request
 from collections.abc import Callable
 
+import pytest
+
 from tests.hostile.rig import AttackRig
+
+#: Real collector and agent processes.
+pytestmark = pytest.mark.e2e
 
 HALF_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: collector\r\nX-Slow: "
 

@@ -12,11 +12,14 @@ import grpc
 import pytest
 
 from gridwatt.agent.spool import peek_ledger
-from gridwatt.harness import AgentProcess, toml_str
+from gridwatt.demo_harness.processes import AgentProcess, toml_str
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.hostile.batches import NS, T0, Client, batch, sample
 from tests.hostile.rig import EVIL, GOOD, AttackRig
+
+#: Real collector and agent processes.
+pytestmark = pytest.mark.e2e
 
 BIG = 100 * 1024 * 1024
 DAY = 86400 * NS

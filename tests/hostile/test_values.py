@@ -16,6 +16,9 @@ from gridwatt.v1 import telemetry_pb2 as pb
 from tests.hostile.batches import T0, Client, batch, sample
 from tests.hostile.rig import EVIL, AttackRig
 
+#: Real collector and agent processes.
+pytestmark = pytest.mark.e2e
+
 
 def _bad_samples() -> list[tuple[str, pb.GpuSample, str]]:
     cases: list[tuple[str, Callable[[pb.GpuSample], None], str]] = [
