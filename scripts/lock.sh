@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp" build' EXIT
+trap 'rm -rf "$tmp" build/lib build/bdist.*' EXIT  # what pip's build leaves; build/typecheck stays
 "$PY" -m venv "$tmp/venv"
 "$tmp/venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$tmp/venv/bin/python" -m pip install -q '.[dev]'
