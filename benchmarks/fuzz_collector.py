@@ -34,9 +34,9 @@ from pathlib import Path
 import aiohttp
 import grpc
 
-from gridwatt.fuzzgen import NS, random_batch, random_bytes, random_query_id
-from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, toml_str
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, toml_str
+from gridwatt.fuzzgen import NS, random_batch, random_bytes, random_query_id
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 
