@@ -88,6 +88,8 @@ class Sampler:
                     method=ATTRIBUTION_METHODS.get(share.method, pb.ATTRIBUTION_METHOD_UNSPECIFIED),
                     user=share.user,
                     split_estimated=share.split_estimated,
+                    account=share.account,
+                    alias=share.alias,
                 )
             samples.append(sample)
         return samples

@@ -42,11 +42,14 @@ ATTRIBUTION_NAMES: dict[int, str] = {
 }
 
 
-def _attribution_fields(method: int, user: str, split_estimated: bool) -> str:
-    """How a job share was attributed: method, the job's user where known, and an estimated split."""
+def _attribution_fields(method: int, user: str, split_estimated: bool, account: str = "") -> str:
+    """How a job share was attributed: method, the job's user and Slurm account where known, and an
+    estimated split."""
     out = f",attribution=\"{ATTRIBUTION_NAMES.get(method, 'none')}\""
     if user:
         out += f",user={string_field(user)}"
+    if account:
+        out += f",account={string_field(account)}"
     if split_estimated:
         out += ",split_estimated=true"
     return out
@@ -91,7 +94,7 @@ def prepare_batch(
     windows: set[int] = set()
     total_e = total_c = 0.0
     tag_cache: dict[str, str] = {}
-    how_cache: dict[tuple[int, str, bool], str] = {}
+    how_cache: dict[tuple[int, str, bool, str], str] = {}
     first_line: list[int] = []
     for s in batch.gpu_samples:
         first_line.append(len(lines))
@@ -123,17 +126,21 @@ def prepare_batch(
             f"intensity_estimated={'true' if any_estimated and ci.is_estimated_at(start) else 'false'}"
             f" {start}"
         )
-        shares = [(j.job_id, j.fraction, j.method, j.user, j.split_estimated) for j in s.jobs]
+        shares = [(j.job_id, j.fraction, j.method, j.user, j.split_estimated, j.account, j.alias)
+                  for j in s.jobs]
         remaining = 1.0 - sum(sh[1] for sh in shares)
         if remaining > 1e-9:
-            shares.append((UNATTRIBUTED, remaining, pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False))
-        for job_id, frac, method, user, estimated in shares:
+            shares.append((UNATTRIBUTED, remaining, pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False, "", ""))
+        for job_id, frac, method, user, estimated, account, alias in shares:
             job_t = tag_cache.get(job_id)
             if job_t is None:
                 job_t = tag_cache[job_id] = tag(job_id)
-            how = how_cache.get((method, user, estimated))
+            if alias:  # a tag, so a job is found by its alias through the index (one value per job)
+                job_t = f"{job_t},alias={tag(alias)}"
+            key = (method, user, estimated, account)
+            how = how_cache.get(key)
             if how is None:
-                how = how_cache[(method, user, estimated)] = _attribution_fields(method, user, estimated)
+                how = how_cache[key] = _attribution_fields(method, user, estimated, account)
             gpu_s = dur_s * frac
             append(
                 f"job,job_id={job_t}{job_suffix}{gpu} energy_j={e * frac!r},"

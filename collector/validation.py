@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from gridwatt.timeutil import format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 
 NS_PER_S = 1_000_000_000
+#: A job share's alias: a Slurm array task "1234_7" or heterogeneous job component "1234+1".
+SLURM_ALIAS = re.compile(r"\d{1,12}[_+]\d{1,12}")
+MAX_ACCOUNT_CHARS = 256
 
 
 class BatchRejected(Exception):
@@ -80,6 +84,12 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
                     f"{_where(i, s)}: field jobs.fraction: value {share.fraction} for job "
                     f"{share.job_id!r} is outside (0, 1]"
                 )
+            if share.alias and not SLURM_ALIAS.fullmatch(share.alias):
+                raise BatchRejected(f"{_where(i, s)}: field jobs.alias: {share.alias[:40]!r} is not "
+                                    "a Slurm array task (1234_7) or het component (1234+1) id")
+            if len(share.account) > MAX_ACCOUNT_CHARS:
+                raise BatchRejected(f"{_where(i, s)}: field jobs.account: longer than "
+                                    f"{MAX_ACCOUNT_CHARS} characters")
             total += share.fraction
         if total > 1.0 + 1e-6:
             raise BatchRejected(f"{_where(i, s)}: field jobs.fraction: shares sum to {total}, above 1")

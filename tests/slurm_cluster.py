@@ -30,6 +30,7 @@ Everything is skipped (``available()``) when the Slurm or munge binaries are mis
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -291,7 +292,9 @@ class SlurmCluster:
         return "\n".join(out)
 
     # -- use ----------------------------------------------------------------------------------
-    def run(self, *args: str, check: bool = True, timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, timeout_s: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
         """A Slurm client command against this cluster."""
         res = subprocess.run(list(args), env=self.env, capture_output=True, text=True, timeout=timeout_s)
         if check and res.returncode != 0:
@@ -368,16 +371,12 @@ class SlurmCluster:
                     proc.kill()
                     proc.wait()
         for pid in self._own_stepds():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         pid_file = self.base / "munge" / "munged.pid"
         if pid_file.exists():
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
         if not self.keep:
             shutil.rmtree(self.base, ignore_errors=True)
 

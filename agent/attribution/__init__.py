@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from gridwatt.agent.attribution.jobinfo import GPU_UUID, JobInfoCache
 from gridwatt.agent.attribution.jobmap import mapped_jobs
 from gridwatt.agent.attribution.kubernetes import pod_job_id, pod_uid_of_cgroup
 from gridwatt.agent.attribution.procfs import CgroupReader, ProcFS, UserResolver, user_name_of_uid
@@ -83,6 +84,7 @@ class Attributor:
         self.slurm = slurm
         self.kubernetes = kubernetes
         self.job_mapping_dir = job_mapping_dir
+        self._job_info = JobInfoCache(job_mapping_dir) if job_mapping_dir is not None else None
         self._procfs = ProcFS(proc_root)
         self._read_cgroup: CgroupReader = read_cgroup or self._procfs.cgroup
         self._user_of_uid = user_of_uid
@@ -106,6 +108,8 @@ class Attributor:
             ]
         if self.job_mapping_dir is not None:
             mapped = mapped_jobs(self.job_mapping_dir, reading.index)
+            if not mapped and GPU_UUID.fullmatch(reading.uuid):  # a prolog that got UUIDs from Slurm
+                mapped = mapped_jobs(self.job_mapping_dir, reading.uuid)
             if mapped:
                 return split_gpu(self._mapped_on_gpu(mapped, reading.pids), process_util_pct)
         on_gpu = self._processes_on_gpu(reading.pids)
@@ -153,8 +157,10 @@ class Attributor:
         jobs: list[JobOnGpu] = []
         for job_id in mapped:
             own = [(pid, pj) for pid in pids if (pj := self.process_job(pid)) and pj.job_id == job_id]
-            user = next((pj.user for _, pj in own if pj.user), "")
-            jobs.append(JobOnGpu(job_id, METHOD_JOB_MAPPING, user, tuple(pid for pid, _ in own)))
+            info = self._job_info.get(job_id) if self._job_info is not None else None
+            user = next((pj.user for _, pj in own if pj.user), "") or (info.user if info else "")
+            jobs.append(JobOnGpu(job_id, METHOD_JOB_MAPPING, user, tuple(pid for pid, _ in own),
+                                 info.account if info else "", info.alias if info else ""))
         return jobs
 
     def _processes_on_gpu(self, pids: tuple[int, ...]) -> list[JobOnGpu]:

@@ -31,6 +31,9 @@ class JobShareInfo:
     user: str = ""
     #: True when the GPU was shared and split evenly for want of per-process utilisation.
     split_estimated: bool = False
+    #: Slurm account, and the id people write for the job (``1234_7``), where a prolog told them.
+    account: str = ""
+    alias: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,8 @@ class JobOnGpu:
     method: str
     user: str = ""
     pids: tuple[int, ...] = ()
+    account: str = ""
+    alias: str = ""
 
 
 def split_gpu(
@@ -58,7 +63,7 @@ def split_gpu(
         return []
     if len(ordered) == 1:
         j = ordered[0]
-        return [JobShareInfo(j.job_id, 1.0, j.method, j.user, split_estimated=False)]
+        return [JobShareInfo(j.job_id, 1.0, j.method, j.user, False, j.account, j.alias)]
     weights = _util_weights(ordered, process_util_pct)
     if weights is None:
         fractions = [1.0 / len(ordered)] * len(ordered)
@@ -69,7 +74,7 @@ def split_gpu(
         estimated = False
     fractions[-1] = max(0.0, 1.0 - sum(fractions[:-1]))
     return [
-        JobShareInfo(j.job_id, f, j.method, j.user, split_estimated=estimated)
+        JobShareInfo(j.job_id, f, j.method, j.user, estimated, j.account, j.alias)
         for j, f in zip(ordered, fractions, strict=True)
     ]
 
