@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -13,6 +14,31 @@ from gridwatt.v1 import telemetry_pb2 as pb
 
 class JobNotFound(Exception):
     """No samples are stored for the job."""
+
+
+#: A job id as Slurm users write it: raw ``1234``, array task ``1234_7``, het component ``1234+1``,
+#: each optionally with a step (``.0``, ``.batch``, ``.extern``, ``.interactive``), summed into its job.
+SLURM_ID = re.compile(r"(?P<job>\d{1,12}(?P<alias>[_+]\d{1,12})?)(?:\.(?:\d{1,9}|batch|extern|interactive))?")
+
+
+async def resolve_job_id(store: InfluxStore, text: str) -> tuple[str, str]:
+    """(stored job id, alias) of a job id as written. A step's id means its job (gridwatt meters
+    jobs, not steps); an array task or het component id is looked up by the ``alias`` tag its
+    samples carry (written when a gridwatt prolog mapped the job). Other ids are taken as they are.
+    """
+    m = SLURM_ID.fullmatch(text)
+    if m is None:
+        return text, ""
+    if not m.group("alias"):
+        return m.group("job"), ""
+    alias = m.group("job")
+    (result,) = await store.query(
+        f'SHOW TAG VALUES FROM "job" WITH KEY = "job_id" WHERE "alias" = {quote_string(alias)}'
+    )
+    ids = sorted({str(row.get("value", "")) for _tags, row in series_rows(result)} - {""})
+    if not ids:
+        raise JobNotFound(f"no samples stored for job {alias!r} (Slurm id {text!r})")
+    return ids[-1], alias
 
 
 @dataclass(frozen=True)
@@ -37,6 +63,11 @@ class JobReport:
     mean_intensity_g_per_kwh: float
     idle_energy_kwh: float
     emission_factor: str
+    #: Slurm's details where the agent knew them (a gridwatt prolog): the id users write
+    #: (array task, het component), the user and the account; "" otherwise.
+    alias: str = ""
+    user: str = ""
+    account: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,8 +107,10 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
     """The job's totals from its ``job_window`` points (one per node and window), its GPUs from the
     series index, its start and emission factor from its first and last ``job`` points.
 
-    Raises JobNotFound when there are none.
+    ``job_id`` may be written as Slurm users write it (``1234_7``, ``1234+1``, ``1234.0``): see
+    ``resolve_job_id``. Raises JobNotFound when there are none.
     """
+    job_id, alias = await resolve_job_id(store, job_id)
     job = quote_string(job_id)
     q = (
         'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
@@ -85,9 +118,10 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
         f'max("end_ns") AS end_ns FROM "job_window" WHERE "job_id" = {job}; '
         f'SHOW SERIES FROM "job" WHERE "job_id" = {job}; '
         f'SELECT first("gpu_s") FROM "job" WHERE "job_id" = {job}; '
-        f'SELECT last("ef") FROM "job" WHERE "job_id" = {job}'
+        f'SELECT last("ef") FROM "job" WHERE "job_id" = {job}; '
+        f'SELECT last("user") AS user, last("account") AS account FROM "job" WHERE "job_id" = {job}'
     )
-    sums, series, first, ef = await store.query(q)
+    sums, series, first, ef, who = await store.query(q)
     rows = series_rows(sums)
     if not rows or not rows[0][1].get("g"):
         raise JobNotFound(f"no samples stored for job {job_id!r}")
@@ -97,6 +131,10 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
     for _tags, row in series_rows(series):
         tags = _series_tags(str(row.get("key", "")))
         gpus.add((tags.get("node", ""), int(tags.get("gpu", "0") or 0)))
+        alias = alias or tags.get("alias", "")
+    who_rows = series_rows(who)
+    user = str(who_rows[0][1].get("user") or "") if who_rows else ""
+    account = str(who_rows[0][1].get("account") or "") if who_rows else ""
     nodes = {n for n, _ in gpus}
     first_rows = series_rows(first)
     start_ns = int(first_rows[0][1]["time"]) if first_rows else 0
@@ -122,4 +160,7 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
         mean_intensity_g_per_kwh=c * J_PER_KWH / f if f else 0.0,
         idle_energy_kwh=totals["ie"] / J_PER_KWH,
         emission_factor=emission_factor,
+        alias=alias,
+        user=user,
+        account=account,
     )

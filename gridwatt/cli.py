@@ -46,7 +46,8 @@ def format_job(r: dict[str, Any]) -> str:
     shown_nodes = ", ".join(nodes[:8]) + (f", … (+{len(nodes) - 8})" if len(nodes) > 8 else "")
     return "\n".join(
         [
-            f"Job {r['job_id']}",
+            f"Job {r['job_id']}" + (f" ({r['alias']})" if r.get("alias") else "")
+            + "".join(f", {k} {r[k]}" for k in ("user", "account") if r.get(k)),
             f"  period          {r['start']} → {r['end']} ({hours:.1f} h)",
             f"  nodes           {len(nodes)} ({shown_nodes})",
             f"  GPUs            {r['gpu_count']}",
@@ -110,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     job = sub.add_parser("job", help="energy and emissions of one job")
-    job.add_argument("job_id")
+    job.add_argument("job_id", help="as Slurm users write it too: 1234, 1234_7 (array task), "
+                     "1234+1 (het component), 1234.0 (a step: its job's report)")
     job.add_argument("--json", action="store_true", help="print one JSON object")
     racks = sub.add_parser("racks", help="energy and emissions per rack")
     racks.add_argument("--since", help="ISO 8601 UTC start (default: all data)")
