@@ -119,7 +119,7 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
         f'SHOW SERIES FROM "job" WHERE "job_id" = {job}; '
         f'SELECT first("gpu_s") FROM "job" WHERE "job_id" = {job}; '
         f'SELECT last("ef") FROM "job" WHERE "job_id" = {job}; '
-        f'SELECT last("user") AS user, last("account") AS account FROM "job" WHERE "job_id" = {job}'
+        f'SELECT last("user") AS job_user, last("account") AS job_account FROM "job" WHERE "job_id" = {job}'
     )
     sums, series, first, ef, who = await store.query(q)
     rows = series_rows(sums)
@@ -133,8 +133,8 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
         gpus.add((tags.get("node", ""), int(tags.get("gpu", "0") or 0)))
         alias = alias or tags.get("alias", "")
     who_rows = series_rows(who)
-    user = str(who_rows[0][1].get("user") or "") if who_rows else ""
-    account = str(who_rows[0][1].get("account") or "") if who_rows else ""
+    user = str(who_rows[0][1].get("job_user") or "") if who_rows else ""
+    account = str(who_rows[0][1].get("job_account") or "") if who_rows else ""
     nodes = {n for n, _ in gpus}
     first_rows = series_rows(first)
     start_ns = int(first_rows[0][1]["time"]) if first_rows else 0

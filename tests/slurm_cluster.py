@@ -24,7 +24,7 @@ its socket traversable by all, which pytest's ``tmp_path`` is not) and on free 1
 Clients (``sbatch``, ``scontrol``...) find the cluster through ``SLURM_CONF``: use
 ``cluster.env`` or ``cluster.run(...)``. ``stop()`` cancels every job, ends the daemons and any
 ``slurmstepd`` started for this cluster (found by its ``SLURM_CONF``), stops munged and removes
-the folder (``keep=True`` keeps it, e.g. to read the logs).
+the folder (``keep=True``, or ``GRIDWATT_KEEP_SLURM=1``, keeps it, e.g. to read the logs).
 Everything is skipped (``available()``) when the Slurm or munge binaries are missing.
 """
 
@@ -96,12 +96,12 @@ class SlurmCluster:
         epilog: Path | None = None,
         extra_conf: str = "",
         env: dict[str, str] | None = None,
-        keep: bool = False,
+        keep: bool | None = None,
         accounting: bool = False,
         accounts: dict[str, str] | None = None,
     ) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="gridwatt-slurm-"))
-        self.keep = keep
+        self.keep = keep if keep is not None else os.environ.get("GRIDWATT_KEEP_SLURM") == "1"
         self.accounting = accounting
         self.accounts = accounts or {_current_user(): "ops"}
         self.node = node
@@ -168,13 +168,13 @@ class SlurmCluster:
             "MpiDefault=none",
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core",
-            "SchedulerType=sched/builtin",
+            "SchedulerType=sched/backfill",  # heterogeneous jobs need it
             "SlurmdParameters=config_overrides",
             "ReturnToService=2",
             "MinJobAge=600",
             "KillWait=5",
             "MessageTimeout=10",
-            "PrologEpilogTimeout=60",
+            "PrologEpilogTimeout=60",  # a prolog or epilog running longer drains the node
             "GresTypes=gpu",
             f"NodeName={self.node} NodeAddr=127.0.0.1 NodeHostname={host} CPUs={self.cpus} "
             f"RealMemory=1000 Gres=gpu:{self.gpus} State=UNKNOWN",

@@ -195,7 +195,7 @@ class AlertMonitor:
         (result,) = await self.store.query(
             'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
             'sum("gpu_s") AS g, sum("util_pct_s") AS u'
-            + (', last("user") AS user, last("account") AS account, last("attribution") AS how'
+            + (', last("user") AS job_user, last("account") AS job_account, last("attribution") AS how'
                if self._slurm_rules else "")
             + ' FROM "job" '
             f"WHERE \"job_id\" != 'unattributed' AND time >= {lo} AND time < {closed_to} "
@@ -209,9 +209,9 @@ class AlertMonitor:
             for k in ("e", "f", "c", "g", "u"):
                 a[k] += row[k] or 0.0
             a["gpus"].add((tags.get("node", ""), tags.get("gpu", "")))
-            for k in ("user", "account", "how"):
-                if row.get(k):
-                    a[k] = str(row[k])
+            for k, col in (("user", "job_user"), ("account", "job_account"), ("how", "how")):
+                if row.get(col):
+                    a[k] = str(row[col])
             if tags.get("alias"):
                 a["alias"] = tags["alias"]
         windows = [

@@ -18,14 +18,17 @@ Epilog (as root, after the job ended on the node):
 Both always exit 0: a failing prolog or epilog would drain the node, and telemetry must never
 cost a site a node. Problems are logged (syslog, and ``log_file`` if set) with the reason.
 
-Configuration: ``/etc/gridwatt/slurm.toml`` or the file named by ``GRIDWATT_SLURM_CONFIG``;
-see README.md in this folder. The script picks prolog or epilog from its first argument, else
+Configuration: the file named by ``GRIDWATT_SLURM_CONFIG`` (slurmd does not pass its own
+environment on, so this is for running it by hand), else ``gridwatt-slurm.toml`` next to this
+script, else ``/etc/gridwatt/slurm.toml``; see README.md in this folder.
+The script picks prolog or epilog from its first argument, else
 from ``SLURM_SCRIPT_CONTEXT`` (``prolog_slurmd``/``epilog_slurmd``), else from its own name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -40,7 +43,7 @@ import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,9 @@ class Config:
     collector_url: str = "http://127.0.0.1:8080"
     #: The longest the epilog waits for the agent's flush and the collector's report, in total.
     report_timeout_s: float = 5.0
+    #: The agent's sampling interval (agent.toml interval_s): after unmapping, the epilog waits this
+    #: long (plus 0.5 s) for the agent's last attributed interval before it fetches the final report.
+    agent_interval_s: float = 1.0
     #: Each Slurm command (scontrol, sacctmgr) gets at most this long.
     slurm_command_timeout_s: float = 5.0
     summary_to_output: bool = True
@@ -76,14 +82,17 @@ class Config:
     log_file: str = ""
     scontrol: str = "scontrol"
     sacctmgr: str = "sacctmgr"
+    #: Ask slurmctld (one ``scontrol show job``) for the id users write, when the prolog's
+    #: environment lacks it: slurmd 22.05 gives a prolog no SLURM_ARRAY_* or SLURM_HET_* variables.
+    prolog_asks_slurm: bool = True
     #: Extra environment seen by the Slurm commands (tests point SLURM_CONF here).
     slurm_env: dict[str, str] = field(default_factory=dict)
 
 
 _FIELDS: dict[str, type] = {
-    "mapping_dir": str, "collector_url": str, "report_timeout_s": float,
+    "mapping_dir": str, "collector_url": str, "report_timeout_s": float, "agent_interval_s": float,
     "slurm_command_timeout_s": float, "summary_to_output": bool, "admin_comment": str,
-    "log_file": str, "scontrol": str, "sacctmgr": str, "slurm_env": dict,
+    "log_file": str, "scontrol": str, "sacctmgr": str, "slurm_env": dict, "prolog_asks_slurm": bool,
 }
 
 
@@ -108,6 +117,8 @@ def load_config(path: Path) -> Config:
     if not 0 < cfg.report_timeout_s <= 120:
         raise ConfigError(f"{path}: field report_timeout_s: must be in (0, 120] s, "
                           f"got {cfg.report_timeout_s}")
+    if not 0 < cfg.agent_interval_s <= 60:
+        raise ConfigError(f"{path}: field agent_interval_s: must be in (0, 60] s, got {cfg.agent_interval_s}")
     if not 0 < cfg.slurm_command_timeout_s <= 60:
         raise ConfigError(f"{path}: field slurm_command_timeout_s: must be in (0, 60] s, "
                           f"got {cfg.slurm_command_timeout_s}")
@@ -331,6 +342,17 @@ def show_job(cfg: Config, job_id: str, timeout_s: float) -> dict[str, str]:
     return parse_scontrol_line(res.stdout.splitlines()[0])
 
 
+def alias_of(info: Mapping[str, str], job_id: str) -> str:
+    """The id users write for a job, from its ``scontrol show job`` record."""
+    array_job, array_task = info.get("ArrayJobId", ""), info.get("ArrayTaskId", "")
+    if JOB_ID.fullmatch(array_job) and JOB_ID.fullmatch(array_task):
+        return f"{array_job}_{array_task}"
+    het_job, het_offset = info.get("HetJobId", ""), info.get("HetJobOffset", "")
+    if JOB_ID.fullmatch(het_job) and JOB_ID.fullmatch(het_offset):
+        return f"{het_job}+{het_offset}"
+    return job_id
+
+
 def accounting_storage(cfg: Config, timeout_s: float) -> str:
     res = _run(cfg, [cfg.scontrol, "show", "config"], timeout_s)
     m = re.search(r"^AccountingStorageType\s*=\s*(\S+)", res.stdout, re.M)
@@ -410,8 +432,8 @@ def wait_for_report(cfg: Config, job_id: str, ended_ns: int, deadline: float) ->
         time.sleep(0.2)
     if report is not None:
         return report, False
-    raise NoReport(f"{last_error or f'collector {cfg.collector_url} has no samples of job {job_id}'} "
-                   f"(gave up after {cfg.report_timeout_s:g} s)")
+    raise NoReport(f"{last_error or f'collector {cfg.collector_url} has no samples of job {job_id}'}; "
+                   f"gave up after {cfg.report_timeout_s:g} s")
 
 
 def _energy(kwh: float) -> str:
@@ -490,6 +512,13 @@ def prolog(cfg: Config, env: Mapping[str, str], log: Log) -> None:
         return
     if not job.gpus:
         return
+    if job.alias == job.job_id and cfg.prolog_asks_slurm:
+        try:
+            info = show_job(cfg, job.job_id, cfg.slurm_command_timeout_s)
+            job = dataclasses.replace(job, alias=alias_of(info, job.job_id),
+                                      account=job.account or info.get("Account", "").replace("(null)", ""))
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            log(f"job {job.job_id}: no array/het id from scontrol: {exc}", error=True)
     try:
         files = map_job(cfg.mapping_dir, job)
         log(f"job {job.alias} mapped to GPU(s) {','.join(files)} in {cfg.mapping_dir}")
@@ -504,11 +533,13 @@ def epilog(cfg: Config, env: Mapping[str, str], log: Log) -> None:
     if job is None:
         log("no valid SLURM_JOB_ID in the environment; nothing to do", error=True)
         return
-    try:
-        report_job(cfg, job, started_ns, deadline, log)
-    except Exception as exc:  # a report is a courtesy: it never blocks the clean-up below
-        log(f"job {job.alias}: no summary: {exc}", error=True)
-    finally:
+    unmapped = False
+
+    def unmap() -> None:
+        nonlocal unmapped
+        if unmapped:
+            return
+        unmapped = True
         try:
             removed = unmap_job(cfg.mapping_dir, job.job_id)
             if removed:
@@ -516,19 +547,41 @@ def epilog(cfg: Config, env: Mapping[str, str], log: Log) -> None:
         except OSError as exc:
             log(f"job {job.alias}: cannot clean the job mapping in {cfg.mapping_dir}: {exc}", error=True)
 
+    try:
+        report_job(cfg, job, started_ns, deadline, log, unmap)
+    except Exception as exc:  # a report is a courtesy: it never blocks the clean-up below
+        log(f"job {job.alias}: no summary: {exc}", error=True)
+    finally:
+        unmap()
 
-def report_job(cfg: Config, job: Job, ended_ns: int, deadline: float, log: Log) -> None:
-    """On the job's batch host only: the summary into AdminComment and the job's output."""
+
+def report_job(cfg: Config, job: Job, ended_ns: int, deadline: float, log: Log,
+               unmap: Callable[[], None]) -> None:
+    """On the job's batch host only: the summary into AdminComment and the job's output.
+
+    Order: wait until the agent's samples reach the job's end (the mapping still names the job, so
+    the interval holding the end is the job's), unmap, give the agent one interval to store what it
+    read before the unmapping, then fetch the final report.
+    """
     if not job.gpus:
         return
     info = show_job(cfg, job.job_id, min(cfg.slurm_command_timeout_s, deadline - time.monotonic()))
     if info.get("BatchHost") != job.node:
         return  # another node of the job reports it (one summary per job)
+    if job.alias == job.job_id:  # slurmd 22.05 gives an epilog no SLURM_ARRAY_*/SLURM_HET_* variables
+        job = dataclasses.replace(job, alias=alias_of(info, job.job_id))
     try:
         report, complete = wait_for_report(cfg, job.job_id, ended_ns, deadline)
+        unmap()
+        if complete:
+            time.sleep(max(0.0, min(cfg.agent_interval_s + 0.5, deadline - time.monotonic())))
+            with contextlib.suppress(NoReport):
+                report = fetch_report(cfg, job.job_id, max(0.5, deadline - time.monotonic())) or report
         line = summary_line(report, complete)
-        log(f"job {job.alias}: {line}")
+        keys = ("facility_energy_kwh", "co2e_kg", "gpu_count", "mean_util_pct", "it_energy_kwh", "end_ns")
+        log(f"job {job.alias}: {line} report {json.dumps({k: report.get(k) for k in keys})}")
     except NoReport as exc:
+        unmap()
         line = f"gridwatt: no report yet ({exc}); later: gridwatt job {job.alias}"
         log(f"job {job.alias}: {exc}", error=True)
         report = None
@@ -546,6 +599,14 @@ def report_job(cfg: Config, job: Job, ended_ns: int, deadline: float, log: Log) 
             log(f"job {job.alias}: summary not appended to its output: {exc}", error=True)
 
 
+def config_file() -> Path:
+    """``$GRIDWATT_SLURM_CONFIG``, else ``gridwatt-slurm.toml`` beside this script, else the default."""
+    if os.environ.get("GRIDWATT_SLURM_CONFIG"):
+        return Path(os.environ["GRIDWATT_SLURM_CONFIG"])
+    beside = Path(__file__).resolve().parent / "gridwatt-slurm.toml"
+    return beside if beside.exists() else DEFAULT_CONFIG
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     what = args[0] if args else os.environ.get("SLURM_SCRIPT_CONTEXT", Path(sys.argv[0]).name)
@@ -553,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     if what not in ("prolog", "epilog"):
         print("usage: gridwatt_slurm.py prolog|epilog (or run as Slurm's Prolog/Epilog)", file=sys.stderr)
         return 2
-    config_path = Path(os.environ.get("GRIDWATT_SLURM_CONFIG", DEFAULT_CONFIG))
+    config_path = config_file()
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
