@@ -339,3 +339,4 @@ def test_collector_hung_epilog_gives_up_within_its_bound_and_the_job_completes(s
     log = stack.epilog_log.read_text()
     assert re.search(rf"epilog: job {job}: collector .*; gave up after 3 s", log)
     assert not [f for f in stack.mapping_dir.glob("[0-9]*") if job in f.read_text().split()]
+
