@@ -23,6 +23,12 @@ command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
 [ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# Slurm 22.05 with munge, slurmdbd and MariaDB: tests/slurm_cluster.py starts a real one-node
+# cluster from them (its own munged, database and daemons on free ports; no system service used).
+[ -x /usr/sbin/slurmctld ] || missing+=(slurm-wlm)
+[ -x /usr/sbin/munged ] || missing+=(munge)
+[ -x /usr/sbin/slurmdbd ] || missing+=(slurmdbd)
+[ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -218,3 +218,7 @@ def test_epilog_without_a_collector_cleans_up_and_says_why(tmp_path: Path) -> No
     assert not [p for p in folder.iterdir() if not p.name.startswith(".")]
     log = (tmp_path / "log").read_text()
     assert "epilog: job 77: no summary:" in log and "epilog: job 77 unmapped from GPU(s) 0,1" in log
+
+
+def test_the_example_config_is_the_defaults() -> None:
+    assert gs.load_config(REPO / "deploy" / "slurm" / "slurm.example.toml") == gs.Config()
