@@ -370,13 +370,19 @@ class SlurmCluster:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        for pid in self._own_stepds():
+        ended = self._own_stepds()
+        for pid in ended:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         pid_file = self.base / "munge" / "munged.pid"
         if pid_file.exists():
             with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+                munged = int(pid_file.read_text().strip())
+                os.kill(munged, signal.SIGTERM)
+                ended.append(munged)
+        deadline = time.monotonic() + 10
+        while any(_running(pid) for pid in ended) and time.monotonic() < deadline:
+            time.sleep(0.05)
         if not self.keep:
             shutil.rmtree(self.base, ignore_errors=True)
 
@@ -408,6 +414,14 @@ class SlurmCluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _current_user() -> str:
