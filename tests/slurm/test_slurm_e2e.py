@@ -311,6 +311,11 @@ def test_array_job_tasks_are_found_by_their_slurm_ids(stack: Stack) -> None:
         assert report["job_id"] == raw and report["alias"] == alias
         assert stack.report(raw)["it_energy_kwh"] == report["it_energy_kwh"]
         assert stack.report(f"{alias}.batch")["job_id"] == raw  # a step: its job's report
+        human = subprocess.run(
+            [sys.executable, "-m", "gridwatt.cli", "--collector", stack.collector.http_url, "job", alias],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout
+        assert human.splitlines()[0] == f"Job {raw} ({alias}), user nobody, account physics"
         gpus = allocated_gpus(stack, raw, "array")
         check_job(stack, raw, gpus, "array", alias)
         sacct = stack.cluster.run("sacct", "-j", alias, "-X", "-n", "-P", "-o",
