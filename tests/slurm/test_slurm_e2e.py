@@ -345,3 +345,23 @@ def test_collector_hung_epilog_gives_up_within_its_bound_and_the_job_completes(s
     assert re.search(rf"epilog: job {job}: collector .*; gave up after 3 s", log)
     assert not [f for f in stack.mapping_dir.glob("[0-9]*") if job in f.read_text().split()]
 
+
+
+def test_failed_and_cancelled_jobs_leave_no_mapping_behind(stack: Stack) -> None:
+    failed = stack.cluster.sbatch("#!/bin/sh\nsleep 2\nexit 3\n", "--gres=gpu:2", user="nobody",
+                                  name="failed")
+    cancelled = stack.submit(300, "--gres=gpu:2", name="cancelled")
+    stack.cluster.wait_state(cancelled, {"RUNNING"})
+    out = stack.cluster.base / "jobs" / f"cancelled-{cancelled}.out"
+    deadline = time.monotonic() + 60
+    while not (out.exists() and "done" not in out.read_text() and out.read_text().count("\n") >= 2):
+        assert time.monotonic() < deadline, "the job's script did not start"  # (its prolog ran before)
+        time.sleep(0.1)
+    assert any(cancelled in f.read_text().split() for f in stack.mapping_dir.glob("[0-9]*"))
+    stack.cluster.run("scancel", cancelled)
+    states = {job: stack.cluster.wait_done(job, timeout_s=120)["JobState"] for job in (failed, cancelled)}
+    assert states == {failed: "FAILED", cancelled: "CANCELLED"}
+    for job, name in ((failed, "failed"), (cancelled, "cancelled")):
+        assert not [f for f in stack.mapping_dir.glob("[0-9]*") if job in f.read_text().split()]
+        assert not (stack.mapping_dir / ".jobs" / f"{job}.json").exists()
+        assert parse_summary(stack.output(job, name)[-1])[2] == 2  # a failed job gets its figures too
