@@ -13,6 +13,30 @@ from gridwatt.collector.stepseries import StepSeries
 J_PER_KWH = 3_600_000.0
 
 
+def emissions_with_estimated(
+    energy_j: float, start_ns: int, end_ns: int, pue: StepSeries, intensity: StepSeries,
+    has_estimates: bool | None = None,
+) -> tuple[float, float, float]:
+    """(facility energy in J, emissions in gCO2e, the part of those emissions in gCO2e that rests on
+    estimated or held intensity steps) of ``energy_j`` IT energy used over [start_ns, end_ns).
+
+    ``has_estimates``: whether ``intensity`` has any estimated step, when the caller knows (saves
+    a scan of the series per interval)."""
+    facility_j, co2e_g = facility_and_emissions(energy_j, start_ns, end_ns, pue, intensity)
+    if not (any(intensity.estimated) if has_estimates is None else has_estimates):
+        return facility_j, co2e_g, 0.0
+    nxt_i = intensity.next_step_after(start_ns)
+    if end_ns <= start_ns or nxt_i is None or nxt_i >= end_ns:  # one intensity step
+        return facility_j, co2e_g, co2e_g if intensity.is_estimated_at(start_ns) else 0.0
+    duration_ns = end_ns - start_ns
+    estimated_g = 0.0
+    for p0, p1, p in pue.pieces(start_ns, end_ns):
+        for i0, i1, ci in intensity.pieces(p0, p1):
+            if intensity.is_estimated_at(i0):
+                estimated_g += energy_j * (i1 - i0) / duration_ns * p / J_PER_KWH * ci
+    return facility_j, co2e_g, min(estimated_g, co2e_g)
+
+
 def facility_and_emissions(
     energy_j: float, start_ns: int, end_ns: int, pue: StepSeries, intensity: StepSeries
 ) -> tuple[float, float]:

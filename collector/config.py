@@ -205,6 +205,24 @@ class AccountingConfig(_Strict):
     #: Recompute each touched rack window once more this long after its recompute, so that with
     #: several collector replicas the last write of a window is always a complete one. 0 disables.
     replica_settle_s: float = Field(2.0, ge=0, le=300)
+    #: How often stretches accounted with estimated or held intensity are asked of their provider
+    #: again; where a measured value has arrived, their samples and windows are re-accounted
+    #: (collector/revisit.py). 0 disables. Needs rack_windows (it reads the stored samples back).
+    estimate_revisit_s: float = Field(300.0, ge=0, le=86400)
+    #: How long after a batch was accounted with an estimate it is revisited (the look-back bound).
+    #: 48 h: Electricity Maps replaces its estimated hours within about a day (the recorded
+    #: answers in tests/fixtures/grid show updates 23 h after the hour), UK actuals come within
+    #: the hour, WattTime's historical MOER within minutes; 48 h covers those with a day to spare.
+    estimate_lookback_s: float = Field(48 * 3600.0, ge=0, le=30 * 86400)
+
+
+class LiveMetricsConfig(_Strict):
+    """The live view on /metrics (collector/live_metrics.py)."""
+
+    #: A job's series go this long (wall seconds) after its last stored sample.
+    job_series_ttl_s: float = Field(900.0, gt=0, le=30 * 86400)
+    #: At most this many job series (the least recently seen go first).
+    max_job_series: int = Field(10_000, ge=1, le=1_000_000)
 
 
 class CollectorConfig(_Strict):
@@ -218,6 +236,8 @@ class CollectorConfig(_Strict):
     sites: list[SiteConfig] = []
     #: Idle-GPU alert rules and sinks (see collector/alerts/README.md).
     alerts: AlertsConfig = AlertsConfig()
+    #: Accounted energy and carbon on /metrics.
+    metrics: LiveMetricsConfig = LiveMetricsConfig()
     #: Folder of the config file; relative paths in provider configs are taken from it.
     _config_dir: Path | None = PrivateAttr(default=None)
 

@@ -63,6 +63,9 @@ class JobReport:
     mean_intensity_g_per_kwh: float
     idle_energy_kwh: float
     emission_factor: str
+    #: the share (0..1) of co2e_kg that rests on estimated or held grid intensity (a held value,
+    #: a fallback provider, or a value its provider marked estimated); 0 when all was measured
+    estimated_share: float = 0.0
     #: Slurm's details where the agent knew them (a gridwatt prolog): the id users write
     #: (array task, het component), the user and the account; "" otherwise.
     alias: str = ""
@@ -79,7 +82,7 @@ class JobReport:
             idle_share=self.idle_share, it_energy_kwh=self.it_energy_kwh,
             facility_energy_kwh=self.facility_energy_kwh, co2e_kg=self.co2e_kg, mean_pue=self.mean_pue,
             mean_intensity_g_per_kwh=self.mean_intensity_g_per_kwh, idle_energy_kwh=self.idle_energy_kwh,
-            emission_factor=self.emission_factor,
+            emission_factor=self.emission_factor, estimated_share=self.estimated_share,
         )
 
 
@@ -114,7 +117,8 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
     job = quote_string(job_id)
     q = (
         'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-        'sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, sum("idle_energy_j") AS ie, '
+        'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, '
+        'sum("idle_energy_j") AS ie, '
         f'max("end_ns") AS end_ns FROM "job_window" WHERE "job_id" = {job}; '
         f'SHOW SERIES FROM "job" WHERE "job_id" = {job}; '
         f'SELECT first("gpu_s") FROM "job" WHERE "job_id" = {job}; '
@@ -125,7 +129,7 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
     rows = series_rows(sums)
     if not rows or not rows[0][1].get("g"):
         raise JobNotFound(f"no samples stored for job {job_id!r}")
-    totals = {k: float(rows[0][1].get(k) or 0.0) for k in ("e", "f", "c", "g", "u", "i", "ie")}
+    totals = {k: float(rows[0][1].get(k) or 0.0) for k in ("e", "f", "c", "ce", "g", "u", "i", "ie")}
     end_ns = int(rows[0][1].get("end_ns") or 0)
     gpus: set[tuple[str, int]] = set()
     for _tags, row in series_rows(series):
@@ -160,6 +164,7 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
         mean_intensity_g_per_kwh=c * J_PER_KWH / f if f else 0.0,
         idle_energy_kwh=totals["ie"] / J_PER_KWH,
         emission_factor=emission_factor,
+        estimated_share=min(max(totals["ce"] / c, 0.0), 1.0) if c > 0 else 0.0,
         alias=alias,
         user=user,
         account=account,

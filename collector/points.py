@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gridwatt.collector.accounting import J_PER_KWH, facility_and_emissions
+from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated
 from gridwatt.collector.intensity.base import IntensitySeries
 from gridwatt.collector.lineproto import string_field, tag
 from gridwatt.collector.stepseries import StepSeries
@@ -64,6 +64,8 @@ class PreparedBatch:
     samples: int = 0
     it_energy_j: float = 0.0
     co2e_g: float = 0.0
+    #: emissions resting on estimated or held intensity (gCO2e)
+    estimated_co2e_g: float = 0.0
     #: Index in ``lines`` of each sample's first line (its gpu point; its job points follow).
     first_line: list[int] = field(default_factory=list)
 
@@ -83,6 +85,7 @@ def prepare_batch(
     rack_t = tag(placement.rack)
     gpu_prefix = f"gpu,node={node_t},rack={rack_t},zone={tag(placement.zone)},gpu="
     job_suffix = f",node={node_t},rack={rack_t},gpu="
+    mixed = bool(intensity.step_sources)
     ef = string_field(intensity.emission_factor)
     src = string_field(intensity.source)
     if pue is None:
@@ -92,7 +95,7 @@ def prepare_batch(
     lines: list[str] = []
     append = lines.append
     windows: set[int] = set()
-    total_e = total_c = 0.0
+    total_e = total_c = total_est = 0.0
     tag_cache: dict[str, str] = {}
     how_cache: dict[tuple[int, str, bool, str], str] = {}
     first_line: list[int] = []
@@ -101,9 +104,13 @@ def prepare_batch(
         start = s.start_ns
         end = s.end_ns
         e = s.energy_j
-        fac, co2 = facility_and_emissions(e, start, end, pue, ci)
+        fac, co2, est_co2 = emissions_with_estimated(e, start, end, pue, ci, any_estimated)
+        if mixed:  # steps from several providers: each sample names the one at its start
+            ef = string_field(intensity.factor_at(start))
+            src = string_field(intensity.source_at(start))
         total_e += e
         total_c += co2
+        total_est += est_co2
         dur_s = (end - start) / NS_PER_S
         util = s.util_pct
         idle_s = s.idle_s
@@ -123,8 +130,9 @@ def prepare_batch(
             f"idle_energy_j={idle_e!r},pue={eff_pue!r},intensity_g_per_kwh={eff_ci!r},end_ns={end}i,"
             f"energy_method=\"{ENERGY_METHOD_NAMES.get(s.energy_method, 'unspecified')}\","
             f"jobs={string_field(jobs)},ef={ef},intensity_source={src},"
-            f"intensity_estimated={'true' if any_estimated and ci.is_estimated_at(start) else 'false'}"
-            f" {start}"
+            f"intensity_estimated="
+            f"{'true' if any_estimated and (est_co2 > 0 or ci.is_estimated_at(start)) else 'false'}"
+            f",estimated_co2e_g={est_co2!r} {start}"
         )
         shares = [(j.job_id, j.fraction, j.method, j.user, j.split_estimated, j.account, j.alias)
                   for j in s.jobs]
@@ -144,12 +152,13 @@ def prepare_batch(
             gpu_s = dur_s * frac
             append(
                 f"job,job_id={job_t}{job_suffix}{gpu} energy_j={e * frac!r},"
-                f"facility_energy_j={fac * frac!r},co2e_g={co2 * frac!r},gpu_s={gpu_s!r},"
+                f"facility_energy_j={fac * frac!r},co2e_g={co2 * frac!r},estimated_co2e_g={est_co2 * frac!r},"
+                f"gpu_s={gpu_s!r},"
                 f"util_pct_s={util * gpu_s!r},idle_s={idle_s * frac!r},idle_energy_j={idle_e * frac!r},"
                 f"fraction={frac!r},end_ns={end}i,ef={ef}{how} {start}"
             )
         windows.add(start - start % resolution_ns)
-    return PreparedBatch(lines, windows, len(batch.gpu_samples), total_e, total_c, first_line)
+    return PreparedBatch(lines, windows, len(batch.gpu_samples), total_e, total_c, total_est, first_line)
 
 
 def host_lines(batch: pb.Batch, placement: Placement) -> list[str]:

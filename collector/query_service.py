@@ -9,9 +9,11 @@ from aiohttp import web
 
 from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.jobs import JobNotFound, job_report
+from gridwatt.collector.live_metrics import exposition
 from gridwatt.collector.metrics import CONTENT_TYPE, CollectorMetrics
 from gridwatt.collector.racks import rack_totals
 from gridwatt.collector.store import InfluxStore, QueryError
+from gridwatt.collector.web.pages import Pages
 from gridwatt.timeutil import parse_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
@@ -74,8 +76,10 @@ def http_app(
         )
 
     async def metrics_text(request: web.Request) -> web.Response:
-        body = metrics.render() if metrics is not None else b""
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+        if metrics is None:
+            return web.Response(body=b"", headers={"Content-Type": CONTENT_TYPE})
+        body, content_type = exposition(metrics, request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def get_racks(request: web.Request) -> web.Response:
         try:
@@ -95,4 +99,5 @@ def http_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/alerts", get_alerts)
     app.router.add_get("/metrics", metrics_text)
+    Pages(store, monitor).add_routes(app)  # the web page at /ui/
     return app

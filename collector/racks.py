@@ -7,6 +7,11 @@ from typing import Any
 from gridwatt.collector.store import InfluxStore, series_rows
 
 
+def _share(part: float, whole: float) -> float:
+    """part / whole within [0, 1]; 0 for no whole."""
+    return min(max(part / whole, 0.0), 1.0) if whole > 0 else 0.0
+
+
 async def rack_totals(
     store: InfluxStore, since_ns: int | None = None, until_ns: int | None = None
 ) -> list[dict[str, Any]]:
@@ -19,7 +24,8 @@ async def rack_totals(
     where = f"WHERE {' AND '.join(conds)} " if conds else ""
     (result,) = await store.query(
         'SELECT sum("it_energy_kwh") AS it, sum("facility_energy_kwh") AS fac, sum("co2e_kg") AS co2, '
-        'sum("gpu_seconds") AS gs, sum("util_pct_s") AS us, sum("idle_energy_kwh") AS idle, '
+        'sum("estimated_co2e_g") AS est, sum("gpu_seconds") AS gs, sum("util_pct_s") AS us, '
+        'sum("idle_energy_kwh") AS idle, '
         f'max("gpu_count") AS gpus FROM "rack" {where}GROUP BY "rack", "zone"'
     )
     out = []
@@ -32,6 +38,8 @@ async def rack_totals(
                 "it_energy_kwh": it,
                 "facility_energy_kwh": fac,
                 "co2e_kg": co2,
+                # the share of co2e_kg resting on estimated or held grid intensity (0..1)
+                "estimated_share": _share(float(row.get("est") or 0.0) / 1000, co2),
                 "mean_pue": fac / it if it else 0.0,
                 "mean_intensity_g_per_kwh": co2 * 1000 / fac if fac else 0.0,
                 "gpu_hours": gs / 3600.0,

@@ -35,18 +35,21 @@ from gridwatt.collector.store import InfluxStore, quote_string, series_rows
 log = logging.getLogger("gridwatt.collector.rollup")
 
 NS_PER_S = 1_000_000_000
-_SUMS = ("e", "f", "c", "d", "u", "i", "ie", "n")
+_SUMS = ("e", "f", "c", "ce", "d", "u", "i", "ie", "n")
 
 
 def _window_fields(w: dict[str, float]) -> str:
-    """Fields of node and rack points from sums (e, f, ie in J; c in g; d gpu-s; u util×s; i s; n GPUs)."""
+    """Fields of node and rack points from sums (e, f, ie in J; c, ce in g; d gpu-s; u util×s; i s; n GPUs).
+
+    ``ce`` is the part of the emissions resting on estimated or held intensity."""
     e, f, c, d = w["e"], w["f"], w["c"], w["d"]
     pue = f / e if e > 0 else 0.0
     intensity = c * J_PER_KWH / f if f > 0 else 0.0
     mean_util = w["u"] / d if d > 0 else 0.0
     return (
         f"it_energy_kwh={e / J_PER_KWH!r},facility_energy_kwh={f / J_PER_KWH!r},co2e_g={c!r},"
-        f"co2e_kg={c / 1000!r},pue={pue!r},intensity_g_per_kwh={intensity!r},gpu_count={int(w['n'])}i,"
+        f"co2e_kg={c / 1000!r},estimated_co2e_g={w['ce']!r},pue={pue!r},"
+        f"intensity_g_per_kwh={intensity!r},gpu_count={int(w['n'])}i,"
         f"gpu_seconds={d!r},util_pct_s={w['u']!r},mean_util_pct={mean_util!r},idle_s={w['i']!r},"
         f"idle_energy_kwh={w['ie'] / J_PER_KWH!r}"
     )
@@ -69,7 +72,7 @@ def job_window_lines(node: str, rack: str, jobs: dict[tuple[int, str], dict[str,
     suffix = f",node={tag(node)},rack={tag(rack)} "
     return [
         f"job_window,job_id={tag(job)}{suffix}energy_j={w['e']!r},facility_energy_j={w['f']!r},"
-        f"co2e_g={w['c']!r},gpu_s={w['d']!r},util_pct_s={w['u']!r},idle_s={w['i']!r},"
+        f"co2e_g={w['c']!r},estimated_co2e_g={w['ce']!r},gpu_s={w['d']!r},util_pct_s={w['u']!r},idle_s={w['i']!r},"
         f"idle_energy_j={w['ie']!r},gpu_count={int(w['n'])}i,end_ns={int(w['end_ns'])}i {t}"
         for (t, job), w in sorted(jobs.items())
     ]
@@ -121,7 +124,7 @@ class RackRollup:
         res_s = self.resolution_ns // NS_PER_S
         rows = await self._sums(
             'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-            'sum("gpu_s") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
+            'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
             'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns '
             f'FROM "job" WHERE "node" = {quote_string(node)} AND time >= {lo_ns} AND time < {hi_ns} '
             f'GROUP BY time({res_s}s), "job_id", "gpu" fill(none)'
@@ -134,7 +137,7 @@ class RackRollup:
             w = windows.setdefault(t, dict.fromkeys(_SUMS, 0.0))
             j = jobs.setdefault((t, tags.get("job_id", "")), dict.fromkeys((*_SUMS, "end_ns"), 0.0))
             for key in _SUMS[:-1]:
-                value = row[key] or 0.0
+                value = row.get(key) or 0.0
                 w[key] += value
                 j[key] += value
             j["n"] += 1
@@ -149,14 +152,15 @@ class RackRollup:
         res_s = self.resolution_ns // NS_PER_S
         rows = await self._sums(
             'SELECT sum("it_energy_kwh") AS e, sum("facility_energy_kwh") AS f, sum("co2e_g") AS c, '
-            'sum("gpu_seconds") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
+            'sum("estimated_co2e_g") AS ce, sum("gpu_seconds") AS d, sum("util_pct_s") AS u, '
+            'sum("idle_s") AS i, '
             'sum("idle_energy_kwh") AS ie, sum("gpu_count") AS n, count("gpu_count") AS nodes '
             f'FROM "node" WHERE "rack" = {quote_string(rack)} AND time >= {lo_ns} AND time < {hi_ns} '
             f"GROUP BY time({res_s}s) fill(none)"
         )
         windows: dict[int, dict[str, float]] = {}
         for _tags, row in rows:
-            w = {key: float(row[key] or 0.0) for key in (*_SUMS, "nodes")}
+            w = {key: float(row.get(key) or 0.0) for key in (*_SUMS, "nodes")}
             w["e"] *= J_PER_KWH
             w["f"] *= J_PER_KWH
             w["ie"] *= J_PER_KWH

@@ -17,8 +17,10 @@ from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.auth import NodeAuth
 from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.ingest import Ingestor, IngestService
+from gridwatt.collector.live_metrics import LiveAccounts
 from gridwatt.collector.metrics import CollectorMetrics
 from gridwatt.collector.query_service import QueryService, http_app
+from gridwatt.collector.revisit import EstimateRevisor
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore
 from gridwatt.collector.topology import Topology
@@ -57,10 +59,13 @@ class RunningCollector:
     http_port: int | None
     metrics: CollectorMetrics
     health: HealthServicer
+    revisor: EstimateRevisor | None = None
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace_s)
+        if self.revisor is not None:
+            await self.revisor.stop()
         if self.monitor is not None:
             await self.monitor.stop()
         if self.http_runner is not None:
@@ -129,13 +134,23 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
             expected_nodes={node: rack.name for rack in config.racks for node in rack.nodes},
         )
         monitor.start()
+    revisor = None
+    if config.accounting.rack_windows and config.accounting.estimate_revisit_s > 0:
+        revisor = EstimateRevisor(store, rollup, topology, interval_s=config.accounting.estimate_revisit_s,
+                                  lookback_s=config.accounting.estimate_lookback_s)
     ingestor = Ingestor(
         topology, store, rollup, limits,
         max_in_flight_batches=config.server.max_in_flight_batches,
         overload_retry_after_s=config.server.overload_retry_after_s,
         rack_windows=config.accounting.rack_windows,
         on_stored=monitor.note if monitor else None,
+        on_estimated=revisor.note if revisor else None,
     )
+    live = LiveAccounts(config.metrics.job_series_ttl_s, config.metrics.max_job_series)
+    ingestor.on_accounted = live.observe
+    if monitor is not None:
+        live.attach_monitor(monitor)
+    metrics.live = live
     server = grpc.aio.server(options=server_options(config))
     ingest_service = IngestService(ingestor, auth)
     metrics.bind_ledger(lambda: ingestor.stats, lambda: ingest_service.connected_streams)
@@ -170,8 +185,11 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
             http_port = server_obj.sockets[0].getsockname()[1]
     log.info("collector serving gRPC on port %d, HTTP on %s; InfluxDB %s (v%d)", grpc_port,
              http_port, config.influxdb.url, config.influxdb.version)
+    if revisor is not None:
+        revisor.start()
     return RunningCollector(
-        server, runner, store, ingestor, topology, monitor, grpc_port, http_port, metrics, health_servicer
+        server, runner, store, ingestor, topology, monitor, grpc_port, http_port, metrics, health_servicer,
+        revisor,
     )
 
 

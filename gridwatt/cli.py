@@ -58,6 +58,8 @@ def format_job(r: dict[str, Any]) -> str:
             f"  emissions       {r['co2e_kg']:.3f} kg CO2e   (mean intensity "
             f"{r['mean_intensity_g_per_kwh']:.1f} gCO2e/kWh, {r['emission_factor'] or 'unknown'} factors)",
             f"  idle energy     {r['idle_energy_kwh']:.3f} kWh",
+            f"  estimated       {r.get('estimated_share', 0.0) * 100:.1f} % of the emissions rest on "
+            "estimated or held grid intensity",
         ]
     )
 
@@ -68,13 +70,14 @@ def format_racks(body: dict[str, Any]) -> str:
     if not racks:
         return "no rack data in that range"
     head = (f"{'rack':<14}{'zone':<8}{'IT kWh':>12}{'facility kWh':>14}{'kg CO2e':>12}{'PUE':>7}"
-            f"{'g/kWh':>8}{'GPU-h':>10}{'util %':>8}{'idle kWh':>10}")
+            f"{'g/kWh':>8}{'GPU-h':>10}{'util %':>8}{'idle kWh':>10}{'est %':>7}")
     rows = [head]
     for r in racks:
         rows.append(
             f"{r['rack']:<14}{r['zone']:<8}{r['it_energy_kwh']:>12.2f}{r['facility_energy_kwh']:>14.2f}"
             f"{r['co2e_kg']:>12.2f}{r['mean_pue']:>7.3f}{r['mean_intensity_g_per_kwh']:>8.1f}"
             f"{r['gpu_hours']:>10.1f}{r['mean_util_pct']:>8.1f}{r['idle_energy_kwh']:>10.2f}"
+            f"{r.get('estimated_share', 0.0) * 100:>7.1f}"
         )
     return "\n".join(rows)
 

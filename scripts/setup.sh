@@ -23,6 +23,11 @@ command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
 [ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# views (#11): promtool and a real Prometheus for the /metrics and dashboard tests; headless
+# Chromium and its WebDriver for the web page's browser test
+[ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 # Slurm 22.05 with munge, slurmdbd and MariaDB: tests/slurm_cluster.py starts a real one-node
 # cluster from them (its own munged, database and daemons on free ports; no system service used).
 [ -x /usr/sbin/slurmctld ] || missing+=(slurm-wlm)

@@ -25,6 +25,18 @@ class IntensitySeries:
     series: StepSeries
     source: str
     emission_factor: EmissionFactor
+    #: per step (parallel to ``series.times_ns``) when the steps come from several providers;
+    #: empty when every step has ``source`` and ``emission_factor``
+    step_sources: tuple[str, ...] = ()
+    step_factors: tuple[EmissionFactor, ...] = ()
+
+    def source_at(self, t_ns: int) -> str:
+        """The source of the step holding at ``t_ns``."""
+        return self.step_sources[self.series.index_at(t_ns)] if self.step_sources else self.source
+
+    def factor_at(self, t_ns: int) -> EmissionFactor:
+        """The emission factor type of the step holding at ``t_ns``."""
+        return self.step_factors[self.series.index_at(t_ns)] if self.step_factors else self.emission_factor
 
 
 class IntensityProvider(Protocol):

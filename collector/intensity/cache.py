@@ -12,8 +12,9 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from gridwatt.collector.intensity.base import IntensityUnavailable
+from gridwatt.collector.intensity.coverage import IntensityGap, Segment, clip, uncovered
 from gridwatt.collector.stepseries import StepSeries
+from gridwatt.timeutil import NS_PER_S, format_time_ns
 
 
 @dataclass(frozen=True)
@@ -68,31 +69,81 @@ class RangeCache:
         if covered is not None and covered[1] > covered[0]:
             self._covered = _merge([*self._covered, covered])
 
-    def series(self, start_ns: int, end_ns: int, what: str, max_hold_ns: int) -> StepSeries:
-        """Steps covering ``[start_ns, end_ns)``: the last point at or before start and all inside.
+    def segments(
+        self, start_ns: int, end_ns: int, max_hold_ns: int
+    ) -> tuple[list[Segment], list[tuple[int, int]]]:
+        """What is known of ``[start_ns, end_ns)``: covered segments, and the stretches left uncovered.
 
-        Values held beyond the data are marked estimated: if the first known point is
-        after ``start_ns`` its value is extended back to ``start_ns`` as a separate
-        estimated step, and if the last point ends (``end_ns``) before ``end_ns`` its
-        value goes on as an estimated step from there. A point is not held longer
-        than ``max_hold_ns`` past its time to reach ``start_ns`` (stale data is no data).
+        Each point covers its own period (``time_ns`` to ``end_ns``, or to the next point when
+        ``end_ns`` is None), measured or estimated as the source said. Where no point covers a
+        stretch, the value before it is held for at most ``max_hold_ns`` past the end of its period
+        (and the first known value is extended back at most ``max_hold_ns``), **marked estimated**,
+        wherever in the range the stretch is. What is still uncovered is returned as missing.
         """
-        times = sorted(self._points)
         end_ns = max(end_ns, start_ns + 1)
+        times = sorted(self._points)
+        if not times:
+            return [], [(start_ns, end_ns)]
         i = max(bisect_right(times, start_ns) - 1, 0)
         j = max(bisect_right(times, end_ns - 1), i + 1)
-        if not times or times[i] >= end_ns:
-            raise IntensityUnavailable(f"{what}: no data for the asked range")
-        if times[i] < start_ns - max_hold_ns:
-            raise IntensityUnavailable(f"{what}: no data for the asked range (newest point is older)")
-        chosen = [self._points[t] for t in times[i:j]]
-        if chosen[0].time_ns > start_ns:
-            chosen.insert(0, Point(start_ns, chosen[0].g_per_kwh, True, chosen[0].time_ns))
-        last = chosen[-1]
-        if last.end_ns is not None and last.time_ns < last.end_ns < end_ns:
-            chosen.append(Point(last.end_ns, last.g_per_kwh, True))
+        segs: list[Segment] = []
+        first = self._points[times[i]]
+        if first.time_ns > start_ns:
+            segs.append(Segment(first.time_ns - max_hold_ns, first.time_ns, first.g_per_kwh, True))
+        for k in range(i, j):
+            p = self._points[times[k]]
+            next_t = times[k + 1] if k + 1 < len(times) else None
+            own_end = p.end_ns if p.end_ns is not None else (next_t if next_t is not None else p.time_ns)
+            if next_t is not None:
+                own_end = min(own_end, next_t)
+            if own_end > p.time_ns:
+                segs.append(Segment(p.time_ns, own_end, p.g_per_kwh, p.estimated))
+            hold_end = max(own_end, p.time_ns) + max_hold_ns
+            if next_t is not None:
+                hold_end = min(hold_end, next_t)
+            if hold_end > own_end:
+                segs.append(Segment(max(own_end, p.time_ns), hold_end, p.g_per_kwh, True))
+        inside = clip(segs, start_ns, end_ns)
+        return inside, uncovered(inside, start_ns, end_ns)
+
+    def series(self, start_ns: int, end_ns: int, what: str, max_hold_ns: int) -> StepSeries:
+        """Steps covering ``[start_ns, end_ns)`` (see :meth:`segments`).
+
+        Raises IntensityGap (an IntensityUnavailable carrying the covered segments and the
+        missing stretches) when any part of the range is not covered (none of it: no segments):
+        a value is never held silently, nor past ``max_hold_ns``.
+        """
+        segs, missing = self.segments(start_ns, end_ns, max_hold_ns)
+        if not segs:  # an answer (the data has nothing here), not a failure: an IntensityGap too
+            newest = max(self._points, default=None)
+            older = " (newest point is older)" if newest is not None and newest < start_ns else ""
+            raise IntensityGap(f"{what}: no data for the asked range{older}", [], missing)
+        if missing:
+            a, b = missing[0]
+            raise IntensityGap(
+                f"{what}: no value for {len(missing)} stretch(es) of the asked range, the first "
+                f"{format_time_ns(a)} to {format_time_ns(b)} (a value is held at most "
+                f"{max_hold_ns / NS_PER_S / 3600:g} h)",
+                segs, missing,
+            )
         return StepSeries(
-            tuple(p.time_ns for p in chosen),
-            tuple(p.g_per_kwh for p in chosen),
-            tuple(p.estimated for p in chosen),
+            tuple(s.start_ns for s in segs),
+            tuple(s.g_per_kwh for s in segs),
+            tuple(s.estimated for s in segs),
         )
+
+    def forget(self, start_ns: int, end_ns: int) -> None:
+        """Mark ``[start_ns, end_ns)`` not fetched, so that the next ``series`` asks the API again.
+
+        The points stay until a new fetch replaces them (a later answer wins).
+        """
+        kept: list[tuple[int, int]] = []
+        for s, e in self._covered:
+            if e <= start_ns or s >= end_ns:
+                kept.append((s, e))
+                continue
+            if s < start_ns:
+                kept.append((s, start_ns))
+            if e > end_ns:
+                kept.append((end_ns, e))
+        self._covered = kept

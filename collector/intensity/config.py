@@ -58,6 +58,9 @@ class _HttpConfig(_Model):
     backoff_max_s: float = Field(default=30.0, ge=0)
     retry_after_max_s: float = Field(default=120.0, ge=0)
     min_refetch_s: float = Field(default=60.0, ge=0)
+    #: longest a value is held past its own period, marked estimated (unset: the provider's
+    #: default: 3 h Electricity Maps, 1 h WattTime, 2 h UK); beyond it the chain moves on
+    max_hold_s: float | None = Field(default=None, ge=0, le=7 * 24 * 3600)
 
     def http_settings(self) -> HttpSettings:
         return HttpSettings(
@@ -188,6 +191,7 @@ def build_provider(cfg: ProviderConfig, config_dir: Path | None = None) -> Inten
             http=cfg.http_settings(),
             past_range_max_s=cfg.past_range_max_s,
             min_refetch_s=cfg.min_refetch_s,
+            max_hold_s=cfg.max_hold_s,
         )
     if isinstance(cfg, WattTimeConfig):
         username = cfg.username or os.environ.get(cfg.username_env)
@@ -205,10 +209,12 @@ def build_provider(cfg: ProviderConfig, config_dir: Path | None = None) -> Inten
             historical_max_s=cfg.historical_max_s,
             use_forecast=cfg.use_forecast,
             min_refetch_s=cfg.min_refetch_s,
+            max_hold_s=cfg.max_hold_s,
         )
     if isinstance(cfg, UkCarbonIntensityConfig):
         return UkCarbonIntensity(
-            cfg.region_id, base_url=cfg.base_url, http=cfg.http_settings(), min_refetch_s=cfg.min_refetch_s
+            cfg.region_id, base_url=cfg.base_url, http=cfg.http_settings(), min_refetch_s=cfg.min_refetch_s,
+            max_hold_s=cfg.max_hold_s,
         )
     if isinstance(cfg, ChainConfig):
         return FallbackChain(

@@ -9,11 +9,13 @@ Accepted forms (the header decides):
   ``Carbon intensity gCO₂eq/kWh (direct)``, ``Carbon intensity gCO₂eq/kWh (Life cycle)`` ...
 * plain: ``time,intensity_g_per_kwh`` (or ``time,intensity``), with an optional ``estimated``.
 
-Each row's value holds from its time until the next row's time.
+Each row's value holds from its time until the next row's time. A row with an empty value (an
+hour the export has no value for) holds the previous value, **marked estimated**, until the next row.
 """
 
 from __future__ import annotations
 
+import bisect
 import csv
 import itertools
 import math
@@ -74,6 +76,7 @@ def load_intensity_csv(path: Path, emission_factor: EmissionFactor = "lifecycle"
             )
         est_col = next((i for i, h in enumerate(normed) if h in ("data estimated", "estimated")), None)
         rows: list[tuple[int, float, bool]] = []
+        empty: list[int] = []  # times of rows without a value
         for line_no, row in enumerate(reader, start=2):
             if not row or all(not c.strip() for c in row):
                 continue
@@ -85,7 +88,8 @@ def load_intensity_csv(path: Path, emission_factor: EmissionFactor = "lifecycle"
                 ) from None
             raw = row[value_col].strip() if value_col < len(row) else ""
             if raw == "":
-                continue  # a gap: the previous value holds
+                empty.append(t_ns)  # a gap: the previous value holds, marked estimated
+                continue
             try:
                 value = float(raw)
             except ValueError:
@@ -100,8 +104,24 @@ def load_intensity_csv(path: Path, emission_factor: EmissionFactor = "lifecycle"
     for (a, _, _), (b, _, _) in itertools.pairwise(rows):
         if a == b:
             raise IntensityFileError(f"{path}: duplicate time {a} ns")
+    rows = _held_gaps(rows, empty)
     series = StepSeries(tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(r[2] for r in rows))
     return IntensitySeries(series, f"csv:{path.name}", emission_factor)
+
+
+def _held_gaps(rows: list[tuple[int, float, bool]], empty: list[int]) -> list[tuple[int, float, bool]]:
+    """Rows plus, at each empty row's time, the previous value marked estimated (sorted rows in)."""
+    if not empty:
+        return rows
+    known = {t for t, _, _ in rows}
+    out = list(rows)
+    times = [t for t, _, _ in rows]
+    for t in sorted(set(empty) - known):
+        i = bisect.bisect_right(times, t) - 1
+        if i >= 0:
+            out.append((t, rows[i][1], True))
+    out.sort()
+    return out
 
 
 class CsvIntensity:

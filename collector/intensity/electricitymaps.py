@@ -49,6 +49,7 @@ class ElectricityMapsIntensity(CachedApiProvider):
         sleep: SleepFn = asyncio.sleep,
         clock_ns: ClockNs = time.time_ns,
         min_refetch_s: float = 60.0,
+        max_hold_s: float | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("electricitymaps: an API key is required")
@@ -63,6 +64,7 @@ class ElectricityMapsIntensity(CachedApiProvider):
             sleep=sleep,
             clock_ns=clock_ns,
             min_refetch_s=min_refetch_s,
+            max_hold_s=max_hold_s,
         )
         self.zone = zone
         self._api_key = api_key

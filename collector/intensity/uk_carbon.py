@@ -53,6 +53,7 @@ class UkCarbonIntensity(CachedApiProvider):
         sleep: SleepFn = asyncio.sleep,
         clock_ns: ClockNs = time.time_ns,
         min_refetch_s: float = 60.0,
+        max_hold_s: float | None = None,
     ) -> None:
         if region_id is not None and not 1 <= region_id <= 17:
             raise ValueError("uk_carbon_intensity: region_id must be 1..17 (or None for national)")
@@ -65,6 +66,7 @@ class UkCarbonIntensity(CachedApiProvider):
             sleep=sleep,
             clock_ns=clock_ns,
             min_refetch_s=min_refetch_s,
+            max_hold_s=max_hold_s,
         )
         self.region_id = region_id
         self._base_url = base_url.rstrip("/")

@@ -83,6 +83,7 @@ class WattTimeIntensity(CachedApiProvider):
         sleep: SleepFn = asyncio.sleep,
         clock_ns: ClockNs = time.time_ns,
         min_refetch_s: float = 60.0,
+        max_hold_s: float | None = None,
     ) -> None:
         check_signal(signal_type, endpoint)
         if not username or not password:
@@ -96,6 +97,7 @@ class WattTimeIntensity(CachedApiProvider):
             sleep=sleep,
             clock_ns=clock_ns,
             min_refetch_s=min_refetch_s,
+            max_hold_s=max_hold_s,
         )
         self.region = region
         self.signal_type = signal_type

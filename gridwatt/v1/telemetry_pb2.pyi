@@ -190,7 +190,7 @@ class GetJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobReport(_message.Message):
-    __slots__ = ("job_id", "start_ns", "end_ns", "nodes", "gpus", "gpu_hours", "mean_util_pct", "idle_share", "it_energy_kwh", "facility_energy_kwh", "co2e_kg", "mean_pue", "mean_intensity_g_per_kwh", "idle_energy_kwh", "emission_factor")
+    __slots__ = ("job_id", "start_ns", "end_ns", "nodes", "gpus", "gpu_hours", "mean_util_pct", "idle_share", "it_energy_kwh", "facility_energy_kwh", "co2e_kg", "mean_pue", "mean_intensity_g_per_kwh", "idle_energy_kwh", "emission_factor", "estimated_share")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     START_NS_FIELD_NUMBER: _ClassVar[int]
     END_NS_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +206,7 @@ class JobReport(_message.Message):
     MEAN_INTENSITY_G_PER_KWH_FIELD_NUMBER: _ClassVar[int]
     IDLE_ENERGY_KWH_FIELD_NUMBER: _ClassVar[int]
     EMISSION_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_SHARE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     start_ns: int
     end_ns: int
@@ -221,4 +222,5 @@ class JobReport(_message.Message):
     mean_intensity_g_per_kwh: float
     idle_energy_kwh: float
     emission_factor: str
-    def __init__(self, job_id: _Optional[str] = ..., start_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., nodes: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[str]] = ..., gpu_hours: _Optional[float] = ..., mean_util_pct: _Optional[float] = ..., idle_share: _Optional[float] = ..., it_energy_kwh: _Optional[float] = ..., facility_energy_kwh: _Optional[float] = ..., co2e_kg: _Optional[float] = ..., mean_pue: _Optional[float] = ..., mean_intensity_g_per_kwh: _Optional[float] = ..., idle_energy_kwh: _Optional[float] = ..., emission_factor: _Optional[str] = ...) -> None: ...
+    estimated_share: float
+    def __init__(self, job_id: _Optional[str] = ..., start_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., nodes: _Optional[_Iterable[str]] = ..., gpus: _Optional[_Iterable[str]] = ..., gpu_hours: _Optional[float] = ..., mean_util_pct: _Optional[float] = ..., idle_share: _Optional[float] = ..., it_energy_kwh: _Optional[float] = ..., facility_energy_kwh: _Optional[float] = ..., co2e_kg: _Optional[float] = ..., mean_pue: _Optional[float] = ..., mean_intensity_g_per_kwh: _Optional[float] = ..., idle_energy_kwh: _Optional[float] = ..., emission_factor: _Optional[str] = ..., estimated_share: _Optional[float] = ...) -> None: ...

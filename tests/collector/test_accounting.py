@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gridwatt.collector.accounting import J_PER_KWH, facility_and_emissions
+from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated, facility_and_emissions
 from gridwatt.collector.stepseries import StepSeries
 
 H = 3600 * 10**9  # one hour in ns
@@ -54,3 +54,22 @@ def test_pieces_cover_interval_exactly() -> None:
     ci = StepSeries((0, 5, 9), (1.0, 2.0, 3.0))
     assert list(ci.pieces(3, 12)) == [(3, 5, 1.0), (5, 9, 2.0), (9, 12, 3.0)]
     assert list(ci.pieces(6, 8)) == [(6, 8, 2.0)]
+
+
+def test_estimated_part_of_the_emissions_by_hand() -> None:
+    # 1 kWh over 3 h at constant power; PUE 1.5 in hour 0, 1.0 after; intensity 100 measured in
+    # hour 0, 200 held (estimated) in hour 1, 300 measured in hour 2.
+    # pieces: 1/3 kWh × 1.5 × 100 = 50 g; 1/3 × 1.0 × 200 = 66.67 g (estimated); 1/3 × 1.0 × 300 = 100 g
+    ci = StepSeries((0, H, 2 * H), (100.0, 200.0, 300.0), (False, True, False))
+    pue = StepSeries((0, H), (1.5, 1.0))
+    facility_j, co2e_g, est_g = emissions_with_estimated(J_PER_KWH, 0, 3 * H, pue, ci)
+    assert facility_j == pytest.approx((0.5 + 1 / 3 + 1 / 3) * J_PER_KWH)
+    assert co2e_g == pytest.approx(50 + 200 / 3 + 100)
+    assert est_g == pytest.approx(200 / 3)
+    # inside one step: all or nothing
+    assert emissions_with_estimated(J_PER_KWH, H, 2 * H, pue, ci)[2] == pytest.approx(200.0)
+    assert emissions_with_estimated(J_PER_KWH, 0, H, pue, ci)[2] == 0.0
+    # a series with no estimated step: nothing estimated, same totals as facility_and_emissions
+    plain = StepSeries((0, H, 2 * H), (100.0, 200.0, 300.0))
+    assert emissions_with_estimated(J_PER_KWH, 0, 3 * H, pue, plain) == (
+        *facility_and_emissions(J_PER_KWH, 0, 3 * H, pue, plain), 0.0)

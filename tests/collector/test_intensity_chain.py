@@ -106,8 +106,9 @@ async def test_failure_logged_once_per_outage(
     assert (await c.series(T6, T6 + HOUR_NS)).source == "electricitymaps:US-MIDW-MISO"
     assert [r.levelno for r in caplog.records if r.name == CHAIN_LOG] == [logging.WARNING, logging.INFO]
     server.route(HISTORY, status_handler(503))
-    await c.series(T6 + 5 * HOUR_NS, T6 + 6 * HOUR_NS)  # not cached: asks, fails again
-    await c.series(T6 + 7 * HOUR_NS, T6 + 8 * HOUR_NS)
+    # (hours fetched before are answered from the cache even while the API fails)
+    await c.series(T6 + 30 * HOUR_NS, T6 + 31 * HOUR_NS)  # beyond the data and its hold: fails again
+    await c.series(T6 + 32 * HOUR_NS, T6 + 33 * HOUR_NS)
     await c.close()
     em_warnings = [r for r in warnings_from_chain(caplog) if "electricitymaps" in r.getMessage()]
     assert len(em_warnings) == 2  # a new outage, logged once

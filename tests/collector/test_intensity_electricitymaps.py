@@ -132,7 +132,7 @@ async def test_value_held_past_the_data_is_marked_estimated(server: GridServer) 
     server.route(LATEST, json_handler({**history["history"][-1]}))  # nothing newer yet
     async with make(server, now="2024-12-01T06:10:00Z") as p:
         got = await p.series(parse_time_ns("2024-12-01T05:50:00Z"), parse_time_ns("2024-12-01T06:10:00Z"))
-    assert got.series.times_ns == (MISO_LAST, MISO_LAST + HOUR_NS)
+    assert got.series.times_ns == (parse_time_ns("2024-12-01T05:50:00Z"), MISO_LAST + HOUR_NS)
     assert got.series.values == (494.0, 494.0)
     assert got.series.estimated == (False, True)
 

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from gridwatt.collector.intensity.base import IntensityUnavailable
+from gridwatt.collector.intensity.coverage import IntensityGap
 from gridwatt.collector.intensity.watttime import (
     G_PER_LB,
     NotAnIntensity,
@@ -192,7 +193,9 @@ async def test_long_ranges_are_chunked(server: GridServer) -> None:
     day = 24 * 3600 * NS_PER_S
     start = T0 - 5 * day
     async with make(server, historical_max_s=2 * 24 * 3600) as p:
-        await p.series(start, T0 + 12 * MIN5)
+        with pytest.raises(IntensityGap) as err:  # the recording starts at T0: 5 days are not held back
+            await p.series(start, T0 + 12 * MIN5)
+    assert err.value.missing == [(start, T0 - 3600 * NS_PER_S)]
     spans = [(parse_time_ns(r.query["start"]), parse_time_ns(r.query["end"])) for r in server.requests(HIST)]
     assert spans[0][0] == start and spans[-1][1] == T0 + 12 * MIN5
     assert len(spans) == 3
