@@ -28,6 +28,10 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+# Debian packages of gridwatt (scripts/build_deb.sh, tests/deploy/test_deb.py): lintian checks them,
+# strip (binutils) trims the bundled shared objects.
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+command -v strip >/dev/null 2>&1 || missing+=(binutils)
 # Slurm 22.05 with munge, slurmdbd and MariaDB: tests/slurm_cluster.py starts a real one-node
 # cluster from them (its own munged, database and daemons on free ports; no system service used).
 [ -x /usr/sbin/slurmctld ] || missing+=(slurm-wlm)
