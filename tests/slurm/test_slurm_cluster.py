@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,13 @@ def test_cluster_runs_a_gpu_job_and_cleans_up() -> None:
         assert info["JobState"] == "COMPLETED"
         assert (cluster.base / "jobs" / f"job-{job}.out").read_text() == "gpus=0,1,2,3\n"
         # a job that never ends: stop() must cancel it and end its slurmstepd
-        stuck = cluster.sbatch("#!/bin/sh\nsleep 600\n", "--gres=gpu:1", name="stuck")
+        stuck = cluster.sbatch("#!/bin/sh\necho started\nsleep 600\n", "--gres=gpu:1", name="stuck")
         cluster.wait_state(stuck, {"RUNNING"})
+        out = cluster.base / "jobs" / f"stuck-{stuck}.out"
+        deadline = time.monotonic() + 60
+        while not (out.exists() and out.read_text() == "started\n"):  # its slurmstepd runs the script
+            assert time.monotonic() < deadline, "the job's script did not start"
+            time.sleep(0.05)
         pids = [p.pid for p in cluster._procs.values()]
         munged = int((cluster.base / "munge" / "munged.pid").read_text())
         stepds = cluster._own_stepds()
