@@ -23,7 +23,7 @@ its socket traversable by all, which pytest's ``tmp_path`` is not) and on free 1
 
 Clients (``sbatch``, ``scontrol``...) find the cluster through ``SLURM_CONF``: use
 ``cluster.env`` or ``cluster.run(...)``. ``stop()`` cancels every job, ends the daemons and any
-``slurmstepd`` started for this cluster (found by its ``SLURM_CONF``), stops munged and removes
+``slurmstepd`` and job process of this cluster (found by their ``SLURM_CONF``), stops munged and removes
 the folder (``keep=True``, or ``GRIDWATT_KEEP_SLURM=1``, keeps it, e.g. to read the logs).
 Everything is skipped (``available()``) when the Slurm or munge binaries are missing.
 """
@@ -359,8 +359,12 @@ class SlurmCluster:
     def stop(self) -> None:
         """Cancel all jobs, stop the daemons and this cluster's slurmstepds, stop munged."""
         if "slurmctld" in self._procs and self._procs["slurmctld"].poll() is None:
-            subprocess.run(["scancel", "--full", "--user", _current_user()], env=self.env,
-                           capture_output=True, timeout=30, check=False)
+            for user in sorted({_current_user(), *self.accounts}):
+                subprocess.run(["scancel", "--full", "--user", user], env=self.env,
+                               capture_output=True, timeout=30, check=False)
+            deadline = time.monotonic() + 15  # let slurmstepd end the jobs' processes itself
+            while self._own_processes() and time.monotonic() < deadline:
+                time.sleep(0.1)
         for name in ("slurmd", "slurmctld", "slurmdbd", "mariadbd"):
             proc = self._procs.pop(name, None)
             if proc is not None and proc.poll() is None:
@@ -370,7 +374,7 @@ class SlurmCluster:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        ended = self._own_stepds()
+        ended = self._own_processes()  # what is left: slurmstepds and job processes
         for pid in ended:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -387,19 +391,23 @@ class SlurmCluster:
             shutil.rmtree(self.base, ignore_errors=True)
 
     def _own_stepds(self) -> list[int]:
-        """slurmstepd (and job) processes started for this cluster: their SLURM_CONF is ours."""
+        """This cluster's slurmstepd processes."""
+        return [pid for pid in self._own_processes() if _comm(pid) == "slurmstepd"]
+
+    def _own_processes(self) -> list[int]:
+        """Processes of this cluster's jobs (slurmstepd, the job's script and its children), found by
+        their environment's SLURM_CONF; the daemons this object started are not included."""
         mine = f"SLURM_CONF={self.conf}".encode()
+        daemons = {p.pid for p in self._procs.values()}
         pids = []
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
+            if not entry.name.isdigit() or int(entry.name) in daemons or int(entry.name) == os.getpid():
                 continue
             try:
-                if (entry / "comm").read_text().strip() != "slurmstepd":
-                    continue
                 env = (entry / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if mine in env:
+            if mine in env and _running(int(entry.name)):
                 pids.append(int(entry.name))
         return pids
 
@@ -414,6 +422,13 @@ class SlurmCluster:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _running(pid: int) -> bool:

@@ -37,6 +37,7 @@ def test_cluster_runs_a_gpu_job_and_cleans_up() -> None:
         pids = [p.pid for p in cluster._procs.values()]
         munged = int((cluster.base / "munge" / "munged.pid").read_text())
         stepds = cluster._own_stepds()
-        assert stepds
-    assert not any(_alive(p) for p in [*pids, munged, *stepds])
+        job_processes = cluster._own_processes()
+        assert stepds and set(job_processes) > set(stepds)  # the job's shell and its sleep too
+    assert not any(_alive(p) for p in [*pids, munged, *job_processes])
     assert not cluster.base.exists()
