@@ -37,7 +37,8 @@ async def resolve_job_id(store: InfluxStore, text: str) -> tuple[str, str]:
     )
     ids = sorted({str(row.get("value", "")) for _tags, row in series_rows(result)} - {""})
     if not ids:
-        raise JobNotFound(f"no samples stored for job {alias!r} (Slurm id {text!r})")
+        asked = f" (asked as {text!r})" if text != alias else ""
+        raise JobNotFound(f"no samples stored for Slurm job {alias!r}{asked}: no job carries that alias")
     return ids[-1], alias
 
 
