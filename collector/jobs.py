@@ -33,7 +33,8 @@ async def resolve_job_id(store: InfluxStore, text: str) -> tuple[str, str]:
         return m.group("job"), ""
     alias = m.group("job")
     (result,) = await store.query(
-        f'SHOW TAG VALUES FROM "job" WITH KEY = "job_id" WHERE "alias" = {quote_string(alias)}'
+        f'SHOW TAG VALUES FROM {store.measurement("job")} WITH KEY = "job_id" '
+        f'WHERE "alias" = {quote_string(alias)}'
     )
     ids = sorted({str(row.get("value", "")) for _tags, row in series_rows(result)} - {""})
     if not ids:
@@ -116,15 +117,16 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
     """
     job_id, alias = await resolve_job_id(store, job_id)
     job = quote_string(job_id)
+    jw, jm = store.measurement("job_window"), store.measurement("job")
     q = (
         'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
         'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, '
         'sum("idle_energy_j") AS ie, '
-        f'max("end_ns") AS end_ns FROM "job_window" WHERE "job_id" = {job}; '
-        f'SHOW SERIES FROM "job" WHERE "job_id" = {job}; '
-        f'SELECT first("gpu_s") FROM "job" WHERE "job_id" = {job}; '
-        f'SELECT last("ef") FROM "job" WHERE "job_id" = {job}; '
-        f'SELECT last("user") AS job_user, last("account") AS job_account FROM "job" WHERE "job_id" = {job}'
+        f'max("end_ns") AS end_ns FROM {jw} WHERE "job_id" = {job}; '
+        f'SHOW SERIES FROM {jm} WHERE "job_id" = {job}; '
+        f'SELECT first("gpu_s") FROM {jm} WHERE "job_id" = {job}; '
+        f'SELECT last("ef") FROM {jm} WHERE "job_id" = {job}; '
+        f'SELECT last("user") AS job_user, last("account") AS job_account FROM {jm} WHERE "job_id" = {job}'
     )
     sums, series, first, ef, who = await store.query(q)
     rows = series_rows(sums)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -110,7 +111,11 @@ async def _health_service(store: InfluxStore, ingestor: Ingestor, server: grpc.a
 
 
 async def start_collector(config: CollectorConfig) -> RunningCollector:
-    """Start serving; returns handles (ports resolved when :0 was asked)."""
+    """Start serving; returns handles (ports resolved when :0 was asked).
+
+    A failure after the store started (a port in use, a bad TLS file) closes what was opened, so
+    the caller sees one error and no unclosed-session noise.
+    """
     topology = Topology(config)
     auth = NodeAuth.from_config(config.auth)
     if not auth.enabled:
@@ -118,9 +123,24 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
                     "configure [auth] tokens_file in production")
     metrics = CollectorMetrics()
     store = InfluxStore(config.influxdb, metrics)
-    await store.start()
+    opened: list[Callable[[], Awaitable[object]]] = [topology.close, store.close]
+    try:
+        await store.start()
+        return await _start_serving(config, topology, auth, metrics, store, opened)
+    except BaseException:
+        for close in reversed(opened):
+            with contextlib.suppress(Exception):
+                await close()
+        raise
+
+
+async def _start_serving(
+    config: CollectorConfig, topology: Topology, auth: NodeAuth, metrics: CollectorMetrics,
+    store: InfluxStore, opened: list[Callable[[], Awaitable[object]]],
+) -> RunningCollector:
     rollup = RackRollup(store, config.accounting.rack_resolution_s,
                         settle_s=config.accounting.replica_settle_s)
+    opened.append(rollup.close)
     limits = Limits(
         max_future_ns=int(config.server.max_future_s * 1e9),
         max_power_w=config.server.max_power_w,
@@ -134,6 +154,7 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
             expected_nodes={node: rack.name for rack in config.racks for node in rack.nodes},
         )
         monitor.start()
+        opened.append(monitor.stop)
     revisor = None
     if config.accounting.rack_windows and config.accounting.estimate_revisit_s > 0:
         revisor = EstimateRevisor(store, rollup, topology, interval_s=config.accounting.estimate_revisit_s,
@@ -152,6 +173,7 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
         live.attach_monitor(monitor)
     metrics.live = live
     server = grpc.aio.server(options=server_options(config))
+    opened.append(lambda: server.stop(0))
     ingest_service = IngestService(ingestor, auth)
     metrics.bind_ledger(lambda: ingestor.stats, lambda: ingest_service.connected_streams)
     server.add_generic_rpc_handlers((ingest_service.handler(),))
@@ -164,11 +186,16 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
             root_certificates=sc.tls_client_ca_file.read_bytes() if sc.tls_client_ca_file else None,
             require_client_auth=sc.tls_client_ca_file is not None,
         )
-        grpc_port = server.add_secure_port(sc.grpc_listen, creds)
-    else:
-        grpc_port = server.add_insecure_port(sc.grpc_listen)
+    try:
+        if sc.tls_cert_file and sc.tls_key_file:
+            grpc_port = server.add_secure_port(sc.grpc_listen, creds)
+        else:
+            grpc_port = server.add_insecure_port(sc.grpc_listen)
+    except RuntimeError:  # grpcio raises it for an address it cannot bind
+        grpc_port = 0
     if grpc_port == 0:
-        raise OSError(f"cannot listen for gRPC on {sc.grpc_listen}")
+        raise OSError(f"cannot listen for gRPC on {sc.grpc_listen}: address in use or not available "
+                      "(server.grpc_listen)")
     await server.start()
     runner = None
     http_port = None
@@ -176,6 +203,7 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
         app = http_app(store, metrics, monitor, overloaded=lambda: ingestor.overloaded)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
+        opened.append(runner.cleanup)
         host, port = _split_listen(sc.http_listen)
         site = web.TCPSite(runner, host, port)
         await site.start()
