@@ -6,10 +6,9 @@ import math
 import re
 from dataclasses import dataclass
 
-from gridwatt.timeutil import format_time_ns
+from gridwatt.timeutil import NS_PER_S, format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 
-NS_PER_S = 1_000_000_000
 #: A job share's alias: a Slurm array task "1234_7" or heterogeneous job component "1234+1".
 SLURM_ALIAS = re.compile(r"\d{1,12}[_+]\d{1,12}")
 MAX_ACCOUNT_CHARS = 256
