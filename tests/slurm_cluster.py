@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from gridwatt.local_influxdb import free_port
+from gridwatt.demo_harness.influxdb import free_port
 
 SLURMCTLD = shutil.which("slurmctld") or "/usr/sbin/slurmctld"
 SLURMD = shutil.which("slurmd") or "/usr/sbin/slurmd"

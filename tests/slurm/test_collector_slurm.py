@@ -19,7 +19,7 @@ from gridwatt.collector.alerts.monitor import slurm_windows
 from gridwatt.collector.alerts.rules import AlertRule
 from gridwatt.collector.alerts.sinks.alertmanager import alert_annotations, alert_labels
 from gridwatt.collector.alerts.store import event_from_dict
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.collector.helpers import batches, running_collector, sim_samples

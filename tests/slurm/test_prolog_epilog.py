@@ -206,7 +206,7 @@ def test_missing_config_file_means_defaults(tmp_path: Path) -> None:
 
 def test_epilog_without_a_collector_cleans_up_and_says_why(tmp_path: Path) -> None:
     """No Slurm here (scontrol fails): no summary, and still no mapping left behind."""
-    from gridwatt.local_influxdb import free_port
+    from gridwatt.demo_harness.influxdb import free_port
 
     folder = tmp_path / "map"
     cfg = gs.Config(mapping_dir=folder, collector_url=f"http://127.0.0.1:{free_port()}", report_timeout_s=1.0,

@@ -9,7 +9,8 @@ import pytest
 
 from tests.slurm_cluster import SlurmCluster, available
 
-pytestmark = pytest.mark.skipif(bool(available()), reason=available())
+# real Slurm daemons, agents and collectors as processes
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(available()), reason=available())]
 
 
 def _alive(pid: int) -> bool:

@@ -26,13 +26,14 @@ from typing import Any
 
 import pytest
 
-from gridwatt.harness import AgentProcess, CollectorProcess, new_collector_ports, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import AgentProcess, CollectorProcess, new_collector_ports, toml_str
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 from tests.conftest import REPO, collector_toml, influx_query
 from tests.slurm_cluster import SlurmCluster, available
 
-pytestmark = pytest.mark.skipif(bool(available(accounting=True)), reason=available(accounting=True))
+# real Slurm daemons, agents and collectors as processes
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(available(accounting=True)), reason=available(accounting=True))]
 
 SCRIPT = REPO / "deploy" / "slurm" / "gridwatt_slurm.py"
 NODE = "gw1"
