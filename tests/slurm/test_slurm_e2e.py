@@ -33,7 +33,10 @@ from tests.conftest import REPO, collector_toml, influx_query
 from tests.slurm_cluster import SlurmCluster, available
 
 # real Slurm daemons, agents and collectors as processes
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(available(accounting=True)), reason=available(accounting=True))]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(bool(available(accounting=True)), reason=available(accounting=True)),
+]
 
 SCRIPT = REPO / "deploy" / "slurm" / "gridwatt_slurm.py"
 NODE = "gw1"
