@@ -22,8 +22,10 @@ from gridwatt.collector.alerts.store import event_from_dict
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
+from tests.collector import test_revisit as revisit
 from tests.collector.helpers import batches, running_collector, sim_samples
-from tests.conftest import collector_toml
+from tests.collector.test_revisit import api  # noqa: F401  (the recorded intensity API fixture)
+from tests.conftest import collector_toml, influx_query
 
 T0 = 1_650_000_000 * 10**9
 S = 10**9
@@ -140,3 +142,24 @@ def test_slurm_job_alert_carries_user_and_account_everywhere() -> None:
     # the engine's own state keeps the labels over a restart
     again = AlertEngine.from_dict([rule], engine.to_dict())
     assert again.active_alerts()[0].labels == labels
+
+
+async def test_revisited_emissions_keep_a_slurm_jobs_alias(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str, api: tuple[Any, Any]  # noqa: F811
+) -> None:
+    """Re-accounting estimated intensity rewrites job points: into the same series (alias tag kept),
+    so the job's report neither splits nor counts twice (tests/collector/test_revisit.py's set-up)."""
+    server, handler = api
+    bs = revisit.samples()
+    for b in bs:
+        _with_job(list(b.gpu_samples), "1241", "1234_7", "physics")
+    toml = revisit.toml(tmp_path, influxdb.url, database, server.base_url)
+    async with running_collector(tmp_path, toml) as c:
+        assert await revisit.send(c, bs) == [0] * 6
+        handler.outage = False
+        assert c.revisor is not None and await c.revisor.run_once() == 360
+        status, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{c.http_port}/v1/jobs/1234_7")
+    assert status == 200 and body["job_id"] == "1241"
+    assert body["co2e_kg"] * 1000 == pytest.approx(revisit.FULL_G, rel=1e-9)
+    series = influx_query(influxdb.url, database, "SHOW SERIES FROM job")[0]["series"][0]["values"]
+    assert [s[0] for s in series] == ["job,alias=1234_7,gpu=0,job_id=1241,node=n1,rack=r1"]
