@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
         Topology(config)  # loads intensity and PUE files: their errors surface before serving
         auth = NodeAuth.from_config(config.auth)
+        from gridwatt.collector.read_auth import ReadAuth
+
+        ReadAuth.from_config(config.reads)  # a bad principals file stops here, before serving
         if args.command == "check-config":
             print(f"{args.config}: OK ({len(config.zones)} zones, {len(config.racks)} racks, "
                   f"{auth.token_count} node tokens)")

@@ -17,6 +17,7 @@ from pydantic import (
 
 from gridwatt.collector.alerts.rules import AlertsConfig
 from gridwatt.collector.intensity.config import ProviderConfig
+from gridwatt.collector.read_auth import ReadsConfig
 from gridwatt.configfile import resolve_path
 from gridwatt.timeutil import parse_time_ns
 
@@ -227,6 +228,8 @@ class CollectorConfig(_Strict):
     sites: list[SiteConfig] = []
     #: Idle-GPU alert rules and sinks (see collector/alerts/README.md).
     alerts: AlertsConfig = AlertsConfig()
+    #: Who may read (principals, trusted proxies), HTTP TLS, local metrics (collector/read_auth.py).
+    reads: ReadsConfig = ReadsConfig()
     #: Folder of the config file; relative paths in provider configs are taken from it.
     _config_dir: Path | None = PrivateAttr(default=None)
 
@@ -255,6 +258,7 @@ class CollectorConfig(_Strict):
             ("server", ("tls_cert_file", "tls_key_file", "tls_client_ca_file")),
             ("influxdb", ("password_file", "token_file")),
             ("auth", ("tokens_file",)),
+            ("reads", ("principals_file", "tls_cert_file", "tls_key_file")),
         ):
             sec = data.get(section)
             if isinstance(sec, dict):

@@ -1,31 +1,71 @@
-"""The gridwatt.v1.Query gRPC service and the HTTP API (GET /v1/jobs/{job_id}, /healthz, /metrics)."""
+"""The gridwatt.v1.Query gRPC service and the HTTP API (GET /v1/jobs/{job_id}, /healthz, /metrics).
+
+Every read except ``/healthz`` is made by a principal (collector/read_auth.py): a job the caller may
+not see answers exactly like an unknown job; racks, alerts and ``/metrics`` are for operators.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 from aiohttp import web
 
 from gridwatt.collector.alerts.monitor import AlertMonitor
-from gridwatt.collector.jobs import JobNotFound, job_report
+from gridwatt.collector.job_owner import job_owner
+from gridwatt.collector.jobs import JobNotFound, JobReport, job_report
 from gridwatt.collector.metrics import CONTENT_TYPE, CollectorMetrics
 from gridwatt.collector.racks import rack_totals
+from gridwatt.collector.read_auth import (
+    ANONYMOUS_OPERATOR,
+    Principal,
+    ReadAuth,
+    ReadAuthError,
+    peer_ip_of_grpc,
+)
 from gridwatt.collector.store import InfluxStore, QueryError
 from gridwatt.timeutil import parse_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 
 
+async def scoped_job_report(store: InfluxStore, job_id: str, principal: Principal) -> JobReport:
+    """The job's report if ``principal`` may see it; else JobNotFound with an unknown job's message."""
+    report = await job_report(store, job_id)
+    if not principal.operator:
+        user, account = await job_owner(store, report.job_id)
+        if not principal.may_see_job(user, account):
+            raise JobNotFound(f"no samples stored for job {job_id!r}")
+    return report
+
+
+#: Paths only an operator may read.
+OPERATOR_PATHS = frozenset({"/v1/racks", "/v1/alerts", "/metrics"})
+
+
 class QueryService(pb_grpc.QueryServicer):
-    def __init__(self, store: InfluxStore) -> None:
+    def __init__(self, store: InfluxStore, read_auth: ReadAuth | None = None) -> None:
         self.store = store
+        self.read_auth = read_auth
+
+    async def principal(self, context: grpc.aio.ServicerContext) -> Principal:
+        """The caller; aborts the call UNAUTHENTICATED when it has no valid credentials."""
+        if self.read_auth is None:
+            return ANONYMOUS_OPERATOR
+        try:
+            peer_ip = peer_ip_of_grpc(context.peer())
+            return self.read_auth.identify(context.invocation_metadata() or (), peer_ip)
+        except ReadAuthError as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise  # abort raises; this keeps type checkers informed
 
     async def GetJob(
         self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.JobReport:
+        principal = await self.principal(context)
         try:
-            report = await job_report(self.store, request.job_id)
+            report = await scoped_job_report(self.store, request.job_id, principal)
         except JobNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except QueryError as exc:
@@ -38,12 +78,32 @@ def http_app(
     metrics: CollectorMetrics | None = None,
     monitor: AlertMonitor | None = None,
     overloaded: Callable[[], bool] | None = None,
+    read_auth: ReadAuth | None = None,
+    local_metrics_only: bool = False,
 ) -> web.Application:
     """The collector's HTTP API: /v1/jobs/{job_id}, /v1/racks, /v1/alerts, /healthz, /metrics.
 
     ``/healthz`` answers 200 while InfluxDB accepts writes and 503 (with the reason) while it
-    does not; ``/metrics`` is the Prometheus text exposition of ``metrics``.
+    does not; ``/metrics`` is the Prometheus text exposition of ``metrics``. Paths other than
+    ``/healthz`` need a principal (``read_auth``); racks, alerts and metrics need an operator.
+    ``local_metrics_only``: just ``/healthz`` and ``/metrics``, unauthenticated (a loopback listener).
     """
+    open_paths = frozenset({"/healthz", "/metrics"} if local_metrics_only else {"/healthz"})
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path in open_paths or read_auth is None:
+            request["principal"] = ANONYMOUS_OPERATOR
+            return await handler(request)
+        try:
+            principal = read_auth.identify(request.headers, request.remote or "")
+        except ReadAuthError as exc:
+            return web.json_response({"error": str(exc)}, status=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="gridwatt"'})
+        if request.path in OPERATOR_PATHS and not principal.operator:
+            return web.json_response({"error": f"{request.path} is for operators"}, status=403)
+        request["principal"] = principal
+        return await handler(request)
 
     async def get_alerts(request: web.Request) -> web.Response:
         alerts = monitor.recent() if monitor is not None else []
@@ -52,7 +112,7 @@ def http_app(
     async def get_job(request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         try:
-            report = await job_report(store, job_id)
+            report = await scoped_job_report(store, job_id, request["principal"])
         except JobNotFound as exc:
             return web.json_response({"error": str(exc)}, status=404)
         except QueryError as exc:
@@ -89,10 +149,11 @@ def http_app(
             return web.json_response({"error": str(exc)}, status=503)
         return web.json_response({"racks": racks})
 
-    app = web.Application()
-    app.router.add_get("/v1/racks", get_racks)
-    app.router.add_get("/v1/jobs/{job_id}", get_job)
+    app = web.Application(middlewares=[authenticate])
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/v1/alerts", get_alerts)
     app.router.add_get("/metrics", metrics_text)
+    if not local_metrics_only:
+        app.router.add_get("/v1/racks", get_racks)
+        app.router.add_get("/v1/jobs/{job_id}", get_job)
+        app.router.add_get("/v1/alerts", get_alerts)
     return app

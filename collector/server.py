@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from dataclasses import dataclass
 
 import grpc
@@ -19,6 +20,7 @@ from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.ingest import Ingestor, IngestService
 from gridwatt.collector.metrics import CollectorMetrics
 from gridwatt.collector.query_service import QueryService, http_app
+from gridwatt.collector.read_auth import ReadAuth
 from gridwatt.collector.revisit import EstimateRevisor
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore
@@ -59,6 +61,8 @@ class RunningCollector:
     metrics: CollectorMetrics
     health: HealthServicer
     revisor: EstimateRevisor | None = None
+    metrics_runner: web.AppRunner | None = None
+    metrics_port: int | None = None
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
@@ -69,6 +73,8 @@ class RunningCollector:
             await self.monitor.stop()
         if self.http_runner is not None:
             await self.http_runner.cleanup()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         await self.ingestor.rollup.close()
         await self.store.close()
         await self.topology.close()
@@ -106,6 +112,31 @@ async def _health_service(store: InfluxStore, ingestor: Ingestor, server: grpc.a
     store.add_health_listener(update)
     ingestor.overload_listeners.append(on_overload)
     return servicer
+
+
+def _http_tls(config: CollectorConfig) -> ssl.SSLContext | None:
+    """TLS for the HTTP API from ``[reads] tls_cert_file``/``tls_key_file``; None for plain HTTP."""
+    reads = config.reads
+    if reads.tls_cert_file is None or reads.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(reads.tls_cert_file, reads.tls_key_file)
+    return context
+
+
+async def _serve_http(app: web.Application, listen: str,
+                      tls: ssl.SSLContext | None) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``listen`` (host:port; port 0 picks one); returns the runner and the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    host, port = _split_listen(listen)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
+    await site.start()
+    server_obj = site._server
+    if port == 0 and isinstance(server_obj, asyncio.Server) and server_obj.sockets:
+        port = server_obj.sockets[0].getsockname()[1]
+    return runner, port
 
 
 async def start_collector(config: CollectorConfig) -> RunningCollector:
@@ -150,7 +181,11 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     metrics.bind_ledger(lambda: ingestor.stats, lambda: ingest_service.connected_streams)
     server.add_generic_rpc_handlers((ingest_service.handler(),))
     health_servicer = await _health_service(store, ingestor, server)
-    pb_grpc.add_QueryServicer_to_server(QueryService(store), server)
+    read_auth = ReadAuth.from_config(config.reads)
+    if not read_auth.enabled:
+        log.warning("read authentication is off: anyone who reaches the HTTP or gRPC port reads every "
+                    "job; configure [reads] principals_file or trusted_proxies in production")
+    pb_grpc.add_QueryServicer_to_server(QueryService(store, read_auth), server)
     sc = config.server
     if sc.tls_cert_file and sc.tls_key_file:
         creds = grpc.ssl_server_credentials(
@@ -167,23 +202,20 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     runner = None
     http_port = None
     if sc.http_listen:
-        app = http_app(store, metrics, monitor, overloaded=lambda: ingestor.overloaded)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        host, port = _split_listen(sc.http_listen)
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        http_port = port
-        server_obj = site._server
-        if port == 0 and isinstance(server_obj, asyncio.Server) and server_obj.sockets:
-            http_port = server_obj.sockets[0].getsockname()[1]
+        app = http_app(store, metrics, monitor, overloaded=lambda: ingestor.overloaded, read_auth=read_auth)
+        runner, http_port = await _serve_http(app, sc.http_listen, _http_tls(config))
+    metrics_runner = metrics_port = None
+    if config.reads.metrics_listen:
+        local = http_app(store, metrics, None, overloaded=lambda: ingestor.overloaded,
+                         local_metrics_only=True)
+        metrics_runner, metrics_port = await _serve_http(local, config.reads.metrics_listen, None)
     log.info("collector serving gRPC on port %d, HTTP on %s; InfluxDB %s (v%d)", grpc_port,
              http_port, config.influxdb.url, config.influxdb.version)
     if revisor is not None:
         revisor.start()
     return RunningCollector(
         server, runner, store, ingestor, topology, monitor, grpc_port, http_port, metrics, health_servicer,
-        revisor,
+        revisor, metrics_runner, metrics_port,
     )
 
 

@@ -20,11 +20,32 @@ class CliError(Exception):
     """A user-facing error; printed without a traceback."""
 
 
+#: Read credentials for every request (set by main from --token-file / $GRIDWATT_TOKEN[_FILE]).
+_AUTH: dict[str, Any] = {"token": None, "ssl": None}
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The read token: from ``token_file`` (or $GRIDWATT_TOKEN_FILE), else $GRIDWATT_TOKEN; None if none."""
+    path = token_file or os.environ.get("GRIDWATT_TOKEN_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                token = fh.read(4096).strip()
+        except OSError as exc:
+            raise CliError(f"cannot read the token file {path}: {exc.strerror}") from None
+        if not token:
+            raise CliError(f"the token file {path} is empty")
+        return token
+    return os.environ.get("GRIDWATT_TOKEN") or None
+
+
 def fetch_json(base_url: str, path: str, timeout_s: float = 10.0) -> dict[str, Any]:
     """GET a collector API path; raise CliError with the collector's message on failure."""
     url = base_url.rstrip("/") + path
+    headers = {"Authorization": f"Bearer {_AUTH['token']}"} if _AUTH["token"] else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s,
+                                    context=_AUTH["ssl"]) as resp:
             data: dict[str, Any] = json.load(resp)
             return data
     except urllib.error.HTTPError as exc:
@@ -111,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("GRIDWATT_COLLECTOR_URL", DEFAULT_COLLECTOR_URL),
         help="collector HTTP API (default $GRIDWATT_COLLECTOR_URL or %(default)s)",
     )
+    p.add_argument("--token-file", help="file holding your read token (default $GRIDWATT_TOKEN_FILE, "
+                   "or the token in $GRIDWATT_TOKEN)")
+    p.add_argument("--ca-file", default=os.environ.get("GRIDWATT_CA_FILE"),
+                   help="CA of an https:// collector (default $GRIDWATT_CA_FILE; else the system's)")
     sub = p.add_subparsers(dest="command", required=True)
     job = sub.add_parser("job", help="energy and emissions of one job")
     job.add_argument("job_id")
@@ -131,6 +156,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        _AUTH["token"] = read_token(args.token_file)
+        if args.ca_file:
+            import ssl
+
+            try:
+                _AUTH["ssl"] = ssl.create_default_context(cafile=args.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise CliError(f"--ca-file {args.ca_file}: {exc}") from None
         if args.command == "job":
             report = fetch_json(args.collector, "/v1/jobs/" + urllib.parse.quote(args.job_id, safe=""))
             print(json.dumps(report, indent=2) if args.json else format_job(report))
