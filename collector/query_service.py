@@ -6,7 +6,7 @@ not see answers exactly like an unknown job; racks, alerts and ``/metrics`` are 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -15,6 +15,7 @@ from aiohttp import web
 from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.job_owner import job_owner
 from gridwatt.collector.jobs import JobNotFound, JobReport, job_report
+from gridwatt.collector.listings import ListingError, list_page, parse_limit, scan_jobs, usage_groups
 from gridwatt.collector.metrics import CONTENT_TYPE, CollectorMetrics
 from gridwatt.collector.racks import rack_totals
 from gridwatt.collector.read_auth import (
@@ -80,6 +81,7 @@ def http_app(
     overloaded: Callable[[], bool] | None = None,
     read_auth: ReadAuth | None = None,
     local_metrics_only: bool = False,
+    zone_of_rack: Mapping[str, str] | None = None,
 ) -> web.Application:
     """The collector's HTTP API: /v1/jobs/{job_id}, /v1/racks, /v1/alerts, /healthz, /metrics.
 
@@ -137,6 +139,43 @@ def http_app(
         body = metrics.render() if metrics is not None else b""
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
+    def _range(request: web.Request) -> tuple[int | None, int | None]:
+        try:
+            since = parse_time_ns(request.query["since"]) if "since" in request.query else None
+            until = parse_time_ns(request.query["until"]) if "until" in request.query else None
+        except ValueError as exc:
+            raise ListingError(f"since/until: {exc}") from None
+        if since is not None and until is not None and until <= since:
+            raise ListingError("until must be after since")
+        return since, until
+
+    async def list_jobs(request: web.Request) -> web.Response:
+        q = request.query
+        try:
+            since, until = _range(request)
+            limit = parse_limit(q.get("limit"))
+            jobs = await scan_jobs(store, since, until)
+            page = list_page(jobs, request["principal"], q.get("user"), q.get("account"), limit,
+                             q.get("cursor"))
+        except ListingError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        except QueryError as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        return web.json_response(page)
+
+    async def get_usage(request: web.Request) -> web.Response:
+        try:
+            since, until = _range(request)
+            group_by = request.query.get("group_by", "account")
+            jobs = await scan_jobs(store, since, until)
+            groups = usage_groups(jobs, request["principal"], group_by, zone_of_rack or {})
+        except ListingError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        except QueryError as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        return web.json_response({"group_by": group_by, "since": request.query.get("since"),
+                                  "until": request.query.get("until"), "groups": groups})
+
     async def get_racks(request: web.Request) -> web.Response:
         try:
             since = parse_time_ns(request.query["since"]) if "since" in request.query else None
@@ -154,6 +193,8 @@ def http_app(
     app.router.add_get("/metrics", metrics_text)
     if not local_metrics_only:
         app.router.add_get("/v1/racks", get_racks)
+        app.router.add_get("/v1/jobs", list_jobs)
+        app.router.add_get("/v1/usage", get_usage)
         app.router.add_get("/v1/jobs/{job_id}", get_job)
         app.router.add_get("/v1/alerts", get_alerts)
     return app

@@ -29,7 +29,7 @@ from collections import defaultdict
 from typing import Any
 
 from gridwatt.collector.accounting import J_PER_KWH
-from gridwatt.collector.lineproto import tag
+from gridwatt.collector.lineproto import string_field, tag
 from gridwatt.collector.store import InfluxStore, quote_string, series_rows
 
 log = logging.getLogger("gridwatt.collector.rollup")
@@ -67,13 +67,21 @@ def rack_lines(rack: str, zone: str, windows: dict[int, dict[str, float]]) -> li
     return [f"{prefix}{_window_fields(w)},nodes={int(w['nodes'])}i {t}" for t, w in sorted(windows.items())]
 
 
-def job_window_lines(node: str, rack: str, jobs: dict[tuple[int, str], dict[str, float]]) -> list[str]:
-    """``job_window`` points (pure): one job's sums on one node in one window."""
+#: Who ran a job (string fields of ``job`` points), carried into its ``job_window`` points.
+WHO = ("user", "account", "partition", "namespace", "job_name")
+
+
+def _who_fields(w: dict[str, Any]) -> str:
+    return "".join(f",{name}={string_field(w[name])}" for name in WHO if w.get(name))
+
+
+def job_window_lines(node: str, rack: str, jobs: dict[tuple[int, str], dict[str, Any]]) -> list[str]:
+    """``job_window`` points (pure): one job's sums on one node in one window, and who ran it."""
     suffix = f",node={tag(node)},rack={tag(rack)} "
     return [
         f"job_window,job_id={tag(job)}{suffix}energy_j={w['e']!r},facility_energy_j={w['f']!r},"
         f"co2e_g={w['c']!r},estimated_co2e_g={w['ce']!r},gpu_s={w['d']!r},util_pct_s={w['u']!r},idle_s={w['i']!r},"
-        f"idle_energy_j={w['ie']!r},gpu_count={int(w['n'])}i,end_ns={int(w['end_ns'])}i {t}"
+        f"idle_energy_j={w['ie']!r},gpu_count={int(w['n'])}i,end_ns={int(w['end_ns'])}i{_who_fields(w)} {t}"
         for (t, job), w in sorted(jobs.items())
     ]
 
@@ -115,7 +123,7 @@ class RackRollup:
 
     async def node_windows(
         self, node: str, lo_ns: int, hi_ns: int
-    ) -> tuple[dict[int, dict[str, float]], dict[tuple[int, str], dict[str, float]]]:
+    ) -> tuple[dict[int, dict[str, float]], dict[tuple[int, str], dict[str, Any]]]:
         """Sums per window over all job points of ``node`` in [lo_ns, hi_ns): per node, and per job.
 
         The job points of a GPU interval share out its whole energy (``unattributed`` included),
@@ -125,12 +133,13 @@ class RackRollup:
         rows = await self._sums(
             'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
             'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
-            'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns '
+            'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns, '
+            + ", ".join(f'last("{name}") AS "{name}"' for name in WHO) + " "
             f'FROM "job" WHERE "node" = {quote_string(node)} AND time >= {lo_ns} AND time < {hi_ns} '
             f'GROUP BY time({res_s}s), "job_id", "gpu" fill(none)'
         )
         windows: dict[int, dict[str, float]] = {}
-        jobs: dict[tuple[int, str], dict[str, float]] = {}
+        jobs: dict[tuple[int, str], dict[str, Any]] = {}
         gpus: dict[int, set[str]] = defaultdict(set)
         for tags, row in rows:
             t = int(row["time"])
@@ -142,6 +151,9 @@ class RackRollup:
                 j[key] += value
             j["n"] += 1
             j["end_ns"] = max(j["end_ns"], float(row["end_ns"] or 0))
+            for name in WHO:
+                if row.get(name):
+                    j[name] = str(row[name])
             gpus[t].add(tags.get("gpu", ""))
         for t, w in windows.items():
             w["n"] = len(gpus[t])

@@ -202,7 +202,10 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     runner = None
     http_port = None
     if sc.http_listen:
-        app = http_app(store, metrics, monitor, overloaded=lambda: ingestor.overloaded, read_auth=read_auth)
+        zone_of_rack = {r.name: r.zone for r in config.racks}
+        zone_of_rack.setdefault(config.accounting.default_rack, config.accounting.default_zone or "")
+        app = http_app(store, metrics, monitor, overloaded=lambda: ingestor.overloaded, read_auth=read_auth,
+                       zone_of_rack=zone_of_rack)
         runner, http_port = await _serve_http(app, sc.http_listen, _http_tls(config))
     metrics_runner = metrics_port = None
     if config.reads.metrics_listen:

@@ -102,6 +102,43 @@ def format_racks(body: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def format_jobs(body: dict[str, Any]) -> str:
+    """A page of the job listing for people."""
+    jobs = body.get("jobs", [])
+    if not jobs:
+        return "no jobs you may see in that range"
+    rows = [f"{'job':<24}{'user':<12}{'account':<12}{'end':<22}{'GPU-h':>9}{'IT kWh':>11}{'kg CO2e':>10}"
+            f"{'util %':>8}{'idle %':>8}"]
+    for j in jobs:
+        rows.append(f"{j['job_id'][:23]:<24}{j['user'][:11] or '-':<12}{j['account'][:11] or '-':<12}"
+                    f"{j['end']:<22}{j['gpu_hours']:>9.2f}{j['it_energy_kwh']:>11.3f}{j['co2e_kg']:>10.3f}"
+                    f"{j['mean_util_pct']:>8.1f}{j['idle_share'] * 100:>8.1f}")
+    if body.get("next_cursor"):
+        rows.append(f"more: --cursor {body['next_cursor']}")
+    return "\n".join(rows)
+
+
+def format_usage(body: dict[str, Any]) -> str:
+    """Usage per group for people."""
+    key = body["group_by"]
+    groups = body.get("groups", [])
+    if not groups:
+        return "no usage you may see in that range"
+    rows = [f"{key:<16}{'jobs':>6}{'GPU-h':>10}{'IT kWh':>12}{'fac. kWh':>12}{'kg CO2e':>11}{'idle kWh':>10}"
+            f"{'idle %':>8}{'util %':>8}"]
+    for g in groups:
+        rows.append(f"{str(g[key])[:15] or '-':<16}{g['jobs']:>6}{g['gpu_hours']:>10.2f}"
+                    f"{g['it_energy_kwh']:>12.3f}"
+                    f"{g['facility_energy_kwh']:>12.3f}{g['co2e_kg']:>11.3f}{g['idle_energy_kwh']:>10.3f}"
+                    f"{g['idle_share'] * 100:>8.1f}{g['mean_util_pct']:>8.1f}")
+    return "\n".join(rows)
+
+
+def _query(**params: Any) -> str:
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v not in (None, "")})
+    return f"?{query}" if query else ""
+
+
 def format_alerts(body: dict[str, Any]) -> str:
     """Firing, pending and recent alerts for people."""
     alerts = body.get("alerts", [])
@@ -144,6 +181,19 @@ def _parser() -> argparse.ArgumentParser:
     racks.add_argument("--since", help="ISO 8601 UTC start (default: all data)")
     racks.add_argument("--until", help="ISO 8601 UTC end")
     racks.add_argument("--json", action="store_true", help="print one JSON object")
+    jobs = sub.add_parser("jobs", help="your jobs, newest first (operators: everyone's)")
+    jobs.add_argument("--user", help="only this user's jobs")
+    jobs.add_argument("--account", help="only this account's jobs")
+    jobs.add_argument("--since", help="ISO 8601 UTC start")
+    jobs.add_argument("--until", help="ISO 8601 UTC end")
+    jobs.add_argument("--limit", type=int, default=50, help="jobs per page (1-1000, default 50)")
+    jobs.add_argument("--cursor", help="the next page, as printed at the end of the previous one")
+    jobs.add_argument("--json", action="store_true", help="print one JSON object")
+    usage = sub.add_parser("usage", help="GPU-hours, energy and CO2e per user, account, rack or zone")
+    usage.add_argument("--group-by", choices=["user", "account", "rack", "zone"], default="account")
+    usage.add_argument("--since", help="ISO 8601 UTC start")
+    usage.add_argument("--until", help="ISO 8601 UTC end")
+    usage.add_argument("--json", action="store_true", help="print one JSON object")
     alerts = sub.add_parser("alerts", help="firing, pending and recent idle-GPU alerts")
     alerts.add_argument("--json", action="store_true", help="print one JSON object")
     demo = sub.add_parser("demo", help="run the demo: InfluxDB, collector, simulated agents, a report")
@@ -172,6 +222,15 @@ def main(argv: list[str] | None = None) -> int:
             query = urllib.parse.urlencode({k: v for k, v in bounds.items() if v})
             body = fetch_json(args.collector, "/v1/racks" + (f"?{query}" if query else ""))
             print(json.dumps(body, indent=2) if args.json else format_racks(body))
+        elif args.command == "jobs":
+            body = fetch_json(args.collector, "/v1/jobs" + _query(
+                user=args.user, account=args.account, since=args.since, until=args.until, limit=args.limit,
+                cursor=args.cursor))
+            print(json.dumps(body, indent=2) if args.json else format_jobs(body))
+        elif args.command == "usage":
+            body = fetch_json(args.collector, "/v1/usage" + _query(
+                group_by=args.group_by, since=args.since, until=args.until))
+            print(json.dumps(body, indent=2) if args.json else format_usage(body))
         elif args.command == "alerts":
             body = fetch_json(args.collector, "/v1/alerts")
             print(json.dumps(body, indent=2) if args.json else format_alerts(body))

@@ -58,6 +58,13 @@ class ProcessJob:
     slurm: SlurmProcess | None = None
 
 
+def _slurm_who(pj: ProcessJob) -> tuple[str, str, str, str]:
+    """(account, partition, namespace, job_name) of a process's job, as far as Slurm told."""
+    if pj.slurm is None:
+        return "", "", "", ""
+    return pj.slurm.account, pj.slurm.partition, "", pj.slurm.job_name
+
+
 class Attributor:
     """Maps a GPU reading to the jobs its interval is attributed to.
 
@@ -101,7 +108,8 @@ class Attributor:
         self._track_pids(reading)
         if reading.jobs:
             return [
-                JobShareInfo(h.job_id, h.fraction, METHOD_TRACE, h.user, split_estimated=False)
+                JobShareInfo(h.job_id, h.fraction, METHOD_TRACE, h.user, False, h.account, h.partition,
+                             h.namespace, h.job_name)
                 for h in reading.jobs
             ]
         if self.job_mapping_dir is not None:
@@ -163,7 +171,8 @@ class Attributor:
             pj = self.process_job(pid)
             if pj is not None:
                 by_job.setdefault(pj.job_id, (pj, []))[1].append(pid)
-        return [JobOnGpu(job, pj.method, pj.user, tuple(own)) for job, (pj, own) in by_job.items()]
+        return [JobOnGpu(job, pj.method, pj.user, tuple(own), *_slurm_who(pj))
+                for job, (pj, own) in by_job.items()]
 
     def _track_pids(self, reading: GpuReading) -> None:
         """Remember this GPU's pids; forget cached pids that no GPU shows any more."""
