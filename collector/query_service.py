@@ -13,6 +13,7 @@ import grpc
 from aiohttp import web
 
 from gridwatt.collector.alerts.monitor import AlertMonitor
+from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.job_owner import job_owner
 from gridwatt.collector.jobs import JobNotFound, JobReport, job_report
 from gridwatt.collector.listings import ListingError, list_page, parse_limit, scan_jobs, usage_groups
@@ -25,6 +26,7 @@ from gridwatt.collector.read_auth import (
     ReadAuthError,
     peer_ip_of_grpc,
 )
+from gridwatt.collector.report import build_report, read_hours
 from gridwatt.collector.store import InfluxStore, QueryError
 from gridwatt.timeutil import parse_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -82,6 +84,7 @@ def http_app(
     read_auth: ReadAuth | None = None,
     local_metrics_only: bool = False,
     zone_of_rack: Mapping[str, str] | None = None,
+    config: CollectorConfig | None = None,
 ) -> web.Application:
     """The collector's HTTP API: /v1/jobs/{job_id}, /v1/racks, /v1/alerts, /healthz, /metrics.
 
@@ -176,6 +179,20 @@ def http_app(
         return web.json_response({"group_by": group_by, "since": request.query.get("since"),
                                   "until": request.query.get("until"), "groups": groups})
 
+    async def get_report(request: web.Request) -> web.Response:
+        try:
+            since, until = _range(request)
+            if since is None or until is None or config is None:
+                raise ListingError("since and until are both needed for a report")
+            rows, people = await read_hours(store, since, until)
+            body = build_report(rows, people, request["principal"], request.query.get("by", "account"),
+                                config, since, until, request.query.get("tz"))
+        except ListingError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        except QueryError as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        return web.json_response(body)
+
     async def get_racks(request: web.Request) -> web.Response:
         try:
             since = parse_time_ns(request.query["since"]) if "since" in request.query else None
@@ -195,6 +212,7 @@ def http_app(
         app.router.add_get("/v1/racks", get_racks)
         app.router.add_get("/v1/jobs", list_jobs)
         app.router.add_get("/v1/usage", get_usage)
+        app.router.add_get("/v1/report", get_report)
         app.router.add_get("/v1/jobs/{job_id}", get_job)
         app.router.add_get("/v1/alerts", get_alerts)
     return app

@@ -205,7 +205,7 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
         zone_of_rack = {r.name: r.zone for r in config.racks}
         zone_of_rack.setdefault(config.accounting.default_rack, config.accounting.default_zone or "")
         app = http_app(store, metrics, monitor, overloaded=lambda: ingestor.overloaded, read_auth=read_auth,
-                       zone_of_rack=zone_of_rack)
+                       zone_of_rack=zone_of_rack, config=config)
         runner, http_port = await _serve_http(app, sc.http_listen, _http_tls(config))
     metrics_runner = metrics_port = None
     if config.reads.metrics_listen:

@@ -9,6 +9,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from gridwatt import __version__
@@ -134,6 +135,31 @@ def format_usage(body: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def write_report(args: argparse.Namespace) -> None:
+    """gridwatt report: fetch /v1/report and write it as CSV, JSON or PDF."""
+    if args.format == "pdf" and not args.output:
+        raise CliError("--format pdf needs --output FILE.pdf")
+    body = fetch_json(args.collector, "/v1/report" + _query(since=args.since, until=args.until, by=args.by,
+                                                           tz=args.tz), timeout_s=120.0)
+    from gridwatt.report_render import to_csv, to_pdf
+
+    if args.format == "pdf":
+        try:
+            to_pdf(body, Path(args.output))
+        except OSError as exc:
+            raise CliError(f"cannot write {args.output}: {exc.strerror}") from None
+        print(f"wrote {args.output}", file=sys.stderr)
+        return
+    text = json.dumps(body, indent=2) + "\n" if args.format == "json" else to_csv(body)
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"cannot write {args.output}: {exc.strerror}") from None
+    else:
+        sys.stdout.write(text)
+
+
 def _query(**params: Any) -> str:
     query = urllib.parse.urlencode({k: v for k, v in params.items() if v not in (None, "")})
     return f"?{query}" if query else ""
@@ -194,6 +220,13 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--since", help="ISO 8601 UTC start")
     usage.add_argument("--until", help="ISO 8601 UTC end")
     usage.add_argument("--json", action="store_true", help="print one JSON object")
+    report = sub.add_parser("report", help="sustainability report: Scope 2 location- and market-based, SCI")
+    report.add_argument("--since", required=True, help="ISO 8601 UTC start")
+    report.add_argument("--until", required=True, help="ISO 8601 UTC end")
+    report.add_argument("--by", choices=["account", "user", "rack"], default="account")
+    report.add_argument("--format", choices=["csv", "json", "pdf"], default="csv")
+    report.add_argument("--tz", help="IANA time zone of the report's days (default: the collector's)")
+    report.add_argument("--output", "-o", help="file to write (default stdout; needed for pdf)")
     alerts = sub.add_parser("alerts", help="firing, pending and recent idle-GPU alerts")
     alerts.add_argument("--json", action="store_true", help="print one JSON object")
     demo = sub.add_parser("demo", help="run the demo: InfluxDB, collector, simulated agents, a report")
@@ -231,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             body = fetch_json(args.collector, "/v1/usage" + _query(
                 group_by=args.group_by, since=args.since, until=args.until))
             print(json.dumps(body, indent=2) if args.json else format_usage(body))
+        elif args.command == "report":
+            write_report(args)
         elif args.command == "alerts":
             body = fetch_json(args.collector, "/v1/alerts")
             print(json.dumps(body, indent=2) if args.json else format_alerts(body))

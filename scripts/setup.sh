@@ -23,6 +23,8 @@ command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
 [ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# poppler-utils: pdftotext/pdftoppm read back the PDF sustainability report in its tests
+command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

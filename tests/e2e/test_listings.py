@@ -4,6 +4,7 @@ on a real InfluxDB; users, an account manager and an operator list jobs and usag
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -38,6 +39,21 @@ SEGMENTS = [
     ("n2", 1, 1.0, 3.0, 400.0, 99, "b2", "bob", "chem", "big", "md-run-2"),
 ]
 IDLE_W = 40.0
+#: Market-based factors: zone Z1 has a PPA for the first hour, then its residual mix; Z2 has neither.
+PPA_G, RESIDUAL_G, EMBODIED_G = 20.0, 450.0, 25.0
+REPORTS = f"""[reports]
+time_zone = "Etc/GMT+2"
+embodied_g_per_gpu_hour = {EMBODIED_G}
+embodied_source = "test factor"
+[[reports.market]]
+zone = "Z1"
+residual_mix_g_per_kwh = {RESIDUAL_G}
+residual_mix_source = "test residual mix 2022"
+contracts = [
+  {{ start = "2022-06-01T00:00:00Z", end = "2022-06-01T01:00:00Z", g_per_kwh = {PPA_G},
+     source = "test PPA" }},
+]
+"""
 START = "2022-06-01T00:00:00Z"
 
 
@@ -100,7 +116,7 @@ def collector(
     cfg.write_text(
         f'[server]\ngrpc_listen = "127.0.0.1:{grpc_port}"\nhttp_listen = "127.0.0.1:{http_port}"\n'
         f'[influxdb]\nurl = {toml_str(influxdb.url)}\ndatabase = "listings_e2e"\n'
-        f"[reads]\nprincipals_file = {toml_str(tmp / 'principals.toml')}\n{zones}{racks}"
+        f"[reads]\nprincipals_file = {toml_str(tmp / 'principals.toml')}\n{REPORTS}{zones}{racks}"
     )
     proc = CollectorProcess(cfg, grpc_port, http_port).start()
     try:
@@ -227,3 +243,99 @@ def test_bad_listing_requests_are_one_line_errors(collector: CollectorProcess) -
         )
         assert proc.returncode == 1 and expected in proc.stderr and "(HTTP 400" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def hand_market_kg(select: Any) -> float:
+    """Market-based kg CO2e of the selected segments, hour by hour, by hand."""
+    total_g = 0.0
+    for s in SEGMENTS:
+        if not select(s):
+            continue
+        _rack, pue, ci, zone = RACK[s[0]]
+        for hour in range(3):
+            overlap_h = max(0.0, min(s[3], hour + 1) - max(s[2], hour))
+            facility_kwh = s[4] * overlap_h * H / 3.6e6 * pue
+            factor = ci if zone == "Z2" else (PPA_G if hour == 0 else RESIDUAL_G)
+            total_g += facility_kwh * factor
+    return total_g / 1000
+
+
+def _report(collector: CollectorProcess, who: str, fmt: str, out: Path | None = None) -> str:
+    args = [sys.executable, "-m", "gridwatt.cli", "--collector", collector.http_url, "report",
+            "--since", START, "--until", "2022-06-02T00:00:00Z", "--by", "account", "--format", fmt]
+    proc = subprocess.run(args + (["--output", str(out)] if out else []), capture_output=True, text=True,
+                          timeout=120, env={"GRIDWATT_TOKEN": TOKENS[who]})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_report_location_and_market_based_by_hand(collector: CollectorProcess) -> None:
+    body = json.loads(_report(collector, "ops", "json"))
+    groups = {g["account"]: g for g in body["groups"]}
+    for account in ("physics", "chem"):
+        def mine(s: Any, a: str = account) -> bool:
+            return bool(s[8] == a)
+        hand = hand_totals(mine)
+        g = groups[account]
+        assert g["location_based_co2e_kg"] == pytest.approx(hand["co2e_kg"], rel=1e-9)
+        assert g["market_based_co2e_kg"] == pytest.approx(hand_market_kg(mine), rel=1e-9)
+        assert g["embodied_co2e_kg"] == pytest.approx(EMBODIED_G * hand["gpu_hours"] / 1000, rel=1e-9)
+        sci = (hand["co2e_kg"] * 1000 + EMBODIED_G * hand["gpu_hours"]) / hand["gpu_hours"]
+        assert g["sci_g_per_unit"] == pytest.approx(sci, rel=1e-9)
+    assert body["labels"]["location_based"] == "Scope 2, location-based (GHG Protocol Scope 2 Guidance)"
+    assert body["labels"]["market_based"] == "Scope 2, market-based (GHG Protocol Scope 2 Guidance)"
+    zones = {z["zone"]: z for z in body["zones"]}
+    assert zones["Z1"]["market_factor_sources"] == [
+        "contract: test PPA", "residual mix: test residual mix 2022"]
+    assert zones["Z2"]["market_factor_sources"] == [
+        "location-based factor (no contractual instrument or residual mix configured)"]
+    assert zones["Z1"]["location_factor_source"] == "constant 300 gCO2e/kWh (configured)"
+    assert zones["Z1"]["emission_factor"] == "lifecycle"
+    assert {r["rack"]: r["pue_source"] for r in body["racks"]} == {
+        "r1": "constant 1.2 (configured)", "r2": "constant 1.5 (configured)"}
+    # days in Etc/GMT+2 (UTC-2): the hours from 00:00Z and 01:00Z are on May 31, 02:00Z on June 1
+    assert [d["date"] for d in body["daily"]] == ["2022-05-31", "2022-06-01"]
+    total_fac = sum(d["facility_energy_kwh"] for d in body["daily"])
+    assert total_fac == pytest.approx(body["totals"]["facility_energy_kwh"], rel=1e-12)
+    # a user's report holds their jobs only
+    alice = json.loads(_report(collector, "alice", "json"))
+    assert [g["account"] for g in alice["groups"]] == ["physics"]
+    assert alice["totals"]["jobs"] == 2
+    alice_market = hand_market_kg(lambda s: s[7] == "alice")
+    assert alice["totals"]["market_based_co2e_kg"] == pytest.approx(alice_market, rel=1e-9)
+
+
+def test_pdf_report_holds_the_csv_totals(collector: CollectorProcess, tmp_path: Path) -> None:
+    text = _report(collector, "ops", "csv")
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    header, *rows = list(csv.reader(lines))
+    assert header[:3] == ["account", "jobs", "gpu_hours"]
+    assert [r[0] for r in rows] == ["(none)", "chem", "physics", "TOTAL"]
+    total = dict(zip(header, rows[-1], strict=True))
+    assert float(total["location_based_co2e_kg"]) == pytest.approx(
+        float(json.loads(_report(collector, "ops", "json"))["totals"]["location_based_co2e_kg"]), abs=5e-4)
+    assert "# zone Z2: location-based factor constant 500 gCO2e/kWh (configured), emission factor type " \
+           "lifecycle" in text
+    assert "days in time zone Etc/GMT+2" in text
+    pdf = tmp_path / "report.pdf"
+    _report(collector, "ops", "pdf", pdf)
+    assert pdf.read_bytes().startswith(b"%PDF-")
+    pdf_text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True,
+                              check=True, timeout=60).stdout
+    for key in header[1:]:
+        assert total[key] in pdf_text, (key, total[key])
+    for row in rows[:-1]:  # every group's figures
+        for value in row[1:]:
+            assert value in pdf_text
+    for statement in ("Scope 2, location-based (GHG Protocol Scope 2 Guidance)", "contract: test PPA",
+                      "Etc/GMT+2", "PUE constant 1.5 (configured)", "25 g CO2e per GPU-hour (test factor)",
+                      "SCI (g CO2e per GPU-hour)"):
+        assert statement in pdf_text
+    subprocess.run(["pdftoppm", "-r", "30", "-png", str(pdf), str(tmp_path / "page")], check=True,
+                   timeout=60)
+    pages = sorted(tmp_path.glob("page*.png"))
+    # the title page, the groups' tables, the daily chart
+    assert len(pages) >= 3 and all(p.stat().st_size > 1000 for p in pages)
+    last_page = subprocess.run(["pdftotext", "-f", str(len(pages)), str(pdf), "-"], capture_output=True,
+                               text=True, check=True, timeout=60).stdout
+    assert "Daily energy and emissions (Etc/GMT+2)" in last_page and "2022-05-31" in last_page
