@@ -49,10 +49,11 @@ embodied_source = "test factor"
 zone = "Z1"
 residual_mix_g_per_kwh = {RESIDUAL_G}
 residual_mix_source = "test residual mix 2022"
-contracts = [
-  {{ start = "2022-06-01T00:00:00Z", end = "2022-06-01T01:00:00Z", g_per_kwh = {PPA_G},
-     source = "test PPA" }},
-]
+[[reports.market.contracts]]
+start = "2022-06-01T00:00:00Z"
+end = "2022-06-01T01:00:00Z"
+g_per_kwh = {PPA_G}
+source = "test PPA"
 """
 START = "2022-06-01T00:00:00Z"
 
