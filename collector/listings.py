@@ -1,8 +1,9 @@
 """Job listings and usage by user, account, rack or zone, read from ``job_window`` points.
 
 Both read the per-job, per-node windows (``job_window``, one point per job, node and
-``rack_resolution_s`` window) whose start lies in [since, until), so a job's figures here are its
-figures within that range (without a range: the whole job, equal to its job report). Who ran a job
+``rack_resolution_s`` window) whose start lies in [since, until) taken to whole hours (through the
+in-memory index, collector/job_index.py), so a job's figures here are its figures within that
+range (without a range: the whole job, equal to its job report). Who ran a job
 is the last non-empty ``user``/``account``/... of its windows in the range. Every listing is
 filtered to what the principal may see (collector/read_auth.py). The accounting is pure
 (``job_rows``, ``summarise``, ``usage_groups``); ``scan_jobs`` is the one read.
@@ -23,7 +24,7 @@ from gridwatt.timeutil import format_time_ns
 
 WHO = ("user", "account", "partition", "namespace", "job_name")
 GROUP_BY = ("user", "account", "rack", "zone")
-_SUM_KEYS = ("e", "f", "c", "ce", "g", "u", "i", "ie")
+SUM_KEYS = _SUM_KEYS = ("e", "f", "c", "ce", "g", "u", "i", "ie")
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 50
 

@@ -14,9 +14,18 @@ from aiohttp import web
 
 from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.config import CollectorConfig
+from gridwatt.collector.job_index import JobIndex, hour_ceil, hour_floor
 from gridwatt.collector.job_owner import job_owner
 from gridwatt.collector.jobs import JobNotFound, JobReport, job_report
-from gridwatt.collector.listings import ListingError, list_page, parse_limit, scan_jobs, usage_groups
+from gridwatt.collector.listings import (
+    SUM_KEYS,
+    JobSums,
+    ListingError,
+    list_page,
+    parse_limit,
+    scan_jobs,
+    usage_groups,
+)
 from gridwatt.collector.metrics import CONTENT_TYPE, CollectorMetrics
 from gridwatt.collector.racks import rack_totals
 from gridwatt.collector.read_auth import (
@@ -26,7 +35,7 @@ from gridwatt.collector.read_auth import (
     ReadAuthError,
     peer_ip_of_grpc,
 )
-from gridwatt.collector.report import build_report, read_hours
+from gridwatt.collector.report import HourRow, build_report, read_hours
 from gridwatt.collector.store import InfluxStore, QueryError
 from gridwatt.timeutil import parse_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -85,6 +94,7 @@ def http_app(
     local_metrics_only: bool = False,
     zone_of_rack: Mapping[str, str] | None = None,
     config: CollectorConfig | None = None,
+    index: JobIndex | None = None,
 ) -> web.Application:
     """The collector's HTTP API: /v1/jobs/{job_id}, /v1/racks, /v1/alerts, /healthz, /metrics.
 
@@ -152,12 +162,28 @@ def http_app(
             raise ListingError("until must be after since")
         return since, until
 
+    async def jobs_in(since: int | None, until: int | None) -> dict[str, JobSums]:
+        """Per-job sums over [since, until) taken to whole hours: from the index where it holds them."""
+        if index is not None and index.covers(since):
+            await index.fresh()
+            return index.jobs(since, until)
+        return await scan_jobs(store, hour_floor(since) if since is not None else None,
+                               hour_ceil(until) if until is not None else None)
+
+    async def hours_in(since: int, until: int) -> tuple[list[HourRow], dict[str, dict[str, str]]]:
+        if index is not None and index.covers(since):
+            await index.fresh()
+            rows = [HourRow(h, job, rack, dict(zip(SUM_KEYS, s.sums, strict=True)))
+                    for h, job, rack, s in index.hour_rows(since, until)]
+            return rows, {row.job_id: index.who(row.job_id) for row in rows}
+        return await read_hours(store, hour_floor(since), hour_ceil(until))
+
     async def list_jobs(request: web.Request) -> web.Response:
         q = request.query
         try:
             since, until = _range(request)
             limit = parse_limit(q.get("limit"))
-            jobs = await scan_jobs(store, since, until)
+            jobs = await jobs_in(since, until)
             page = list_page(jobs, request["principal"], q.get("user"), q.get("account"), limit,
                              q.get("cursor"))
         except ListingError as exc:
@@ -170,7 +196,7 @@ def http_app(
         try:
             since, until = _range(request)
             group_by = request.query.get("group_by", "account")
-            jobs = await scan_jobs(store, since, until)
+            jobs = await jobs_in(since, until)
             groups = usage_groups(jobs, request["principal"], group_by, zone_of_rack or {})
         except ListingError as exc:
             return web.json_response({"error": str(exc)}, status=400)
@@ -184,7 +210,7 @@ def http_app(
             since, until = _range(request)
             if since is None or until is None or config is None:
                 raise ListingError("since and until are both needed for a report")
-            rows, people = await read_hours(store, since, until)
+            rows, people = await hours_in(since, until)
             body = build_report(rows, people, request["principal"], request.query.get("by", "account"),
                                 config, since, until, request.query.get("tz"))
         except ListingError as exc:

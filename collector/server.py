@@ -18,6 +18,7 @@ from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.auth import NodeAuth
 from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.ingest import Ingestor, IngestService
+from gridwatt.collector.job_index import JobIndex
 from gridwatt.collector.metrics import CollectorMetrics
 from gridwatt.collector.query_service import QueryService, http_app
 from gridwatt.collector.read_auth import ReadAuth
@@ -63,9 +64,14 @@ class RunningCollector:
     revisor: EstimateRevisor | None = None
     metrics_runner: web.AppRunner | None = None
     metrics_port: int | None = None
+    index_warm_up: asyncio.Task[None] | None = None
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.index_warm_up is not None:
+            self.index_warm_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.index_warm_up
         await self.grpc_server.stop(grace_s)
         if self.revisor is not None:
             await self.revisor.stop()
@@ -112,6 +118,14 @@ async def _health_service(store: InfluxStore, ingestor: Ingestor, server: grpc.a
     store.add_health_listener(update)
     ingestor.overload_listeners.append(on_overload)
     return servicer
+
+
+async def _warm_index(index: JobIndex) -> None:
+    """Fill the job index at start, so the first listing does not wait for it (errors: at first use)."""
+    try:
+        await index.fresh()
+    except Exception as exc:  # InfluxDB not up yet: the first listing loads it
+        log.info("job index not filled at start (%s); the first listing will", exc)
 
 
 def _http_tls(config: CollectorConfig) -> ssl.SSLContext | None:
@@ -168,12 +182,19 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     if config.accounting.rack_windows and config.accounting.estimate_revisit_s > 0:
         revisor = EstimateRevisor(store, rollup, topology, interval_s=config.accounting.estimate_revisit_s,
                                   lookback_s=config.accounting.estimate_lookback_s)
+    index = JobIndex(store, lookback_s=config.accounting.estimate_lookback_s)
+
+    def stored(node: str, rack: str, first_window_ns: int, max_end_ns: int) -> None:
+        index.note(node, rack, first_window_ns, max_end_ns)
+        if monitor is not None:
+            monitor.note(node, rack, first_window_ns, max_end_ns)
+
     ingestor = Ingestor(
         topology, store, rollup, limits,
         max_in_flight_batches=config.server.max_in_flight_batches,
         overload_retry_after_s=config.server.overload_retry_after_s,
         rack_windows=config.accounting.rack_windows,
-        on_stored=monitor.note if monitor else None,
+        on_stored=stored,
         on_estimated=revisor.note if revisor else None,
     )
     server = grpc.aio.server(options=server_options(config))
@@ -205,7 +226,7 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
         zone_of_rack = {r.name: r.zone for r in config.racks}
         zone_of_rack.setdefault(config.accounting.default_rack, config.accounting.default_zone or "")
         app = http_app(store, metrics, monitor, overloaded=lambda: ingestor.overloaded, read_auth=read_auth,
-                       zone_of_rack=zone_of_rack, config=config)
+                       zone_of_rack=zone_of_rack, config=config, index=index)
         runner, http_port = await _serve_http(app, sc.http_listen, _http_tls(config))
     metrics_runner = metrics_port = None
     if config.reads.metrics_listen:
@@ -216,9 +237,10 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
              http_port, config.influxdb.url, config.influxdb.version)
     if revisor is not None:
         revisor.start()
+    warm_up = asyncio.create_task(_warm_index(index))
     return RunningCollector(
         server, runner, store, ingestor, topology, monitor, grpc_port, http_port, metrics, health_servicer,
-        revisor, metrics_runner, metrics_port,
+        revisor, metrics_runner, metrics_port, warm_up,
     )
 
 
