@@ -78,6 +78,8 @@ class JobIndex:
         #: The oldest hour whose data is whole in the index (None: all of it).
         self.complete_from_ns: int | None = None
         self.loads = 0
+        #: answers of ``jobs`` since the last load (the index is unchanged between loads)
+        self._answers: dict[tuple[int | None, int | None, bool], dict[str, JobSums]] = {}
 
     def note(self, node: str, rack: str, first_window_ns: int, max_end_ns: int) -> None:
         """Ingest hook: samples from ``first_window_ns`` to ``max_end_ns`` were stored."""
@@ -128,6 +130,7 @@ class JobIndex:
             f'SELECT last("gpu_count") FROM "job_window"{where} GROUP BY "job_id", "node"'
         )
         self.loads += 1
+        self._answers.clear()
         fresh: dict[int, dict[tuple[str, str], HourSums]] = {}
         for tags, row in series_rows(sums_res):
             hour = int(row["time"])
@@ -184,20 +187,47 @@ class JobIndex:
         job = self._jobs.get(job_id)
         return job.who if job is not None else {}
 
-    def jobs(self, since_ns: int | None, until_ns: int | None) -> dict[str, JobSums]:
-        """Per-job sums over [since, until) taken to whole hours (the listings' input)."""
+    def jobs(self, since_ns: int | None, until_ns: int | None, per_rack: bool = False) -> dict[str, JobSums]:
+        """Per-job sums over [since, until) taken to whole hours (the listings' input); ``per_rack``
+        also fills each job's sums per rack (usage by rack or zone)."""
+        lo = hour_floor(since_ns) if since_ns is not None else None
+        hi = hour_ceil(until_ns) if until_ns is not None else None
+        known = self._answers.get((lo, hi, per_rack))
+        if known is not None:
+            return known
+        acc: dict[str, list[float]] = {}
+        racks: dict[tuple[str, str], list[float]] = {}
+        for hour, entries in self._hours.items():
+            if (lo is not None and hour < lo) or (hi is not None and hour >= hi):
+                continue
+            for (job_id, rack), hs in entries.items():
+                a = acc.get(job_id)
+                if a is None:
+                    acc[job_id] = [*hs.sums, hs.end_ns]
+                else:
+                    s = hs.sums
+                    a[0] += s[0]; a[1] += s[1]; a[2] += s[2]; a[3] += s[3]  # noqa: E702
+                    a[4] += s[4]; a[5] += s[5]; a[6] += s[6]; a[7] += s[7]  # noqa: E702
+                    if hs.end_ns > a[8]:
+                        a[8] = hs.end_ns
+                if per_rack:
+                    r = racks.get((job_id, rack))
+                    if r is None:
+                        racks[(job_id, rack)] = list(hs.sums)
+                    else:
+                        for k in range(len(_SUMS)):
+                            r[k] += hs.sums[k]
+        empty = _Job()
         out: dict[str, JobSums] = {}
-        for _hour, job_id, rack, hs in self.hour_rows(since_ns, until_ns):
-            js = out.get(job_id)
-            if js is None:
-                info = self._jobs.get(job_id, _Job())
-                js = out[job_id] = JobSums(job_id, nodes=set(info.nodes),
-                                           first_window_ns=info.first_window_ns, who=dict(info.who))
-            per_rack = js.by_rack.setdefault(rack, dict.fromkeys(_SUMS, 0.0))
-            for key, value in zip(_SUMS, hs.sums, strict=True):
-                js.sums[key] += value
-                per_rack[key] += value
-            js.end_ns = max(js.end_ns, hs.end_ns)
+        for job_id, a in acc.items():
+            info = self._jobs.get(job_id, empty)
+            out[job_id] = JobSums(job_id, dict(zip(_SUMS, a, strict=False)), {}, info.nodes,
+                                  info.first_window_ns, int(a[8]), info.who)
+        for (job_id, rack), r in racks.items():
+            out[job_id].by_rack[rack] = dict(zip(_SUMS, r, strict=True))
+        if len(self._answers) >= 16:
+            self._answers.clear()
+        self._answers[(lo, hi, per_rack)] = out
         return out
 
 

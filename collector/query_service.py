@@ -162,11 +162,11 @@ def http_app(
             raise ListingError("until must be after since")
         return since, until
 
-    async def jobs_in(since: int | None, until: int | None) -> dict[str, JobSums]:
+    async def jobs_in(since: int | None, until: int | None, per_rack: bool = False) -> dict[str, JobSums]:
         """Per-job sums over [since, until) taken to whole hours: from the index where it holds them."""
         if index is not None and index.covers(since):
             await index.fresh()
-            return index.jobs(since, until)
+            return index.jobs(since, until, per_rack)
         return await scan_jobs(store, hour_floor(since) if since is not None else None,
                                hour_ceil(until) if until is not None else None)
 
@@ -196,7 +196,7 @@ def http_app(
         try:
             since, until = _range(request)
             group_by = request.query.get("group_by", "account")
-            jobs = await jobs_in(since, until)
+            jobs = await jobs_in(since, until, per_rack=group_by in ("rack", "zone"))
             groups = usage_groups(jobs, request["principal"], group_by, zone_of_rack or {})
         except ListingError as exc:
             return web.json_response({"error": str(exc)}, status=400)
