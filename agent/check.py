@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 
 from gridwatt import __version__
+from gridwatt.agent.attribution.podresources import containers_by_device, list_pod_resources
 from gridwatt.agent.config import AgentConfig, CollectorConnection
 from gridwatt.agent.sources.base import GpuReading, GpuSource, SourceError
 from gridwatt.agent.sources.sim.trace import TraceError
@@ -194,6 +195,31 @@ async def check_collector(config: AgentConfig, report: CheckReport, timeout_s: f
     report.add(OK, f"node {resp.node!r}: known to the collector (rack {resp.rack}, zone {resp.zone})")
 
 
+async def check_kubelet(config: AgentConfig, report: CheckReport) -> None:
+    """Where the kubelet's pod-resources socket exists: does it answer, and which pods hold GPUs.
+
+    A node without the socket (not a Kubernetes node) gets no line; a kubelet that does not answer
+    is a warning, since attribution falls back to the cgroups.
+    """
+    from gridwatt.agent.runner import kubelet_gpu_map
+
+    gpu_map = kubelet_gpu_map(config)
+    if gpu_map is None or not gpu_map.socket_path.exists():
+        return
+    where = f"kubelet pod-resources {gpu_map.socket_path}"
+    try:
+        response = await list_pod_resources(gpu_map.socket_path, timeout_s=5.0)
+    except grpc.aio.AioRpcError as exc:
+        report.add(WARN, f"{where}: {exc.code().name}: {exc.details()} (GPU processes are attributed by "
+                         "their cgroup; the agent needs root or the socket's group to connect)")
+        return
+    held = containers_by_device(response, gpu_map.resource_prefixes)
+    pods = sorted({h.job_id for holders in held.values() for h in holders})
+    shown = ", ".join(pods[:5]) + (f" and {len(pods) - 5} more" if len(pods) > 5 else "")
+    listed = f" ({shown})" if pods else ""
+    report.add(OK, f"{where}: {len(held)} GPU devices held by {len(pods)} pods{listed}")
+
+
 def run_check(
     config: AgentConfig, config_path: str, out: Callable[[str], None] = print,
     source: GpuSource | None = None, timeout_s: float = 5.0,
@@ -203,6 +229,7 @@ def run_check(
     report.add(OK, f"config {config_path}: valid (node {config.node!r})")
     check_source(config, report, source)
     check_spool(config.spool_path, report)
+    asyncio.run(check_kubelet(config, report))
     asyncio.run(check_collector(config, report, timeout_s))
     for line in report.lines:
         out(line)

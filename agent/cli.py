@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="check this node: GPUs and their fields, spool, collector, auth")
     check.add_argument("--config", required=True, help="agent config file (TOML)")
     check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the collector")
+    cap = sub.add_parser("capture", help="record every NVML call the NVML source makes, as test data "
+                         "(JSON lines; see agent/sources/nvml/CAPTURE.md)")
+    cap.add_argument("--seconds", type=float, required=True, help="how long to record (at most 3600)")
+    cap.add_argument("-o", "--output", type=Path, required=True, help="capture file to write (.jsonl)")
+    cap.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
     for name, text in (("install", "install as a systemd service (user, config, unit; enable --now)"),
                        ("uninstall", "stop and remove the service (keeps the spool unless --purge)")):
         sp = sub.add_parser(name, help=text)
@@ -82,8 +87,17 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if run_check(config, args.config, timeout_s=args.timeout) else 1
 
 
+def _capture(args: argparse.Namespace) -> int:
+    from gridwatt.agent.sources.nvml.capture import run_capture_command
+
+    return run_capture_command(args.seconds, args.interval, args.output)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "capture":
+        logging.basicConfig(level="WARNING", stream=sys.stderr)
+        return _capture(args)
     if args.command in ("install", "uninstall"):
         return _install(args)
     if args.command == "check":

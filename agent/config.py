@@ -45,6 +45,13 @@ class AttributionConfig(_Strict):
     #: dcgm-exporter style job-mapping folder (--hpc-job-mapping-dir): a file per GPU index naming its job(s).
     job_mapping_dir: Path | None = None
     proc_root: Path = Path("/proc")
+    #: The kubelet's pod-resources socket: GPUs held by pods are attributed to "k8s-pod/<ns>/<pod>"
+    #: (with kubernetes = true). A node without it falls back to the cgroups. "" = never ask.
+    kubelet_socket: Path | None = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    #: Seconds between pod-resources List calls.
+    kubelet_refresh_s: float = Field(10.0, gt=0, le=3600)
+    #: Resource names whose devices are GPUs (NVIDIA's device plugin: nvidia.com/gpu, nvidia.com/mig-...).
+    kubelet_resource_prefixes: list[str] = Field(default_factory=lambda: ["nvidia.com/"], max_length=16)
 
 
 class HostConfig(_Strict):

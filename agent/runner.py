@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gridwatt.agent.attribution import Attributor
+from gridwatt.agent.attribution.podresources import KubeletGpuMap
 from gridwatt.agent.config import AgentConfig
 from gridwatt.agent.host_meter import HostMeter, host_spool_row
 from gridwatt.agent.sampler import Sampler
@@ -52,6 +53,15 @@ def build_source(config: AgentConfig, replay: bool) -> GpuSource:
                      energy_counter=sim.energy_counter)
 
 
+def kubelet_gpu_map(config: AgentConfig) -> KubeletGpuMap | None:
+    """The kubelet pod-resources watcher, when Kubernetes attribution and a socket are configured."""
+    att = config.attribution
+    if not att.kubernetes or att.kubelet_socket is None or str(att.kubelet_socket) in ("", "."):
+        return None
+    return KubeletGpuMap(att.kubelet_socket, att.kubelet_refresh_s,
+                         resource_prefixes=att.kubelet_resource_prefixes)
+
+
 @dataclass
 class RunResult:
     ledger: Ledger
@@ -76,6 +86,7 @@ async def run_agent(
     """Run until stopped (SIGINT/SIGTERM), or in replay mode until the trace is played and acknowledged."""
     source = source or build_source(config, replay)
     static_job = config.attribution.job_id or os.environ.get("GRIDWATT_JOB_ID", "")
+    kubelet = kubelet_gpu_map(config)
     sampler = Sampler(
         Attributor(
             static_job,
@@ -83,6 +94,7 @@ async def run_agent(
             config.attribution.slurm,
             kubernetes=config.attribution.kubernetes,
             job_mapping_dir=config.attribution.job_mapping_dir,
+            gpu_pods=kubelet.current if kubelet is not None else None,
         ),
         config.idle_below_pct,
     )
@@ -98,6 +110,10 @@ async def run_agent(
             loop.add_signal_handler(sig, stop.set)
     shipping_stop = asyncio.Event()
     ship_task = asyncio.create_task(shipper.run(shipping_stop))
+    kubelet_task = None
+    if kubelet is not None:  # the first samples already know which pods hold the GPUs
+        await kubelet.refresh()
+        kubelet_task = asyncio.create_task(kubelet.run(shipping_stop))
     high_water = config.collector.batch_max_samples * config.collector.max_in_flight * 4
     last_progress = 0.0
     last_ledger_log = time.monotonic()
@@ -172,6 +188,10 @@ async def run_agent(
                 deadline = time.monotonic() + DRAIN_S
     finally:
         shipping_stop.set()
+        if kubelet_task is not None:
+            kubelet_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await kubelet_task
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(ship_task, timeout=SHIPPER_STOP_S)
         source.close()

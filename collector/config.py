@@ -218,6 +218,15 @@ class AccountingConfig(_Strict):
     estimate_lookback_s: float = Field(48 * 3600.0, ge=0, le=30 * 86400)
 
 
+class LiveMetricsConfig(_Strict):
+    """The live view on /metrics (collector/live_metrics.py)."""
+
+    #: A job's series go this long (wall seconds) after its last stored sample.
+    job_series_ttl_s: float = Field(900.0, gt=0, le=30 * 86400)
+    #: At most this many job series (the least recently seen go first).
+    max_job_series: int = Field(10_000, ge=1, le=1_000_000)
+
+
 class CollectorConfig(_Strict):
     server: ServerConfig = ServerConfig()
     influxdb: InfluxConfig = InfluxConfig()
@@ -233,6 +242,8 @@ class CollectorConfig(_Strict):
     reads: ReadsConfig = ReadsConfig()
     #: Sustainability reports: market-based factors, SCI embodied factor, time zone (collector/report.py).
     reports: ReportsConfig = ReportsConfig()
+    #: Accounted energy and carbon on /metrics.
+    metrics: LiveMetricsConfig = LiveMetricsConfig()
     #: Folder of the config file; relative paths in provider configs are taken from it.
     _config_dir: Path | None = PrivateAttr(default=None)
 

@@ -144,6 +144,8 @@ class Ingestor:
         self.on_stored = on_stored
         #: called with (zone, start_ns, end_ns) after a batch accounted with estimated intensity is stored
         self.on_estimated = on_estimated
+        #: Called with (batch, placement, intensity, pue, first_line, refused lines) once stored.
+        self.on_accounted: Callable[..., None] | None = None
         #: True while batches are turned away for overload; listeners hear every change.
         self.overloaded = False
         self.overload_listeners: list[Callable[[bool], None]] = []
@@ -262,6 +264,8 @@ class Ingestor:
                               batch.batch_id, batch.node, status, reason)
             if self.on_estimated is not None and prepared.estimated_co2e_g > 0:
                 self.on_estimated(placement.zone, lo, hi)
+            if self.on_accounted is not None:  # the live view on /metrics (collector/live_metrics.py)
+                self.on_accounted(batch, placement, intensity, pue, prepared.first_line, result.rejected)
             if self.rack_windows:
                 await self.rollup.recompute(batch.node, placement.rack, placement.zone, prepared.windows)
                 if self.on_stored is not None:

@@ -26,6 +26,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gridwatt.collector.live_metrics import LiveAccounts
+
 if TYPE_CHECKING:
     from gridwatt.collector.ingest import IngestStats
 
@@ -136,6 +138,8 @@ class CollectorMetrics(StoreMetrics):
     def __init__(self) -> None:
         super().__init__(CollectorRegistry())
         self._ledger: _LedgerCollector | None = None
+        #: Accounted energy and carbon (collector/live_metrics.py), appended to the exposition.
+        self.live: LiveAccounts | None = None
 
     def bind_ledger(self, stats: Callable[[], IngestStats], streams: Callable[[], int]) -> None:
         """Export the ingest ledger (once)."""

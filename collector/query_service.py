@@ -26,6 +26,7 @@ from gridwatt.collector.listings import (
     scan_jobs,
     usage_groups,
 )
+from gridwatt.collector.live_metrics import exposition
 from gridwatt.collector.metrics import CONTENT_TYPE, CollectorMetrics
 from gridwatt.collector.racks import rack_totals
 from gridwatt.collector.read_auth import (
@@ -37,6 +38,7 @@ from gridwatt.collector.read_auth import (
 )
 from gridwatt.collector.report import HourRow, build_report, read_hours
 from gridwatt.collector.store import InfluxStore, QueryError
+from gridwatt.collector.web.pages import Pages
 from gridwatt.timeutil import parse_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
@@ -52,7 +54,7 @@ async def scoped_job_report(store: InfluxStore, job_id: str, principal: Principa
     return report
 
 
-#: Paths only an operator may read.
+#: Paths only an operator may read (and the web page, /ui and below, which shows every job).
 OPERATOR_PATHS = frozenset({"/v1/racks", "/v1/alerts", "/metrics"})
 
 
@@ -115,7 +117,8 @@ def http_app(
         except ReadAuthError as exc:
             return web.json_response({"error": str(exc)}, status=401,
                                      headers={"WWW-Authenticate": 'Bearer realm="gridwatt"'})
-        if request.path in OPERATOR_PATHS and not principal.operator:
+        if (request.path in OPERATOR_PATHS or request.path == "/ui" or request.path.startswith("/ui/")) \
+                and not principal.operator:
             return web.json_response({"error": f"{request.path} is for operators"}, status=403)
         request["principal"] = principal
         return await handler(request)
@@ -149,8 +152,10 @@ def http_app(
         )
 
     async def metrics_text(request: web.Request) -> web.Response:
-        body = metrics.render() if metrics is not None else b""
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+        if metrics is None:
+            return web.Response(body=b"", headers={"Content-Type": CONTENT_TYPE})
+        body, content_type = exposition(metrics, request.headers.get("Accept", ""))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     def _range(request: web.Request) -> tuple[int | None, int | None]:
         try:
@@ -241,4 +246,5 @@ def http_app(
         app.router.add_get("/v1/report", get_report)
         app.router.add_get("/v1/jobs/{job_id}", get_job)
         app.router.add_get("/v1/alerts", get_alerts)
+        Pages(store, monitor).add_routes(app)  # the web page at /ui/ (operators: it is not scoped yet)
     return app

@@ -19,6 +19,7 @@ from gridwatt.collector.auth import NodeAuth
 from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.ingest import Ingestor, IngestService
 from gridwatt.collector.job_index import JobIndex
+from gridwatt.collector.live_metrics import LiveAccounts
 from gridwatt.collector.metrics import CollectorMetrics
 from gridwatt.collector.query_service import QueryService, http_app
 from gridwatt.collector.read_auth import ReadAuth
@@ -197,6 +198,11 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
         on_stored=stored,
         on_estimated=revisor.note if revisor else None,
     )
+    live = LiveAccounts(config.metrics.job_series_ttl_s, config.metrics.max_job_series)
+    ingestor.on_accounted = live.observe
+    if monitor is not None:
+        live.attach_monitor(monitor)
+    metrics.live = live
     server = grpc.aio.server(options=server_options(config))
     ingest_service = IngestService(ingestor, auth)
     metrics.bind_ledger(lambda: ingestor.stats, lambda: ingest_service.connected_streams)

@@ -161,6 +161,8 @@ def run_demo(hours: float = 24.0, keep: bool = False, serve: bool = False) -> in
             print(format_alerts(fetch_json(collector.http_url, "/v1/alerts")))
             print()
             if serve:
+                say(f"web page: {collector.http_url}/ui/   (job: {collector.http_url}/ui/jobs/{JOB}; "
+                    f"Prometheus metrics: {collector.http_url}/metrics)")
                 say(f"serving until Ctrl-C; try: gridwatt --collector {collector.http_url} job {JOB}")
                 say(f"or: curl {collector.http_url}/v1/jobs/{JOB}   (InfluxDB: {db.url}, db gridwatt)")
                 try:

@@ -25,6 +25,15 @@ command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # poppler-utils: pdftotext/pdftoppm read back the PDF sustainability report in its tests
 command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
+# views (#11): promtool and a real Prometheus for the /metrics and dashboard tests; headless
+# Chromium and its WebDriver for the web page's browser test
+[ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+# Debian packages of gridwatt (scripts/build_deb.sh, tests/deploy/test_deb.py): lintian checks them,
+# strip (binutils) trims the bundled shared objects.
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+command -v strip >/dev/null 2>&1 || missing+=(binutils)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -4,6 +4,7 @@ Order of precedence for one GPU interval (see README.md in this folder):
 
 1. jobs the source itself names (a simulated trace), method "trace";
 2. the job ids in the dcgm-exporter job-mapping file of that GPU, method "job_mapping";
+   then the pods the kubelet's pod-resources API says hold that GPU, method "kubernetes";
 3. the jobs of the processes using the GPU: Slurm (environment or cgroup), method
    "slurm"; else Kubernetes (pod of the cgroup), method "kubernetes";
 4. the node-wide job id from config or ``GRIDWATT_JOB_ID``, method "static";
@@ -15,12 +16,13 @@ known, else evenly (flagged ``split_estimated``); see ``share.split_gpu``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from gridwatt.agent.attribution.jobmap import mapped_jobs
 from gridwatt.agent.attribution.kubernetes import pod_job_id, pod_uid_of_cgroup
+from gridwatt.agent.attribution.podresources import GpuPods
 from gridwatt.agent.attribution.procfs import CgroupReader, ProcFS, UserResolver, user_name_of_uid
 from gridwatt.agent.attribution.share import (
     METHOD_JOB_MAPPING,
@@ -84,12 +86,15 @@ class Attributor:
         job_mapping_dir: Path | None = None,
         read_cgroup: CgroupReader | None = None,
         user_of_uid: UserResolver = user_name_of_uid,
+        gpu_pods: Callable[[], GpuPods] | None = None,
     ):
         self.static_job_id = static_job_id or None
         self.proc_root = proc_root
         self.slurm = slurm
         self.kubernetes = kubernetes
         self.job_mapping_dir = job_mapping_dir
+        #: The kubelet's device -> pods map (KubeletGpuMap.current); None = not asked.
+        self.gpu_pods = gpu_pods
         self._procfs = ProcFS(proc_root)
         self._read_cgroup: CgroupReader = read_cgroup or self._procfs.cgroup
         self._user_of_uid = user_of_uid
@@ -116,6 +121,9 @@ class Attributor:
             mapped = mapped_jobs(self.job_mapping_dir, reading.index)
             if mapped:
                 return split_gpu(self._mapped_on_gpu(mapped, reading.pids), process_util_pct)
+        pods = self._pods_holding(reading)
+        if pods:
+            return split_gpu(pods, process_util_pct)
         on_gpu = self._processes_on_gpu(reading.pids)
         if on_gpu:
             return split_gpu(on_gpu, process_util_pct)
@@ -155,6 +163,16 @@ class Attributor:
         if name is None:
             name = self._users[uid] = self._user_of_uid(uid)
         return name
+
+    def _pods_holding(self, reading: GpuReading) -> list[JobOnGpu]:
+        """The pods the kubelet says hold this GPU (by UUID, else by index), one job per pod."""
+        if not (self.kubernetes and self.gpu_pods):
+            return []
+        held = self.gpu_pods()
+        holders = held.get(reading.uuid, ()) if reading.uuid else ()
+        holders = holders or held.get(str(reading.index), ())
+        jobs = sorted({h.job_id for h in holders})
+        return [JobOnGpu(job, METHOD_KUBERNETES) for job in jobs]
 
     def _mapped_on_gpu(self, mapped: list[str], pids: tuple[int, ...]) -> list[JobOnGpu]:
         """Jobs named by the mapping file, each with the GPU's processes found in it (for user, util)."""

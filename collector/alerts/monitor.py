@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,8 @@ class AlertMonitor:
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
         self.events_sent = 0
+        #: Called with every evaluation's events (e.g. the live waste counters on /metrics).
+        self.event_listeners: list[Callable[[list[AlertEvent]], None]] = []
 
     def note(self, node: str, rack: str, first_window_ns: int, max_end_ns: int) -> None:
         """A batch of ``node`` was stored: its samples reach ``max_end_ns``."""
@@ -153,6 +156,8 @@ class AlertMonitor:
                 events += await self._job_scopes(min(rack_marks.values()))
             if events:
                 self.alerts.apply(events)
+                for listener in self.event_listeners:
+                    listener(events)
                 await self.dispatcher.dispatch(events)
                 self.events_sent += len(events)
             if (events or observed) and self.config.state_file:

@@ -1,0 +1,1 @@
+"""Kubernetes APIs gridwatt talks to (generated code; see proto/gridwatt/k8s)."""
