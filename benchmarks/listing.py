@@ -125,10 +125,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
                         body = await resp.json()
                         assert len(body["jobs"]) == 50 and body["next_cursor"]
 
-                async def usage() -> None:
+                extra_hour = iter(range(10**6))
+
+                async def usage(new_range: bool = False) -> None:
+                    # new_range: one more hour at the end each time (after the data): no kept answer
+                    end_s = until / 1e9 + (3600 * next(extra_hour) if new_range else 0)
                     async with http.get(f"{base}/v1/usage", params={
                         "group_by": "account", "since": "2022-06-01T00:00:00Z",
-                        "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until / 1e9))}) as resp:
+                        "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(end_s))}) as resp:
                         assert resp.status == 200, await resp.text()
                         body = await resp.json()
                         assert len(body["groups"]) == 20
@@ -152,6 +156,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
                 uncached = await timed(args.repeat, first_page_new_range)
                 await timed(1, usage)
                 month = await timed(max(5, args.repeat // 10), usage)
+
+                async def usage_new_range() -> None:
+                    await usage(new_range=True)
+
+                month_new = await timed(max(5, args.repeat // 10), usage_new_range)
         finally:
             await running.stop(grace_s=1)
     return {
@@ -161,6 +170,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, float]:
         "listing_new_range_p99_ms": round(pct(uncached, 99), 1),
         "usage_month_p50_ms": round(statistics.median(month), 1),
         "usage_month_max_ms": round(max(month), 1),
+        "usage_month_new_range_p50_ms": round(statistics.median(month_new), 1),
+        "usage_month_new_range_max_ms": round(max(month_new), 1),
         "first_answer_after_start_s": round(cold_s, 1),
         "jobs": args.jobs,
         "job_window_points": len(lines),

@@ -243,9 +243,14 @@ class ReadAuth:
 
     @classmethod
     def from_config(cls, config: ReadsConfig) -> ReadAuth:
+        """Principals from ``principals_file``. A file that does not exist yet fails closed: reads stay
+        on and nobody can read (warned), so a fresh install serves no job to anyone."""
         principals: dict[str, Principal] = {}
         digests: list[tuple[bytes, str]] = []
-        if config.principals_file is not None:
+        if config.principals_file is not None and not config.principals_file.exists():
+            log.warning("reads.principals_file %s does not exist: no principal can read until it does "
+                        "(README: Giving users access)", config.principals_file)
+        elif config.principals_file is not None:
             principals, digests = load_principals(config.principals_file)
         return cls(principals, digests, config.trusted_proxies, config.identity_header, config.enabled)
 

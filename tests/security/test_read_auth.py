@@ -325,3 +325,12 @@ def test_https_api_and_local_metrics_listener(tmp_path: Path, influxdb: LocalInf
             _get(http_port, "/healthz")
     finally:
         collector.stop()
+
+
+def test_a_missing_principals_file_fails_closed(tmp_path: Path) -> None:
+    auth = ReadAuth.from_config(ReadsConfig(principals_file=tmp_path / "not-yet.toml"))
+    assert auth.enabled
+    with pytest.raises(ReadAuthError):
+        auth.identify({"Authorization": f"Bearer {TOKENS['ops']}"}, "127.0.0.1")
+    with pytest.raises(ReadAuthError):
+        auth.identify({"X-Forwarded-User": "ops"}, "127.0.0.1")
