@@ -225,7 +225,7 @@ class JobIndex:
                                   info.first_window_ns, int(a[8]), info.who)
         for (job_id, rack), r in racks.items():
             out[job_id].by_rack[rack] = dict(zip(_SUMS, r, strict=True))
-        if len(self._answers) >= 16:
+        if len(self._answers) >= 4:
             self._answers.clear()
         self._answers[(lo, hi, per_rack)] = out
         return out
