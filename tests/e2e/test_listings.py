@@ -197,6 +197,12 @@ def test_each_role_sees_its_own_usage_and_jobs(collector: CollectorProcess) -> N
     # newest (latest end) first, ties by job id
     assert listed == {"alice": ["a2", "a1"], "bob": ["b1", "b2"], "mgr": ["a2", "c1", "a1"],
                       "ops": ["a2", "b1", "b2", "unattributed", "c1", "a1"]}
+    # the account manager reads the reports of its account's jobs, and no other
+    assert gridwatt(collector, "mgr", "job", "c1")["job_id"] == "c1"
+    hidden = subprocess.run([sys.executable, "-m", "gridwatt.cli", "--collector", collector.http_url,
+                             "job", "b1"], capture_output=True, text=True, timeout=60,
+                            env={"GRIDWATT_TOKEN": TOKENS["mgr"]})
+    assert hidden.returncode == 1 and "no samples stored for job 'b1' (HTTP 404" in hidden.stderr
     # asking for someone else's jobs gives none; an operator filters by user or account
     assert gridwatt(collector, "alice", "jobs", "--user", "bob")["jobs"] == []
     chem = gridwatt(collector, "ops", "jobs", "--account", "chem")["jobs"]
