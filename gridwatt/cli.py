@@ -139,6 +139,12 @@ def write_report(args: argparse.Namespace) -> None:
     """gridwatt report: fetch /v1/report and write it as CSV, JSON or PDF."""
     if args.format == "pdf" and not args.output:
         raise CliError("--format pdf needs --output FILE.pdf")
+    if args.format == "pdf":
+        try:
+            import reportlab  # noqa: F401
+        except ImportError:
+            raise CliError("PDF reports need reportlab: pip install 'gridwatt[pdf]' "
+                           "(--format csv and json need nothing more)") from None
     body = fetch_json(args.collector, "/v1/report" + _query(since=args.since, until=args.until, by=args.by,
                                                            tz=args.tz), timeout_s=120.0)
     from gridwatt.report_render import to_csv, to_pdf
