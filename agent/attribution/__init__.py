@@ -171,8 +171,10 @@ class Attributor:
         held = self.gpu_pods()
         holders = held.get(reading.uuid, ()) if reading.uuid else ()
         holders = holders or held.get(str(reading.index), ())
-        jobs = sorted({h.job_id for h in holders})
-        return [JobOnGpu(job, METHOD_KUBERNETES) for job in jobs]
+        pods = sorted({(h.job_id, h.namespace, h.pod) for h in holders})
+        # who ran what: the pod's namespace, and the pod's name as the job's name
+        return [JobOnGpu(job, METHOD_KUBERNETES, namespace=namespace, job_name=pod)
+                for job, namespace, pod in pods]
 
     def _mapped_on_gpu(self, mapped: list[str], pids: tuple[int, ...]) -> list[JobOnGpu]:
         """Jobs named by the mapping file, each with the GPU's processes found in it (for user, util)."""
