@@ -34,7 +34,10 @@ from gridwatt.collector.read_auth import (
     Principal,
     ReadAuth,
     ReadAuthError,
+    current_principal,
     peer_ip_of_grpc,
+    reset_current_principal,
+    set_current_principal,
 )
 from gridwatt.collector.report import HourRow, build_report, read_hours
 from gridwatt.collector.store import InfluxStore, QueryError
@@ -52,6 +55,16 @@ async def scoped_job_report(store: InfluxStore, job_id: str, principal: Principa
         if not principal.may_see_job(user, account):
             raise JobNotFound(f"no samples stored for job {job_id!r}")
     return report
+
+
+async def _as(principal: Principal, handler: Any, request: web.Request) -> web.StreamResponse:
+    """Run ``handler`` with ``principal`` as the current principal."""
+    token = set_current_principal(principal)
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    finally:
+        reset_current_principal(token)
 
 
 #: Paths only an operator may read (and the web page, /ui and below, which shows every job).
@@ -110,8 +123,7 @@ def http_app(
     @web.middleware
     async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path in open_paths or read_auth is None:
-            request["principal"] = ANONYMOUS_OPERATOR
-            return await handler(request)
+            return await _as(ANONYMOUS_OPERATOR, handler, request)
         try:
             principal = read_auth.identify(request.headers, request.remote or "")
         except ReadAuthError as exc:
@@ -120,8 +132,7 @@ def http_app(
         if (request.path in OPERATOR_PATHS or request.path == "/ui" or request.path.startswith("/ui/")) \
                 and not principal.operator:
             return web.json_response({"error": f"{request.path} is for operators"}, status=403)
-        request["principal"] = principal
-        return await handler(request)
+        return await _as(principal, handler, request)
 
     async def get_alerts(request: web.Request) -> web.Response:
         alerts = monitor.recent() if monitor is not None else []
@@ -130,7 +141,7 @@ def http_app(
     async def get_job(request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         try:
-            report = await scoped_job_report(store, job_id, request["principal"])
+            report = await scoped_job_report(store, job_id, current_principal())
         except JobNotFound as exc:
             return web.json_response({"error": str(exc)}, status=404)
         except QueryError as exc:
@@ -189,7 +200,7 @@ def http_app(
             since, until = _range(request)
             limit = parse_limit(q.get("limit"))
             jobs = await jobs_in(since, until)
-            page = list_page(jobs, request["principal"], q.get("user"), q.get("account"), limit,
+            page = list_page(jobs, current_principal(), q.get("user"), q.get("account"), limit,
                              q.get("cursor"))
         except ListingError as exc:
             return web.json_response({"error": str(exc)}, status=400)
@@ -202,7 +213,7 @@ def http_app(
             since, until = _range(request)
             group_by = request.query.get("group_by", "account")
             jobs = await jobs_in(since, until, per_rack=group_by in ("rack", "zone"))
-            groups = usage_groups(jobs, request["principal"], group_by, zone_of_rack or {})
+            groups = usage_groups(jobs, current_principal(), group_by, zone_of_rack or {})
         except ListingError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         except QueryError as exc:
@@ -216,7 +227,7 @@ def http_app(
             if since is None or until is None or config is None:
                 raise ListingError("since and until are both needed for a report")
             rows, people = await hours_in(since, until)
-            body = build_report(rows, people, request["principal"], request.query.get("by", "account"),
+            body = build_report(rows, people, current_principal(), request.query.get("by", "account"),
                                 config, since, until, request.query.get("tz"))
         except ListingError as exc:
             return web.json_response({"error": str(exc)}, status=400)

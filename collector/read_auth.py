@@ -27,6 +27,7 @@ import logging
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -133,6 +134,24 @@ class Principal:
 
 #: The principal of every read when read authentication is off.
 ANONYMOUS_OPERATOR = Principal("anonymous", "operator")
+#: Sees nothing: the principal outside any authenticated request.
+NOBODY = Principal("", "none")
+#: The principal of the HTTP request being handled (set by the API's middleware for its handlers,
+#: e.g. the web page's, which read it with ``current_principal()``).
+_CURRENT: ContextVar[Principal] = ContextVar("gridwatt_read_principal", default=NOBODY)
+
+
+def current_principal() -> Principal:
+    """Who made the HTTP request being handled; NOBODY outside one."""
+    return _CURRENT.get()
+
+
+def set_current_principal(principal: Principal) -> Token[Principal]:
+    return _CURRENT.set(principal)
+
+
+def reset_current_principal(token: Token[Principal]) -> None:
+    _CURRENT.reset(token)
 
 
 class ReadAuthError(Exception):

@@ -136,7 +136,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, influxdb: LocalInfluxDB) -
 def test_http_reads_need_a_principal(cluster: CollectorProcess) -> None:
     port = cluster.http_port
     assert _get(port, "/healthz")[0] == 200  # health stays open (load balancers)
-    for path in ("/v1/jobs/a-job", "/v1/racks", "/v1/alerts", "/metrics"):
+    for path in ("/v1/jobs/a-job", "/v1/jobs", "/v1/usage", "/v1/racks", "/v1/alerts", "/metrics", "/ui/"):
         status, body = _get(port, path)
         assert status == 401, path
         assert "missing bearer token" in body["error"]
@@ -158,13 +158,14 @@ def test_http_each_user_sees_exactly_their_jobs(cluster: CollectorProcess) -> No
         status, body = _get(port, f"/v1/jobs/{other}", bearer(name))
         # someone else's job answers exactly like an unknown one
         assert (status, body) == (404, {"error": unknown["error"].replace("x-job", other)})
-        for path in ("/v1/racks", "/v1/alerts", "/metrics"):
+        for path in ("/v1/racks", "/v1/alerts", "/metrics", "/ui/", "/ui/jobs/a-job"):
             assert _get(port, path, bearer(name))[0] == 403
     for job in ("a-job", "b-job"):
         status, report = _get(port, f"/v1/jobs/{job}", bearer("ops"))
         assert status == 200 and report["it_energy_kwh"] == pytest.approx(JOB_KWH, rel=1e-9)
     status, racks = _get(port, "/v1/racks", bearer("ops"))
     assert status == 200 and racks["racks"][0]["it_energy_kwh"] == pytest.approx(2 * JOB_KWH, rel=1e-9)
+    assert _get(port, "/ui/", bearer("ops"))[0] == 200  # the web page: operators (not scoped yet)
     status, metrics = _get(port, "/metrics", bearer("ops"))
     assert status == 200 and "gridwatt_collector_samples_stored_total" in metrics["text"]
     # the account manager of "physics" sees its own jobs only, until accounts are stored with jobs
@@ -320,6 +321,18 @@ def test_https_api_and_local_metrics_listener(tmp_path: Path, influxdb: LocalInf
             resp.read()
         finally:
             conn.close()
+        # the CLI over HTTPS, with the private CA and a token file
+        (tmp_path / "ops.token").write_text(TOKENS["ops"])
+        cli = subprocess.run(
+            [sys.executable, "-m", "gridwatt.cli", "--collector", f"https://127.0.0.1:{http_port}",
+             "--ca-file", str(pki.ca), "--token-file", str(tmp_path / "ops.token"), "racks", "--json"],
+            capture_output=True, text=True, timeout=60, env={})
+        assert cli.returncode == 0 and json.loads(cli.stdout) == {"racks": []}, cli.stderr
+        no_ca = subprocess.run(
+            [sys.executable, "-m", "gridwatt.cli", "--collector", f"https://127.0.0.1:{http_port}",
+             "--token-file", str(tmp_path / "ops.token"), "racks"],
+            capture_output=True, text=True, timeout=60, env={})
+        assert no_ca.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in no_ca.stderr, no_ca.stderr
         # plain HTTP to the TLS port gets no answer
         with pytest.raises((http.client.HTTPException, ConnectionError)):
             _get(http_port, "/healthz")
