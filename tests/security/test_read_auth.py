@@ -186,6 +186,40 @@ def test_http_identity_header_only_from_the_proxy(cluster: CollectorProcess) -> 
     assert _get(port, "/v1/jobs/b-job", {"X-Forwarded-User": "bob", **bearer("alice")})[0] == 404
 
 
+def test_through_a_real_authenticating_proxy_process(cluster: CollectorProcess) -> None:
+    """A reverse proxy process (HTTP Basic in front, X-Forwarded-User behind, from 127.0.0.2)."""
+    import base64
+    import time
+
+    port = free_port()
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "tests.security.auth_proxy", "--port", str(port), "--upstream",
+         cluster.http_url, "--source", PROXY, "--users", "alice:alice-pw,ops:ops-pw"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proxy.stdout is not None
+        assert "auth proxy on" in proxy.stdout.readline()
+
+        def via(user: str, password: str, path: str, extra: dict[str, str] | None = None) -> int:
+            cred = base64.b64encode(f"{user}:{password}".encode()).decode()
+            return _get(port, path, {"Authorization": f"Basic {cred}", **(extra or {})})[0]
+
+        deadline = time.monotonic() + 30
+        while via("alice", "alice-pw", "/v1/jobs/a-job") != 200:  # the proxy's socket is listening
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert via("alice", "alice-pw", "/v1/jobs/b-job") == 404
+        assert via("alice", "alice-pw", "/v1/racks") == 403
+        # a client's own identity header does not get through the proxy
+        assert via("alice", "alice-pw", "/v1/jobs/b-job", {"X-Forwarded-User": "bob"}) == 404
+        assert via("ops", "ops-pw", "/v1/racks") == 200
+        assert via("ops", "ops-pw", "/v1/jobs/b-job") == 200
+        assert via("alice", "wrong", "/v1/jobs/a-job") == 401  # the proxy refuses
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+
+
 def _grpc_get(port: int, job_id: str, metadata: tuple[tuple[str, str], ...] = ()) -> tuple[Any, Any]:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.QueryStub(channel)
