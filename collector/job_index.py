@@ -13,8 +13,9 @@ It is filled from InfluxDB (the record) and kept fresh three ways:
 * every ``full_refresh_s`` everything is (backfill older than the look-back by another replica).
 
 A range is taken to whole hours (``since`` down, ``until`` up). The index is bounded to
-``max_buckets`` (job, rack, hour) entries; past it the oldest hours are dropped and a range that
-reaches before the oldest hour held is answered by reading InfluxDB directly (``complete_from_ns``).
+``max_buckets`` (job, rack, hour) entries (about 0.7 KB each: 500,000 take about 350 MB); past it
+the oldest hours are dropped and a range that reaches before the oldest hour held is answered by
+reading InfluxDB directly (``complete_from_ns``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def hour_ceil(t_ns: int) -> int:
     return -hour_floor(-t_ns)
 
 
-@dataclass
+@dataclass(slots=True)
 class HourSums:
     """One job on one rack in one hour: sums (J, g, GPU-s) in _SUMS order, and the latest window end."""
 
@@ -63,7 +64,7 @@ class JobIndex:
     """See the module docstring."""
 
     def __init__(self, store: InfluxStore, lookback_s: float = 48 * 3600.0, refresh_s: float = 60.0,
-                 full_refresh_s: float = 6 * 3600.0, max_buckets: int = 2_000_000) -> None:
+                 full_refresh_s: float = 6 * 3600.0, max_buckets: int = 500_000) -> None:
         self.store = store
         self.lookback_ns = int(lookback_s * 1e9)
         self.refresh_s = refresh_s
