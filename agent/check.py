@@ -220,6 +220,20 @@ async def check_kubelet(config: AgentConfig, report: CheckReport) -> None:
     report.add(OK, f"{where}: {len(held)} GPU devices held by {len(pods)} pods{listed}")
 
 
+#: The node name the example config shows; a node still called this was most likely never named.
+EXAMPLE_NODE = "gpu-node-01"
+
+
+def check_node_name(node: str, report: CheckReport, hostname: str | None = None) -> None:
+    """Warn when the node still has the example's name while this host is called something else."""
+    import socket
+
+    host = hostname or socket.gethostname()
+    if node == EXAMPLE_NODE and host != EXAMPLE_NODE:
+        report.add(WARN, f"node {node!r} is the example's name, not this host's ({host!r}): set node in "
+                   "the config (or remove it to use the hostname), or every node reports as one")
+
+
 def run_check(
     config: AgentConfig, config_path: str, out: Callable[[str], None] = print,
     source: GpuSource | None = None, timeout_s: float = 5.0,
@@ -227,6 +241,7 @@ def run_check(
     """Run every check, print each line, return True when none failed."""
     report = CheckReport()
     report.add(OK, f"config {config_path}: valid (node {config.node!r})")
+    check_node_name(config.node, report)
     check_source(config, report, source)
     check_spool(config.spool_path, report)
     asyncio.run(check_kubelet(config, report))

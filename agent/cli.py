@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         help="simulated source only: play the trace as fast as possible with its own timestamps, "
         "then exit once every sample is acknowledged",
     )
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                     help="least severe log lines shown (default INFO; WARNING also hides replay progress)")
     run.add_argument("--log-format", choices=["text", "json"], default=None,
                      help="text (default, or $GRIDWATT_LOG_FORMAT) or json: one JSON object per line")
     check = sub.add_parser("check", help="check this node: GPUs and their fields, spool, collector, auth")
@@ -48,8 +49,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--user", default="gridwatt", help="system user to run as (default gridwatt)")
         sp.add_argument("--dry-run", action="store_true", help="print what would be done, do nothing")
         if name == "install":
-            sp.add_argument("--node", help="node name for a new agent.toml (default: the example's)")
-            sp.add_argument("--collector", help="collector host:port for a new agent.toml")
+            sp.add_argument("--node", help="node name, set in agent.toml, new or existing "
+                            "(default: none set, so the agent uses the hostname)")
+            sp.add_argument("--collector", help="collector host:port, set in agent.toml, new or existing")
             sp.add_argument("--exec", dest="exec_path", type=Path,
                             help="gridwatt-agent executable for ExecStart (default: this one)")
             sp.add_argument("--no-start", action="store_true", help="enable but do not start it")
@@ -93,6 +95,10 @@ def _capture(args: argparse.Namespace) -> int:
     return run_capture_command(args.seconds, args.interval, args.output)
 
 
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "capture":
@@ -110,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.config}: --replay needs source.kind = \"sim\"")
         from gridwatt.agent.runner import run_agent
 
-        result = asyncio.run(run_agent(config, replay=args.replay))
+        quiet = args.log_level in ("WARNING", "ERROR")
+        result = asyncio.run(run_agent(config, replay=args.replay, progress=None if quiet else _progress))
     except (ConfigError, SourceError, TraceError, SpoolError) as exc:
         print(f"gridwatt-agent: {exc}", file=sys.stderr)
         return 2

@@ -214,18 +214,43 @@ class Installer:
             "User=gridwatt\nGroup=gridwatt", f"User={self.opts.user}\nGroup={self.opts.user}"
         )
 
-    def render_config(self) -> str:
-        text = packaged_file("agent.example.toml")
+    def render_config(self, text: str | None = None) -> str:
+        """The example (or ``text``, an existing config) with --node and --collector applied."""
+        text = packaged_file("agent.example.toml") if text is None else text
         if self.opts.node:
-            text = re.sub(r"^node = .*$", f"node = {json.dumps(self.opts.node)}", text, count=1, flags=re.M)
+            line = f"node = {json.dumps(self.opts.node)}"
+            text, n = re.subn(r"^node = .*$", line, text, count=1, flags=re.M)
+            if n == 0:
+                text, n = re.subn(r"^# node = .*$", line, text, count=1, flags=re.M)
+            if n == 0:
+                text = line + "\n" + text
         if self.opts.collector:
             text = re.sub(r"^address = .*$", f"address = {json.dumps(self.opts.collector)}", text,
                           count=1, flags=re.M)
         return text
 
+    def _update_config(self) -> None:
+        """Apply --node/--collector to an existing config, keeping its mode and everything else."""
+        old = self.config_path.read_text()
+        new = self.render_config(old)
+        if new != old:
+            tmp = self.config_path.with_name(f".{self.config_path.name}.new")
+            tmp.write_text(new)
+            tmp.chmod(self.config_path.stat().st_mode & 0o7777)
+            st = self.config_path.stat()
+            if os.geteuid() == 0:
+                os.chown(tmp, st.st_uid, st.st_gid)
+            tmp.replace(self.config_path)
+
     def _chown(self, path: Path, user: str, group: str) -> None:
         if self.live and os.geteuid() == 0:
             shutil.chown(path, user, group)
+
+    def _prepare_root(self) -> None:
+        from gridwatt.rootprep import prepare_root
+
+        for line in prepare_root(self.opts.root):
+            self.out(f"  {line}")
 
     def install(self) -> None:
         """See the module docstring."""
@@ -238,6 +263,8 @@ class Installer:
         elif str(exec_path).startswith(("/home/", "/root/")):
             self.out(f"! {exec_path} is under a home folder, which the unit hides (ProtectHome=yes): "
                      "install gridwatt under /opt or /usr/local")
+        if not self.live:
+            self._do(f"prepare {opts.root} as a system image where needed", self._prepare_root)
         groups = self.gpu_groups()
         created_user = False
         if self.user_exists(opts.user):
@@ -261,7 +288,11 @@ class Installer:
 
         self._do(f"create {self.state_dir} (0750, owner {opts.user}) and {etc}", make_dirs)
         wrote_config = False
-        if self.config_path.exists():
+        if self.config_path.exists() and (opts.node or opts.collector):
+            given = ", ".join(f"{k} = {v}" for k, v in (("node", opts.node), ("collector.address",
+                                                                              opts.collector)) if v)
+            self._do(f"keep the existing {self.config_path}, setting {given} in it", self._update_config)
+        elif self.config_path.exists():
             self._do(f"keep the existing {self.config_path}")
         else:
             wrote_config = True

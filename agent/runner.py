@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gridwatt.agent.attribution import Attributor
 from gridwatt.agent.attribution.podresources import KubeletGpuMap
@@ -22,7 +23,7 @@ from gridwatt.agent.shipper import Shipper
 from gridwatt.agent.sources.base import GpuSource
 from gridwatt.agent.sources.host import HostSampler
 from gridwatt.agent.spool import Ledger, Spool
-from gridwatt.timeutil import parse_time_ns
+from gridwatt.timeutil import format_time_ns, parse_time_ns
 
 log = logging.getLogger("gridwatt.agent")
 
@@ -60,6 +61,37 @@ def kubelet_gpu_map(config: AgentConfig) -> KubeletGpuMap | None:
         return None
     return KubeletGpuMap(att.kubelet_socket, att.kubelet_refresh_s,
                          resource_prefixes=att.kubelet_resource_prefixes)
+
+
+def _replay_start(config: AgentConfig, source: GpuSource, spool: Spool,
+                  progress: ProgressFn | None) -> str | None:
+    """Say what a replay will do, and resume after what the spool already took; returns the mark's name.
+
+    The mark (the last read time whose samples are spooled) is keyed by the trace's span, interval
+    and GPU count, so another trace or interval starts from its beginning.
+    """
+    if not hasattr(source, "resume_from"):
+        return None
+    sim: Any = source
+    say = progress or (lambda line: None)
+    node = config.node
+    if sim.gpu_count == 0:
+        say(f"[{node}] the trace has no rows for node {node!r}: nothing to replay")
+        return None
+    estimate = sim.samples_estimate
+    hours = (sim.end_ns - sim.start_ns) / 3.6e12
+    say(f"[{node}] replaying {sim.gpu_count} GPUs over {hours:g} h at interval_s {config.interval_s:g}: "
+        f"about {estimate:,} samples"
+        + (" (a larger interval_s replays faster; line it up with the trace's steps)"
+           if estimate > 1_000_000 else ""))
+    name = f"replay {sim.start_ns}-{sim.end_ns} every {sim.interval_ns} ns, {sim.gpu_count} GPUs"
+    done_to = spool.mark(name)
+    if done_to is not None:
+        sim.resume_from(done_to)
+        where = "the end: nothing left" if done_to >= sim.end_ns else format_time_ns(done_to)
+        say(f"[{node}] resuming after what the spool already took: from {where} "
+            f"(remove {config.spool_path} to replay from the start)")
+    return name
 
 
 @dataclass
@@ -124,22 +156,30 @@ async def run_agent(
             last_ledger_log = time.monotonic()
             log.info("ledger: %s; shipper: %s", spool.ledger().line(), shipper.stats.line())
 
-    def report(final: bool = False) -> None:
+    last_reported: tuple[int, int] | None = None
+
+    def report(final: bool = False, draining: bool = False) -> None:
+        nonlocal last_reported
         if progress is None:
             return
         ledger = spool.ledger()
-        state = "done" if final else f"{source.progress() * 100:5.1f}%"
+        if draining and last_reported == (ledger.acknowledged, ledger.pending):
+            return  # waiting for acknowledgements: say something only when they move
+        last_reported = (ledger.acknowledged, ledger.pending)
+        state = "done" if final else "delivering" if draining else f"{source.progress() * 100:5.1f}%"
         progress(
             f"[{config.node}] replay {state} sampled={ledger.sampled} acknowledged={ledger.acknowledged} "
             f"pending={ledger.pending} rejected={ledger.rejected}"
             + (f" (collector: {shipper.stats.last_error})" if shipper.stats.last_error and not final else "")
         )
 
+    mark_name = _replay_start(config, source, spool, progress) if replay else None
     notifier = Notifier()  # a no-op unless NOTIFY_SOCKET is set (systemd Type=notify)
     notifier.ready(f"sampling {config.source.kind}, shipping to {config.collector.address}")
     try:
         next_tick = time.monotonic()
-        while not stop.is_set():
+        nothing_to_play = replay and getattr(source, "gpu_count", 1) == 0
+        while not stop.is_set() and not nothing_to_play:
             notifier.watchdog()
             samples = sampler.take(source.read())
             rows = [(s.start_ns, s.energy_j, s.SerializeToString()) for s in samples]
@@ -147,8 +187,11 @@ async def run_agent(
                 host_sample = host_meter.take(host.read())
                 if host_sample is not None:
                     rows.append(host_spool_row(host_sample))
-            if rows:
+            if mark_name is not None:  # how far the replay got, with its samples (a restart resumes there)
+                spool.append(rows, marks={mark_name: getattr(source, "now_ns", 0) or 0})
+            elif rows:
                 spool.append(rows)
+            if rows:
                 shipper.new_data.set()
             if source.finished:
                 break
@@ -182,7 +225,7 @@ async def run_agent(
                 await asyncio.wait_for(shipper.acked.wait(), timeout=wait_s)
             if replay and time.monotonic() - last_progress >= progress_every_s:
                 last_progress = time.monotonic()
-                report()
+                report(draining=True)
             log_ledger_now_and_then()
             if stop.is_set() and deadline is None:
                 deadline = time.monotonic() + DRAIN_S

@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS ledger (
     name TEXT PRIMARY KEY,
     value REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS marks (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 _COUNTERS = ("sampled", "acknowledged", "rejected", "evicted", "evicted_energy_j", "lost", "quarantines")
@@ -250,14 +254,26 @@ class Spool:
     def pending(self) -> int:
         return self._pending
 
-    def append(self, rows: Iterable[tuple[int, float, bytes]]) -> int:
-        """Store (start_ns, energy_j, payload) rows; evict the oldest beyond the bound. Returns count."""
+    def mark(self, name: str) -> int | None:
+        """A value kept with the samples (e.g. how far a replay got), or None."""
+        row = self._db.execute("SELECT value FROM marks WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def append(
+        self, rows: Iterable[tuple[int, float, bytes]], marks: dict[str, int] | None = None
+    ) -> int:
+        """Store (start_ns, energy_j, payload) rows; evict the oldest beyond the bound. Returns count.
+
+        ``marks`` are written in the same transaction, so they never run ahead of the samples.
+        """
         rows = list(rows)
-        if not rows:
+        if not rows and not marks:
             return 0
         db = self._db
         db.execute("BEGIN")
         try:
+            for name, value in (marks or {}).items():
+                db.execute("INSERT OR REPLACE INTO marks(name, value) VALUES (?, ?)", (name, value))
             db.executemany("INSERT INTO samples(start_ns, energy_j, payload) VALUES (?, ?, ?)", rows)
             self._bump("sampled", len(rows))
             over = self._pending + len(rows) - self.max_samples

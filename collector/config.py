@@ -96,6 +96,27 @@ class RackConfig(_Strict):
         return self
 
 
+#: Every measurement the collector writes (see "Data model in InfluxDB" in README.md).
+MEASUREMENTS = ("gpu", "job", "job_window", "node", "rack", "host", "agent_ledger")
+
+
+class RetentionPolicyConfig(_Strict):
+    """An InfluxDB 1.x retention policy and the measurements written to and read from it."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    #: InfluxQL duration: a number and a unit of h, d or w (at least 1h), or INF.
+    duration: str = Field(pattern=r"^(INF|[1-9][0-9]{0,5}[hdw])$")
+    measurements: list[str] = Field(min_length=1)
+
+    @field_validator("measurements")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = [m for m in v if m not in MEASUREMENTS]
+        if unknown:
+            raise ValueError(f"unknown measurement(s) {unknown}; known: {list(MEASUREMENTS)}")
+        return v
+
+
 class InfluxConfig(_Strict):
     #: 1 for InfluxDB 1.x (v1 /write and /query); 2 for InfluxDB 2.x/3.x (v2 write API, InfluxQL reads).
     version: Literal[1, 2] = 1
@@ -103,7 +124,11 @@ class InfluxConfig(_Strict):
     #: 1.x database (created at start if create_database); for 2.x/3.x the InfluxQL read needs a
     #: DBRP mapping of this name onto the bucket.
     database: str = "gridwatt"
+    #: Retention policy of every measurement not in retention_policies ("" = the database's default).
     retention_policy: str = ""
+    #: 1.x: retention policies per measurement, e.g. a shorter one for job (`gridwatt-collector
+    #: init-db` creates them); points of those measurements are written to and read from them.
+    retention_policies: list[RetentionPolicyConfig] = []
     username: str | None = None
     password: str | None = Field(None, repr=False)
     password_file: Path | None = None
@@ -125,12 +150,39 @@ class InfluxConfig(_Strict):
     retry_max_delay_s: float = Field(10.0, gt=0)
     #: While InfluxDB is unhealthy, how often an empty write probes it (reachability and credentials).
     health_probe_interval_s: float = Field(1.0, gt=0)
+    #: While healthy and no write succeeded for this long, probe anyway, so /healthz and gRPC health
+    #: notice an outage when no agent writes. 0 disables.
+    health_check_interval_s: float = Field(10.0, ge=0)
 
     @model_validator(mode="after")
     def _v2_needs_bucket(self) -> InfluxConfig:
         if self.version == 2 and not self.bucket:
             raise ValueError("version 2 needs bucket (and token, org)")
+        if self.version == 2 and self.retention_policies:
+            raise ValueError(
+                "retention_policies are for InfluxDB 1.x; with version 2 set the bucket's retention")
+        seen: dict[str, str] = {}
+        for rp in self.retention_policies:
+            for m in rp.measurements:
+                if m in seen:
+                    raise ValueError(
+                        f"measurement {m!r} is in two retention policies: {seen[m]!r} and {rp.name!r}")
+                seen[m] = rp.name
         return self
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")) or len(v.split("://", 1)[1].strip("/")) == 0:
+            raise ValueError("must start with http:// or https:// and name a host, e.g. http://127.0.0.1:8086")
+        return v
+
+    def retention_policy_of(self, measurement: str) -> str:
+        """The retention policy ``measurement`` is written to and read from ("" = the default)."""
+        for rp in self.retention_policies:
+            if measurement in rp.measurements:
+                return rp.name
+        return self.retention_policy
 
 
 class ServerConfig(_Strict):

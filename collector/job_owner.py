@@ -9,8 +9,8 @@ async def job_owner(store: InfluxStore, job_id: str) -> tuple[str, str]:
     """(user, account) of the job's latest ``job`` point that names them; "" where unknown."""
     job = quote_string(job_id)
     user_res, account_res = await store.query(
-        f'SELECT last("user") AS v FROM "job" WHERE "job_id" = {job}; '
-        f'SELECT last("account") AS v FROM "job" WHERE "job_id" = {job}'
+        f'SELECT last("user") AS v FROM {store.measurement("job")} WHERE "job_id" = {job}; '
+        f'SELECT last("account") AS v FROM {store.measurement("job")} WHERE "job_id" = {job}'
     )
     user_rows = series_rows(user_res)
     account_rows = series_rows(account_res)

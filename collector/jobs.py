@@ -82,14 +82,15 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
     Raises JobNotFound when there are none.
     """
     job = quote_string(job_id)
+    jw, jm = store.measurement("job_window"), store.measurement("job")
     q = (
         'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
         'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, '
         'sum("idle_energy_j") AS ie, '
-        f'max("end_ns") AS end_ns FROM "job_window" WHERE "job_id" = {job}; '
-        f'SHOW SERIES FROM "job" WHERE "job_id" = {job}; '
-        f'SELECT first("gpu_s") FROM "job" WHERE "job_id" = {job}; '
-        f'SELECT last("ef") FROM "job" WHERE "job_id" = {job}'
+        f'max("end_ns") AS end_ns FROM {jw} WHERE "job_id" = {job}; '
+        f'SHOW SERIES FROM {jm} WHERE "job_id" = {job}; '
+        f'SELECT first("gpu_s") FROM {jm} WHERE "job_id" = {job}; '
+        f'SELECT last("ef") FROM {jm} WHERE "job_id" = {job}'
     )
     sums, series, first, ef = await store.query(q)
     rows = series_rows(sums)

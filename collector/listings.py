@@ -64,9 +64,9 @@ async def scan_jobs(store: InfluxStore, since_ns: int | None, until_ns: int | No
         'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
         'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, '
         'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns '
-        f'FROM "job_window"{where} GROUP BY "job_id", "node", "rack"; '
-        f'SELECT {who} FROM "job_window"{where} GROUP BY "job_id"; '
-        f'SELECT first("gpu_s") FROM "job_window"{where} GROUP BY "job_id"'
+        f'FROM {store.measurement("job_window")}{where} GROUP BY "job_id", "node", "rack"; '
+        f'SELECT {who} FROM {store.measurement("job_window")}{where} GROUP BY "job_id"; '
+        f'SELECT first("gpu_s") FROM {store.measurement("job_window")}{where} GROUP BY "job_id"'
     )
     sums_res, who_res, first_res = await store.query(q)
     return job_rows(series_rows(sums_res), series_rows(who_res), series_rows(first_res))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gridwatt.collector.stepseries import StepSeries
+from gridwatt.textfile import checked_lines
 from gridwatt.timeutil import parse_time_ns
 
 PUE_MIN, PUE_MAX = 1.0, 3.0
@@ -44,12 +45,12 @@ class StaticPue:
 def load_pue_csv(path: Path) -> StepSeries:
     """Read ``time,pue`` rows (header required); each PUE holds until the next row."""
     try:
-        fh = path.open(newline="")
+        fh = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise PueFileError(f"{path}: cannot open: {exc.strerror}") from None
     rows: list[tuple[int, float]] = []
     with fh:
-        reader = csv.DictReader(fh)
+        reader = csv.DictReader(checked_lines(fh, path, PueFileError))
         if not reader.fieldnames or not {"time", "pue"} <= set(reader.fieldnames):
             raise PueFileError(f"{path}: header must have columns time,pue")
         for line, row in enumerate(reader, start=2):

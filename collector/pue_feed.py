@@ -36,6 +36,7 @@ from gridwatt.collector.accounting import J_PER_KWH
 from gridwatt.collector.pue import PueFileError
 from gridwatt.collector.stepseries import StepSeries
 from gridwatt.collector.store import quote_string, series_rows
+from gridwatt.textfile import checked_lines
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 
 log = logging.getLogger("gridwatt.collector.pue_feed")
@@ -66,12 +67,12 @@ def load_facility_feed(path: Path) -> FacilityFeed:
     between the last two rows), after which the feed is missing. A feed of one row holds on.
     """
     try:
-        fh = path.open(newline="")
+        fh = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise PueFileError(f"{path}: cannot open: {exc.strerror}") from None
     rows: list[tuple[int, float]] = []
     with fh:
-        reader = csv.DictReader(fh)
+        reader = csv.DictReader(checked_lines(fh, path, PueFileError))
         names = set(reader.fieldnames or ())
         columns = [c for c in _POWER_COLUMNS if c in names]
         if "time" not in names or len(columns) != 1:
@@ -145,6 +146,8 @@ class QueryStore(Protocol):
 
     async def query(self, q: str, method: str = "GET") -> list[dict[str, Any]]: ...
 
+    def measurement(self, name: str) -> str: ...
+
 
 class FacilityFeedPue:
     """A PueProvider for the racks of one site; see the module docstring for the semantics."""
@@ -174,7 +177,7 @@ class FacilityFeedPue:
         self._waiting_for: frozenset[str] = frozenset()
         self.queries = 0
         rack_match = " OR ".join(f'"rack" = {quote_string(r)}' for r in site.racks)
-        self._where = f'FROM "node" WHERE ({rack_match})'
+        self._where = f"WHERE ({rack_match})"
 
     async def series(self, start_ns: int, end_ns: int) -> StepSeries:
         """PUE for every window of [start_ns, end_ns); one InfluxQL request."""
@@ -198,9 +201,10 @@ class FacilityFeedPue:
             raise RuntimeError(f"site {self.site.name!r}: FacilityFeedPue has no store attached")
         res_s = self.resolution_ns // NS_PER_S
         self.queries += 1
+        node = self.store.measurement("node")
         last_q, sums_q = await self.store.query(
-            f'SELECT last("it_energy_kwh") {self._where} AND time >= {look_lo} GROUP BY "node"; '
-            f'SELECT sum("it_energy_kwh") {self._where} AND time >= {look_lo} AND time < {hi} '
+            f'SELECT last("it_energy_kwh") FROM {node} {self._where} AND time >= {look_lo} GROUP BY "node"; '
+            f'SELECT sum("it_energy_kwh") FROM {node} {self._where} AND time >= {look_lo} AND time < {hi} '
             f"GROUP BY time({res_s}s) fill(none)"
         )
         latest = {tags.get("node", ""): int(row["time"]) for tags, row in series_rows(last_q)}

@@ -26,7 +26,7 @@ async def rack_totals(
         'SELECT sum("it_energy_kwh") AS it, sum("facility_energy_kwh") AS fac, sum("co2e_kg") AS co2, '
         'sum("estimated_co2e_g") AS est, sum("gpu_seconds") AS gs, sum("util_pct_s") AS us, '
         'sum("idle_energy_kwh") AS idle, '
-        f'max("gpu_count") AS gpus FROM "rack" {where}GROUP BY "rack", "zone"'
+        f'max("gpu_count") AS gpus FROM {store.measurement("rack")} {where}GROUP BY "rack", "zone"'
     )
     out = []
     for tags, row in series_rows(result):

@@ -108,9 +108,9 @@ async def read_hours(
     sums_res, who_res = await store.query(
         'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
         'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, '
-        f'sum("idle_energy_j") AS ie FROM "job_window"{where} '
+        f'sum("idle_energy_j") AS ie FROM {store.measurement("job_window")}{where} '
         'GROUP BY time(1h), "job_id", "rack" fill(none); '
-        f'SELECT {who} FROM "job_window"{where} GROUP BY "job_id"'
+        f'SELECT {who} FROM {store.measurement("job_window")}{where} GROUP BY "job_id"'
     )
     rows = []
     for tags, row in series_rows(sums_res):

@@ -140,7 +140,8 @@ class EstimateRevisor:
         if lookback_s <= 0:
             return 0
         (res,) = await self.store.query(
-            'SELECT count("estimated_co2e_g") FROM "gpu" WHERE "estimated_co2e_g" > 0 '
+            f'SELECT count("estimated_co2e_g") FROM {self.store.measurement("gpu")} '
+            'WHERE "estimated_co2e_g" > 0 '
             f'AND time > now() - {lookback_s}s GROUP BY time(1h), "zone" fill(none)'
         )
         hours = 0
@@ -221,7 +222,7 @@ class EstimateRevisor:
         estimated emissions; returns (gpu points rewritten, whether estimated emissions remain), or
         None when InfluxDB answered only part of the rows (a smaller range must be asked)."""
         (gpu_res,) = await self.store.query(
-            'SELECT "energy_j", "end_ns", "co2e_g", "estimated_co2e_g" FROM "gpu" '
+            f'SELECT "energy_j", "end_ns", "co2e_g", "estimated_co2e_g" FROM {self.store.measurement("gpu")} '
             f'WHERE "zone" = {quote_string(zone)} AND "estimated_co2e_g" > 0 '
             f'AND time >= {lo_ns} AND time < {hi_ns} GROUP BY "node", "rack", "gpu", "uuid"'
         )
@@ -232,7 +233,8 @@ class EstimateRevisor:
             return 0, False
         racks = sorted({tags.get("rack", "") for tags, _ in gpu_rows})
         (job_res,) = await self.store.query(
-            'SELECT "fraction" FROM "job" WHERE (' + " OR ".join(f'"rack" = {quote_string(r)}' for r in racks)
+            f'SELECT "fraction" FROM {self.store.measurement("job")} WHERE ('
+            + " OR ".join(f'"rack" = {quote_string(r)}' for r in racks)
             + f') AND "estimated_co2e_g" > 0 AND time >= {lo_ns} AND time < {hi_ns} '
             'GROUP BY "job_id", "node", "rack", "gpu"'
         )

@@ -135,7 +135,8 @@ class RackRollup:
             'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
             'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns, '
             + ", ".join(f'last("{name}") AS "{name}"' for name in WHO) + " "
-            f'FROM "job" WHERE "node" = {quote_string(node)} AND time >= {lo_ns} AND time < {hi_ns} '
+            f'FROM {self.store.measurement("job")} WHERE "node" = {quote_string(node)} '
+            f"AND time >= {lo_ns} AND time < {hi_ns} "
             f'GROUP BY time({res_s}s), "job_id", "gpu" fill(none)'
         )
         windows: dict[int, dict[str, float]] = {}
@@ -167,7 +168,8 @@ class RackRollup:
             'sum("estimated_co2e_g") AS ce, sum("gpu_seconds") AS d, sum("util_pct_s") AS u, '
             'sum("idle_s") AS i, '
             'sum("idle_energy_kwh") AS ie, sum("gpu_count") AS n, count("gpu_count") AS nodes '
-            f'FROM "node" WHERE "rack" = {quote_string(rack)} AND time >= {lo_ns} AND time < {hi_ns} '
+            f'FROM {self.store.measurement("node")} WHERE "rack" = {quote_string(rack)} '
+            f"AND time >= {lo_ns} AND time < {hi_ns} "
             f"GROUP BY time({res_s}s) fill(none)"
         )
         windows: dict[int, dict[str, float]] = {}

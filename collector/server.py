@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -140,11 +141,13 @@ def _http_tls(config: CollectorConfig) -> ssl.SSLContext | None:
     return context
 
 
-async def _serve_http(app: web.Application, listen: str,
-                      tls: ssl.SSLContext | None) -> tuple[web.AppRunner, int]:
-    """Serve ``app`` on ``listen`` (host:port; port 0 picks one); returns the runner and the port."""
+async def _serve_http(app: web.Application, listen: str, tls: ssl.SSLContext | None,
+                      opened: list[Callable[[], Awaitable[object]]]) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``listen`` (host:port; port 0 picks one); returns the runner and the port.
+    Its cleanup goes into ``opened`` (closed if the start fails later)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
+    opened.append(runner.cleanup)
     host, port = _split_listen(listen)
     site = web.TCPSite(runner, host, port, ssl_context=tls)
     await site.start()
@@ -155,7 +158,11 @@ async def _serve_http(app: web.Application, listen: str,
 
 
 async def start_collector(config: CollectorConfig) -> RunningCollector:
-    """Start serving; returns handles (ports resolved when :0 was asked)."""
+    """Start serving; returns handles (ports resolved when :0 was asked).
+
+    A failure after the store started (a port in use, a bad TLS file) closes what was opened, so
+    the caller sees one error and no unclosed-session noise.
+    """
     topology = Topology(config)
     auth = NodeAuth.from_config(config.auth)
     if not auth.enabled:
@@ -163,9 +170,24 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
                     "configure [auth] tokens_file in production")
     metrics = CollectorMetrics()
     store = InfluxStore(config.influxdb, metrics)
-    await store.start()
+    opened: list[Callable[[], Awaitable[object]]] = [topology.close, store.close]
+    try:
+        await store.start()
+        return await _start_serving(config, topology, auth, metrics, store, opened)
+    except BaseException:
+        for close in reversed(opened):
+            with contextlib.suppress(Exception):
+                await close()
+        raise
+
+
+async def _start_serving(
+    config: CollectorConfig, topology: Topology, auth: NodeAuth, metrics: CollectorMetrics,
+    store: InfluxStore, opened: list[Callable[[], Awaitable[object]]],
+) -> RunningCollector:
     rollup = RackRollup(store, config.accounting.rack_resolution_s,
                         settle_s=config.accounting.replica_settle_s)
+    opened.append(rollup.close)
     limits = Limits(
         max_future_ns=int(config.server.max_future_s * 1e9),
         max_power_w=config.server.max_power_w,
@@ -179,6 +201,7 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
             expected_nodes={node: rack.name for rack in config.racks for node in rack.nodes},
         )
         monitor.start()
+        opened.append(monitor.stop)
     revisor = None
     if config.accounting.rack_windows and config.accounting.estimate_revisit_s > 0:
         revisor = EstimateRevisor(store, rollup, topology, interval_s=config.accounting.estimate_revisit_s,
@@ -204,6 +227,7 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
         live.attach_monitor(monitor)
     metrics.live = live
     server = grpc.aio.server(options=server_options(config))
+    opened.append(lambda: server.stop(0))
     ingest_service = IngestService(ingestor, auth)
     metrics.bind_ledger(lambda: ingestor.stats, lambda: ingest_service.connected_streams)
     server.add_generic_rpc_handlers((ingest_service.handler(),))
@@ -220,11 +244,16 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
             root_certificates=sc.tls_client_ca_file.read_bytes() if sc.tls_client_ca_file else None,
             require_client_auth=sc.tls_client_ca_file is not None,
         )
-        grpc_port = server.add_secure_port(sc.grpc_listen, creds)
-    else:
-        grpc_port = server.add_insecure_port(sc.grpc_listen)
+    try:
+        if sc.tls_cert_file and sc.tls_key_file:
+            grpc_port = server.add_secure_port(sc.grpc_listen, creds)
+        else:
+            grpc_port = server.add_insecure_port(sc.grpc_listen)
+    except RuntimeError:  # grpcio raises it for an address it cannot bind
+        grpc_port = 0
     if grpc_port == 0:
-        raise OSError(f"cannot listen for gRPC on {sc.grpc_listen}")
+        raise OSError(f"cannot listen for gRPC on {sc.grpc_listen}: address in use or not available "
+                      "(server.grpc_listen)")
     await server.start()
     runner = None
     http_port = None
@@ -233,12 +262,12 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
         zone_of_rack.setdefault(config.accounting.default_rack, config.accounting.default_zone or "")
         app = http_app(store, metrics, monitor, overloaded=lambda: ingestor.overloaded, read_auth=read_auth,
                        zone_of_rack=zone_of_rack, config=config, index=index)
-        runner, http_port = await _serve_http(app, sc.http_listen, _http_tls(config))
+        runner, http_port = await _serve_http(app, sc.http_listen, _http_tls(config), opened)
     metrics_runner = metrics_port = None
     if config.reads.metrics_listen:
         local = http_app(store, metrics, None, overloaded=lambda: ingestor.overloaded,
                          local_metrics_only=True)
-        metrics_runner, metrics_port = await _serve_http(local, config.reads.metrics_listen, None)
+        metrics_runner, metrics_port = await _serve_http(local, config.reads.metrics_listen, None, opened)
     log.info("collector serving gRPC on port %d, HTTP on %s; InfluxDB %s (v%d)", grpc_port,
              http_port, config.influxdb.url, config.influxdb.version)
     if revisor is not None:

@@ -164,6 +164,9 @@ class InfluxStore:
         self._retry_at = 0.0  # monotonic time before which no probe is sent
         self._listeners: list[HealthListener] = []
         self._probe_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._database_pending = False
+        self._last_ok = time.monotonic()  # last successful write or probe
 
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
@@ -179,14 +182,42 @@ class InfluxStore:
             )
             self._v2_write = self._v2_client.write_api()
         elif self.config.create_database:
-            await self.query(f"CREATE DATABASE {_quote_ident(self.config.database)}", method="POST")
+            self._database_pending = True
+            try:
+                await self._create_database()
+            except QueryError as exc:
+                # Serve anyway: health says NOT_SERVING, agents keep their samples, and the probe
+                # creates the database once InfluxDB answers (as after any later outage).
+                log.warning("InfluxDB %s: cannot create database %s yet (%s); serving, and answering "
+                            "agents UNAVAILABLE until it answers", self.config.url, self.config.database, exc)
+                await self._set_health(False, str(exc))
+        if self.config.health_check_interval_s > 0:
+            self._watch_task = asyncio.create_task(self._watch_while_serving())
+
+    async def _create_database(self) -> None:
+        await self.query(f"CREATE DATABASE {_quote_ident(self.config.database)}", method="POST")
+        self._database_pending = False
+
+    async def _watch_while_serving(self) -> None:
+        """While healthy, probe every health_check_interval_s when no write succeeded meanwhile, so
+        health turns NOT_SERVING in an outage even when no agent is writing."""
+        while True:
+            await asyncio.sleep(self.config.health_check_interval_s)
+            if not self.serving or time.monotonic() - self._last_ok < self.config.health_check_interval_s:
+                continue
+            ok, reason, retry_after = await self.probe()
+            if ok:
+                self._last_ok = time.monotonic()
+            elif self.serving:
+                await self._set_health(False, reason, retry_after)
 
     async def close(self) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe_task
-            self._probe_task = None
+        for task in (self._probe_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._probe_task = self._watch_task = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -234,9 +265,15 @@ class InfluxStore:
             await asyncio.sleep(max(self._retry_at - time.monotonic(), self.config.health_probe_interval_s))
             if self.serving:
                 return
+            if self._database_pending:
+                with contextlib.suppress(QueryError):
+                    await self._create_database()
+                    log.info("InfluxDB %s answers: database %s created", self.config.url,
+                             self.config.database)
             ok, reason, retry_after = await self.probe()
             if ok:
                 self._retry_at = 0.0
+                self._last_ok = time.monotonic()
                 await self._set_health(True, "")
             else:
                 await self._set_health(False, reason, retry_after)
@@ -266,22 +303,46 @@ class InfluxStore:
             raise StoreUnavailable(f"InfluxDB unavailable: {self.health_reason}", self.retry_after_s(),
                                    "unhealthy")
         try:
-            i = 0
-            while i < len(lines):
-                hi = min(len(lines), i + self._chunk_lines)
-                await self._write_range(lines, i, hi, result)
-                i = hi
+            for rp, indexes in self._by_retention_policy(lines).items():
+                part = lines if len(indexes) == len(lines) else [lines[k] for k in indexes]
+                part_result = WriteResult(lines=len(part))
+                i = 0
+                while i < len(part):
+                    hi = min(len(part), i + self._chunk_lines)
+                    await self._write_range(part, i, hi, part_result, rp)
+                    i = hi
+                result.retries += part_result.retries
+                for k, why in part_result.rejected.items():
+                    result.rejected[indexes[k]] = why
         except StoreUnavailable as exc:
             await self._set_health(False, str(exc), exc.retry_after_s)
             raise
+        self._last_ok = time.monotonic()
         if not self.serving:
             await self._set_health(True, "")
         return result
 
-    async def _write_range(self, lines: list[str], lo: int, hi: int, result: WriteResult) -> bool:
+    def measurement(self, name: str) -> str:
+        """``name`` quoted for InfluxQL's FROM, qualified with its retention policy where it has one."""
+        rp = self.config.retention_policy_of(name)
+        return (f"{_quote_ident(rp)}." if rp else "") + _quote_ident(name)
+
+    def _by_retention_policy(self, lines: list[str]) -> dict[str, list[int]]:
+        """Line indexes grouped by the retention policy of their measurement (one group if none set)."""
+        if not self.config.retention_policies:
+            return {self.config.retention_policy: list(range(len(lines)))}
+        groups: dict[str, list[int]] = {}
+        for k, line in enumerate(lines):
+            name = line.split(",", 1)[0].split(" ", 1)[0]
+            groups.setdefault(self.config.retention_policy_of(name), []).append(k)
+        return groups
+
+    async def _write_range(
+        self, lines: list[str], lo: int, hi: int, result: WriteResult, rp: str | None = None
+    ) -> bool:
         """Write lines[lo:hi], splitting as needed; False if InfluxDB answered 413 to any part."""
         n = hi - lo
-        status, body = await self._post(lines[lo:hi], result)
+        status, body = await self._post(lines[lo:hi], result, rp)
         if 200 <= status < 300:
             return True
         if status == 413 and n == 1:
@@ -298,8 +359,8 @@ class InfluxStore:
         result.retries += 1
         self.metrics.write_splits.labels(reason=f"http_{status}").inc()
         mid = lo + n // 2
-        left = await self._write_range(lines, lo, mid, result)
-        right = await self._write_range(lines, mid, hi, result)
+        left = await self._write_range(lines, lo, mid, result, rp)
+        right = await self._write_range(lines, mid, hi, result, rp)
         if status != 413:
             return left and right
         if left and right and mid - lo < self._chunk_lines:
@@ -309,12 +370,12 @@ class InfluxStore:
                         n, self._chunk_lines)
         return False
 
-    async def _post(self, chunk: list[str], result: WriteResult) -> tuple[int, str]:
+    async def _post(self, chunk: list[str], result: WriteResult, rp: str | None = None) -> tuple[int, str]:
         """One request, retried on transient failures; returns (status, body) for 2xx/400/413/422."""
         body = "\n".join(chunk).encode()
         attempt = 0
         while True:
-            ans = await self._request(body)
+            ans = await self._request(body, rp)
             status = ans.status
             if 200 <= status < 300 or status in (400, 413, 422):
                 return status, ans.body
@@ -348,7 +409,7 @@ class InfluxStore:
             log.info("InfluxDB write %s; retry %d in %.2f s", what, attempt, delay)
             await asyncio.sleep(delay)
 
-    async def _request(self, body: bytes) -> _Answer:
+    async def _request(self, body: bytes, rp: str | None = None) -> _Answer:
         """Send one write request; never raises for HTTP or network failures."""
         t0 = time.perf_counter()
         try:
@@ -359,8 +420,9 @@ class InfluxStore:
                 path = "api/v2/write"
             else:
                 params = {"db": self.config.database, "precision": "ns"}
-                if self.config.retention_policy:
-                    params["rp"] = self.config.retention_policy
+                rp = self.config.retention_policy if rp is None else rp
+                if rp:
+                    params["rp"] = rp
                 path = "write"
             async with self.session.post(path, params=params, data=body) as resp:
                 text = await resp.text(errors="replace")
@@ -402,8 +464,12 @@ class InfluxStore:
                 body = await resp.json(content_type=None)
                 if resp.status != 200:
                     raise QueryError(f"InfluxDB query failed ({resp.status}): {body}")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise QueryError(f"InfluxDB unreachable at {self.config.url}: {exc}") from None
+        except TimeoutError:
+            raise QueryError(f"InfluxDB at {self.config.url} did not answer within "
+                             f"{self.config.timeout_s:g} s (timeout_s)") from None
+        except aiohttp.ClientError as exc:
+            raise QueryError(f"InfluxDB unreachable at {self.config.url}: "
+                             f"{str(exc) or type(exc).__name__}") from None
         results: list[dict[str, Any]] = body.get("results", [])
         for r in results:
             if "error" in r:

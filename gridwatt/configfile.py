@@ -109,8 +109,24 @@ def load_config(
     return config
 
 
+PACKAGE_PREFIX = "package:"
+
+
+def packaged_data(name: str) -> Path:
+    """A data file shipped inside the gridwatt package (e.g. ``DE_2022_hourly.csv``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("gridwatt") / "data" / name))
+
+
 def resolve_path(value: str | Path, config_dir: Path | None) -> Path:
-    """A path from a config file, relative to the file's folder unless absolute."""
+    """A path from a config file, relative to the file's folder unless absolute.
+
+    ``package:NAME`` names a data file shipped with gridwatt (see :func:`packaged_data`), so a
+    config in /etc/gridwatt can use the grid data that comes with the installed package.
+    """
+    if isinstance(value, str) and value.startswith(PACKAGE_PREFIX):
+        return packaged_data(value[len(PACKAGE_PREFIX):])
     p = Path(value).expanduser()
     if not p.is_absolute() and config_dir is not None:
         p = config_dir / p

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import math
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
-from importlib import resources
 from pathlib import Path
 
 from gridwatt.cli import fetch_json, format_alerts, format_job, format_racks
+from gridwatt.configfile import packaged_data
 from gridwatt.harness import CollectorProcess, new_collector_ports, start_agent, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.local_influxdb import INFLUXD_HINT, LocalInfluxDB
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 
 JOB = "llama-7b-finetune"
@@ -29,7 +31,7 @@ GPUS_PER_NODE = 8
 
 def grid_csv() -> Path:
     """Germany's 2022 hourly intensity, shipped as package data (gridwatt/data → deploy/data/grid)."""
-    return Path(str(resources.files("gridwatt") / "data" / "DE_2022_hourly.csv"))
+    return packaged_data("DE_2022_hourly.csv")
 
 
 def write_trace(path: Path, hours: float) -> None:
@@ -125,10 +127,25 @@ batch_max_samples = 2000
     return collector
 
 
+class DemoError(Exception):
+    """The demo cannot run here; the message says why and what to install."""
+
+
+def _terminate_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM ends the demo like Ctrl-C: agents, collector and InfluxDB stop, the folder goes."""
+    raise KeyboardInterrupt
+
+
 def run_demo(hours: float = 24.0, keep: bool = False, serve: bool = False) -> int:
+    if shutil.which("influxd") is None:
+        raise DemoError(INFLUXD_HINT)
     folder = Path(tempfile.mkdtemp(prefix="gridwatt-demo-"))
     say = lambda msg: print(f"[demo] {msg}", flush=True)  # noqa: E731
+    previous = signal.signal(signal.SIGTERM, _terminate_on_sigterm)
+    agents: list[subprocess.Popen[bytes]] = []
+    collector: CollectorProcess | None = None
     try:
+        say(f"working in {folder} (removed at the end unless --keep)")
         with LocalInfluxDB(data_dir=folder / "influxdb") as db:
             say(f"InfluxDB 1.x running at {db.url} (data in {db.data_dir})")
             grpc_port, http_port = new_collector_ports()
@@ -140,7 +157,7 @@ def run_demo(hours: float = 24.0, keep: bool = False, serve: bool = False) -> in
             layout = "; ".join(f"{rack}: {' '.join(ns)}" for rack, ns in RACKS.items())
             say(f"replaying {hours:g} h of {len(nodes)} nodes x {GPUS_PER_NODE} GPUs ({layout}) from {START}")
             t0 = time.monotonic()
-            agents = [start_agent(folder / f"agent-{n}.toml", log_level="WARNING") for n in nodes]
+            agents += [start_agent(folder / f"agent-{n}.toml", log_level="WARNING") for n in nodes]
             codes = [a.wait() for a in agents]
             elapsed = time.monotonic() - t0
             if any(codes):
@@ -168,12 +185,22 @@ def run_demo(hours: float = 24.0, keep: bool = False, serve: bool = False) -> in
                 try:
                     while collector.proc is not None and collector.proc.poll() is None:
                         time.sleep(1)
-                except KeyboardInterrupt:
-                    pass
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal end of --serve
+                    say("stopping the collector and InfluxDB")
             else:
                 say("run `gridwatt demo --serve` to keep the collector and InfluxDB up and query them")
             collector.stop()
+    except KeyboardInterrupt:
+        say("interrupted: stopping the agents, the collector and InfluxDB")
+        return 130
     finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.terminate()
+                agent.wait()
+        if collector is not None:
+            collector.stop()
+        signal.signal(signal.SIGTERM, previous)
         if keep:
             print(f"[demo] kept {folder}", file=sys.stderr)
         else:

@@ -19,8 +19,8 @@ from pathlib import Path
 from types import TracebackType
 
 INFLUXD_HINT = (
-    "influxd (InfluxDB 1.x) not found on PATH; install it with "
-    "`sudo apt-get install influxdb` or run scripts/setup.sh"
+    "influxd (InfluxDB 1.x) not found on PATH; install it with `sudo apt-get install influxdb` "
+    "(Debian/Ubuntu; from a source checkout scripts/setup.sh does it) or InfluxDB 1.x from influxdata.com"
 )
 
 

@@ -25,6 +25,10 @@ command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # poppler-utils: pdftotext/pdftoppm read back the PDF sustainability report in its tests
 command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
+# the deployment tests (tests/deploy): real useradd/systemctl fill --root images; curl as in the README
+command -v useradd >/dev/null 2>&1 || missing+=(passwd)
+command -v systemctl >/dev/null 2>&1 || missing+=(systemd)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 # views (#11): promtool and a real Prometheus for the /metrics and dashboard tests; headless
 # Chromium and its WebDriver for the web page's browser test
 [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
@@ -49,13 +53,7 @@ if ! command -v victoria-metrics >/dev/null 2>&1 && [ ! -x /usr/bin/victoria-met
     || log "victoria-metrics could not be installed; its test will be skipped"
 fi
 
-PY=""
-for cand in python3.13 python3.12 python3.11 python3; do
-  if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-    PY=$(command -v "$cand"); break
-  fi
-done
-[ -n "$PY" ] || { log "Python 3.11 or newer is required"; exit 1; }
+PY=$(bash scripts/find_python.sh) || { log "Python 3.11 or newer is required"; exit 1; }
 
 stamp=.venv/.gridwatt-installed
 if [ ! -x .venv/bin/python ]; then

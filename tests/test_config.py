@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -75,11 +76,11 @@ def test_cli_exits_2_before_starting(tmp_path: Path, program: str) -> None:
 def test_example_configs_are_valid() -> None:
     deploy = Path(__file__).resolve().parent.parent / "deploy"
     agent = load_config(deploy / "agent.example.toml", AgentConfig, environ={})
-    assert agent.node == "gpu-node-01" and agent.source.kind == "nvml"
+    assert agent.node == socket.gethostname() and agent.source.kind == "nvml"  # node unset: the hostname
     collector = load_config(deploy / "collector.example.toml", CollectorConfig, environ={})
     assert [r.name for r in collector.racks] == ["rack-a", "rack-b", "paris-1"]
     from gridwatt.collector.topology import Topology
 
-    topology = Topology(collector)  # loads the CSV intensity shipped in deploy/data/grid
+    topology = Topology(collector)  # loads the CSV intensity shipped in the package (package:...)
     placed = topology.locate("gpu-node-03")
     assert placed is not None and placed.pue.value_at(0) == 1.35

@@ -67,6 +67,7 @@ class AlertMonitor:
         self._awaited_nodes = {
             n for ev in (*self.engine.active_alerts(), *self.engine.pending_alerts()) for n in ev.nodes
         }
+        self.refresh_open_alerts()  # the state file's engine holds newer numbers than its store
         self._racks: dict[str, _RackProgress] = defaultdict(_RackProgress)
         # Configured nodes count as active but not yet reported (end 0) until they report or go
         # stale, so no window closes before every node that should report has had its chance.
@@ -82,8 +83,17 @@ class AlertMonitor:
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
         self.events_sent = 0
+        self._state_error = ""  # the last state-file write failure, logged once
         #: Called with every evaluation's events (e.g. the live waste counters on /metrics).
         self.event_listeners: list[Callable[[list[AlertEvent]], None]] = []
+
+    def refresh_open_alerts(self) -> None:
+        """Give ``gridwatt alerts``/``/v1/alerts`` the current duration and waste of open alerts.
+
+        Events carry the numbers of the moment they happened; a firing alert emits no event while
+        it stays idle, so its record is replaced by the engine's snapshot after every evaluation.
+        """
+        self.alerts.apply([*self.engine.active_alerts(), *self.engine.pending_alerts()])
 
     def note(self, node: str, rack: str, first_window_ns: int, max_end_ns: int) -> None:
         """A batch of ``node`` was stored: its samples reach ``max_end_ns``."""
@@ -160,10 +170,30 @@ class AlertMonitor:
                     listener(events)
                 await self.dispatcher.dispatch(events)
                 self.events_sent += len(events)
+            self.refresh_open_alerts()
             if (events or observed) and self.config.state_file:
                 # saved after every evaluation, so a restart resumes exactly where it left off
-                save_state(self.config.state_file, self.engine, self.alerts)
+                self.save_state()
             return events
+
+    def save_state(self) -> bool:
+        """Write the state file; a failure is one error line (once until it changes), never a traceback,
+        and evaluation goes on (a restart would then re-send the events since the last good save)."""
+        assert self.config.state_file is not None
+        try:
+            save_state(self.config.state_file, self.engine, self.alerts)
+        except OSError as exc:
+            problem = f"{exc.strerror or exc}"
+            if problem != self._state_error:
+                self._state_error = problem
+                log.error("alerts.state_file %s cannot be written (%s): alerts go on, but a restart "
+                          "would re-send the events since the last good save", self.config.state_file,
+                          problem)
+            return False
+        if self._state_error:
+            log.info("alerts.state_file %s is written again", self.config.state_file)
+            self._state_error = ""
+        return True
 
     def _combined(self, rack_marks: dict[str, int]) -> list[AlertEvent]:
         """Group and cluster windows for spans every active rack has closed."""
@@ -195,7 +225,7 @@ class AlertMonitor:
         res_s = self.resolution_ns // NS_PER_S
         (result,) = await self.store.query(
             'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-            'sum("gpu_s") AS g, sum("util_pct_s") AS u FROM "job" '
+            f'sum("gpu_s") AS g, sum("util_pct_s") AS u FROM {self.store.measurement("job")} '
             f"WHERE \"job_id\" != 'unattributed' AND time >= {lo} AND time < {closed_to} "
             f'GROUP BY time({res_s}s), "job_id", "node", "gpu" fill(none)'
         )
@@ -232,8 +262,9 @@ class AlertMonitor:
         where = f'WHERE "rack" = {quote_string(rack)} AND time >= {lo_ns} AND time < {hi_ns}'
         racks, gpus = await self.store.query(
             'SELECT "it_energy_kwh", "facility_energy_kwh", "co2e_kg", "mean_util_pct", "gpu_count" '
-            f'FROM "rack" {where}; '
-            f'SELECT count("energy_j") FROM "gpu" {where} GROUP BY time({res_s}s), "node", "gpu" fill(none)'
+            f'FROM {self.store.measurement("rack")} {where}; '
+            f'SELECT count("energy_j") FROM {self.store.measurement("gpu")} {where} '
+            f'GROUP BY time({res_s}s), "node", "gpu" fill(none)'
         )
         members: dict[int, set[tuple[str, str]]] = defaultdict(set)
         for tags, row in series_rows(gpus):

@@ -9,6 +9,10 @@ from gridwatt.collector.stepseries import StepSeries
 
 EmissionFactor = Literal["lifecycle", "direct"]
 
+#: Above any real grid (coal and lignite plants emit about 800-1,200 gCO2e/kWh): a larger value
+#: is a unit mistake (e.g. g/MWh, or kg given as g) and refused.
+MAX_INTENSITY_G_PER_KWH = 3000.0
+
 
 class IntensityUnavailable(Exception):
     """The provider could not give intensity for the asked range (API down, no data)."""

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gridwatt.collector.intensity.base import EmissionFactor, IntensityProvider
+from gridwatt.collector.intensity.base import MAX_INTENSITY_G_PER_KWH, EmissionFactor, IntensityProvider
 from gridwatt.collector.intensity.http import HttpSettings
 from gridwatt.configfile import ConfigError, read_secret, resolve_path
 
@@ -35,7 +35,7 @@ class ConstantConfig(_Model):
     """The same intensity at every time."""
 
     kind: Literal["constant"]
-    g_per_kwh: float = Field(ge=0, allow_inf_nan=False)
+    g_per_kwh: float = Field(ge=0, le=MAX_INTENSITY_G_PER_KWH, allow_inf_nan=False)
     emission_factor: EmissionFactor = "lifecycle"
 
 

@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import bisect
 import csv
-import itertools
 import math
 from pathlib import Path
 
-from gridwatt.collector.intensity.base import EmissionFactor, IntensitySeries, IntensityUnavailable
+from gridwatt.collector.intensity.base import (
+    MAX_INTENSITY_G_PER_KWH,
+    EmissionFactor,
+    IntensitySeries,
+    IntensityUnavailable,
+)
 from gridwatt.collector.stepseries import StepSeries
-from gridwatt.timeutil import NS_PER_S, parse_time_ns
+from gridwatt.textfile import checked_lines
+from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 
 
 class IntensityFileError(Exception):
@@ -56,7 +61,7 @@ def load_intensity_csv(path: Path, emission_factor: EmissionFactor = "lifecycle"
     except OSError as exc:
         raise IntensityFileError(f"{path}: cannot open: {exc.strerror}") from None
     with fh:
-        reader = csv.reader(fh)
+        reader = csv.reader(checked_lines(fh, path, IntensityFileError))
         try:
             headers = next(reader)
         except StopIteration:
@@ -76,6 +81,7 @@ def load_intensity_csv(path: Path, emission_factor: EmissionFactor = "lifecycle"
             )
         est_col = next((i for i, h in enumerate(normed) if h in ("data estimated", "estimated")), None)
         rows: list[tuple[int, float, bool]] = []
+        seen: dict[int, int] = {}  # time → first line with it
         empty: list[int] = []  # times of rows without a value
         for line_no, row in enumerate(reader, start=2):
             if not row or all(not c.strip() for c in row):
@@ -94,16 +100,18 @@ def load_intensity_csv(path: Path, emission_factor: EmissionFactor = "lifecycle"
                 value = float(raw)
             except ValueError:
                 raise IntensityFileError(f"{path}:{line_no}: bad intensity {raw!r}") from None
-            if not math.isfinite(value) or value < 0:
-                raise IntensityFileError(f"{path}:{line_no}: intensity {raw!r} must be finite and >= 0")
+            if not math.isfinite(value) or not 0 <= value <= MAX_INTENSITY_G_PER_KWH:
+                raise IntensityFileError(f"{path}:{line_no}: intensity {raw!r} outside "
+                                         f"[0, {MAX_INTENSITY_G_PER_KWH:g}] gCO2e/kWh")
             est = est_col is not None and est_col < len(row) and row[est_col].strip().lower() == "true"
+            first_line = seen.setdefault(t_ns, line_no)
+            if first_line != line_no:
+                raise IntensityFileError(f"{path}:{line_no}: time {format_time_ns(t_ns)} is already on "
+                                         f"line {first_line}")
             rows.append((t_ns, value, est))
     if not rows:
         raise IntensityFileError(f"{path}: no data rows")
     rows.sort()
-    for (a, _, _), (b, _, _) in itertools.pairwise(rows):
-        if a == b:
-            raise IntensityFileError(f"{path}: duplicate time {a} ns")
     rows = _held_gaps(rows, empty)
     series = StepSeries(tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(r[2] for r in rows))
     return IntensitySeries(series, f"csv:{path.name}", emission_factor)

@@ -112,7 +112,7 @@ async def hourly(store: InfluxStore, report: JobReport) -> list[dict[str, float]
     lo = report.start_ns - report.start_ns % HOUR_NS
     q = (
         'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-        'sum("gpu_s") AS g, sum("util_pct_s") AS u FROM "job_window" '
+        f'sum("gpu_s") AS g, sum("util_pct_s") AS u FROM {store.measurement("job_window")} '
         f'WHERE "job_id" = {quote_string(report.job_id)} AND time >= {lo} AND time <= {report.end_ns} '
         "GROUP BY time(1h) fill(none)"
     )
@@ -166,7 +166,7 @@ class Pages:
 
     async def jobs(self, request: web.Request) -> web.Response:
         q = ('SELECT sum("energy_j") AS e, sum("co2e_g") AS c, sum("gpu_s") AS g, max("end_ns") AS end_ns '
-             'FROM "job_window" GROUP BY "job_id"')
+             f'FROM {self.store.measurement("job_window")} GROUP BY "job_id"')
         try:
             (result,) = await self.store.query(q)
         except QueryError as exc:

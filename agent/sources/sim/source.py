@@ -58,11 +58,12 @@ class SimSource:
         for index in sorted(trace.gpus):
             steps = [
                 TraceStep(s.t_ns + shift, s.power_w, s.util_pct, s.mem_util_pct, s.mem_used_bytes,
-                          s.temp_c, s.job_id, s.user, s.account, s.partition, s.namespace, s.job_name)
+                          s.temp_c, s.job_id, s.user, s.absent, s.account, s.partition, s.namespace,
+                          s.job_name)
                 for s in trace.gpus[index]
             ]
-            if steps[0].t_ns > self.start_ns:  # GPU not yet in the trace: powered off until then
-                steps.insert(0, TraceStep(self.start_ns, 0.0, 0.0))
+            if steps[0].t_ns > self.start_ns:  # GPU not yet in the trace: absent until then
+                steps.insert(0, TraceStep(self.start_ns, 0.0, 0.0, absent=True))
             cum = [0.0]
             for a, b in itertools.pairwise(steps):
                 cum.append(cum[-1] + a.power_w * (b.t_ns - a.t_ns) / 1e9)
@@ -71,6 +72,28 @@ class SimSource:
                         counter_offset_mj=1_000_000 * (index + 1))
             )
         self._now_ns: int | None = None
+        self._first_read_ns = self.start_ns
+
+    @property
+    def gpu_count(self) -> int:
+        return len(self._gpus)
+
+    @property
+    def now_ns(self) -> int | None:
+        """The time of the last read (None before the first)."""
+        return self._now_ns
+
+    def resume_from(self, t_ns: int) -> None:
+        """Make the next read the one at ``t_ns`` (a read time of an earlier run of the same trace):
+        the sampler takes it as its baseline, so the samples go on from ``t_ns`` without a gap."""
+        if self._now_ns is not None:
+            raise RuntimeError("resume_from() must come before the first read()")
+        self._first_read_ns = min(max(t_ns, self.start_ns), self.end_ns)
+
+    @property
+    def samples_estimate(self) -> int:
+        """Samples a full replay yields: one per GPU per interval."""
+        return len(self._gpus) * -(-(self.end_ns - self.start_ns) // self.interval_ns)
 
     # -- trace arithmetic -------------------------------------------------
     @staticmethod
@@ -107,11 +130,19 @@ class SimSource:
     # -- GpuSource --------------------------------------------------------
     def read(self) -> list[GpuReading]:
         prev = self._now_ns
-        now = self.start_ns if prev is None else min(prev + self.interval_ns, self.end_ns)
+        now = self._first_read_ns if prev is None else min(prev + self.interval_ns, self.end_ns)
         self._now_ns = now
         readings = []
         for gpu in self._gpus:
             step = gpu.steps[self._step_index(gpu, now)]
+            # Absent at ``now`` and just before it: no reading. A GPU that leaves at ``now`` still ends
+            # its last interval here, and one that comes back at ``now`` starts its first one here.
+            before = gpu.steps[self._step_index(gpu, now - 1)] if now > self.start_ns else step
+            if step.absent and before.absent:
+                readings.append(GpuReading(index=gpu.index, uuid=gpu.uuid, name=self.gpu_name, t_ns=now,
+                                           energy_mj=None, power_mw=None,
+                                           fault="absent in the trace (switched off)"))
+                continue
             util, mem_util, jobs = self._means(gpu, prev if prev is not None else now, now)
             energy_mj = gpu.counter_offset_mj + round(self._energy_j(gpu, now) * 1000)
             readings.append(

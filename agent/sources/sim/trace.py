@@ -6,19 +6,26 @@ CSV columns (header required; extra columns ignored)::
     account,partition,namespace,job_name]
 
 Each row says: from ``time`` on, GPU ``gpu`` draws ``power_w`` at ``util_pct``,
-running ``job_id`` (empty: no job). The trace ends at the latest time in the
-file; rows at that time only mark the end. With a ``node`` column, only rows for
-the agent's own node are played, so one file can describe a whole cluster.
+running ``job_id`` (empty: no job). A row with ``power_w`` and ``util_pct`` both empty
+marks the GPU absent (switched off, removed) from ``time`` until its next row: no
+samples, so no idle GPU-hours. The trace ends at the latest time in the file (of
+every node's rows); rows at that time only mark the end. With a ``node`` column,
+only rows for the agent's own node are played, so one file can describe a whole
+cluster; a node without rows plays nothing.
+
+Idle time is decided per sampling interval (``interval_s``) from the interval's mean
+utilisation, so a replay's interval should line up with the trace's steps (e.g. 60 s
+for a trace of whole minutes); a step change inside an interval is averaged.
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gridwatt.textfile import checked_lines
 from gridwatt.timeutil import parse_time_ns
 
 
@@ -38,6 +45,8 @@ class TraceStep:
     temp_c: float = 0.0
     job_id: str = ""
     user: str = ""
+    #: The GPU is not there (switched off): no readings until the next step.
+    absent: bool = False
     account: str = ""
     partition: str = ""
     namespace: str = ""
@@ -71,28 +80,44 @@ def _num(path: Path, line: int, name: str, raw: str, lo: float, hi: float) -> fl
 def load_trace_csv(path: Path, node: str | None = None) -> Trace:
     """Read a trace CSV; raise TraceError naming the file, line and field of any bad value."""
     try:
-        fh = path.open(newline="")
+        fh = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise TraceError(f"{path}: cannot open trace: {exc.strerror}") from None
     steps: dict[int, list[TraceStep]] = {}
-    times: list[int] = []
+    lines: dict[tuple[int, int], int] = {}  # (gpu, time) → line, for duplicates
+    times: list[int] = []  # this node's
+    file_start = file_end = None
     with fh:
-        reader = csv.DictReader(fh)
-        missing = {"time", "gpu", "power_w", "util_pct"} - set(reader.fieldnames or [])
+        reader = csv.DictReader(checked_lines(fh, path, TraceError))
+        header = reader.fieldnames or []
+        missing = {"time", "gpu", "power_w", "util_pct"} - set(header)
         if missing:
             raise TraceError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
         for line, row in enumerate(reader, start=2):
-            if node is not None and row.get("node") not in (None, "", node):
-                continue
+            if None in row.values() or None in row:
+                short = None in row.values()
+                raise TraceError(f"{path}:{line}: {'fewer' if short else 'more'} fields than the header's "
+                                 f"{len(header)} ({', '.join(header)})")
             try:
                 t_ns = parse_time_ns(row["time"])
             except ValueError:
                 raise TraceError(f"{path}:{line}: field time: {row['time']!r} is not a time") from None
+            file_start = t_ns if file_start is None else min(file_start, t_ns)
+            file_end = t_ns if file_end is None else max(file_end, t_ns)
+            if node is not None and row.get("node") not in (None, "", node):
+                continue
             try:
                 gpu = int(row["gpu"])
             except ValueError:
                 raise TraceError(f"{path}:{line}: field gpu: {row['gpu']!r} is not an index") from None
+            if (gpu, t_ns) in lines:
+                raise TraceError(f"{path}:{line}: gpu {gpu} already has a row at {row['time'].strip()} "
+                                 f"(line {lines[gpu, t_ns]})")
+            lines[gpu, t_ns] = line
             times.append(t_ns)
+            if not row["power_w"].strip() and not row["util_pct"].strip():
+                steps.setdefault(gpu, []).append(TraceStep(t_ns, 0.0, 0.0, absent=True))
+                continue
             steps.setdefault(gpu, []).append(
                 TraceStep(
                     t_ns=t_ns,
@@ -110,17 +135,18 @@ def load_trace_csv(path: Path, node: str | None = None) -> Trace:
                     job_name=(row.get("job_name") or "").strip(),
                 )
             )
-    if not times:
-        raise TraceError(f"{path}: no rows" + (f" for node {node!r}" if node else ""))
-    for gpu, gsteps in steps.items():
-        gsteps.sort(key=lambda s: s.t_ns)
-        for a, b in itertools.pairwise(gsteps):
-            if a.t_ns == b.t_ns:
-                raise TraceError(f"{path}: gpu {gpu} has two rows at the same time {a.t_ns} ns")
-    start_ns, end_ns = min(times), max(times)
-    if end_ns <= start_ns:
+    if file_start is None or file_end is None:
+        raise TraceError(f"{path}: no rows")
+    if file_end <= file_start:
         raise TraceError(f"{path}: the trace must span some time (add a final row marking its end)")
-    return Trace(start_ns, end_ns, steps)
+    for gsteps in steps.values():
+        gsteps.sort(key=lambda s: s.t_ns)
+    if not times:  # this node has no rows: it plays nothing (Trace.gpus is empty)
+        return Trace(file_start, file_end, {})
+    start_ns = min(times)
+    if start_ns >= file_end:
+        return Trace(start_ns, start_ns, {})
+    return Trace(start_ns, file_end, steps)
 
 
 def synthetic_trace(
