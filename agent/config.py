@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator
 
-from gridwatt.configfile import resolve_path
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from gridwatt.configfile import ConfigPath, StrictModel
 
 
-class SimConfig(_Strict):
+class SimConfig(StrictModel):
     """Simulated GPUs: a trace file, or a synthetic constant profile."""
 
-    trace: Path | None = None
+    trace: ConfigPath | None = None
     gpus: int = Field(8, ge=1, le=64)
     power_w: float = Field(400.0, ge=0, le=2000)
     util_pct: float = Field(95.0, ge=0, le=100)
@@ -31,50 +26,51 @@ class SimConfig(_Strict):
     energy_counter: bool = True
 
 
-class SourceConfig(_Strict):
-    kind: Literal["nvml", "sim"] = "nvml"
+class SourceConfig(StrictModel):
+    #: A GPU source registered in agent/sources/plugins.py: "nvml" or "sim".
+    kind: str = Field("nvml", min_length=1)
     sim: SimConfig = SimConfig()
 
 
-class AttributionConfig(_Strict):
+class AttributionConfig(StrictModel):
     #: Job id for the whole node (also GRIDWATT_JOB_ID); used when no process names a job.
     job_id: str = ""
     slurm: bool = True
     #: Kubernetes pod of each GPU process (from its cgroup), reported as job "k8s-pod/<uid>".
     kubernetes: bool = True
     #: dcgm-exporter style job-mapping folder (--hpc-job-mapping-dir): a file per GPU index naming its job(s).
-    job_mapping_dir: Path | None = None
-    proc_root: Path = Path("/proc")
+    job_mapping_dir: ConfigPath | None = None
+    proc_root: ConfigPath = Path("/proc")
     #: The kubelet's pod-resources socket: GPUs held by pods are attributed to "k8s-pod/<ns>/<pod>"
     #: (with kubernetes = true). A node without it falls back to the cgroups. "" = never ask.
-    kubelet_socket: Path | None = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    kubelet_socket: ConfigPath | None = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
     #: Seconds between pod-resources List calls.
     kubelet_refresh_s: float = Field(10.0, gt=0, le=3600)
     #: Resource names whose devices are GPUs (NVIDIA's device plugin: nvidia.com/gpu, nvidia.com/mig-...).
     kubelet_resource_prefixes: list[str] = Field(default_factory=lambda: ["nvidia.com/"], max_length=16)
 
 
-class HostConfig(_Strict):
+class HostConfig(StrictModel):
     """Host telemetry (CPU utilisation, memory, RAPL CPU package energy) every interval."""
 
     #: None: on with the NVML source, off with simulated GPUs.
     enabled: bool | None = None
-    proc_root: Path = Path("/proc")
-    powercap_root: Path = Path("/sys/class/powercap")
+    proc_root: ConfigPath = Path("/proc")
+    powercap_root: ConfigPath = Path("/sys/class/powercap")
 
 
-class CollectorConnection(_Strict):
+class CollectorConnection(StrictModel):
     #: host:port of the collector's gRPC endpoint.
     address: str = "127.0.0.1:50051"
     tls: bool = False
     #: CA bundle that signed the collector's certificate (TLS).
-    ca_file: Path | None = None
+    ca_file: ConfigPath | None = None
     #: Client certificate and key (mutual TLS).
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    cert_file: ConfigPath | None = None
+    key_file: ConfigPath | None = None
     #: Bearer token (inline value is best passed as GRIDWATT_COLLECTOR__TOKEN).
     token: str | None = Field(None, repr=False)
-    token_file: Path | None = None
+    token_file: ConfigPath | None = None
     batch_max_samples: int = Field(1000, ge=1, le=50_000)
     max_in_flight: int = Field(4, ge=1, le=64)
     #: Seconds between keepalive pings on an idle stream (a dead collector is noticed in about
@@ -92,13 +88,13 @@ class CollectorConnection(_Strict):
         return v
 
 
-class AgentConfig(_Strict):
+class AgentConfig(StrictModel):
     node: str = Field(default_factory=socket.gethostname, min_length=1)
     #: Seconds between samples of every GPU.
     interval_s: float = Field(1.0, gt=0, le=3600)
     #: An interval whose GPU utilisation is below this counts as idle.
     idle_below_pct: float = Field(5.0, ge=0, le=100)
-    spool_path: Path = Path("/var/lib/gridwatt/spool.db")
+    spool_path: ConfigPath = Path("/var/lib/gridwatt/spool.db")
     #: Bound of the spool; default 24 h of 8 GPUs at 1 Hz. When full, the oldest samples are
     #: evicted (logged, counted in the ledger and reported to the collector).
     spool_max_samples: int = Field(24 * 3600 * 8, ge=100)
@@ -110,23 +106,3 @@ class AgentConfig(_Strict):
     host: HostConfig = HostConfig()
     collector: CollectorConnection = CollectorConnection()
 
-    @model_validator(mode="before")
-    @classmethod
-    def _resolve_paths(cls, data: Any, info: ValidationInfo) -> Any:
-        config_dir = (info.context or {}).get("config_dir")
-        if not isinstance(data, dict) or config_dir is None:
-            return data
-        if "spool_path" in data:
-            data["spool_path"] = str(resolve_path(data["spool_path"], config_dir))
-        sim = data.get("source", {}).get("sim", {}) if isinstance(data.get("source"), dict) else {}
-        if isinstance(sim, dict) and sim.get("trace"):
-            sim["trace"] = str(resolve_path(sim["trace"], config_dir))
-        attribution = data.get("attribution")
-        if isinstance(attribution, dict) and attribution.get("job_mapping_dir"):
-            attribution["job_mapping_dir"] = str(resolve_path(attribution["job_mapping_dir"], config_dir))
-        coll = data.get("collector")
-        if isinstance(coll, dict):
-            for key in ("ca_file", "cert_file", "key_file", "token_file"):
-                if coll.get(key):
-                    coll[key] = str(resolve_path(coll[key], config_dir))
-        return data

@@ -32,8 +32,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
+
+from gridwatt.resources import deploy_file
 
 UNIT_NAME = "gridwatt-agent.service"
 DEFAULT_EXEC = "/opt/gridwatt/bin/gridwatt-agent"
@@ -57,9 +58,9 @@ def run_command(argv: list[str]) -> None:
         raise InstallError(f"`{' '.join(argv)}` failed ({proc.returncode}): {proc.stderr.strip()}")
 
 
-def packaged_file(name: str) -> str:
-    """A file shipped in gridwatt/agent/data (copies of deploy/, kept equal by a test)."""
-    return resources.files("gridwatt.agent").joinpath("data", name).read_text()
+def packaged_file(*parts: str) -> str:
+    """A file of the repository's deploy/ folder, shipped as package data (gridwatt.deploy)."""
+    return deploy_file(*parts).read_text()
 
 
 def default_exec_path() -> Path | None:
@@ -205,7 +206,7 @@ class Installer:
         return ["systemctl", *([] if self.live else [f"--root={self.opts.root}"]), *args]
 
     def render_unit(self, groups: list[str], exec_path: Path | None) -> str:
-        unit = packaged_file(UNIT_NAME)
+        unit = packaged_file("systemd", UNIT_NAME)
         if exec_path is not None:
             unit = unit.replace(DEFAULT_EXEC, str(exec_path))
         line = f"SupplementaryGroups={' '.join(groups)}" if groups else ""

@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gridwatt.agent.sources.base import GpuReading
+from gridwatt.timeutil import NS_PER_S
 from gridwatt.v1 import telemetry_pb2 as pb
-
-NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,9 @@ from gridwatt.agent.sdnotify import Notifier
 from gridwatt.agent.shipper import Shipper
 from gridwatt.agent.sources.base import GpuSource
 from gridwatt.agent.sources.host import HostSampler
+from gridwatt.agent.sources.plugins import SOURCES
 from gridwatt.agent.spool import Ledger, Spool
-from gridwatt.timeutil import format_time_ns, parse_time_ns
+from gridwatt.timeutil import format_time_ns
 
 log = logging.getLogger("gridwatt.agent")
 
@@ -34,33 +35,8 @@ SHIPPER_STOP_S = 2.0
 
 
 def build_source(config: AgentConfig, replay: bool) -> GpuSource:
-    """The configured GPU source (NVML, or simulated GPUs)."""
-    if config.source.kind == "nvml":
-        from gridwatt.agent.sources.nvml.source import NvmlSource
-
-        return NvmlSource()
-    from gridwatt.agent.sources.sim.source import SimSource
-    from gridwatt.agent.sources.sim.trace import load_trace_csv, synthetic_trace
-
-    sim = config.source.sim
-    if sim.trace is not None:
-        trace = load_trace_csv(sim.trace, node=config.node)
-        shift = None if replay else time.time_ns()
-    else:
-        start = parse_time_ns(sim.start) if sim.start else time.time_ns()
-        trace = synthetic_trace(sim.gpus, start, sim.duration_s, sim.power_w, sim.util_pct, sim.job_id)
-        shift = None if replay or sim.start is None else time.time_ns()
-    return SimSource(trace, config.node, config.interval_s, sim.gpu_name, shift_to_ns=shift,
-                     energy_counter=sim.energy_counter)
-
-
-def kubelet_gpu_map(config: AgentConfig) -> KubeletGpuMap | None:
-    """The kubelet pod-resources watcher, when Kubernetes attribution and a socket are configured."""
-    att = config.attribution
-    if not att.kubernetes or att.kubelet_socket is None or str(att.kubelet_socket) in ("", "."):
-        return None
-    return KubeletGpuMap(att.kubelet_socket, att.kubelet_refresh_s,
-                         resource_prefixes=att.kubelet_resource_prefixes)
+    """The configured GPU source (``source.kind``: a name in agent/sources/plugins.py)."""
+    return SOURCES.get(config.source.kind)(config, replay)
 
 
 def _replay_start(config: AgentConfig, source: GpuSource, spool: Spool,
@@ -107,19 +83,19 @@ def _stderr_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-async def run_agent(
-    config: AgentConfig,
-    replay: bool = False,
-    source: GpuSource | None = None,
-    progress: ProgressFn | None = _stderr_progress,
-    progress_every_s: float = 2.0,
-    stop: asyncio.Event | None = None,
-) -> RunResult:
-    """Run until stopped (SIGINT/SIGTERM), or in replay mode until the trace is played and acknowledged."""
-    source = source or build_source(config, replay)
+def kubelet_gpu_map(config: AgentConfig) -> KubeletGpuMap | None:
+    """The kubelet pod-resources watcher, when Kubernetes attribution and a socket are configured."""
+    att = config.attribution
+    if not att.kubernetes or att.kubelet_socket is None or str(att.kubelet_socket) in ("", "."):
+        return None
+    return KubeletGpuMap(att.kubelet_socket, att.kubelet_refresh_s,
+                         resource_prefixes=att.kubelet_resource_prefixes)
+
+
+def build_sampler(config: AgentConfig, kubelet: KubeletGpuMap | None = None) -> Sampler:
+    """The sampler with the configured attribution (static job id, Slurm, Kubernetes, mapping files)."""
     static_job = config.attribution.job_id or os.environ.get("GRIDWATT_JOB_ID", "")
-    kubelet = kubelet_gpu_map(config)
-    sampler = Sampler(
+    return Sampler(
         Attributor(
             static_job,
             config.attribution.proc_root,
@@ -130,120 +106,182 @@ async def run_agent(
         ),
         config.idle_below_pct,
     )
-    host_on = config.host.enabled if config.host.enabled is not None else config.source.kind == "nvml"
-    host = HostSampler(config.host.proc_root, config.host.powercap_root) if host_on else None
-    host_meter = HostMeter()
-    spool = Spool(config.spool_path, config.spool_max_samples)
-    shipper = Shipper(config.node, spool, config.collector, ledger_report_s=config.ledger_report_s)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    shipping_stop = asyncio.Event()
-    ship_task = asyncio.create_task(shipper.run(shipping_stop))
-    kubelet_task = None
-    if kubelet is not None:  # the first samples already know which pods hold the GPUs
-        await kubelet.refresh()
-        kubelet_task = asyncio.create_task(kubelet.run(shipping_stop))
-    high_water = config.collector.batch_max_samples * config.collector.max_in_flight * 4
-    last_progress = 0.0
-    last_ledger_log = time.monotonic()
 
-    def log_ledger_now_and_then() -> None:
-        nonlocal last_ledger_log
-        if time.monotonic() - last_ledger_log >= config.ledger_report_s:
-            last_ledger_log = time.monotonic()
-            log.info("ledger: %s; shipper: %s", spool.ledger().line(), shipper.stats.line())
 
-    last_reported: tuple[int, int] | None = None
+async def run_agent(
+    config: AgentConfig,
+    replay: bool = False,
+    source: GpuSource | None = None,
+    progress: ProgressFn | None = _stderr_progress,
+    progress_every_s: float = 2.0,
+    stop: asyncio.Event | None = None,
+) -> RunResult:
+    """Run until stopped (SIGINT/SIGTERM), or in replay mode until the trace is played and acknowledged."""
+    agent = _AgentLoop(config, replay, source or build_source(config, replay), progress, progress_every_s,
+                       stop or asyncio.Event())
+    return await agent.run()
 
-    def report(final: bool = False, draining: bool = False) -> None:
-        nonlocal last_reported
-        if progress is None:
-            return
-        ledger = spool.ledger()
-        if draining and last_reported == (ledger.acknowledged, ledger.pending):
-            return  # waiting for acknowledgements: say something only when they move
-        last_reported = (ledger.acknowledged, ledger.pending)
-        state = "done" if final else "delivering" if draining else f"{source.progress() * 100:5.1f}%"
-        progress(
-            f"[{config.node}] replay {state} sampled={ledger.sampled} acknowledged={ledger.acknowledged} "
-            f"pending={ledger.pending} rejected={ledger.rejected}"
-            + (f" (collector: {shipper.stats.last_error})" if shipper.stats.last_error and not final else "")
-        )
 
-    mark_name = _replay_start(config, source, spool, progress) if replay else None
-    notifier = Notifier()  # a no-op unless NOTIFY_SOCKET is set (systemd Type=notify)
-    notifier.ready(f"sampling {config.source.kind}, shipping to {config.collector.address}")
-    try:
+class _AgentLoop:
+    """One run of the agent: sample → spool → ship, then drain; see :func:`run_agent`."""
+
+    def __init__(self, config: AgentConfig, replay: bool, source: GpuSource, progress: ProgressFn | None,
+                 progress_every_s: float, stop: asyncio.Event) -> None:
+        self.config = config
+        self.replay = replay
+        self.source = source
+        self.progress = progress
+        self.progress_every_s = progress_every_s
+        self.stop = stop
+        self.kubelet = kubelet_gpu_map(config)
+        self.sampler = build_sampler(config, self.kubelet)
+        host_on = config.host.enabled if config.host.enabled is not None else config.source.kind == "nvml"
+        self.host = HostSampler(config.host.proc_root, config.host.powercap_root) if host_on else None
+        self.host_meter = HostMeter()
+        self.spool = Spool(config.spool_path, config.spool_max_samples)
+        self.shipper = Shipper(config.node, self.spool, config.collector,
+                               ledger_report_s=config.ledger_report_s)
+        self.notifier = Notifier()  # a no-op unless NOTIFY_SOCKET is set (systemd Type=notify)
+        self.high_water = config.collector.batch_max_samples * config.collector.max_in_flight * 4
+        self.last_progress = 0.0
+        self.last_ledger_log = time.monotonic()
+        self.stopping_sent = False
+        self.last_reported: tuple[int, int] | None = None
+        self.mark_name: str | None = None
+
+    async def run(self) -> RunResult:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop.set)
+        shipping_stop = asyncio.Event()
+        ship_task = asyncio.create_task(self.shipper.run(shipping_stop))
+        kubelet_task = None
+        if self.kubelet is not None:  # the first samples already know which pods hold the GPUs
+            await self.kubelet.refresh()
+            kubelet_task = asyncio.create_task(self.kubelet.run(shipping_stop))
+        config = self.config
+        if self.replay:
+            self.mark_name = _replay_start(config, self.source, self.spool, self.progress)
+        self.notifier.ready(f"sampling {config.source.kind}, shipping to {config.collector.address}")
+        try:
+            await self._sample_until_done()
+            await self._drain()
+        finally:
+            shipping_stop.set()
+            if kubelet_task is not None:
+                kubelet_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await kubelet_task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(ship_task, timeout=SHIPPER_STOP_S)
+            self.source.close()
+            if self.replay:
+                self._report(final=True)
+            ledger = self.spool.ledger()
+            self.spool.close()
+        if ledger.pending:
+            log.warning("stopping with %d samples still spooled at %s; they are sent on the next start",
+                        ledger.pending, self.config.spool_path)
+        log.info("ledger: %s; shipper: %s", ledger.line(), self.shipper.stats.line())
+        return RunResult(ledger, list(self.shipper.stats.rejections))
+
+    async def _sample_until_done(self) -> None:
+        """Sample every interval (a replay: as fast as the collector takes it) until stopped or finished."""
         next_tick = time.monotonic()
-        nothing_to_play = replay and getattr(source, "gpu_count", 1) == 0
-        while not stop.is_set() and not nothing_to_play:
-            notifier.watchdog()
-            samples = sampler.take(source.read())
-            rows = [(s.start_ns, s.energy_j, s.SerializeToString()) for s in samples]
-            if host is not None:
-                host_sample = host_meter.take(host.read())
-                if host_sample is not None:
-                    rows.append(host_spool_row(host_sample))
-            if mark_name is not None:  # how far the replay got, with its samples (a restart resumes there)
-                spool.append(rows, marks={mark_name: getattr(source, "now_ns", 0) or 0})
-            elif rows:
-                spool.append(rows)
-            if rows:
-                shipper.new_data.set()
-            if source.finished:
+        nothing_to_play = self.replay and getattr(self.source, "gpu_count", 1) == 0
+        while not self.stop.is_set() and not nothing_to_play:
+            self.notifier.watchdog()
+            self._sample_once()
+            if self.source.finished:
                 break
-            log_ledger_now_and_then()
-            if replay:
-                # Backpressure: a replay never outruns the collector so far that the spool evicts.
-                while spool.pending > high_water and not stop.is_set():
-                    shipper.acked.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(shipper.acked.wait(), timeout=1.0)
-                await asyncio.sleep(0)
-                if time.monotonic() - last_progress >= progress_every_s:
-                    last_progress = time.monotonic()
-                    report()
+            self._log_ledger_now_and_then()
+            if self.replay:
+                await self._hold_back()
+                self._progress_now_and_then()
             else:
-                next_tick += config.interval_s
-                delay = next_tick - time.monotonic()
-                if delay < 0:
-                    next_tick = time.monotonic()
-                    delay = 0
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-        # Drain: a replay waits for everything to be acknowledged; a stopped agent flushes for up to
-        # DRAIN_S, then the shipper gets SHIPPER_STOP_S to send the final ledger and close: a SIGTERM
-        # ends the process within 10 s (systemd's default stop timeout is 90 s).
-        deadline = None if replay and not stop.is_set() else time.monotonic() + DRAIN_S
-        while spool.pending > 0 and (deadline is None or time.monotonic() < deadline):
-            shipper.acked.clear()
+                next_tick = await self._wait_for_tick(next_tick)
+
+    def _sample_once(self) -> None:
+        """Read the source (and the host), spool what it gives and wake the shipper."""
+        samples = self.sampler.take(self.source.read())
+        rows = [(s.start_ns, s.energy_j, s.SerializeToString()) for s in samples]
+        if self.host is not None:
+            host_sample = self.host_meter.take(self.host.read())
+            if host_sample is not None:
+                rows.append(host_spool_row(host_sample))
+        if self.mark_name is not None:  # how far the replay got, with its samples (a restart resumes there)
+            self.spool.append(rows, marks={self.mark_name: getattr(self.source, "now_ns", 0) or 0})
+        elif rows:
+            self.spool.append(rows)
+        if rows:
+            self.shipper.new_data.set()
+
+    async def _hold_back(self) -> None:
+        """Backpressure: a replay never outruns the collector so far that the spool evicts."""
+        while self.spool.pending > self.high_water and not self.stop.is_set():
+            self.shipper.acked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.shipper.acked.wait(), timeout=1.0)
+        await asyncio.sleep(0)
+
+    async def _wait_for_tick(self, next_tick: float) -> float:
+        """Sleep until the next interval (or a stop); returns the tick after it."""
+        next_tick += self.config.interval_s
+        delay = next_tick - time.monotonic()
+        if delay < 0:
+            next_tick = time.monotonic()
+            delay = 0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), timeout=delay)
+        return next_tick
+
+    async def _drain(self) -> None:
+        """Deliver what is spooled: a replay waits for everything to be acknowledged; a stopped agent
+        flushes for up to DRAIN_S, then the shipper gets SHIPPER_STOP_S to send the final ledger and
+        close: a SIGTERM ends the process within 10 s (systemd's default stop timeout is 90 s)."""
+        self._notice_stop()
+        deadline = None if self.replay and not self.stop.is_set() else time.monotonic() + DRAIN_S
+        while self.spool.pending > 0 and (deadline is None or time.monotonic() < deadline):
+            self.shipper.acked.clear()
             wait_s = 1.0 if deadline is None else max(min(1.0, deadline - time.monotonic()), 0.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(shipper.acked.wait(), timeout=wait_s)
-            if replay and time.monotonic() - last_progress >= progress_every_s:
-                last_progress = time.monotonic()
-                report(draining=True)
-            log_ledger_now_and_then()
-            if stop.is_set() and deadline is None:
+                await asyncio.wait_for(self.shipper.acked.wait(), timeout=wait_s)
+            if self.replay:
+                self._progress_now_and_then(draining=True)
+            self._log_ledger_now_and_then()
+            if self.stop.is_set() and deadline is None:
+                self._notice_stop()
                 deadline = time.monotonic() + DRAIN_S
-    finally:
-        shipping_stop.set()
-        if kubelet_task is not None:
-            kubelet_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await kubelet_task
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(ship_task, timeout=SHIPPER_STOP_S)
-        source.close()
-        if replay:
-            report(final=True)
-        ledger = spool.ledger()
-        spool.close()
-    if ledger.pending:
-        log.warning("stopping with %d samples still spooled at %s; they are sent on the next start",
-                    ledger.pending, config.spool_path)
-    log.info("ledger: %s; shipper: %s", ledger.line(), shipper.stats.line())
-    return RunResult(ledger, list(shipper.stats.rejections))
+
+    def _notice_stop(self) -> None:
+        """Tell systemd (STOPPING=1) once, when a stop was asked (SIGTERM, SIGINT or ``stop``)."""
+        if self.stop.is_set() and not self.stopping_sent:
+            self.stopping_sent = True
+            self.notifier.stopping()
+
+    def _log_ledger_now_and_then(self) -> None:
+        if time.monotonic() - self.last_ledger_log >= self.config.ledger_report_s:
+            self.last_ledger_log = time.monotonic()
+            log.info("ledger: %s; shipper: %s", self.spool.ledger().line(), self.shipper.stats.line())
+
+    def _progress_now_and_then(self, draining: bool = False) -> None:
+        if time.monotonic() - self.last_progress >= self.progress_every_s:
+            self.last_progress = time.monotonic()
+            self._report(draining=draining)
+
+    def _report(self, final: bool = False, draining: bool = False) -> None:
+        if self.progress is None:
+            return
+        ledger = self.spool.ledger()
+        if draining and self.last_reported == (ledger.acknowledged, ledger.pending):
+            return  # waiting for acknowledgements: say something only when they move
+        self.last_reported = (ledger.acknowledged, ledger.pending)
+        state = "done" if final else "delivering" if draining else f"{self.source.progress() * 100:5.1f}%"
+        error = self.shipper.stats.last_error
+        node = self.config.node
+        self.progress(
+            f"[{node}] replay {state} sampled={ledger.sampled} acknowledged={ledger.acknowledged} "
+            f"pending={ledger.pending} rejected={ledger.rejected}"
+            + (f" (collector: {error})" if error and not final else "")
+        )

@@ -12,8 +12,9 @@ from gridwatt.agent.attribution import (
     METHOD_TRACE,
     Attributor,
 )
-from gridwatt.agent.meter import NS_PER_S, idle_seconds, interval_energy
+from gridwatt.agent.meter import idle_seconds, interval_energy
 from gridwatt.agent.sources.base import GpuReading
+from gridwatt.timeutil import NS_PER_S
 from gridwatt.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("gridwatt.agent.sampler")

@@ -30,7 +30,8 @@ def notify(state: str, environ: Mapping[str, str] | None = None) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(state.encode(), _address(raw))
+            # never blocks the agent's loop: a full queue at the receiver drops this one notification
+            sock.sendto(state.encode(), socket.MSG_DONTWAIT, _address(raw))
     except OSError as exc:
         log.debug("sd_notify %r failed: %s", state, exc)
         return False
@@ -78,5 +79,6 @@ class Notifier:
             notify("WATCHDOG=1", self._env)
 
     def stopping(self) -> None:
+        """A stop was asked (SIGTERM): the agent is draining its spool and will exit."""
         if self.enabled:
             notify("STOPPING=1", self._env)

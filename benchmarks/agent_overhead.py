@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gridwatt.harness import CollectorProcess, new_collector_ports, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, toml_str
 
 
 def cpu_s(pid: int) -> float:

@@ -35,10 +35,10 @@ from gridwatt.agent.sources.sim.source import SimSource
 from gridwatt.agent.sources.sim.trace import synthetic_trace
 from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.points import prepare_batch
-from gridwatt.collector.topology import Topology
+from gridwatt.collector.wiring import build_topology
 from gridwatt.configfile import load_config
-from gridwatt.harness import CollectorProcess, new_collector_ports, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, toml_str
 from gridwatt.v1 import telemetry_pb2 as pb
 
 START_NS = 1_656_633_600 * 10**9  # 2022-07-01T00:00:00Z
@@ -177,7 +177,7 @@ def main() -> None:
 
         # The same line protocol the collector produced, built with its own code.
         config = load_config(cfg, CollectorConfig)
-        topology = Topology(config)
+        topology = build_topology(config)
         lines: list[str] = []
         for node, node_batches in batches.items():
             placement = topology.locate(node)

@@ -27,8 +27,8 @@ from gridwatt.agent.sources.sim.trace import synthetic_trace
 from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.server import start_collector
 from gridwatt.configfile import load_config
-from gridwatt.harness import toml_str
-from gridwatt.local_influxdb import LocalInfluxDB, free_port
+from gridwatt.demo_harness.influxdb import LocalInfluxDB, free_port
+from gridwatt.demo_harness.processes import toml_str
 from gridwatt.v1 import telemetry_pb2 as pb
 
 START_NS = 1_656_633_600 * 10**9  # 2022-07-01T00:00:00Z

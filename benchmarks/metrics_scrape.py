@@ -27,7 +27,7 @@ from gridwatt.collector.query_service import http_app
 from gridwatt.collector.stepseries import StepSeries
 from gridwatt.collector.store import InfluxStore
 from gridwatt.collector.topology import Placement
-from gridwatt.local_influxdb import free_port
+from gridwatt.demo_harness.influxdb import free_port
 from gridwatt.v1 import telemetry_pb2 as pb
 
 S = 1_000_000_000

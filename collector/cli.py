@@ -129,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, CollectorConfig)
         from gridwatt.collector.auth import NodeAuth
-        from gridwatt.collector.topology import Topology
+        from gridwatt.collector.wiring import build_topology
 
-        Topology(config)  # loads intensity and PUE files: their errors surface before serving
+        build_topology(config)  # loads intensity and PUE files: their errors surface before serving
         if config.alerts.state_file:
             check_state_file(Path(config.alerts.state_file))
         auth = NodeAuth.from_config(config.auth)

@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationInfo,
@@ -19,22 +17,19 @@ from gridwatt.collector.alerts.rules import AlertsConfig
 from gridwatt.collector.intensity.config import ProviderConfig
 from gridwatt.collector.read_auth import ReadsConfig
 from gridwatt.collector.report_config import ReportsConfig
-from gridwatt.configfile import resolve_path
+from gridwatt.collector.schema import AGENT_LEDGER, GPU, HOST, JOB, JOB_WINDOW, NODE, RACK
+from gridwatt.configfile import ConfigPath, StrictModel
 from gridwatt.timeutil import parse_time_ns
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ZoneConfig(_Strict):
+class ZoneConfig(StrictModel):
     name: str = Field(min_length=1)
     #: constant, csv, electricitymaps, watttime, uk_carbon_intensity, or a chain of them
     #: (see collector/intensity/README.md).
     intensity: ProviderConfig
 
 
-class PueStep(_Strict):
+class PueStep(StrictModel):
     #: ISO 8601 UTC time from which this PUE holds.
     start: str
     pue: float = Field(ge=1.0, le=3.0)
@@ -46,13 +41,13 @@ class PueStep(_Strict):
         return v
 
 
-class SiteConfig(_Strict):
+class SiteConfig(StrictModel):
     """A site (building, hall) whose facility power is metered as a whole (see collector/README.md, PUE)."""
 
     name: str = Field(min_length=1)
     #: CSV with columns time,facility_power_w (or time,facility_power_kw); each row holds until the
     #: next, the last for one more step of the feed. Relative to the config file's folder.
-    facility_power_csv: Path | None = None
+    facility_power_csv: ConfigPath | None = None
     #: A feed-derived PUE outside [pue_min, pue_max] is clamped (with a warning).
     pue_min: float = Field(1.0, ge=1.0)
     pue_max: float = Field(3.0, gt=1.0, le=10.0)
@@ -73,17 +68,17 @@ class SiteConfig(_Strict):
         return self
 
 
-class RackConfig(_Strict):
+class RackConfig(StrictModel):
     name: str = Field(min_length=1)
     zone: str = Field(min_length=1)
-    nodes: list[str] = []
+    nodes: list[str] = Field(default_factory=list)
     #: The site whose facility power feed covers this rack (default: the rack's name).
     site: str = ""
     #: A constant PUE, or use pue_schedule (inline steps), pue_csv (time,pue file) or
     #: pue_from_feed = true (facility power of the rack's site ÷ measured IT energy).
     pue: float | None = Field(None, ge=1.0, le=3.0)
     pue_schedule: list[PueStep] | None = None
-    pue_csv: Path | None = None
+    pue_csv: ConfigPath | None = None
     pue_from_feed: bool = False
 
     @model_validator(mode="after")
@@ -97,10 +92,10 @@ class RackConfig(_Strict):
 
 
 #: Every measurement the collector writes (see "Data model in InfluxDB" in README.md).
-MEASUREMENTS = ("gpu", "job", "job_window", "node", "rack", "host", "agent_ledger")
+MEASUREMENTS = (GPU, JOB, JOB_WINDOW, NODE, RACK, HOST, AGENT_LEDGER)
 
 
-class RetentionPolicyConfig(_Strict):
+class RetentionPolicyConfig(StrictModel):
     """An InfluxDB 1.x retention policy and the measurements written to and read from it."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -117,7 +112,7 @@ class RetentionPolicyConfig(_Strict):
         return v
 
 
-class InfluxConfig(_Strict):
+class InfluxConfig(StrictModel):
     #: 1 for InfluxDB 1.x (v1 /write and /query); 2 for InfluxDB 2.x/3.x (v2 write API, InfluxQL reads).
     version: Literal[1, 2] = 1
     url: str = "http://127.0.0.1:8086"
@@ -128,13 +123,13 @@ class InfluxConfig(_Strict):
     retention_policy: str = ""
     #: 1.x: retention policies per measurement, e.g. a shorter one for job (`gridwatt-collector
     #: init-db` creates them); points of those measurements are written to and read from them.
-    retention_policies: list[RetentionPolicyConfig] = []
+    retention_policies: list[RetentionPolicyConfig] = Field(default_factory=list)
     username: str | None = None
     password: str | None = Field(None, repr=False)
-    password_file: Path | None = None
+    password_file: ConfigPath | None = None
     #: 2.x/3.x: API token (best given as GRIDWATT_INFLUXDB__TOKEN or token_file), org and bucket.
     token: str | None = Field(None, repr=False)
-    token_file: Path | None = None
+    token_file: ConfigPath | None = None
     org: str = ""
     bucket: str = ""
     create_database: bool = True
@@ -185,7 +180,7 @@ class InfluxConfig(_Strict):
         return self.retention_policy
 
 
-class ServerConfig(_Strict):
+class ServerConfig(StrictModel):
     grpc_listen: str = "127.0.0.1:50051"
     #: HTTP API (GET /v1/jobs/{job_id}, /healthz); empty disables it.
     http_listen: str = "127.0.0.1:8080"
@@ -199,10 +194,10 @@ class ServerConfig(_Strict):
     max_interval_s: float = Field(3600.0, gt=0)
     #: Earliest sample time accepted (ISO 8601).
     min_time: str = "2000-01-01T00:00:00Z"
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
+    tls_cert_file: ConfigPath | None = None
+    tls_key_file: ConfigPath | None = None
     #: CA for client certificates: set it to require mutual TLS.
-    tls_client_ca_file: Path | None = None
+    tls_client_ca_file: ConfigPath | None = None
     keepalive_min_ping_interval_s: float = Field(10.0, gt=0)
     #: Batches being stored at once (all streams and Write calls); beyond it a batch is answered
     #: UNAVAILABLE at once (the agent keeps it and resends).
@@ -220,7 +215,7 @@ class ServerConfig(_Strict):
         return self
 
 
-class AuthConfig(_Strict):
+class AuthConfig(StrictModel):
     """Per-node bearer tokens (see collector/auth.py). Off when no token is configured.
 
     Production should enable it: without tokens any client that reaches the port can write
@@ -228,7 +223,7 @@ class AuthConfig(_Strict):
     """
 
     #: ``node token`` lines or TOML ``node = "token"``; a token may be stored as ``sha256:<hex>``.
-    tokens_file: Path | None = None
+    tokens_file: ConfigPath | None = None
     #: Inline node → token map, best given as GRIDWATT_AUTH__TOKENS='{ node = "token" }'.
     tokens: dict[str, Any] = Field(default_factory=dict, repr=False)
     #: With mutual TLS: a batch's node must equal the client certificate's common name (CN).
@@ -246,7 +241,7 @@ class AuthConfig(_Strict):
         return v
 
 
-class AccountingConfig(_Strict):
+class AccountingConfig(StrictModel):
     #: Width of the rack-level windows.
     rack_resolution_s: int = Field(60, ge=1, le=86400)
     #: Where auto-registered nodes go.
@@ -270,7 +265,7 @@ class AccountingConfig(_Strict):
     estimate_lookback_s: float = Field(48 * 3600.0, ge=0, le=30 * 86400)
 
 
-class LiveMetricsConfig(_Strict):
+class LiveMetricsConfig(StrictModel):
     """The live view on /metrics (collector/live_metrics.py)."""
 
     #: A job's series go this long (wall seconds) after its last stored sample.
@@ -279,15 +274,15 @@ class LiveMetricsConfig(_Strict):
     max_job_series: int = Field(10_000, ge=1, le=1_000_000)
 
 
-class CollectorConfig(_Strict):
+class CollectorConfig(StrictModel):
     server: ServerConfig = ServerConfig()
     influxdb: InfluxConfig = InfluxConfig()
     accounting: AccountingConfig = AccountingConfig()
     auth: AuthConfig = AuthConfig()
     zones: list[ZoneConfig] = Field(min_length=1)
-    racks: list[RackConfig] = []
+    racks: list[RackConfig] = Field(default_factory=list)
     #: Sites with a facility power feed, for racks with pue_from_feed = true.
-    sites: list[SiteConfig] = []
+    sites: list[SiteConfig] = Field(default_factory=list)
     #: Idle-GPU alert rules and sinks (see collector/alerts/README.md).
     alerts: AlertsConfig = AlertsConfig()
     #: Who may read (principals, trusted proxies), HTTP TLS, local metrics (collector/read_auth.py).
@@ -308,39 +303,24 @@ class CollectorConfig(_Strict):
         self._config_dir = (info.context or {}).get("config_dir")
         return self
 
-    @model_validator(mode="before")
-    @classmethod
-    def _resolve_paths(cls, data: Any, info: ValidationInfo) -> Any:
-        config_dir = (info.context or {}).get("config_dir")
-        if not isinstance(data, dict) or config_dir is None:
-            return data
-        for rack in data.get("racks") or []:
-            if isinstance(rack, dict) and rack.get("pue_csv"):
-                rack["pue_csv"] = str(resolve_path(rack["pue_csv"], config_dir))
-        for site in data.get("sites") or []:
-            if isinstance(site, dict) and site.get("facility_power_csv"):
-                site["facility_power_csv"] = str(resolve_path(site["facility_power_csv"], config_dir))
-        for section, keys in (
-            ("server", ("tls_cert_file", "tls_key_file", "tls_client_ca_file")),
-            ("influxdb", ("password_file", "token_file")),
-            ("auth", ("tokens_file",)),
-            ("reads", ("principals_file", "tls_cert_file", "tls_key_file")),
-        ):
-            sec = data.get(section)
-            if isinstance(sec, dict):
-                for key in keys:
-                    if sec.get(key):
-                        sec[key] = str(resolve_path(sec[key], config_dir))
-        return data
-
     @model_validator(mode="after")
     def _consistent(self) -> CollectorConfig:
         zones = [z.name for z in self.zones]
-        if len(set(zones)) != len(zones):
-            raise ValueError(f"zone names must be unique: {zones}")
-        racks = [r.name for r in self.racks]
-        if len(set(racks)) != len(racks):
-            raise ValueError(f"rack names must be unique: {racks}")
+        _unique("zone", zones)
+        _unique("rack", [r.name for r in self.racks])
+        self._check_rack_zones_and_nodes(zones)
+        self._check_feed_racks()
+        if self.auth.bind_node_to_cert_cn and self.server.tls_client_ca_file is None:
+            raise ValueError("auth.bind_node_to_cert_cn needs mutual TLS: set server.tls_client_ca_file")
+        for market in self.reports.market:
+            if market.zone not in zones:
+                raise ValueError(f"reports.market: zone {market.zone!r} is not among zones {zones}")
+        if self.accounting.default_zone is not None and self.accounting.default_zone not in zones:
+            raise ValueError(f"accounting.default_zone {self.accounting.default_zone!r} is not a zone")
+        return self
+
+    def _check_rack_zones_and_nodes(self, zones: list[str]) -> None:
+        """Every rack's zone exists; no node is in two racks."""
         seen: dict[str, str] = {}
         for rack in self.racks:
             if rack.zone not in zones:
@@ -349,6 +329,9 @@ class CollectorConfig(_Strict):
                 if node in seen:
                     raise ValueError(f"node {node!r} is in two racks: {seen[node]!r} and {rack.name!r}")
                 seen[node] = rack.name
+
+    def _check_feed_racks(self) -> None:
+        """Site names are unique; a pue_from_feed rack has a site with a feed, and rack windows on."""
         sites = {s.name: s for s in self.sites}
         if len(sites) != len(self.sites):
             raise ValueError(f"site names must be unique: {[s.name for s in self.sites]}")
@@ -366,11 +349,9 @@ class CollectorConfig(_Strict):
                     f"rack {rack.name!r}: pue_from_feed reads the node windows back, so it needs "
                     "accounting.rack_windows = true"
                 )
-        if self.auth.bind_node_to_cert_cn and self.server.tls_client_ca_file is None:
-            raise ValueError("auth.bind_node_to_cert_cn needs mutual TLS: set server.tls_client_ca_file")
-        for market in self.reports.market:
-            if market.zone not in zones:
-                raise ValueError(f"reports.market: zone {market.zone!r} is not among zones {zones}")
-        if self.accounting.default_zone is not None and self.accounting.default_zone not in zones:
-            raise ValueError(f"accounting.default_zone {self.accounting.default_zone!r} is not a zone")
-        return self
+
+
+def _unique(what: str, names: list[str]) -> None:
+    """ValueError listing ``names`` when one appears twice."""
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} names must be unique: {names}")

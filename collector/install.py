@@ -20,18 +20,18 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from gridwatt.agent.install import Installer, InstallError, InstallOptions
+from gridwatt.resources import deploy_file
 
 UNIT_NAME = "gridwatt-collector.service"
 DEFAULT_EXEC = "/opt/gridwatt/bin/gridwatt-collector"
 
 
-def packaged_file(name: str) -> str:
-    """A file shipped in gridwatt/collector/data (copies of deploy/, kept equal by a test)."""
-    return resources.files("gridwatt.collector").joinpath("data", name).read_text()
+def packaged_file(*parts: str) -> str:
+    """A file of the repository's deploy/ folder, shipped as package data (gridwatt.deploy)."""
+    return deploy_file(*parts).read_text()
 
 
 def default_exec_path() -> Path | None:
@@ -63,7 +63,7 @@ class CollectorInstaller(Installer):
         return self.path("/etc/gridwatt/.collector-install.json")
 
     def render_unit(self, groups: list[str], exec_path: Path | None) -> str:
-        unit = packaged_file(UNIT_NAME)
+        unit = packaged_file("systemd", UNIT_NAME)
         if exec_path is not None:
             unit = unit.replace(DEFAULT_EXEC, str(exec_path))
         return unit.replace("User=gridwatt\nGroup=gridwatt", f"User={self.opts.user}\nGroup={self.opts.user}")

@@ -26,6 +26,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from gridwatt.collector import queries
 from gridwatt.collector.listings import WHO, JobSums
 from gridwatt.collector.store import InfluxStore, series_rows
 
@@ -118,19 +119,8 @@ class JobIndex:
 
     async def _load(self, lo: int | None, hi: int | None) -> None:
         """Read [lo, hi) (hour-aligned; None: unbounded) from InfluxDB and replace those hours."""
-        parts = ([f"time >= {lo}"] if lo is not None else []) + ([f"time < {hi}"] if hi is not None else [])
-        where = (" WHERE " + " AND ".join(parts)) if parts else ""
-        who = ", ".join(f'last("{name}") AS "{name}"' for name in WHO)
-        jw = self.store.measurement("job_window")
         sums_res, who_res, first_res, nodes_res = await self.store.query(
-            'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-            'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, '
-            f'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns FROM {jw}{where} '
-            'GROUP BY time(1h), "job_id", "rack" fill(none); '
-            f'SELECT {who} FROM {jw}{where} GROUP BY "job_id"; '
-            f'SELECT first("gpu_s") FROM {jw}{where} GROUP BY "job_id"; '
-            f'SELECT last("gpu_count") FROM {jw}{where} GROUP BY "job_id", "node"'
-        )
+            queries.job_hours_in_range(self.store.measurement, lo, hi))
         self.loads += 1
         self._answers.clear()
         fresh: dict[int, dict[tuple[str, str], HourSums]] = {}

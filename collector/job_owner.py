@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from gridwatt.collector.store import InfluxStore, quote_string, series_rows
+from gridwatt.collector import queries
+from gridwatt.collector.store import InfluxStore, series_rows
 
 
 async def job_owner(store: InfluxStore, job_id: str) -> tuple[str, str]:
     """(user, account) of the job's latest ``job`` point that names them; "" where unknown."""
-    job = quote_string(job_id)
-    user_res, account_res = await store.query(
-        f'SELECT last("user") AS v FROM {store.measurement("job")} WHERE "job_id" = {job}; '
-        f'SELECT last("account") AS v FROM {store.measurement("job")} WHERE "job_id" = {job}'
-    )
+    user_res, account_res = await store.query(queries.job_owner(store.measurement, job_id))
     user_rows = series_rows(user_res)
     account_rows = series_rows(account_res)
     user = str(user_rows[0][1].get("v") or "") if user_rows else ""

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH
-from gridwatt.collector.store import InfluxStore, quote_string, series_rows
+from gridwatt.collector.schema import series_tags
+from gridwatt.collector.store import InfluxStore, series_rows
 from gridwatt.timeutil import format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 
@@ -55,44 +57,13 @@ class JobReport:
         )
 
 
-def _series_tags(key: str) -> dict[str, str]:
-    """Tags of a series key such as ``job,gpu=0,job_id=a\\,b,node=n1,rack=r1`` (escapes undone)."""
-    parts: list[str] = []
-    cur: list[str] = []
-    escaped = False
-    for ch in key:
-        if escaped:
-            cur.append(ch)
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ",":
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    parts.append("".join(cur))
-    return dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-
-
 async def job_report(store: InfluxStore, job_id: str) -> JobReport:
     """The job's totals from its ``job_window`` points (one per node and window), its GPUs from the
     series index, its start and emission factor from its first and last ``job`` points.
 
     Raises JobNotFound when there are none.
     """
-    job = quote_string(job_id)
-    jw, jm = store.measurement("job_window"), store.measurement("job")
-    q = (
-        'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-        'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, '
-        'sum("idle_energy_j") AS ie, '
-        f'max("end_ns") AS end_ns FROM {jw} WHERE "job_id" = {job}; '
-        f'SHOW SERIES FROM {jm} WHERE "job_id" = {job}; '
-        f'SELECT first("gpu_s") FROM {jm} WHERE "job_id" = {job}; '
-        f'SELECT last("ef") FROM {jm} WHERE "job_id" = {job}'
-    )
-    sums, series, first, ef = await store.query(q)
+    sums, series, first, ef = await store.query(queries.job_report(store.measurement, job_id))
     rows = series_rows(sums)
     if not rows or not rows[0][1].get("g"):
         raise JobNotFound(f"no samples stored for job {job_id!r}")
@@ -100,7 +71,7 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
     end_ns = int(rows[0][1].get("end_ns") or 0)
     gpus: set[tuple[str, int]] = set()
     for _tags, row in series_rows(series):
-        tags = _series_tags(str(row.get("key", "")))
+        tags = series_tags(str(row.get("key", "")))
         gpus.add((tags.get("node", ""), int(tags.get("gpu", "0") or 0)))
     nodes = {n for n, _ in gpus}
     first_rows = series_rows(first)

@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import math
 
-from gridwatt.collector.lineproto import tag
+from gridwatt.collector.schema import AGENT_LEDGER, ledger_key
 from gridwatt.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("gridwatt.collector.ledger")
 
-MEASUREMENT = "agent_ledger"
+MEASUREMENT = AGENT_LEDGER
 #: One stored ledger point per node per this many nanoseconds.
 RESOLUTION_NS = 60 * 1_000_000_000
 
@@ -41,7 +41,7 @@ def ledger_line(node: str, rack: str, ledger: pb.SpoolLedger) -> str:
     balanced = ledger.sampled == (ledger.acknowledged + ledger.rejected + ledger.evicted + ledger.lost
                                   + ledger.pending)
     return (
-        f"{MEASUREMENT},node={tag(node)},rack={tag(rack)} "
+        f"{ledger_key(node, rack)} "
         f"sampled={ledger.sampled}i,acknowledged={ledger.acknowledged}i,rejected={ledger.rejected}i,"
         f"evicted={ledger.evicted}i,evicted_energy_j={float(ledger.evicted_energy_j)!r},"
         f"lost={ledger.lost}i,pending={ledger.pending}i,quarantines={ledger.quarantines}i,"

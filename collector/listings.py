@@ -18,12 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH
 from gridwatt.collector.read_auth import Principal
+from gridwatt.collector.schema import WHO_FIELDS
 from gridwatt.collector.store import InfluxStore, series_rows
 from gridwatt.timeutil import format_time_ns
 
-WHO = ("user", "account", "partition", "namespace", "job_name")
+WHO = WHO_FIELDS
 GROUP_BY = ("user", "account", "rack", "zone")
 SUM_KEYS = _SUM_KEYS = ("e", "f", "c", "ce", "g", "u", "i", "ie")
 MAX_LIMIT = 1000
@@ -47,28 +49,10 @@ class JobSums:
     who: dict[str, str] = field(default_factory=dict)
 
 
-def _time_clause(since_ns: int | None, until_ns: int | None) -> str:
-    parts = []
-    if since_ns is not None:
-        parts.append(f"time >= {since_ns}")
-    if until_ns is not None:
-        parts.append(f"time < {until_ns}")
-    return (" WHERE " + " AND ".join(parts)) if parts else ""
-
-
 async def scan_jobs(store: InfluxStore, since_ns: int | None, until_ns: int | None) -> dict[str, JobSums]:
     """Every job with a window in [since, until): its sums per node and rack, and who ran it."""
-    where = _time_clause(since_ns, until_ns)
-    who = ", ".join(f'last("{name}") AS "{name}"' for name in WHO)
-    q = (
-        'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-        'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, '
-        'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns '
-        f'FROM {store.measurement("job_window")}{where} GROUP BY "job_id", "node", "rack"; '
-        f'SELECT {who} FROM {store.measurement("job_window")}{where} GROUP BY "job_id"; '
-        f'SELECT first("gpu_s") FROM {store.measurement("job_window")}{where} GROUP BY "job_id"'
-    )
-    sums_res, who_res, first_res = await store.query(q)
+    sums_res, who_res, first_res = await store.query(
+        queries.job_sums_in_range(store.measurement, since_ns, until_ns))
     return job_rows(series_rows(sums_res), series_rows(who_res), series_rows(first_res))
 
 

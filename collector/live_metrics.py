@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gridwatt.collector.accounting import facility_and_emissions
+from gridwatt.timeutil import NS_PER_S
 from gridwatt.v1 import telemetry_pb2 as pb
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 PREFIX = "gridwatt_"
 UNATTRIBUTED = "unattributed"
-NS_PER_S = 1_000_000_000
 #: Whether the wire's JobShare carries an account (the label stays empty until it does).
 _ACCOUNT = "account"
 _HAS_ACCOUNT = _ACCOUNT in pb.JobShare.DESCRIPTOR.fields_by_name

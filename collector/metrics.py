@@ -13,7 +13,7 @@ Two registries:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,10 +26,14 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gridwatt.collector.live_metrics import LiveAccounts
+from gridwatt.collector.ingest_stats import IngestStats
 
-if TYPE_CHECKING:
-    from gridwatt.collector.ingest import IngestStats
+
+class LiveView(Protocol):
+    """What /metrics appends after these metrics: collector/live_metrics.py's LiveAccounts."""
+
+    def render(self, openmetrics: bool = False) -> str: ...
+
 
 PREFIX = "gridwatt_collector_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -139,7 +143,7 @@ class CollectorMetrics(StoreMetrics):
         super().__init__(CollectorRegistry())
         self._ledger: _LedgerCollector | None = None
         #: Accounted energy and carbon (collector/live_metrics.py), appended to the exposition.
-        self.live: LiveAccounts | None = None
+        self.live: LiveView | None = None
 
     def bind_ledger(self, stats: Callable[[], IngestStats], streams: Callable[[], int]) -> None:
         """Export the ingest ledger (once)."""

@@ -17,13 +17,21 @@ from typing import Any
 
 from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated
 from gridwatt.collector.intensity.base import IntensitySeries
-from gridwatt.collector.lineproto import string_field, tag
+from gridwatt.collector.schema import (
+    WHO_FIELDS,
+    gpu_key_head,
+    host_key,
+    job_key_head,
+    job_key_tail,
+    string_field,
+    tag,
+)
 from gridwatt.collector.stepseries import StepSeries
 from gridwatt.collector.topology import Placement
+from gridwatt.timeutil import NS_PER_S
 from gridwatt.v1 import telemetry_pb2 as pb
 
 UNATTRIBUTED = "unattributed"
-NS_PER_S = 1_000_000_000
 
 ENERGY_METHOD_NAMES = {
     pb.ENERGY_METHOD_UNSPECIFIED: "unspecified",
@@ -49,16 +57,13 @@ def _attribution_fields(method: int, user: str, split_estimated: bool, *who: str
     out = f",attribution=\"{ATTRIBUTION_NAMES.get(method, 'none')}\""
     if user:
         out += f",user={string_field(user)}"
-    for name, value in zip(WHO_FIELDS, who, strict=False):
+    for name, value in zip(WHO_FIELDS[1:], who, strict=False):
         if value:
             out += f",{name}={string_field(value)}"
     if split_estimated:
         out += ",split_estimated=true"
     return out
 
-
-#: Who ran a job, besides its user: string fields of ``job`` and ``job_window`` points.
-WHO_FIELDS = ("account", "partition", "namespace", "job_name")
 
 
 @dataclass
@@ -89,8 +94,8 @@ def prepare_batch(
     """
     node_t = tag(batch.node)
     rack_t = tag(placement.rack)
-    gpu_prefix = f"gpu,node={node_t},rack={rack_t},zone={tag(placement.zone)},gpu="
-    job_suffix = f",node={node_t},rack={rack_t},gpu="
+    gpu_prefix = gpu_key_head(node_t, rack_t, tag(placement.zone))
+    job_suffix = job_key_tail(node_t, rack_t)
     mixed = bool(intensity.step_sources)
     ef = string_field(intensity.emission_factor)
     src = string_field(intensity.source)
@@ -157,7 +162,7 @@ def prepare_batch(
                 how = how_cache[key] = _attribution_fields(method, user, estimated, *who)
             gpu_s = dur_s * frac
             append(
-                f"job,job_id={job_t}{job_suffix}{gpu} energy_j={e * frac!r},"
+                f"{job_key_head(job_t)}{job_suffix}{gpu} energy_j={e * frac!r},"
                 f"facility_energy_j={fac * frac!r},co2e_g={co2 * frac!r},estimated_co2e_g={est_co2 * frac!r},"
                 f"gpu_s={gpu_s!r},"
                 f"util_pct_s={util * gpu_s!r},idle_s={idle_s * frac!r},idle_energy_j={idle_e * frac!r},"
@@ -169,7 +174,7 @@ def prepare_batch(
 
 def host_lines(batch: pb.Batch, placement: Placement) -> list[str]:
     """``host`` points (tags node, rack): CPU utilisation, memory and RAPL CPU energy per interval."""
-    prefix = f"host,node={tag(batch.node)},rack={tag(placement.rack)} "
+    prefix = host_key(batch.node, placement.rack) + " "
     lines = []
     for h in batch.host_samples:
         dur_s = (h.end_ns - h.start_ns) / NS_PER_S

@@ -32,10 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH
 from gridwatt.collector.pue import PueFileError
 from gridwatt.collector.stepseries import StepSeries
-from gridwatt.collector.store import quote_string, series_rows
+from gridwatt.collector.store import series_rows
 from gridwatt.textfile import checked_lines
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 
@@ -176,8 +177,6 @@ class FacilityFeedPue:
         self._cache_keys: list[int] = []
         self._waiting_for: frozenset[str] = frozenset()
         self.queries = 0
-        rack_match = " OR ".join(f'"rack" = {quote_string(r)}' for r in site.racks)
-        self._where = f"WHERE ({rack_match})"
 
     async def series(self, start_ns: int, end_ns: int) -> StepSeries:
         """PUE for every window of [start_ns, end_ns); one InfluxQL request."""
@@ -201,11 +200,8 @@ class FacilityFeedPue:
             raise RuntimeError(f"site {self.site.name!r}: FacilityFeedPue has no store attached")
         res_s = self.resolution_ns // NS_PER_S
         self.queries += 1
-        node = self.store.measurement("node")
         last_q, sums_q = await self.store.query(
-            f'SELECT last("it_energy_kwh") FROM {node} {self._where} AND time >= {look_lo} GROUP BY "node"; '
-            f'SELECT sum("it_energy_kwh") FROM {node} {self._where} AND time >= {look_lo} AND time < {hi} '
-            f"GROUP BY time({res_s}s) fill(none)"
+            queries.site_it_energy(self.store.measurement, self.site.racks, look_lo, hi, res_s)
         )
         latest = {tags.get("node", ""): int(row["time"]) for tags, row in series_rows(last_q)}
         it_kwh = {int(row["time"]): float(row["sum"]) for _, row in series_rows(sums_q)

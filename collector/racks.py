@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gridwatt.collector import queries
 from gridwatt.collector.store import InfluxStore, series_rows
 
 
@@ -16,18 +17,7 @@ async def rack_totals(
     store: InfluxStore, since_ns: int | None = None, until_ns: int | None = None
 ) -> list[dict[str, Any]]:
     """One dict per rack: energy, emissions, energy-weighted PUE and intensity, GPU-hours, mean util."""
-    conds = []
-    if since_ns is not None:
-        conds.append(f"time >= {since_ns}")
-    if until_ns is not None:
-        conds.append(f"time < {until_ns}")
-    where = f"WHERE {' AND '.join(conds)} " if conds else ""
-    (result,) = await store.query(
-        'SELECT sum("it_energy_kwh") AS it, sum("facility_energy_kwh") AS fac, sum("co2e_kg") AS co2, '
-        'sum("estimated_co2e_g") AS est, sum("gpu_seconds") AS gs, sum("util_pct_s") AS us, '
-        'sum("idle_energy_kwh") AS idle, '
-        f'max("gpu_count") AS gpus FROM {store.measurement("rack")} {where}GROUP BY "rack", "zone"'
-    )
+    (result,) = await store.query(queries.rack_totals(store.measurement, since_ns, until_ns))
     out = []
     for tags, row in series_rows(result):
         it, fac, co2, gs = (float(row[k] or 0.0) for k in ("it", "fac", "co2", "gs"))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH
 from gridwatt.collector.config import CollectorConfig, RackConfig
 from gridwatt.collector.listings import WHO, ListingError
@@ -103,15 +104,8 @@ async def read_hours(
     store: InfluxStore, since_ns: int, until_ns: int
 ) -> tuple[list[HourRow], dict[str, dict[str, str]]]:
     """The hourly sums per job and rack in [since, until), and who ran each job."""
-    where = f" WHERE time >= {since_ns} AND time < {until_ns}"
-    who = ", ".join(f'last("{name}") AS "{name}"' for name in WHO)
-    sums_res, who_res = await store.query(
-        'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-        'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, '
-        f'sum("idle_energy_j") AS ie FROM {store.measurement("job_window")}{where} '
-        'GROUP BY time(1h), "job_id", "rack" fill(none); '
-        f'SELECT {who} FROM {store.measurement("job_window")}{where} GROUP BY "job_id"'
-    )
+    sums_res, who_res, _first, _nodes = await store.query(
+        queries.job_hours_in_range(store.measurement, since_ns, until_ns))
     rows = []
     for tags, row in series_rows(sums_res):
         rows.append(HourRow(int(row["time"]), tags.get("job_id", ""), tags.get("rack", ""),

@@ -29,17 +29,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated
 from gridwatt.collector.intensity.base import IntensityProvider, IntensitySeries, IntensityUnavailable
-from gridwatt.collector.lineproto import string_field, tag
 from gridwatt.collector.rollup import RackRollup
+from gridwatt.collector.schema import gpu_key, job_key, string_field
 from gridwatt.collector.stepseries import StepSeries
-from gridwatt.collector.store import InfluxStore, QueryError, StoreUnavailable, quote_string, series_rows
+from gridwatt.collector.store import InfluxStore, QueryError, StoreUnavailable, series_rows
 from gridwatt.collector.topology import Topology
+from gridwatt.timeutil import NS_PER_S
 
 log = logging.getLogger("gridwatt.collector.revisit")
 
-NS_PER_S = 1_000_000_000
 #: re-account at most this much sample time per query, so one stretch never reads unbounded rows
 CHUNK_NS = 3600 * NS_PER_S
 #: stored and recomputed emissions closer than this (relative) are the same
@@ -139,11 +140,7 @@ class EstimateRevisor:
         lookback_s = int(self.lookback_s)
         if lookback_s <= 0:
             return 0
-        (res,) = await self.store.query(
-            f'SELECT count("estimated_co2e_g") FROM {self.store.measurement("gpu")} '
-            'WHERE "estimated_co2e_g" > 0 '
-            f'AND time > now() - {lookback_s}s GROUP BY time(1h), "zone" fill(none)'
-        )
+        (res,) = await self.store.query(queries.estimated_hours(self.store.measurement, lookback_s))
         hours = 0
         for tags, row in series_rows(res):
             zone = tags.get("zone", "")
@@ -222,9 +219,7 @@ class EstimateRevisor:
         estimated emissions; returns (gpu points rewritten, whether estimated emissions remain), or
         None when InfluxDB answered only part of the rows (a smaller range must be asked)."""
         (gpu_res,) = await self.store.query(
-            f'SELECT "energy_j", "end_ns", "co2e_g", "estimated_co2e_g" FROM {self.store.measurement("gpu")} '
-            f'WHERE "zone" = {quote_string(zone)} AND "estimated_co2e_g" > 0 '
-            f'AND time >= {lo_ns} AND time < {hi_ns} GROUP BY "node", "rack", "gpu", "uuid"'
+            queries.estimated_gpu_points(self.store.measurement, zone, lo_ns, hi_ns)
         )
         if gpu_res.get("partial") and hi_ns - lo_ns > NS_PER_S:
             return None
@@ -233,10 +228,7 @@ class EstimateRevisor:
             return 0, False
         racks = sorted({tags.get("rack", "") for tags, _ in gpu_rows})
         (job_res,) = await self.store.query(
-            f'SELECT "fraction" FROM {self.store.measurement("job")} WHERE ('
-            + " OR ".join(f'"rack" = {quote_string(r)}' for r in racks)
-            + f') AND "estimated_co2e_g" > 0 AND time >= {lo_ns} AND time < {hi_ns} '
-            'GROUP BY "job_id", "node", "rack", "gpu"'
+            queries.estimated_job_fractions(self.store.measurement, racks, lo_ns, hi_ns)
         )
         if job_res.get("partial") and hi_ns - lo_ns > NS_PER_S:
             return None
@@ -305,13 +297,13 @@ class EstimateRevisor:
         ef = string_field(intensity.factor_at(start))
         src = string_field(intensity.source_at(start))
         lines.append(
-            f"gpu,node={tag(node)},rack={tag(rack)},zone={tag(zone)},gpu={tag(gpu)},uuid={tag(uuid)} "
+            f"{gpu_key(node, rack, zone, gpu, uuid)} "
             f"co2e_g={co2!r},estimated_co2e_g={est!r},intensity_g_per_kwh={eff_ci!r},"
             f"intensity_estimated={'true' if est > 0 else 'false'},intensity_source={src},ef={ef} {start}"
         )
         for job_id, job_rack, frac in fractions.get((node, gpu, start), []):
             lines.append(
-                f"job,job_id={tag(job_id)},node={tag(node)},rack={tag(job_rack)},gpu={tag(gpu)} "
+                f"{job_key(job_id, node, job_rack, gpu)} "
                 f"co2e_g={co2 * frac!r},estimated_co2e_g={est * frac!r},ef={ef} {start}"
             )
         return True, est > 0

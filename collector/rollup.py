@@ -2,8 +2,10 @@
 
 No window is accumulated in memory. After a batch of node N is stored:
 
-1. every window it touched is recomputed from all ``gpu`` points of node N in
-   that window and written to the ``node`` measurement (reads only N's points);
+1. every window it touched is recomputed from all ``job`` points of node N in
+   that window (the job shares of each GPU interval, ``unattributed`` included, add up to
+   the interval) and written to the ``node`` and ``job_window`` measurements (reads only
+   N's points);
 2. those windows of N's rack are recomputed from the rack's ``node`` points
    (one small point per node and window) and written to ``rack``.
 
@@ -28,13 +30,14 @@ import logging
 from collections import defaultdict
 from typing import Any
 
+from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH
-from gridwatt.collector.lineproto import string_field, tag
-from gridwatt.collector.store import InfluxStore, quote_string, series_rows
+from gridwatt.collector.schema import WHO_FIELDS, job_window_key, node_key, rack_key, string_field
+from gridwatt.collector.store import InfluxStore, series_rows
+from gridwatt.timeutil import NS_PER_S
 
 log = logging.getLogger("gridwatt.collector.rollup")
 
-NS_PER_S = 1_000_000_000
 _SUMS = ("e", "f", "c", "ce", "d", "u", "i", "ie", "n")
 
 
@@ -57,18 +60,18 @@ def _window_fields(w: dict[str, float]) -> str:
 
 def node_lines(node: str, rack: str, zone: str, windows: dict[int, dict[str, float]]) -> list[str]:
     """``node`` points (pure)."""
-    prefix = f"node,node={tag(node)},rack={tag(rack)},zone={tag(zone)} "
+    prefix = node_key(node, rack, zone) + " "
     return [f"{prefix}{_window_fields(w)} {t}" for t, w in sorted(windows.items())]
 
 
 def rack_lines(rack: str, zone: str, windows: dict[int, dict[str, float]]) -> list[str]:
     """``rack`` points (pure); ``nodes`` is the number of nodes that reported in the window."""
-    prefix = f"rack,rack={tag(rack)},zone={tag(zone)} "
+    prefix = rack_key(rack, zone) + " "
     return [f"{prefix}{_window_fields(w)},nodes={int(w['nodes'])}i {t}" for t, w in sorted(windows.items())]
 
 
 #: Who ran a job (string fields of ``job`` points), carried into its ``job_window`` points.
-WHO = ("user", "account", "partition", "namespace", "job_name")
+WHO = WHO_FIELDS
 
 
 def _who_fields(w: dict[str, Any]) -> str:
@@ -77,9 +80,8 @@ def _who_fields(w: dict[str, Any]) -> str:
 
 def job_window_lines(node: str, rack: str, jobs: dict[tuple[int, str], dict[str, Any]]) -> list[str]:
     """``job_window`` points (pure): one job's sums on one node in one window, and who ran it."""
-    suffix = f",node={tag(node)},rack={tag(rack)} "
     return [
-        f"job_window,job_id={tag(job)}{suffix}energy_j={w['e']!r},facility_energy_j={w['f']!r},"
+        f"{job_window_key(job, node, rack)} energy_j={w['e']!r},facility_energy_j={w['f']!r},"
         f"co2e_g={w['c']!r},estimated_co2e_g={w['ce']!r},gpu_s={w['d']!r},util_pct_s={w['u']!r},idle_s={w['i']!r},"
         f"idle_energy_j={w['ie']!r},gpu_count={int(w['n'])}i,end_ns={int(w['end_ns'])}i{_who_fields(w)} {t}"
         for (t, job), w in sorted(jobs.items())
@@ -130,15 +132,7 @@ class RackRollup:
         so their sums are the node's; ``gpu_s`` adds up to the GPUs' seconds.
         """
         res_s = self.resolution_ns // NS_PER_S
-        rows = await self._sums(
-            'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-            'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
-            'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns, '
-            + ", ".join(f'last("{name}") AS "{name}"' for name in WHO) + " "
-            f'FROM {self.store.measurement("job")} WHERE "node" = {quote_string(node)} '
-            f"AND time >= {lo_ns} AND time < {hi_ns} "
-            f'GROUP BY time({res_s}s), "job_id", "gpu" fill(none)'
-        )
+        rows = await self._sums(queries.node_window_sums(self.store.measurement, node, lo_ns, hi_ns, res_s))
         windows: dict[int, dict[str, float]] = {}
         jobs: dict[tuple[int, str], dict[str, Any]] = {}
         gpus: dict[int, set[str]] = defaultdict(set)
@@ -163,15 +157,7 @@ class RackRollup:
     async def rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> dict[int, dict[str, float]]:
         """Sums per window over all node points of ``rack`` in [lo_ns, hi_ns)."""
         res_s = self.resolution_ns // NS_PER_S
-        rows = await self._sums(
-            'SELECT sum("it_energy_kwh") AS e, sum("facility_energy_kwh") AS f, sum("co2e_g") AS c, '
-            'sum("estimated_co2e_g") AS ce, sum("gpu_seconds") AS d, sum("util_pct_s") AS u, '
-            'sum("idle_s") AS i, '
-            'sum("idle_energy_kwh") AS ie, sum("gpu_count") AS n, count("gpu_count") AS nodes '
-            f'FROM {self.store.measurement("node")} WHERE "rack" = {quote_string(rack)} '
-            f"AND time >= {lo_ns} AND time < {hi_ns} "
-            f"GROUP BY time({res_s}s) fill(none)"
-        )
+        rows = await self._sums(queries.rack_window_sums(self.store.measurement, rack, lo_ns, hi_ns, res_s))
         windows: dict[int, dict[str, float]] = {}
         for _tags, row in rows:
             w = {key: float(row.get(key) or 0.0) for key in (*_SUMS, "nodes")}

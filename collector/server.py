@@ -29,6 +29,7 @@ from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore
 from gridwatt.collector.topology import Topology
 from gridwatt.collector.validation import Limits
+from gridwatt.collector.wiring import build_topology
 from gridwatt.timeutil import parse_time_ns
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 
@@ -163,13 +164,14 @@ async def start_collector(config: CollectorConfig) -> RunningCollector:
     A failure after the store started (a port in use, a bad TLS file) closes what was opened, so
     the caller sees one error and no unclosed-session noise.
     """
-    topology = Topology(config)
+    metrics = CollectorMetrics()
+    store = InfluxStore(config.influxdb, metrics)
+    # loads every data file before anything starts; feed-derived PUEs read measured IT energy from store
+    topology = build_topology(config, store)
     auth = NodeAuth.from_config(config.auth)
     if not auth.enabled:
         log.warning("agent authentication is off: any client can write for any node; "
                     "configure [auth] tokens_file in production")
-    metrics = CollectorMetrics()
-    store = InfluxStore(config.influxdb, metrics)
     opened: list[Callable[[], Awaitable[object]]] = [topology.close, store.close]
     try:
         await store.start()

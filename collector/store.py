@@ -1,4 +1,4 @@
-"""InfluxDB: writes line protocol (v1 /write, or v2 write API via influxdb-client) and reads with InfluxQL.
+"""InfluxDB: writes line protocol (collector/writers.py: v1 or v2 write API), reads with InfluxQL.
 
 InfluxQL (``/query``) is served by InfluxDB 1.x, 2.x (with a DBRP mapping) and 3.x,
 so reads are the same for all.
@@ -37,7 +37,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,8 @@ import aiohttp
 
 from gridwatt.collector.config import InfluxConfig
 from gridwatt.collector.metrics import StoreMetrics
+from gridwatt.collector.queries import quote_ident
+from gridwatt.collector.writers import Answer, LineWriter, make_writer
 from gridwatt.configfile import read_secret
 
 log = logging.getLogger("gridwatt.collector.store")
@@ -122,24 +124,6 @@ def _error_text(body: str) -> str:
     return body.strip()[:500]
 
 
-@dataclass
-class _Answer:
-    status: int  # 0: no HTTP answer (timeout, connection error)
-    body: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
-    error: str = ""  # for status 0: what went wrong
-    timeout: bool = False
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def quote_string(value: str) -> str:
-    """An InfluxQL string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 class InfluxStore:
     """One InfluxDB connection pool for writes and InfluxQL reads, and InfluxDB's health."""
 
@@ -147,8 +131,7 @@ class InfluxStore:
         self.config = config
         self.metrics = metrics or StoreMetrics()
         self._session: aiohttp.ClientSession | None = None
-        self._v2_client: Any = None
-        self._v2_write: Any = None
+        self._writer: LineWriter | None = None
         self._headers: dict[str, str] = {}
         password = read_secret(config.password, config.password_file, "influxdb password")
         token = read_secret(config.token, config.token_file, "influxdb token")
@@ -173,15 +156,8 @@ class InfluxStore:
         self._session = aiohttp.ClientSession(
             base_url=self.config.url.rstrip("/") + "/", timeout=timeout, headers=self._headers,
         )
-        if self.config.version == 2:
-            from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
-
-            self._v2_client = InfluxDBClientAsync(
-                url=self.config.url, token=self._token or "", org=self.config.org,
-                timeout=int(self.config.timeout_s * 1000),
-            )
-            self._v2_write = self._v2_client.write_api()
-        elif self.config.create_database:
+        self._writer = make_writer(self.config, self._session, self._token)
+        if self.config.version != 2 and self.config.create_database:
             self._database_pending = True
             try:
                 await self._create_database()
@@ -195,7 +171,7 @@ class InfluxStore:
             self._watch_task = asyncio.create_task(self._watch_while_serving())
 
     async def _create_database(self) -> None:
-        await self.query(f"CREATE DATABASE {_quote_ident(self.config.database)}", method="POST")
+        await self.query(f"CREATE DATABASE {quote_ident(self.config.database)}", method="POST")
         self._database_pending = False
 
     async def _watch_while_serving(self) -> None:
@@ -221,9 +197,9 @@ class InfluxStore:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._v2_client is not None:
-            await self._v2_client.close()
-            self._v2_client = None
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -325,7 +301,7 @@ class InfluxStore:
     def measurement(self, name: str) -> str:
         """``name`` quoted for InfluxQL's FROM, qualified with its retention policy where it has one."""
         rp = self.config.retention_policy_of(name)
-        return (f"{_quote_ident(rp)}." if rp else "") + _quote_ident(name)
+        return (f"{quote_ident(rp)}." if rp else "") + quote_ident(name)
 
     def _by_retention_policy(self, lines: list[str]) -> dict[str, list[int]]:
         """Line indexes grouped by the retention policy of their measurement (one group if none set)."""
@@ -409,46 +385,20 @@ class InfluxStore:
             log.info("InfluxDB write %s; retry %d in %.2f s", what, attempt, delay)
             await asyncio.sleep(delay)
 
-    async def _request(self, body: bytes, rp: str | None = None) -> _Answer:
+    async def _request(self, body: bytes, rp: str | None = None) -> Answer:
         """Send one write request; never raises for HTTP or network failures."""
+        if self._writer is None:
+            raise RuntimeError("InfluxStore.start() was not called")
         t0 = time.perf_counter()
         try:
-            if self._v2_write is not None and body:
-                return await self._request_v2(body)
-            if self.config.version == 2:
-                params = {"org": self.config.org, "bucket": self.config.bucket, "precision": "ns"}
-                path = "api/v2/write"
-            else:
-                params = {"db": self.config.database, "precision": "ns"}
-                rp = self.config.retention_policy if rp is None else rp
-                if rp:
-                    params["rp"] = rp
-                path = "write"
-            async with self.session.post(path, params=params, data=body) as resp:
-                text = await resp.text(errors="replace")
-                return _Answer(resp.status, text, {k.lower(): v for k, v in resp.headers.items()})
+            return await self._writer.post(body, rp)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            return _Answer(0, error=f"timeout after {self.config.timeout_s:g} s ({type(exc).__name__})",
-                           timeout=True)
+            return Answer(0, error=f"timeout after {self.config.timeout_s:g} s ({type(exc).__name__})",
+                          timeout=True)
         except (aiohttp.ClientError, OSError) as exc:
-            return _Answer(0, error=f"{type(exc).__name__}: {exc}")
+            return Answer(0, error=f"{type(exc).__name__}: {exc}")
         finally:
             self.metrics.write_duration.observe(time.perf_counter() - t0)
-
-    async def _request_v2(self, body: bytes) -> _Answer:
-        from influxdb_client.rest import ApiException
-
-        try:
-            await self._v2_write.write(bucket=self.config.bucket, org=self.config.org,
-                                       record=body.decode(), write_precision="ns")
-        except ApiException as exc:
-            if not exc.status:
-                return _Answer(0, error=f"ApiException: {exc.reason}")
-            raw = exc.body
-            text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw or "")
-            headers = {str(k).lower(): str(v) for k, v in dict(exc.headers or {}).items()}
-            return _Answer(int(exc.status), text, headers)
-        return _Answer(204)
 
     async def query(self, q: str, method: str = "GET") -> list[dict[str, Any]]:
         """Run InfluxQL; return the ``results`` list (one entry per statement); ns epoch times."""

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from gridwatt.collector.config import CollectorConfig, RackConfig
 from gridwatt.collector.intensity.base import IntensityProvider
-from gridwatt.collector.intensity.config import build_provider
-from gridwatt.collector.pue import PueProvider, StaticPue, load_pue_csv, pue_from_steps
-from gridwatt.collector.pue_feed import FacilityFeedPue, QueryStore, SiteRacks, load_facility_feed
+from gridwatt.collector.pue import PueProvider
+from gridwatt.collector.pue_feed import FacilityFeedPue
 from gridwatt.collector.stepseries import StepSeries
-from gridwatt.configfile import ConfigError
 
 
 @dataclass(frozen=True)
@@ -35,52 +33,30 @@ class Placement:
 
 
 class Topology:
-    """Built once from the config; ``locate`` is a dict lookup on the hot path."""
+    """Node → placement, built by collector/wiring.py; ``locate`` is a dict lookup on the hot path.
 
-    def __init__(self, config: CollectorConfig) -> None:
-        self.providers: dict[str, IntensityProvider] = {}
-        for zone in config.zones:
-            try:
-                self.providers[zone.name] = build_provider(zone.intensity, config.config_dir)
-            except ConfigError as exc:
-                raise ConfigError(f"zone {zone.name!r}: {exc}") from None
-        #: site name → its feed-derived PUE (sites with a facility_power_csv only)
-        self.feed_pues: dict[str, FacilityFeedPue] = {}
-        for site in config.sites:
-            if site.facility_power_csv is None:
-                continue
-            racks = [r for r in config.racks if r.site == site.name]
-            self.feed_pues[site.name] = FacilityFeedPue(
-                SiteRacks(site.name, tuple(r.name for r in racks), tuple(n for r in racks for n in r.nodes)),
-                load_facility_feed(site.facility_power_csv), None, config.accounting.rack_resolution_s,
-                site.pue_min, site.pue_max, site.fallback_pue, site.max_lag_s,
-            )
+    ``providers`` (zone → intensity provider) and ``feed_pues`` (site → feed-derived PUE) are the
+    parts the placements use, kept to be closed and inspected.
+    """
+
+    def __init__(
+        self,
+        racks: Iterable[tuple[Placement, Iterable[str]]],
+        default: Placement,
+        auto_register: bool,
+        providers: Mapping[str, IntensityProvider],
+        feed_pues: Mapping[str, FacilityFeedPue] | None = None,
+    ) -> None:
+        self.providers = dict(providers)
+        self.feed_pues = dict(feed_pues or {})
         self.racks: dict[str, Placement] = {}
         self._nodes: dict[str, Placement] = {}
-        for rack in config.racks:
-            if rack.pue_from_feed:
-                feed_pue = self.feed_pues[rack.site]
-                placement = Placement(rack.name, rack.zone, StepSeries.constant(feed_pue.fallback_pue),
-                                      self.providers[rack.zone], feed_pue)
-            else:
-                pue = _rack_pue(rack)
-                placement = Placement(rack.name, rack.zone, pue, self.providers[rack.zone], StaticPue(pue))
-            self.racks[rack.name] = placement
-            for node in rack.nodes:
+        for placement, nodes in racks:
+            self.racks[placement.rack] = placement
+            for node in nodes:
                 self._nodes[node] = placement
-        self.auto_register = config.server.auto_register
-        default_zone = config.accounting.default_zone or config.zones[0].name
-        self.default = Placement(
-            config.accounting.default_rack,
-            default_zone,
-            StepSeries.constant(config.accounting.default_pue),
-            self.providers[default_zone],
-        )
-
-    def attach_store(self, store: QueryStore) -> None:
-        """Give the feed-derived PUEs the store they read measured IT energy from."""
-        for feed_pue in self.feed_pues.values():
-            feed_pue.store = store
+        self.auto_register = auto_register
+        self.default = default
 
     async def close(self) -> None:
         """Close the providers' HTTP sessions."""
@@ -99,13 +75,3 @@ class Topology:
             self.racks.setdefault(self.default.rack, self.default)
             return self.default
         return None
-
-
-def _rack_pue(rack: RackConfig) -> StepSeries:
-    """The configured constant, schedule or CSV PUE of a rack (not pue_from_feed)."""
-    if rack.pue is not None:
-        return StepSeries.constant(rack.pue)
-    if rack.pue_schedule is not None:
-        return pue_from_steps([(s.start, s.pue) for s in rack.pue_schedule])
-    assert rack.pue_csv is not None
-    return load_pue_csv(rack.pue_csv)

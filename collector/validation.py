@@ -5,10 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from gridwatt.timeutil import format_time_ns
+from gridwatt.timeutil import NS_PER_S, format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
-
-NS_PER_S = 1_000_000_000
 
 
 class BatchRejected(Exception):

@@ -1,5 +1,9 @@
 """Load a TOML config file into a pydantic model, with GRIDWATT_* environment overrides.
 
+Every config model derives from :class:`StrictModel` (unknown keys are errors) and every path
+field is a :data:`ConfigPath`: a relative path is taken from the config file's folder (the
+``config_dir`` that :func:`load_config` passes as validation context), whatever section it is in.
+
 Environment variables override file values: ``GRIDWATT_<FIELD>`` for a top-level
 field and ``GRIDWATT_<SECTION>__<FIELD>`` for a nested one (case-insensitive), e.g.
 ``GRIDWATT_INFLUXDB__URL=http://db:8086``. Values are parsed as TOML scalars where
@@ -12,9 +16,9 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo
 
 ENV_PREFIX = "GRIDWATT_"
 
@@ -23,6 +27,25 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 class ConfigError(Exception):
     """A configuration problem, with the file, field and reason in its message."""
+
+
+class StrictModel(BaseModel):
+    """The base of every config model: a key the model does not know is an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _from_config_dir(value: Any, info: ValidationInfo) -> Any:
+    """A relative path from a config file, taken from the file's folder (when validating a file)."""
+    if value is None or not isinstance(value, str | Path):
+        return value  # None where allowed; anything else fails as "not a path" with the field's name
+    if str(value) == "":
+        raise ValueError("must not be empty")
+    return resolve_path(value, (info.context or {}).get("config_dir"))
+
+
+#: The type of every path field of a config: relative to the config file's folder unless absolute.
+ConfigPath = Annotated[Path, BeforeValidator(_from_config_dir)]
 
 
 def _parse_env_value(raw: str) -> Any:
@@ -113,10 +136,10 @@ PACKAGE_PREFIX = "package:"
 
 
 def packaged_data(name: str) -> Path:
-    """A data file shipped inside the gridwatt package (e.g. ``DE_2022_hourly.csv``)."""
-    from importlib import resources
+    """A grid data file shipped with gridwatt (``deploy/data/grid``, packaged as gridwatt.deploy)."""
+    from gridwatt.resources import deploy_file
 
-    return Path(str(resources.files("gridwatt") / "data" / name))
+    return Path(str(deploy_file("data", "grid", name)))
 
 
 def resolve_path(value: str | Path, config_dir: Path | None) -> Path:
@@ -143,3 +166,13 @@ def read_secret(value: str | None, file: str | Path | None, what: str) -> str | 
         except OSError as exc:
             raise ConfigError(f"{what}: cannot read secret file {file}: {exc.strerror}") from None
     return None
+
+
+def secret_from(env_name: str, path: Path | None, what: str) -> str:
+    """A required secret: the environment variable ``env_name``, else the file ``path``; ConfigError
+    saying where to put it when neither has one (the secret itself is never shown)."""
+    value = read_secret(os.environ.get(env_name) or None, path, what)
+    if not value:
+        where = f"environment variable {env_name}" + (f" or file {path}" if path else "")
+        raise ConfigError(f"{what}: no secret found (set {where})")
+    return value

@@ -16,10 +16,10 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from gridwatt.cli import fetch_json, format_alerts, format_job, format_racks
 from gridwatt.configfile import packaged_data
-from gridwatt.harness import CollectorProcess, new_collector_ports, start_agent, toml_str
-from gridwatt.local_influxdb import INFLUXD_HINT, LocalInfluxDB
+from gridwatt.demo_harness.influxdb import INFLUXD_HINT, LocalInfluxDB
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, start_agent, toml_str
+from gridwatt.report import fetch_json, format_alerts, format_job, format_racks
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 
 JOB = "llama-7b-finetune"
@@ -30,7 +30,7 @@ GPUS_PER_NODE = 8
 
 
 def grid_csv() -> Path:
-    """Germany's 2022 hourly intensity, shipped as package data (gridwatt/data → deploy/data/grid)."""
+    """Germany's 2022 hourly intensity, shipped as package data (deploy/data/grid, gridwatt.deploy)."""
     return packaged_data("DE_2022_hourly.csv")
 
 

@@ -66,4 +66,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e '.[dev]'
   touch "$stamp"
 fi
+"$PY" scripts/typecheck_tree.py  # the import tree mypy reads (see pyproject.toml [tool.mypy])
 log "ready: .venv/bin/gridwatt, .venv/bin/gridwatt-agent, .venv/bin/gridwatt-collector; influxd $(influxd version 2>/dev/null | head -1)"

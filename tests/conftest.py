@@ -1,4 +1,12 @@
-"""Shared fixtures: one real InfluxDB 1.x server per test session, a fresh database per test."""
+"""Shared fixtures: one real InfluxDB 1.x server per test session, a fresh database per test.
+
+Every test gets one kind marker (README, "Tests"), set here unless the test sets one itself:
+
+* ``e2e``: gridwatt's own programs run as real processes (everything under tests/e2e/);
+* ``integration``: a real server (InfluxDB through the ``influxdb`` fixture, Alertmanager,
+  VictoriaMetrics, a collector on real sockets) but no gridwatt child process;
+* ``unit``: neither; ``pytest -m unit`` is the fast inner loop.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +20,38 @@ from typing import Any
 
 import pytest
 
-from gridwatt.harness import toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import toml_str
 
 REPO = Path(__file__).resolve().parent.parent
 DE_CSV = REPO / "deploy" / "data" / "grid" / "DE_2022_hourly.csv"
 _db_counter = itertools.count(1)
+KINDS = ("unit", "integration", "e2e")
+#: Fixtures that start a real server: a test using one is (at least) an integration test.
+SERVER_FIXTURES = {"influxdb", "alertmanager", "victoriametrics"}
+#: Fixtures that run gridwatt's programs as processes (tests/views: the replayed demo cluster).
+PROCESS_FIXTURES = {"replay"}
+#: Kinds by place, most specific first: tests/e2e; the Debian packages (built, installed into a root
+#: and run); the Kubernetes manifests (rendered and validated by the real tools).
+KIND_BY_PATH = (("tests/e2e", "e2e"), ("tests/deploy/test_deb.py", "e2e"), ("tests/deploy", "integration"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its kind (see the module docstring)."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in KINDS):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        path = Path(str(item.fspath))
+        by_path = next((kind for place, kind in KIND_BY_PATH if path.is_relative_to(REPO / place)), None)
+        if by_path is not None:
+            item.add_marker(getattr(pytest.mark, by_path))
+        elif PROCESS_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.e2e)
+        elif SERVER_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")

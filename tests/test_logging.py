@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gridwatt.harness import CollectorProcess, new_collector_ports
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports
 from gridwatt.logsetup import JsonFormatter
 from tests.conftest import collector_toml
 
@@ -35,6 +35,7 @@ def test_json_formatter_keeps_extra_fields_and_exceptions() -> None:
     assert "ValueError: boom" in out["exc"] and out["ts"].endswith("+00:00")
 
 
+@pytest.mark.e2e
 def test_collector_logs_json_lines(
     tmp_path: Path, influxdb: LocalInfluxDB, database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -41,9 +41,9 @@ def test_the_wheel_ships_what_install_and_the_example_config_need(tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     (wheel,) = tmp_path.glob("gridwatt-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("gridwatt/collector/data/collector.example.toml",
-                 "gridwatt/collector/data/gridwatt-collector.service",
-                 "gridwatt/agent/data/agent.example.toml", "gridwatt/agent/data/gridwatt-agent.service",
-                 "gridwatt/data/DE_2022_hourly.csv"):
+    for name in ("gridwatt/deploy/collector.example.toml",
+                 "gridwatt/deploy/systemd/gridwatt-collector.service",
+                 "gridwatt/deploy/agent.example.toml", "gridwatt/deploy/systemd/gridwatt-agent.service",
+                 "gridwatt/deploy/data/grid/DE_2022_hourly.csv"):
         assert name in names, name
     assert "license" not in proc.stderr.lower()

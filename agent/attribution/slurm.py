@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from gridwatt.agent.attribution.procfs import (
     CgroupReader,
@@ -162,9 +161,3 @@ def slurm_process(
     gpus, gpus_from, weak = job_gpus_of_environ(env)
     return SlurmProcess(job, user, gpus, gpus_from, weak, env.get("SLURM_JOB_ACCOUNT", ""),
                         env.get("SLURM_JOB_PARTITION", ""), env.get("SLURM_JOB_NAME", ""))
-
-
-def slurm_job_of_pid(proc_root: Path, pid: int) -> tuple[str, str] | None:
-    """(job_id, user) of a process in a Slurm job, or None. Kept for callers of the first version."""
-    found = slurm_process(pid, ProcFS(proc_root))
-    return (found.job_id, found.user) if found else None

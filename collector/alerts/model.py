@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 from gridwatt.timeutil import format_time_ns
 
-ScopeKind = Literal["cluster", "group", "rack", "job"]
 SCOPE_KINDS: tuple[str, ...] = ("cluster", "group", "rack", "job")
 
 EventKind = Literal["pending", "firing", "resolved", "cancelled", "still_firing"]

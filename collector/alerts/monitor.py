@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH
 from gridwatt.collector.alerts.engine import AlertEngine
 from gridwatt.collector.alerts.model import AlertEvent, ScopeWindow, combine_windows
@@ -28,10 +29,10 @@ from gridwatt.collector.alerts.rules import AlertsConfig
 from gridwatt.collector.alerts.sinks import AlertDispatcher, build_sinks
 from gridwatt.collector.alerts.state import load_state, save_state
 from gridwatt.collector.alerts.store import AlertStore
-from gridwatt.collector.store import InfluxStore, quote_string, series_rows
+from gridwatt.collector.store import InfluxStore, series_rows
+from gridwatt.timeutil import NS_PER_S
 
 log = logging.getLogger("gridwatt.collector.alerts")
-NS_PER_S = 1_000_000_000
 
 
 @dataclass
@@ -82,7 +83,6 @@ class AlertMonitor:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
-        self.events_sent = 0
         self._state_error = ""  # the last state-file write failure, logged once
         #: Called with every evaluation's events (e.g. the live waste counters on /metrics).
         self.event_listeners: list[Callable[[list[AlertEvent]], None]] = []
@@ -169,7 +169,6 @@ class AlertMonitor:
                 for listener in self.event_listeners:
                     listener(events)
                 await self.dispatcher.dispatch(events)
-                self.events_sent += len(events)
             self.refresh_open_alerts()
             if (events or observed) and self.config.state_file:
                 # saved after every evaluation, so a restart resumes exactly where it left off
@@ -224,10 +223,7 @@ class AlertMonitor:
         self._jobs_next_ns = closed_to
         res_s = self.resolution_ns // NS_PER_S
         (result,) = await self.store.query(
-            'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-            f'sum("gpu_s") AS g, sum("util_pct_s") AS u FROM {self.store.measurement("job")} '
-            f"WHERE \"job_id\" != 'unattributed' AND time >= {lo} AND time < {closed_to} "
-            f'GROUP BY time({res_s}s), "job_id", "node", "gpu" fill(none)'
+            queries.alert_job_windows(self.store.measurement, lo, closed_to, res_s)
         )
         acc: dict[tuple[int, str], dict[str, Any]] = {}
         for tags, row in series_rows(result):
@@ -259,12 +255,8 @@ class AlertMonitor:
 
     async def _rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> list[ScopeWindow]:
         res_s = self.resolution_ns // NS_PER_S
-        where = f'WHERE "rack" = {quote_string(rack)} AND time >= {lo_ns} AND time < {hi_ns}'
         racks, gpus = await self.store.query(
-            'SELECT "it_energy_kwh", "facility_energy_kwh", "co2e_kg", "mean_util_pct", "gpu_count" '
-            f'FROM {self.store.measurement("rack")} {where}; '
-            f'SELECT count("energy_j") FROM {self.store.measurement("gpu")} {where} '
-            f'GROUP BY time({res_s}s), "node", "gpu" fill(none)'
+            queries.alert_rack_windows(self.store.measurement, rack, lo_ns, hi_ns, res_s)
         )
         members: dict[int, set[tuple[str, str]]] = defaultdict(set)
         for tags, row in series_rows(gpus):

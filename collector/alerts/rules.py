@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gridwatt.collector.alerts.model import ScopeWindow
-from gridwatt.configfile import resolve_path
+from gridwatt.configfile import ConfigPath, StrictModel
 
 DEFAULT_RESOLVE_MARGIN_PCT = 10.0
 
@@ -29,14 +29,12 @@ def _check_http_url(value: str) -> str:
     return value
 
 
-class AlertRule(BaseModel):
+class AlertRule(StrictModel):
     """Alert when a scope's GPUs stay below ``util_below_pct`` for ``for_s`` seconds of sample time.
 
     Once firing, the alert resolves only after utilisation stayed above ``resolve_above_pct``
     (default ``util_below_pct + 10``) for ``resolve_after_s``.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, description="unique rule name; the Alertmanager alertname")
     scope: Literal["cluster", "group", "rack", "job"]
@@ -120,20 +118,16 @@ def _firing_resolved() -> list[EventKindName]:
     return ["firing", "resolved"]
 
 
-class LogSinkConfig(BaseModel):
+class LogSinkConfig(StrictModel):
     """One structured (JSON) log line per event."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     logger: str = "gridwatt.alerts"
     events: list[EventKindName] = Field(default_factory=_all_kinds)
 
 
-class WebhookSinkConfig(BaseModel):
+class WebhookSinkConfig(StrictModel):
     """JSON POST of each event, retried with exponential backoff and jitter."""
-
-    model_config = ConfigDict(extra="forbid")
 
     url: str
     timeout_s: float = Field(default=5.0, gt=0)
@@ -146,10 +140,8 @@ class WebhookSinkConfig(BaseModel):
     _url = field_validator("url")(_check_http_url)
 
 
-class AlertmanagerSinkConfig(BaseModel):
+class AlertmanagerSinkConfig(StrictModel):
     """Prometheus Alertmanager v2 (``POST /api/v2/alerts``); firing alerts are re-sent periodically."""
-
-    model_config = ConfigDict(extra="forbid")
 
     url: str = Field(description="base URL, e.g. http://alertmanager:9093")
     timeout_s: float = Field(default=5.0, gt=0)
@@ -177,32 +169,19 @@ class AlertmanagerSinkConfig(BaseModel):
         return self
 
 
-class SinksConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SinksConfig(StrictModel):
     log: LogSinkConfig = Field(default_factory=LogSinkConfig)
     webhooks: list[WebhookSinkConfig] = Field(default_factory=list)
     alertmanager: AlertmanagerSinkConfig | None = None
 
 
-class AlertsConfig(BaseModel):
+class AlertsConfig(StrictModel):
     """The ``[alerts]`` section: rules, sinks, state file and how many resolved alerts to keep."""
-
-    model_config = ConfigDict(extra="forbid")
 
     rules: list[AlertRule] = Field(default_factory=list)
     sinks: SinksConfig = Field(default_factory=SinksConfig)
-    state_file: str | None = None
+    state_file: ConfigPath | None = None
     keep_resolved: int = Field(default=100, ge=0)
-
-    @field_validator("state_file")
-    @classmethod
-    def _resolve_state_file(cls, value: str | None, info: ValidationInfo) -> str | None:
-        """A relative state_file is relative to the config file's folder."""
-        if value is None:
-            return None
-        config_dir = (info.context or {}).get("config_dir")
-        return str(resolve_path(value, config_dir))
 
     @model_validator(mode="after")
     def _unique_names(self) -> AlertsConfig:

@@ -10,7 +10,9 @@ from dataclasses import replace
 import aiohttp
 
 from gridwatt.collector.intensity.base import IntensityProvider, IntensitySeries, IntensityUnavailable
+from gridwatt.collector.intensity.config import ChainConfig
 from gridwatt.collector.intensity.coverage import IntensityGap, Segment, clip, from_series, to_series
+from gridwatt.collector.intensity.registry import PROVIDERS, build
 from gridwatt.collector.metrics import PROVIDER_ERRORS
 
 log = logging.getLogger(__name__)
@@ -129,3 +131,12 @@ class FallbackChain:
             close = getattr(p, "close", None)
             if close is not None:
                 await close()
+
+
+@PROVIDERS.register("chain")
+def chain_provider(cfg: ChainConfig) -> FallbackChain:
+    return FallbackChain(
+        [build(p) for p in cfg.providers],
+        cooldown_s=cfg.cooldown_s,
+        mark_fallback_estimated=cfg.mark_fallback_estimated,
+    )

@@ -1,4 +1,4 @@
-"""Configuration of intensity providers (pydantic), and building providers from it.
+"""Configuration of intensity providers (pydantic models); factory.py builds providers from them.
 
 A provider is a table with a ``kind``; a ``chain`` holds a list of them::
 
@@ -11,24 +11,24 @@ A provider is a table with a ``kind``; a ``chain`` holds a list of them::
     ]
 
 Secrets are never inline: each comes from the environment variable named in
-``*_env`` or, if that is unset, the file in ``*_file`` (relative to the config file).
+``*_env`` or, if that is unset, the file in ``*_file``. Paths are relative to the config file's
+folder (:data:`gridwatt.configfile.ConfigPath`).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, TypeAdapter, field_validator
 
-from gridwatt.collector.intensity.base import MAX_INTENSITY_G_PER_KWH, EmissionFactor, IntensityProvider
+from gridwatt.collector.intensity.base import MAX_INTENSITY_G_PER_KWH, EmissionFactor
 from gridwatt.collector.intensity.http import HttpSettings
-from gridwatt.configfile import ConfigError, read_secret, resolve_path
+from gridwatt.configfile import ConfigPath, StrictModel
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Model(StrictModel):
+    model_config = ConfigDict(frozen=True)  # and, from StrictModel, extra="forbid"
 
 
 class ConstantConfig(_Model):
@@ -43,7 +43,7 @@ class CsvConfig(_Model):
     """A CSV time series (Electricity Maps export or ``time,intensity_g_per_kwh``)."""
 
     kind: Literal["csv"]
-    path: str
+    path: ConfigPath
     emission_factor: EmissionFactor = "lifecycle"
     #: unset: the file's values hold at all times; set: ranges outside the file are unavailable
     max_hold_s: float | None = Field(default=None, ge=0)
@@ -80,7 +80,7 @@ class ElectricityMapsConfig(_HttpConfig):
     emission_factor: EmissionFactor = "lifecycle"
     base_url: str = "https://api.electricitymaps.com"
     api_key_env: str = "ELECTRICITYMAPS_API_KEY"
-    api_key_file: str | None = None
+    api_key_file: ConfigPath | None = None
     past_range_max_s: int = Field(default=10 * 24 * 3600, gt=0)
 
 
@@ -92,7 +92,7 @@ class WattTimeConfig(_HttpConfig):
     username: str | None = None
     username_env: str = "WATTTIME_USERNAME"
     password_env: str = "WATTTIME_PASSWORD"
-    password_file: str | None = None
+    password_file: ConfigPath | None = None
     signal_type: str = "co2_moer"
     endpoint: str = "historical"
     base_url: str = "https://api.watttime.org"
@@ -151,83 +151,8 @@ ProviderConfig = Annotated[
 ChainConfig.model_rebuild()
 
 
-def _secret(env_name: str, file: str | None, config_dir: Path | None, what: str) -> str:
-    path = resolve_path(file, config_dir) if file else None
-    value = read_secret(os.environ.get(env_name) or None, path, what)
-    if not value:
-        where = f"environment variable {env_name}" + (f" or file {path}" if path else "")
-        raise ConfigError(f"{what}: no secret found (set {where})")
-    return value
-
-
-def build_provider(cfg: ProviderConfig, config_dir: Path | None = None) -> IntensityProvider:
-    """The provider ``cfg`` describes; relative paths are taken from ``config_dir``.
-
-    Raises ConfigError (naming the provider and field, never a secret) when a
-    file or secret cannot be read.
-    """
-    # imported here so that reading a config does not import aiohttp
-    from gridwatt.collector.intensity.chain import FallbackChain
-    from gridwatt.collector.intensity.constant import ConstantIntensity
-    from gridwatt.collector.intensity.csv_file import CsvIntensity, IntensityFileError
-    from gridwatt.collector.intensity.electricitymaps import ElectricityMapsIntensity
-    from gridwatt.collector.intensity.uk_carbon import UkCarbonIntensity
-    from gridwatt.collector.intensity.watttime import WattTimeIntensity
-
-    if isinstance(cfg, ConstantConfig):
-        return ConstantIntensity(cfg.g_per_kwh, cfg.emission_factor)
-    if isinstance(cfg, CsvConfig):
-        try:
-            return CsvIntensity(resolve_path(cfg.path, config_dir), cfg.emission_factor, cfg.max_hold_s)
-        except IntensityFileError as exc:
-            raise ConfigError(f"intensity csv: {exc}") from None
-    if isinstance(cfg, ElectricityMapsConfig):
-        key = _secret(cfg.api_key_env, cfg.api_key_file, config_dir, "intensity electricitymaps api key")
-        return ElectricityMapsIntensity(
-            cfg.zone,
-            key,
-            emission_factor=cfg.emission_factor,
-            base_url=cfg.base_url,
-            http=cfg.http_settings(),
-            past_range_max_s=cfg.past_range_max_s,
-            min_refetch_s=cfg.min_refetch_s,
-            max_hold_s=cfg.max_hold_s,
-        )
-    if isinstance(cfg, WattTimeConfig):
-        username = cfg.username or os.environ.get(cfg.username_env)
-        if not username:
-            raise ConfigError(f"intensity watttime: no username (set 'username' or {cfg.username_env})")
-        password = _secret(cfg.password_env, cfg.password_file, config_dir, "intensity watttime password")
-        return WattTimeIntensity(
-            cfg.region,
-            username,
-            password,
-            signal_type=cfg.signal_type,
-            endpoint=cfg.endpoint,
-            base_url=cfg.base_url,
-            http=cfg.http_settings(),
-            historical_max_s=cfg.historical_max_s,
-            use_forecast=cfg.use_forecast,
-            min_refetch_s=cfg.min_refetch_s,
-            max_hold_s=cfg.max_hold_s,
-        )
-    if isinstance(cfg, UkCarbonIntensityConfig):
-        return UkCarbonIntensity(
-            cfg.region_id, base_url=cfg.base_url, http=cfg.http_settings(), min_refetch_s=cfg.min_refetch_s,
-            max_hold_s=cfg.max_hold_s,
-        )
-    if isinstance(cfg, ChainConfig):
-        return FallbackChain(
-            [build_provider(p, config_dir) for p in cfg.providers],
-            cooldown_s=cfg.cooldown_s,
-            mark_fallback_estimated=cfg.mark_fallback_estimated,
-        )
-    raise ConfigError(f"unknown intensity provider kind {getattr(cfg, 'kind', None)!r}")
-
-
-def parse_provider_config(data: object) -> ProviderConfig:
-    """Validate one provider table (a dict from TOML) into its config model."""
-    from pydantic import TypeAdapter
-
+def parse_provider_config(data: object, config_dir: Path | None = None) -> ProviderConfig:
+    """Validate one provider table (a dict from TOML) into its config model; relative paths are
+    taken from ``config_dir`` (as for a table in a config file in that folder)."""
     adapter: TypeAdapter[ProviderConfig] = TypeAdapter(ProviderConfig)
-    return adapter.validate_python(data)
+    return adapter.validate_python(data, context={"config_dir": config_dir})

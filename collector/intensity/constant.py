@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from gridwatt.collector.intensity.base import EmissionFactor, IntensitySeries
+from gridwatt.collector.intensity.config import ConstantConfig
+from gridwatt.collector.intensity.registry import PROVIDERS
 from gridwatt.collector.stepseries import StepSeries
 
 
@@ -15,3 +17,8 @@ class ConstantIntensity:
 
     async def series(self, start_ns: int, end_ns: int) -> IntensitySeries:
         return self._series
+
+
+@PROVIDERS.register("constant")
+def constant_provider(cfg: ConstantConfig) -> ConstantIntensity:
+    return ConstantIntensity(cfg.g_per_kwh, cfg.emission_factor)

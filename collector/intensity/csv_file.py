@@ -26,7 +26,10 @@ from gridwatt.collector.intensity.base import (
     IntensitySeries,
     IntensityUnavailable,
 )
+from gridwatt.collector.intensity.config import CsvConfig
+from gridwatt.collector.intensity.registry import PROVIDERS
 from gridwatt.collector.stepseries import StepSeries
+from gridwatt.configfile import ConfigError
 from gridwatt.textfile import checked_lines
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 
@@ -154,3 +157,11 @@ class CsvIntensity:
             if start_ns < times[0] or start_ns > times[-1] + self._max_hold_ns:
                 raise IntensityUnavailable(f"{self.source}: the file does not cover the asked range")
         return self._series
+
+
+@PROVIDERS.register("csv")
+def csv_provider(cfg: CsvConfig) -> CsvIntensity:
+    try:
+        return CsvIntensity(cfg.path, cfg.emission_factor, cfg.max_hold_s)
+    except IntensityFileError as exc:
+        raise ConfigError(f"intensity csv: {exc}") from None

@@ -21,7 +21,10 @@ from typing import Any
 from gridwatt.collector.intensity.api_base import CachedApiProvider, ClockNs, chunks, floor_ns
 from gridwatt.collector.intensity.base import EmissionFactor, IntensityUnavailable
 from gridwatt.collector.intensity.cache import Point
+from gridwatt.collector.intensity.config import ElectricityMapsConfig
 from gridwatt.collector.intensity.http import AuthRejected, HttpSettings, SleepFn
+from gridwatt.collector.intensity.registry import PROVIDERS
+from gridwatt.configfile import secret_from
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 
 DEFAULT_BASE_URL = "https://api.electricitymaps.com"
@@ -136,3 +139,18 @@ class ElectricityMapsIntensity(CachedApiProvider):
             points += recent
             covered_until = min(end_ns, reach)
         return points, covered_until
+
+
+@PROVIDERS.register("electricitymaps")
+def electricitymaps_provider(cfg: ElectricityMapsConfig) -> ElectricityMapsIntensity:
+    key = secret_from(cfg.api_key_env, cfg.api_key_file, "intensity electricitymaps api key")
+    return ElectricityMapsIntensity(
+        cfg.zone,
+        key,
+        emission_factor=cfg.emission_factor,
+        base_url=cfg.base_url,
+        http=cfg.http_settings(),
+        past_range_max_s=cfg.past_range_max_s,
+        min_refetch_s=cfg.min_refetch_s,
+        max_hold_s=cfg.max_hold_s,
+    )

@@ -23,7 +23,9 @@ from typing import Any
 from gridwatt.collector.intensity.api_base import CachedApiProvider, ClockNs, chunks, floor_ns
 from gridwatt.collector.intensity.base import IntensityUnavailable
 from gridwatt.collector.intensity.cache import Point
+from gridwatt.collector.intensity.config import UkCarbonIntensityConfig
 from gridwatt.collector.intensity.http import HttpSettings, SleepFn
+from gridwatt.collector.intensity.registry import PROVIDERS
 from gridwatt.timeutil import NS_PER_S, parse_time_ns
 
 DEFAULT_BASE_URL = "https://api.carbonintensity.org.uk"
@@ -125,3 +127,11 @@ class UkCarbonIntensity(CachedApiProvider):
                 break
             settled_until = max(settled_until, end)
         return [g[0] for g in got], min(settled_until, end_ns)
+
+
+@PROVIDERS.register("uk_carbon_intensity")
+def uk_carbon_provider(cfg: UkCarbonIntensityConfig) -> UkCarbonIntensity:
+    return UkCarbonIntensity(
+        cfg.region_id, base_url=cfg.base_url, http=cfg.http_settings(), min_refetch_s=cfg.min_refetch_s,
+        max_hold_s=cfg.max_hold_s,
+    )

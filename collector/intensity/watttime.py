@@ -17,13 +17,17 @@ average one: see the README).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
 from gridwatt.collector.intensity.api_base import CachedApiProvider, ClockNs, chunks, floor_ns
 from gridwatt.collector.intensity.base import IntensityUnavailable
 from gridwatt.collector.intensity.cache import Point
+from gridwatt.collector.intensity.config import WattTimeConfig
 from gridwatt.collector.intensity.http import AuthRejected, HttpSettings, SleepFn, basic_auth_header
+from gridwatt.collector.intensity.registry import PROVIDERS
+from gridwatt.configfile import ConfigError, secret_from
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 
 DEFAULT_BASE_URL = "https://api.watttime.org"
@@ -193,3 +197,24 @@ class WattTimeIntensity(CachedApiProvider):
             )
             points += [p for p in forecast if p.time_ns >= reach]
         return points, covered_until
+
+
+@PROVIDERS.register("watttime")
+def watttime_provider(cfg: WattTimeConfig) -> WattTimeIntensity:
+    username = cfg.username or os.environ.get(cfg.username_env)
+    if not username:
+        raise ConfigError(f"intensity watttime: no username (set 'username' or {cfg.username_env})")
+    password = secret_from(cfg.password_env, cfg.password_file, "intensity watttime password")
+    return WattTimeIntensity(
+        cfg.region,
+        username,
+        password,
+        signal_type=cfg.signal_type,
+        endpoint=cfg.endpoint,
+        base_url=cfg.base_url,
+        http=cfg.http_settings(),
+        historical_max_s=cfg.historical_max_s,
+        use_forecast=cfg.use_forecast,
+        min_refetch_s=cfg.min_refetch_s,
+        max_hold_s=cfg.max_hold_s,
+    )

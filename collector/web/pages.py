@@ -14,11 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
+from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH
 from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.jobs import JobNotFound, JobReport, job_report
 from gridwatt.collector.racks import rack_totals
-from gridwatt.collector.store import InfluxStore, QueryError, quote_string, series_rows
+from gridwatt.collector.store import InfluxStore, QueryError, series_rows
 from gridwatt.collector.web.svg import chart
 
 HOUR_NS = 3600 * 1_000_000_000
@@ -110,12 +111,7 @@ def _table(rows: list[dict[str, Any]], first: str, table_id: str) -> str:
 async def hourly(store: InfluxStore, report: JobReport) -> list[dict[str, float]]:
     """The job's hours: time, mean IT power (W), utilisation (%), intensity (g/kWh), emissions (kg)."""
     lo = report.start_ns - report.start_ns % HOUR_NS
-    q = (
-        'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-        f'sum("gpu_s") AS g, sum("util_pct_s") AS u FROM {store.measurement("job_window")} '
-        f'WHERE "job_id" = {quote_string(report.job_id)} AND time >= {lo} AND time <= {report.end_ns} '
-        "GROUP BY time(1h) fill(none)"
-    )
+    q = queries.job_hourly(store.measurement, report.job_id, lo, report.end_ns)
     (result,) = await store.query(q)
     out = []
     for _, row in series_rows(result):
@@ -165,8 +161,7 @@ class Pages:
         return _page("gridwatt: racks and zones", body)
 
     async def jobs(self, request: web.Request) -> web.Response:
-        q = ('SELECT sum("energy_j") AS e, sum("co2e_g") AS c, sum("gpu_s") AS g, max("end_ns") AS end_ns '
-             f'FROM {self.store.measurement("job_window")} GROUP BY "job_id"')
+        q = queries.jobs_list(self.store.measurement)
         try:
             (result,) = await self.store.query(q)
         except QueryError as exc:

@@ -25,7 +25,6 @@ from gridwatt.agent.attribution.share import JobOnGpu, split_gpu
 from gridwatt.agent.attribution.slurm import (
     job_of_cgroup,
     parse_gpu_list,
-    slurm_job_of_pid,
     slurm_process,
 )
 from gridwatt.agent.sources.base import GpuReading, JobHint
@@ -179,12 +178,6 @@ def test_slurm_job_gpus_from_environ(tmp_path: Path) -> None:
         (frozenset({0, 1}), "CUDA_VISIBLE_DEVICES", True),
         (None, "", False),
     ]
-
-
-def test_slurm_job_of_pid_kept_for_first_callers(tmp_path: Path) -> None:
-    add_proc(tmp_path, 300, environ=slurm_env("4242", SLURM_JOB_USER="carol"))
-    assert slurm_job_of_pid(tmp_path, 300) == ("4242", "carol")
-    assert slurm_job_of_pid(tmp_path, 999) is None
 
 
 # ---- dcgm-exporter job-mapping files ---------------------------------------------------------------

@@ -21,7 +21,7 @@ from gridwatt.collector.intensity.csv_file import IntensityFileError, load_inten
 from gridwatt.collector.pue import PueFileError, load_pue_csv
 from gridwatt.collector.pue_feed import load_facility_feed
 from gridwatt.configfile import ConfigError, load_config
-from gridwatt.local_influxdb import LocalInfluxDB, free_port
+from gridwatt.demo_harness.influxdb import LocalInfluxDB, free_port
 from gridwatt.timeutil import parse_time_ns
 from tests.collector.helpers import running_collector
 from tests.conftest import collector_toml, first_row, influx_query

@@ -9,7 +9,7 @@ from pathlib import Path
 from gridwatt.agent.config import CollectorConnection
 from gridwatt.agent.shipper import Shipper
 from gridwatt.agent.spool import Spool
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from tests.collector.helpers import running_collector, sim_samples
 from tests.conftest import collector_toml, first_row, influx_query
 

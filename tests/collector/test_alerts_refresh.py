@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from gridwatt.cli import format_alerts
 from gridwatt.collector.alerts import AlertEngine, AlertsConfig, AlertStore, save_state
 from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.config import InfluxConfig
 from gridwatt.collector.store import InfluxStore
+from gridwatt.report import format_alerts
 from tests.collector.test_alerts_engine import IDLE_RACK, RULE, idle_windows, scenario, t
 
 CONFIG = {"rules": [RULE.model_dump()]}

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.collector.helpers import batches, running_collector, sim_samples

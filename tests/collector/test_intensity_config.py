@@ -13,12 +13,12 @@ from gridwatt.collector.intensity.config import (
     ChainConfig,
     ElectricityMapsConfig,
     WattTimeConfig,
-    build_provider,
     parse_provider_config,
 )
 from gridwatt.collector.intensity.constant import ConstantIntensity
 from gridwatt.collector.intensity.csv_file import CsvIntensity
 from gridwatt.collector.intensity.electricitymaps import ElectricityMapsIntensity
+from gridwatt.collector.intensity.factory import build_provider
 from gridwatt.collector.intensity.uk_carbon import UkCarbonIntensity
 from gridwatt.collector.intensity.watttime import WattTimeIntensity
 from gridwatt.configfile import ConfigError
@@ -65,12 +65,12 @@ def config_dir(tmp_path: Path) -> Path:
 
 def test_chain_config_builds_every_provider(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_EM_KEY", "em-env-key")
-    cfg = parse_provider_config(tomllib.loads(CHAIN_TOML))
+    cfg = parse_provider_config(tomllib.loads(CHAIN_TOML), config_dir)
     assert isinstance(cfg, ChainConfig)
     assert isinstance(cfg.providers[0], ElectricityMapsConfig)
     assert cfg.providers[0].timeout_s == 5.0
     assert cfg.providers[0].base_url == "https://api.electricitymaps.com"
-    provider = build_provider(cfg, config_dir)
+    provider = build_provider(cfg)
     assert isinstance(provider, FallbackChain)
     kinds = [type(p) for p in provider.providers]
     assert kinds == [
@@ -91,14 +91,15 @@ def test_missing_secret_names_where_to_put_it(config_dir: Path, monkeypatch: pyt
     monkeypatch.delenv("ELECTRICITYMAPS_API_KEY", raising=False)
     cfg = parse_provider_config({"kind": "electricitymaps", "zone": "DE"})
     with pytest.raises(ConfigError, match="ELECTRICITYMAPS_API_KEY"):
-        build_provider(cfg, config_dir)
+        build_provider(cfg)
 
 
 def test_secret_file_relative_to_config_dir(config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ELECTRICITYMAPS_API_KEY", raising=False)
     (config_dir / "em.key").write_text("em-file-key\n")
-    cfg = parse_provider_config({"kind": "electricitymaps", "zone": "FR", "api_key_file": "em.key"})
-    p = build_provider(cfg, config_dir)
+    table = {"kind": "electricitymaps", "zone": "FR", "api_key_file": "em.key"}
+    cfg = parse_provider_config(table, config_dir)
+    p = build_provider(cfg)
     assert isinstance(p, ElectricityMapsIntensity)
     assert p._api_key == "em-file-key"
     assert "em-file-key" not in repr(p)
@@ -137,4 +138,4 @@ def test_bad_config_names_the_field(data: dict[str, object], field: str) -> None
 
 def test_missing_csv_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nothere\.csv"):
-        build_provider(parse_provider_config({"kind": "csv", "path": "nothere.csv"}), tmp_path)
+        build_provider(parse_provider_config({"kind": "csv", "path": "nothere.csv"}, tmp_path))

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gridwatt.collector.intensity.base import IntensitySeries, IntensityUnavailable
 from gridwatt.collector.intensity.chain import FallbackChain
 from gridwatt.collector.intensity.constant import ConstantIntensity
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.collector.helpers import (
     batches,
@@ -22,8 +22,8 @@ from tests.collector.helpers import (
     sim_samples,
     with_influx_settings,
 )
-from tests.collector.influx_front import InfluxFront, Reply
 from tests.conftest import collector_toml
+from tests.influx_front import InfluxFront, Reply
 
 T0 = 1_650_000_000 * 10**9
 P = "gridwatt_collector_"

@@ -15,8 +15,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gridwatt.collector.ingest import IngestStats
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.collector.ingest_stats import IngestStats
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.collector.helpers import (
@@ -29,6 +29,8 @@ from tests.collector.helpers import (
     with_server_settings,
 )
 from tests.conftest import collector_toml, first_row, influx_query
+
+pytestmark = pytest.mark.integration  # see tests/conftest.py
 
 T0 = 1_650_000_000 * 10**9
 H_NS = 3600 * 10**9

@@ -26,9 +26,9 @@ from gridwatt.collector.pue_feed import (
 )
 from gridwatt.collector.stepseries import StepSeries
 from gridwatt.collector.store import InfluxStore
-from gridwatt.collector.topology import Topology
+from gridwatt.collector.wiring import build_topology
 from gridwatt.configfile import ConfigError, load_config
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.timeutil import format_time_ns
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.collector.helpers import batches, running_collector, sim_samples
@@ -239,7 +239,7 @@ def test_config_sites_and_feed_racks(tmp_path: Path) -> None:
     ))
     assert config.sites[0].facility_power_csv == tmp_path / "feeds" / "hall1.csv"
     assert [r.site for r in config.racks] == ["hall1", "hall1", "rc"]  # default: the rack's name
-    topology = Topology(config)
+    topology = build_topology(config)
     feed_pue = topology.feed_pues["hall1"]
     # the site's IT energy is that of all its racks, whatever their PUE option
     assert feed_pue.site == SiteRacks("hall1", ("ra", "rb"), ("a1", "b1"))
@@ -297,7 +297,7 @@ def test_config_feed_csv_bad_row_names_file_and_line(tmp_path: Path) -> None:
         '[[racks]]\nname = "ra"\nzone = "Z"\nsite = "hall1"\npue_from_feed = true\n'
     ))
     with pytest.raises(PueFileError, match=r"hall1\.csv:3: bad row"):
-        Topology(config)
+        build_topology(config)
 
 
 # --- end to end through the collector -------------------------------------------------------------

@@ -9,13 +9,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gridwatt.harness import start_agent, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import start_agent, toml_str
 from gridwatt.timeutil import format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.collector.helpers import running_collector
 from tests.conftest import collector_toml, first_row, influx_query
+
+pytestmark = pytest.mark.e2e  # see tests/conftest.py
 
 T0 = 1_651_000_020 * 10**9  # a whole minute, so 30 minutes are 30 windows
 NODES = ("n1", "n2", "n3", "n4")

@@ -27,8 +27,8 @@ from aiohttp import web
 
 from gridwatt.collector.revisit import EstimateRevisor
 from gridwatt.collector.server import RunningCollector
-from gridwatt.harness import toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import toml_str
 from gridwatt.timeutil import NS_PER_S, parse_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc

@@ -2,7 +2,7 @@
 
 A real InfluxDB 1.x gives the answers it can be made to give: 204, partial writes (retention,
 field type conflict, unparseable line), 413 (max-body-size), timeouts (a paused server),
-connection refused (a stopped server). A local front (tests/collector/influx_front.py) gives
+connection refused (a stopped server). A local front (tests/influx_front.py) gives
 the rest (429/503 with Retry-After, 500/502, InfluxDB 2.x bodies) and forwards to the real
 server, so the data that finally arrives is checked in the real database.
 """
@@ -22,10 +22,12 @@ import pytest
 
 from gridwatt.collector.config import InfluxConfig
 from gridwatt.collector.store import InfluxStore, StoreUnavailable, parse_dropped, parse_retry_after
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from tests.collector.helpers import influx_post
-from tests.collector.influx_front import InfluxFront, Reply
 from tests.conftest import first_row, influx_query
+from tests.influx_front import InfluxFront, Reply
+
+pytestmark = pytest.mark.integration  # see tests/conftest.py
 
 NOW_NS = time.time_ns()
 

@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from gridwatt.collector.accounting import J_PER_KWH
-from gridwatt.local_influxdb import free_port
+from gridwatt.demo_harness.influxdb import free_port
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.collector.helpers import batches, http_get, running_collector, sim_samples
 from tests.conftest import collector_toml

@@ -19,8 +19,8 @@ import pytest
 from gridwatt.collector.cli import main as collector_main
 from gridwatt.collector.config import CollectorConfig
 from gridwatt.configfile import ConfigError, load_config, packaged_data, resolve_path
-from gridwatt.harness import toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import toml_str
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.collector.helpers import batches, http_get, influx_post, running_collector, sim_samples
 from tests.conftest import collector_toml, first_row
@@ -34,11 +34,12 @@ needs_root_tools = pytest.mark.skipif(
     reason="needs root, useradd and systemctl (the real tools fill the --root folder)")
 
 
-@pytest.mark.parametrize("name", ["gridwatt-collector.service", "collector.example.toml"])
-def test_packaged_copies_match_deploy(name: str) -> None:
-    deploy = REPO / "deploy" / ("systemd" if name.endswith(".service") else "") / name
-    assert (REPO / "collector" / "data" / name).read_text() == deploy.read_text(), (
-        f"collector/data/{name} drifted from {deploy.relative_to(REPO)}: copy it over")
+@pytest.mark.parametrize("parts", [("systemd", "gridwatt-collector.service"), ("collector.example.toml",)])
+def test_installer_reads_the_deploy_files_themselves(parts: tuple[str, ...]) -> None:
+    """One copy: the installer's package data is deploy/ itself (gridwatt.deploy), not a duplicate."""
+    from gridwatt.collector.install import packaged_file
+
+    assert packaged_file(*parts) == REPO.joinpath("deploy", *parts).read_text()
 
 
 def test_unit_can_write_alert_state_and_is_hardened() -> None:
@@ -76,9 +77,9 @@ def test_install_into_an_empty_root_then_again_then_uninstall(
     assert stat.S_IMODE((root / "var/lib/gridwatt").stat().st_mode) == 0o750
     # the example works from /etc/gridwatt: its grid CSV is package:DE_2022_hourly.csv
     loaded = load_config(config, CollectorConfig, environ={})
-    from gridwatt.collector.topology import Topology
+    from gridwatt.collector.wiring import build_topology
 
-    Topology(loaded)
+    build_topology(loaded)
 
     config.write_text(config.read_text().replace("rack_resolution_s = 60", "rack_resolution_s = 300"))
     assert collector_main(["install", "--root", str(root), "--exec", exe]) == 0

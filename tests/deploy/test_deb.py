@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from tests.collector.helpers import running_collector
 from tests.conftest import collector_toml
 
@@ -145,7 +146,8 @@ async def test_install_check_remove_purge_in_a_throwaway_root(
 
     rc, text = s["check-example"]  # the shipped example on a machine without NVIDIA's driver
     assert rc == 1
-    assert text.splitlines()[0] == "✓ config /etc/gridwatt/agent.toml: valid (node 'gpu-node-01')"
+    # the example leaves node unset, so the agent takes the host's name
+    assert text.splitlines()[0] == f"✓ config /etc/gridwatt/agent.toml: valid (node {socket.gethostname()!r})"
     assert "✗ GPU source nvml: NVML cannot be used" in text and "Traceback" not in text
 
     rc, text = s["check-configured"]  # configured, run as the gridwatt user against the real collector

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from gridwatt.local_influxdb import LocalInfluxDB, free_port, wait_until_answering
+from gridwatt.demo_harness.influxdb import LocalInfluxDB, free_port, wait_until_answering
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

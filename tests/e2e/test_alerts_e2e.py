@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gridwatt.harness import CollectorProcess, new_collector_ports, start_agent, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, start_agent, toml_str
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 from tests.conftest import collector_toml
 

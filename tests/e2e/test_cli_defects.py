@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from gridwatt.cli import format_alerts
-from gridwatt.harness import CollectorProcess, new_collector_ports
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports
+from gridwatt.report import format_alerts
 from tests.conftest import collector_toml
 
 CLI = [sys.executable, "-m", "gridwatt.cli"]

@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from gridwatt.local_influxdb import LocalInfluxDB, free_port
+from gridwatt.demo_harness.influxdb import LocalInfluxDB, free_port
 from tests.collector.helpers import http_get
 from tests.conftest import collector_toml, influx_query
 

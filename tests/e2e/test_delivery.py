@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,12 +20,12 @@ from typing import Any
 import pytest
 
 from gridwatt.agent.spool import Ledger, Spool, peek_ledger
-from gridwatt.harness import AgentProcess, CollectorProcess, new_collector_ports, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import AgentProcess, CollectorProcess, new_collector_ports, toml_str
 from gridwatt.timeutil import NS_PER_S, parse_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 from tests.conftest import collector_toml, first_row, influx_query
-from tests.e2e.influx_proxy import FailingWritesProxy
+from tests.influx_front import InfluxFront, InfluxFrontThread, Reply
 
 NODE = "n1"
 LIVE_GPUS = 2
@@ -262,10 +263,14 @@ def test_unavailable_for_a_long_stretch_never_drops(tmp_path: Path, influxdb: Lo
                                                     database: str) -> None:
     """InfluxDB fails every write, so the collector answers UNAVAILABLE, dozens of times over; the
     agent keeps resending the same samples (no time-based give-up) and all arrive once it recovers."""
-    with FailingWritesProxy(influxdb.url) as proxy:
+    failing = threading.Event()  # while set, every write is answered 503 (else forwarded)
+    unavailable = Reply(503, {"Retry-After": "0", "Content-Type": "application/json"},
+                        '{"error":"test proxy: InfluxDB is unavailable"}')
+    front = InfluxFront(influxdb.url, responder=lambda _body: unavailable if failing.is_set() else None)
+    with InfluxFrontThread(front) as proxy:
         rig = Rig(tmp_path, influxdb.url, database, influx_write_url=proxy.url)
         try:
-            proxy.failing.set()
+            failing.set()
             rig.collector.start()
             agent = rig.agent(
                 replay=True, top="interval_s = 1",
@@ -279,8 +284,8 @@ def test_unavailable_for_a_long_stretch_never_drops(tmp_path: Path, influxdb: Lo
             # while InfluxDB is marked down the collector answers UNAVAILABLE without writing (its
             # health probe decides when to try again), so the proxy sees fewer writes than the agent
             # sees refusals
-            assert proxy.failed_writes >= 1 and rig.stored() == (0, 0.0)
-            proxy.failing.clear()
+            assert sum(w.status == 503 for w in front.writes) >= 1 and rig.stored() == (0, 0.0)
+            failing.clear()
             assert agent.wait(60) == 0
             assert rig.stored() == (600, 600 * 200.0)
             rig.assert_all_delivered()

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gridwatt.harness import CollectorProcess, new_collector_ports, start_agent, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, start_agent, toml_str
 from tests.collector.helpers import http_get, with_influx_settings
 from tests.conftest import collector_toml, first_row, influx_query
 

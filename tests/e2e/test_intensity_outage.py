@@ -34,8 +34,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from gridwatt.harness import CollectorProcess, new_collector_ports, start_agent, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, start_agent, toml_str
 from gridwatt.timeutil import NS_PER_S, parse_time_ns
 from tests.conftest import collector_toml, first_row, influx_query
 

@@ -14,9 +14,9 @@ import grpc
 
 from gridwatt.agent.config import AgentConfig, AttributionConfig, CollectorConnection, SimConfig, SourceConfig
 from gridwatt.agent.runner import run_agent
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.k8s.podresources.v1 import podresources_pb2 as prpb
 from gridwatt.k8s.podresources.v1 import podresources_pb2_grpc as prgrpc
-from gridwatt.local_influxdb import LocalInfluxDB
 from tests.agent.test_podresources import Lister, ctr, pod
 from tests.collector.helpers import running_collector
 from tests.conftest import collector_toml, influx_query

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from gridwatt.harness import CollectorProcess, new_collector_ports, start_agent, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, start_agent, toml_str
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 from tests.conftest import DE_CSV, collector_toml, first_row, influx_query
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from gridwatt.agent.sources.nvml.source import FIELD_NAMES
+
 # ---- constants (values as in pynvml) ----
 NVML_SUCCESS = 0
 NVML_ERROR_UNINITIALIZED = 1
@@ -125,18 +127,8 @@ NVMLError_DriverNotLoaded = NVMLError._classes[NVML_ERROR_DRIVER_NOT_LOADED]
 NVMLError_Unknown = NVMLError._classes[NVML_ERROR_UNKNOWN]
 NVMLError_NoPermission = NVMLError._classes[NVML_ERROR_NO_PERMISSION]
 
-#: Field names a FakeGpu can be told not to support (the source's stable names).
-FIELDS = (
-    "energy_counter",
-    "power",
-    "power_limit",
-    "utilization",
-    "memory",
-    "temperature",
-    "sm_clock",
-    "processes",
-    "process_utilization",
-)
+#: Field names a FakeGpu can be told not to support: the source's own stable names.
+FIELDS = FIELD_NAMES
 
 
 @dataclass
@@ -176,7 +168,7 @@ class FakeGpu:
     #: Per-process utilisation samples: (pid, smUtil %, timestamp µs), as nvmlDeviceGetProcessUtilization
     #: returns those newer than the timestamp it is given.
     proc_util_samples: list[tuple[int, int, int]] = field(default_factory=list)
-    #: Field names (see FIELDS) that raise NVMLError_NotSupported.
+    #: Field names (see FIELDS, the source's FIELD_NAMES) that raise NVMLError_NotSupported.
     unsupported: set[str] = field(default_factory=set)
     lost: bool = False
     #: Error code raised while lost: GPU_IS_LOST (fallen off the bus) or UNKNOWN.

@@ -7,8 +7,8 @@ from typing import Any
 
 from gridwatt.agent.config import AgentConfig, CollectorConnection, SimConfig, SourceConfig
 from gridwatt.agent.runner import RunResult, run_agent
-from gridwatt.harness import toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import toml_str
 from tests.conftest import first_row, influx_query
 
 START = "2022-04-15T05:20:00Z"

@@ -16,8 +16,8 @@ from gridwatt.agent.spool import Spool
 from gridwatt.collector.auth import AuthError, NodeAuth, hash_token
 from gridwatt.collector.config import AuthConfig, CollectorConfig
 from gridwatt.configfile import ConfigError, load_config
-from gridwatt.harness import toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import toml_str
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.collector.helpers import batches, running_collector, sim_samples

@@ -13,8 +13,8 @@ import pytest
 from gridwatt.agent.check import CheckReport, check_collector, check_source, check_spool
 from gridwatt.agent.sources.nvml.source import NvmlSource
 from gridwatt.collector.auth import hash_token
-from gridwatt.harness import toml_str
-from gridwatt.local_influxdb import LocalInfluxDB, free_port
+from gridwatt.demo_harness.influxdb import LocalInfluxDB, free_port
+from gridwatt.demo_harness.processes import toml_str
 from tests.collector.helpers import running_collector
 from tests.conftest import collector_toml
 from tests.fakes.fake_pynvml import FakeGpu, FakeNvml
@@ -120,6 +120,7 @@ async def test_check_names_unknown_node_and_unreachable_collector(
         f"(nothing listens on 127.0.0.1:{port}: is gridwatt-collector running there?)")
 
 
+@pytest.mark.e2e
 async def test_check_cli_config_error_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "agent.toml"
     bad.write_text("interval_s = -5\n")

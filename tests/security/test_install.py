@@ -13,7 +13,9 @@ import pytest
 
 from gridwatt.agent.cli import main
 from gridwatt.agent.config import AgentConfig
+from gridwatt.agent.install import packaged_file
 from gridwatt.configfile import load_config
+from gridwatt.resources import deploy_file
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "systemd" / "gridwatt-agent.service"
@@ -183,11 +185,11 @@ def test_live_install_needs_root(stubs: Path, capsys: pytest.CaptureFixture[str]
     assert calls(stubs) == []
 
 
-@pytest.mark.parametrize("name", ["gridwatt-agent.service", "agent.example.toml"])
-def test_packaged_copies_match_deploy(name: str) -> None:
-    deploy = REPO / "deploy" / ("systemd" if name.endswith(".service") else "") / name
-    assert (REPO / "agent" / "data" / name).read_text() == deploy.read_text(), (
-        f"agent/data/{name} drifted from {deploy.relative_to(REPO)}: copy it over")
+@pytest.mark.parametrize("parts", [("systemd", "gridwatt-agent.service"), ("agent.example.toml",)])
+def test_installer_reads_the_deploy_files_themselves(parts: tuple[str, ...]) -> None:
+    """One copy: the installer's package data is deploy/ itself (gridwatt.deploy), not a duplicate."""
+    assert packaged_file(*parts) == REPO.joinpath("deploy", *parts).read_text()
+    assert Path(str(deploy_file(*parts))).resolve() == REPO.joinpath("deploy", *parts).resolve()
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")

@@ -11,7 +11,7 @@ from gridwatt.agent.check import CheckReport, check_collector
 from gridwatt.agent.shipper import make_channel
 from gridwatt.collector.config import CollectorConfig
 from gridwatt.configfile import ConfigError, load_config
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.collector.helpers import running_collector

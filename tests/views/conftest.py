@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from tests.views.servers import LocalPrometheus, Replay, have_prometheus
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from gridwatt.demo import RACKS, write_configs, write_trace
-from gridwatt.harness import CollectorProcess, new_collector_ports, start_agent
-from gridwatt.local_influxdb import LocalInfluxDB, free_port, wait_until_answering
+from gridwatt.demo_harness.influxdb import LocalInfluxDB, free_port, wait_until_answering
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, start_agent
 
 PROMETHEUS = "/usr/bin/prometheus"
 REPLAY_HOURS = 8.0

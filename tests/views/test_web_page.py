@@ -134,6 +134,7 @@ def test_unknown_job_is_a_404_page(replay: Replay) -> None:
     assert err.value.code == 404 and b"no samples stored for job" in err.value.read()
 
 
+@pytest.mark.e2e
 def test_demo_serve_prints_the_web_page_address() -> None:
     import re
     import signal

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
 
-from gridwatt.agent.sources.base import GpuReading, SourceError
+from gridwatt.agent.config import AgentConfig
+from gridwatt.agent.sources.base import GpuReading, GpuSource, SourceError
+from gridwatt.agent.sources.registry import SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -445,3 +447,9 @@ def _init_message(err: BaseException) -> str:
     }
     reason = reasons.get(code, "nvmlInit failed")
     return f"NVML cannot be used: {reason} (NVML error {code}: {err}). {_SIM_HINT}"
+
+
+@SOURCES.register("nvml")
+def nvml_source(config: AgentConfig, replay: bool) -> GpuSource:
+    """``source.kind = "nvml"``: the node's GPUs through NVML."""
+    return NvmlSource()

@@ -10,12 +10,16 @@ can take samples while every sample keeps the trace's own timestamps.
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from gridwatt.agent.sources.base import GpuReading, JobHint
-from gridwatt.agent.sources.sim.trace import Trace, TraceStep
+from gridwatt.agent.config import AgentConfig
+from gridwatt.agent.sources.base import GpuReading, GpuSource, JobHint
+from gridwatt.agent.sources.registry import SOURCES
+from gridwatt.agent.sources.sim.trace import Trace, TraceStep, load_trace_csv, synthetic_trace
+from gridwatt.timeutil import parse_time_ns
 
 
 @dataclass
@@ -177,3 +181,22 @@ class SimSource:
 
     def close(self) -> None:
         pass
+
+
+@SOURCES.register("sim")
+def sim_source(config: AgentConfig, replay: bool) -> GpuSource:
+    """``source.kind = "sim"``: simulated GPUs playing a trace file or a synthetic profile.
+
+    A replay plays the samples' own times; a live run shifts them to start now (a synthetic profile
+    without a start always starts now).
+    """
+    sim = config.source.sim
+    if sim.trace is not None:
+        trace = load_trace_csv(sim.trace, node=config.node)
+        shift = None if replay else time.time_ns()
+    else:
+        start = parse_time_ns(sim.start) if sim.start else time.time_ns()
+        trace = synthetic_trace(sim.gpus, start, sim.duration_s, sim.power_w, sim.util_pct, sim.job_id)
+        shift = None if replay or sim.start is None else time.time_ns()
+    return SimSource(trace, config.node, config.interval_s, sim.gpu_name, shift_to_ns=shift,
+                     energy_counter=sim.energy_counter)

@@ -13,6 +13,7 @@ from gridwatt.collector.alerts.rules import SinksConfig
 from gridwatt.collector.alerts.sinks.alertmanager import AlertmanagerSink
 from gridwatt.collector.alerts.sinks.base import AlertSink, SinkStats
 from gridwatt.collector.alerts.sinks.log import LogSink
+from gridwatt.collector.alerts.sinks.plugins import SINKS
 from gridwatt.collector.alerts.sinks.webhook import WebhookSink
 
 __all__ = [
@@ -29,14 +30,8 @@ log = logging.getLogger("gridwatt.alerts")
 
 
 def build_sinks(config: SinksConfig, session: aiohttp.ClientSession | None = None) -> list[AlertSink]:
-    """The sinks a config asks for, in order: log, webhooks, Alertmanager."""
-    sinks: list[AlertSink] = []
-    if config.log.enabled:
-        sinks.append(LogSink(config.log))
-    sinks.extend(WebhookSink(w, session=session) for w in config.webhooks)
-    if config.alertmanager is not None:
-        sinks.append(AlertmanagerSink(config.alertmanager, session=session))
-    return sinks
+    """The sinks a config asks for (each sink's section, by name: alertmanager, log, webhooks)."""
+    return [sink for _, factory in SINKS.items() for sink in factory(config, session)]
 
 
 class AlertDispatcher:

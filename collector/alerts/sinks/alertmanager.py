@@ -27,8 +27,9 @@ from urllib.parse import urlencode
 import aiohttp
 
 from gridwatt.collector.alerts.model import AlertEvent
-from gridwatt.collector.alerts.rules import AlertmanagerSinkConfig
-from gridwatt.collector.alerts.sinks.base import HttpPoster, SinkStats, SleepFn
+from gridwatt.collector.alerts.rules import AlertmanagerSinkConfig, SinksConfig
+from gridwatt.collector.alerts.sinks.base import AlertSink, HttpPoster, SinkStats, SleepFn
+from gridwatt.collector.alerts.sinks.registry import SINKS
 
 log = logging.getLogger("gridwatt.alerts")
 
@@ -178,3 +179,9 @@ class AlertmanagerSink:
 
     async def close(self) -> None:
         await self._poster.close()
+
+
+@SINKS.register("alertmanager")
+def alertmanager_sinks(config: SinksConfig, session: aiohttp.ClientSession | None) -> list[AlertSink]:
+    """``[alerts.sinks.alertmanager]``: the Alertmanager v2 API, when configured."""
+    return [AlertmanagerSink(config.alertmanager, session=session)] if config.alertmanager else []

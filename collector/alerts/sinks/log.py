@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import logging
 
+import aiohttp
+
 from gridwatt.collector.alerts.model import AlertEvent
-from gridwatt.collector.alerts.rules import LogSinkConfig
-from gridwatt.collector.alerts.sinks.base import SinkStats
+from gridwatt.collector.alerts.rules import LogSinkConfig, SinksConfig
+from gridwatt.collector.alerts.sinks.base import AlertSink, SinkStats
+from gridwatt.collector.alerts.sinks.registry import SINKS
 
 _LEVELS = {"firing": logging.WARNING}
 
@@ -33,3 +36,9 @@ class LogSink:
 
     async def close(self) -> None:
         return None
+
+
+@SINKS.register("log")
+def log_sinks(config: SinksConfig, session: aiohttp.ClientSession | None) -> list[AlertSink]:
+    """``[alerts.sinks.log]``: one JSON log line per event, unless ``enabled = false``."""
+    return [LogSink(config.log)] if config.log.enabled else []

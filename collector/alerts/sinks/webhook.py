@@ -13,8 +13,9 @@ import random
 import aiohttp
 
 from gridwatt.collector.alerts.model import AlertEvent
-from gridwatt.collector.alerts.rules import WebhookSinkConfig
-from gridwatt.collector.alerts.sinks.base import HttpPoster, SinkStats, SleepFn
+from gridwatt.collector.alerts.rules import SinksConfig, WebhookSinkConfig
+from gridwatt.collector.alerts.sinks.base import AlertSink, HttpPoster, SinkStats, SleepFn
+from gridwatt.collector.alerts.sinks.registry import SINKS
 
 PAYLOAD_VERSION = 1
 
@@ -63,3 +64,9 @@ class WebhookSink:
 
     async def close(self) -> None:
         await self._poster.close()
+
+
+@SINKS.register("webhooks")
+def webhook_sinks(config: SinksConfig, session: aiohttp.ClientSession | None) -> list[AlertSink]:
+    """``[[alerts.sinks.webhooks]]``: one sink per webhook."""
+    return [WebhookSink(w, session=session) for w in config.webhooks]

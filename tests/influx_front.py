@@ -4,13 +4,20 @@ It gives the answers a real InfluxDB cannot be made to give (429/503 with Retry-
 502, a 2.x-style 422) from a script, and forwards everything else to a real InfluxDB, so what
 is finally stored is still checked in the real database. Without an upstream it answers
 writes 204 and queries with an empty result. Listens on 127.0.0.1 only.
+
+The one InfluxDB stand-in of the tests: async tests use :class:`InfluxFront` in their own event
+loop; tests that run the collector as a separate process use :class:`InfluxFrontThread`, which
+serves it from a thread of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 
 import aiohttp
 from aiohttp import web
@@ -102,3 +109,31 @@ class InfluxFront:
         if is_write:
             seen.status = reply.status
         return web.Response(status=reply.status, headers=reply.headers, body=reply.body.encode())
+
+
+class InfluxFrontThread:
+    """An :class:`InfluxFront` served by an event loop in a daemon thread, for synchronous tests."""
+
+    def __init__(self, front: InfluxFront) -> None:
+        self.front = front
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return self.front.url
+
+    def __enter__(self) -> InfluxFrontThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.front.__aenter__(), self._loop).result(timeout=30)
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self.front.__aexit__(), self._loop).result(timeout=30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._loop.close()

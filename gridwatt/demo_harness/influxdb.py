@@ -1,7 +1,7 @@
 """Start a throwaway InfluxDB 1.x server (Debian's ``influxd``) on free local ports.
 
 Used by the tests, the demo and the benchmarks; never by production deployments.
-Run ``python -m gridwatt.local_influxdb`` to get one for manual experiments.
+Run ``python -m gridwatt.demo_harness.influxdb`` to get one for manual experiments.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from gridwatt.local_influxdb import free_port, wait_until_answering
+from gridwatt.demo_harness.influxdb import free_port, wait_until_answering
 
 
 def toml_str(value: str | Path) -> str:

@@ -1,0 +1,23 @@
+"""Builds intensity providers from their config models (intensity/config.py), through the registry.
+
+Kept apart from the models so that reading and validating a config file imports no provider (and
+no aiohttp); only the collector's wiring builds providers. Each provider's factory lives in its own
+module, registered in intensity/plugins.py.
+"""
+
+from __future__ import annotations
+
+from gridwatt.collector.intensity import plugins, registry
+from gridwatt.collector.intensity.base import IntensityProvider
+from gridwatt.collector.intensity.config import ProviderConfig
+
+PROVIDERS = plugins.PROVIDERS  # every provider, registered
+
+
+def build_provider(cfg: ProviderConfig) -> IntensityProvider:
+    """The provider ``cfg`` describes (its paths were resolved when the config was read).
+
+    Raises ConfigError (naming the provider and field, never a secret) when a
+    file or secret cannot be read.
+    """
+    return registry.build(cfg)
