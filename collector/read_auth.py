@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gridwatt.configfile import ConfigError
+from gridwatt.configfile import ConfigError, ConfigPath, StrictModel
 
 log = logging.getLogger("gridwatt.collector.read_auth")
 
@@ -48,20 +48,19 @@ MAX_NAME_CHARS = 256
 MAX_PRINCIPALS = 100_000
 
 
-class ReadsConfig(BaseModel):
-    """``[reads]``: authentication of the query APIs, HTTP TLS, and a local-only metrics listener."""
-
-    model_config = ConfigDict(extra="forbid")
+class ReadsConfig(StrictModel):
+    """``[reads]``: authentication of the query APIs, HTTP TLS, and a local-only metrics listener.
+    Relative paths are taken from the config file's folder."""
 
     #: TOML file of ``[[principals]]`` (name, role, accounts, token = "sha256:<hex>").
-    principals_file: Path | None = None
+    principals_file: ConfigPath | None = None
     #: Addresses or networks (``10.0.0.5``, ``10.0.0.0/24``) whose identity header is believed.
-    trusted_proxies: list[str] = []
+    trusted_proxies: list[str] = Field(default_factory=list)
     #: The header (HTTP) or metadata key (gRPC) a trusted proxy names the user in.
     identity_header: str = Field("X-Forwarded-User", min_length=1, max_length=64)
     #: TLS for the HTTP API (set both).
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
+    tls_cert_file: ConfigPath | None = None
+    tls_key_file: ConfigPath | None = None
     #: Serve ``/metrics`` (and ``/healthz``) without authentication on this loopback address as well,
     #: e.g. ``127.0.0.1:9108``; empty: none.
     metrics_listen: str = ""

@@ -10,16 +10,13 @@ import itertools
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from gridwatt.configfile import StrictModel
 from gridwatt.timeutil import parse_time_ns
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ContractFactor(_Strict):
+class ContractFactor(StrictModel):
     """A contractual instrument (supplier-specific factor, PPA, certificates) over [start, end)."""
 
     start: str
@@ -35,11 +32,11 @@ class ContractFactor(_Strict):
         return self
 
 
-class MarketZone(_Strict):
+class MarketZone(StrictModel):
     """Market-based factors of one zone: contracts by period, else the residual mix."""
 
     zone: str = Field(min_length=1)
-    contracts: list[ContractFactor] = []
+    contracts: list[ContractFactor] = Field(default_factory=list)
     residual_mix_g_per_kwh: float | None = Field(None, ge=0, le=5000)
     residual_mix_source: str = Field("", max_length=200)
 
@@ -54,7 +51,7 @@ class MarketZone(_Strict):
         return self
 
 
-class ReportsConfig(_Strict):
+class ReportsConfig(StrictModel):
     #: IANA time zone of the report's days (daily chart) and stated on it.
     time_zone: str = "UTC"
     #: SCI's M: embodied emissions per GPU-hour (gCO2e), e.g. a GPU server's manufacturing
@@ -63,7 +60,7 @@ class ReportsConfig(_Strict):
     embodied_source: str = Field("", max_length=200)
     #: SCI's R, the functional unit: per GPU-hour (default) or per job.
     sci_functional_unit: Literal["gpu_hour", "job"] = "gpu_hour"
-    market: list[MarketZone] = []
+    market: list[MarketZone] = Field(default_factory=list)
 
     @field_validator("time_zone")
     @classmethod

@@ -381,3 +381,15 @@ def test_a_missing_principals_file_fails_closed(tmp_path: Path) -> None:
         auth.identify({"Authorization": f"Bearer {TOKENS['ops']}"}, "127.0.0.1")
     with pytest.raises(ReadAuthError):
         auth.identify({"X-Forwarded-User": "ops"}, "127.0.0.1")
+
+
+def test_reads_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:
+    from gridwatt.collector.config import CollectorConfig
+    from gridwatt.configfile import load_config
+
+    cfg = tmp_path / "collector.toml"
+    cfg.write_text('[[zones]]\nname = "Z"\nintensity = { kind = "constant", g_per_kwh = 1.0 }\n'
+                   '[reads]\nprincipals_file = "principals.toml"\ntls_cert_file = "c.pem"\ntls_key_file = "k.pem"\n')
+    reads = load_config(cfg, CollectorConfig, environ={}).reads
+    assert (reads.principals_file, reads.tls_cert_file, reads.tls_key_file) == (
+        tmp_path / "principals.toml", tmp_path / "c.pem", tmp_path / "k.pem")
