@@ -35,8 +35,8 @@ from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.rollup import job_window_lines
 from gridwatt.collector.server import start_collector
 from gridwatt.configfile import load_config
-from gridwatt.harness import toml_str
-from gridwatt.local_influxdb import LocalInfluxDB, free_port
+from gridwatt.demo_harness.influxdb import LocalInfluxDB, free_port
+from gridwatt.demo_harness.processes import toml_str
 
 START_NS = 1_654_041_600 * 10**9  # 2022-06-01T00:00:00Z
 WINDOW_NS = 60 * 10**9

@@ -13,7 +13,7 @@ from gridwatt.collector.job_index import HOUR_NS, JobIndex
 from gridwatt.collector.listings import scan_jobs
 from gridwatt.collector.rollup import job_window_lines
 from gridwatt.collector.store import InfluxStore
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
 
 T0 = 1_654_041_600 * 10**9  # 2022-06-01T00:00:00Z
 MIN_NS = 60 * 10**9

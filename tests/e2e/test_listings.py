@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from gridwatt.collector.auth import hash_token
-from gridwatt.harness import CollectorProcess, new_collector_ports, start_agent, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, start_agent, toml_str
 from tests.conftest import influx_query
 
 TOKENS = {

@@ -27,8 +27,8 @@ from gridwatt.collector.read_auth import (
     peer_ip_of_grpc,
 )
 from gridwatt.configfile import ConfigError
-from gridwatt.harness import CollectorProcess, new_collector_ports, start_agent, toml_str
-from gridwatt.local_influxdb import LocalInfluxDB, free_port
+from gridwatt.demo_harness.influxdb import LocalInfluxDB, free_port
+from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, start_agent, toml_str
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.conftest import collector_toml
@@ -389,7 +389,8 @@ def test_reads_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:
 
     cfg = tmp_path / "collector.toml"
     cfg.write_text('[[zones]]\nname = "Z"\nintensity = { kind = "constant", g_per_kwh = 1.0 }\n'
-                   '[reads]\nprincipals_file = "principals.toml"\ntls_cert_file = "c.pem"\ntls_key_file = "k.pem"\n')
+                   '[reads]\nprincipals_file = "principals.toml"\ntls_cert_file = "c.pem"\n'
+                   'tls_key_file = "k.pem"\n')
     reads = load_config(cfg, CollectorConfig, environ={}).reads
     assert (reads.principals_file, reads.tls_cert_file, reads.tls_key_file) == (
         tmp_path / "principals.toml", tmp_path / "c.pem", tmp_path / "k.pem")
