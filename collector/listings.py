@@ -36,7 +36,7 @@ class ListingError(ValueError):
     """A bad listing request (HTTP 400); the message names the parameter."""
 
 
-@dataclass
+@dataclass(slots=True)
 class JobSums:
     """One job's sums over the range (J, g, GPU-s), per rack, and who ran it."""
 
