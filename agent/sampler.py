@@ -91,6 +91,9 @@ class Sampler:
                     split_estimated=share.split_estimated,
                     account=share.account,
                     alias=share.alias,
+                    partition=share.partition,
+                    namespace=share.namespace,
+                    job_name=share.job_name,
                 )
             samples.append(sample)
         return samples

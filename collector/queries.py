@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from gridwatt.collector.schema import GPU, JOB, JOB_WINDOW, NODE, RACK
+from gridwatt.collector.schema import GPU, JOB, JOB_WINDOW, NODE, RACK, WHO_FIELDS
 
 #: A measurement's name → its quoted InfluxQL name for FROM, qualified with its retention policy
 #: where it has one (``InfluxStore.measurement``; :func:`plain` for none).
@@ -42,10 +42,62 @@ def node_window_sums(m: Measurement, node: str, lo_ns: int, hi_ns: int, res_s: i
     return (
         'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
         'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
-        'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns '
+        f'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns, {_last_who()} '
         f'FROM {m(JOB)} WHERE "node" = {quote_string(node)} AND time >= {lo_ns} AND time < {hi_ns} '
         f'GROUP BY time({res_s}s), "job_id", "gpu" fill(none)'
     )
+
+
+def _last_who() -> str:
+    """The latest non-empty value of each who-ran-what field, named after it."""
+    return ", ".join(f'last("{name}") AS "{name}"' for name in WHO_FIELDS)
+
+
+# -- listings, usage, the job index, reports (listings.py, job_index.py, report.py) -------------
+
+_JOB_WINDOW_SUMS = (
+    'sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
+    'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, '
+    'sum("idle_energy_j") AS ie'
+)
+
+
+def _time_range(lo_ns: int | None, hi_ns: int | None) -> str:
+    parts = [f"time >= {lo_ns}"] if lo_ns is not None else []
+    parts += [f"time < {hi_ns}"] if hi_ns is not None else []
+    return (" WHERE " + " AND ".join(parts)) if parts else ""
+
+
+def job_sums_in_range(m: Measurement, lo_ns: int | None, hi_ns: int | None) -> str:
+    """Three statements over the job windows in [lo_ns, hi_ns) (None: unbounded): sums and latest end
+    per job, node and rack; who ran each job; each job's first window."""
+    where = _time_range(lo_ns, hi_ns)
+    return (
+        f'SELECT {_JOB_WINDOW_SUMS}, max("end_ns") AS end_ns FROM {m(JOB_WINDOW)}{where} '
+        'GROUP BY "job_id", "node", "rack"; '
+        f'SELECT {_last_who()} FROM {m(JOB_WINDOW)}{where} GROUP BY "job_id"; '
+        f'SELECT first("gpu_s") FROM {m(JOB_WINDOW)}{where} GROUP BY "job_id"'
+    )
+
+
+def job_hours_in_range(m: Measurement, lo_ns: int | None, hi_ns: int | None) -> str:
+    """Four statements over the job windows in [lo_ns, hi_ns): sums and latest end per hour, job and
+    rack; who ran each job; each job's first window; each job's nodes."""
+    where = _time_range(lo_ns, hi_ns)
+    return (
+        f'SELECT {_JOB_WINDOW_SUMS}, max("end_ns") AS end_ns FROM {m(JOB_WINDOW)}{where} '
+        'GROUP BY time(1h), "job_id", "rack" fill(none); '
+        f'SELECT {_last_who()} FROM {m(JOB_WINDOW)}{where} GROUP BY "job_id"; '
+        f'SELECT first("gpu_s") FROM {m(JOB_WINDOW)}{where} GROUP BY "job_id"; '
+        f'SELECT last("gpu_count") FROM {m(JOB_WINDOW)}{where} GROUP BY "job_id", "node"'
+    )
+
+
+def job_owner(m: Measurement, job_id: str) -> str:
+    """Two statements: the latest user and the latest account of a job's points (column ``v``)."""
+    job = quote_string(job_id)
+    return (f'SELECT last("user") AS v FROM {m(JOB)} WHERE "job_id" = {job}; '
+            f'SELECT last("account") AS v FROM {m(JOB)} WHERE "job_id" = {job}')
 
 
 def rack_window_sums(m: Measurement, rack: str, lo_ns: int, hi_ns: int, res_s: int) -> str:

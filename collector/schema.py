@@ -27,6 +27,8 @@ NODE = "node"
 RACK = "rack"
 JOB_WINDOW = "job_window"
 AGENT_LEDGER = "agent_ledger"
+#: Who ran a job: string fields (never tags) of ``job`` and ``job_window`` points, where known.
+WHO_FIELDS = ("user", "account", "partition", "namespace", "job_name")
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\\": "\\\\", "\n": " "})
 

@@ -23,6 +23,8 @@ command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
 [ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# poppler-utils: pdftotext/pdftoppm read back the PDF sustainability report in its tests
+command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
 # the deployment tests (tests/deploy): real useradd/systemctl fill --root images; curl as in the README
 command -v useradd >/dev/null 2>&1 || missing+=(passwd)
 command -v systemctl >/dev/null 2>&1 || missing+=(systemd)

@@ -61,6 +61,13 @@ class ProcessJob:
     slurm: SlurmProcess | None = None
 
 
+def _slurm_who(pj: ProcessJob) -> dict[str, str]:
+    """Account, partition and job name of a process's job, as far as Slurm told (keywords of JobOnGpu)."""
+    if pj.slurm is None:
+        return {}
+    return {"account": pj.slurm.account, "partition": pj.slurm.partition, "job_name": pj.slurm.job_name}
+
+
 class Attributor:
     """Maps a GPU reading to the jobs its interval is attributed to.
 
@@ -108,7 +115,8 @@ class Attributor:
         self._track_pids(reading)
         if reading.jobs:
             return [
-                JobShareInfo(h.job_id, h.fraction, METHOD_TRACE, h.user, split_estimated=False)
+                JobShareInfo(h.job_id, h.fraction, METHOD_TRACE, h.user, False, account=h.account,
+                             partition=h.partition, namespace=h.namespace, job_name=h.job_name)
                 for h in reading.jobs
             ]
         if self.job_mapping_dir is not None:
@@ -167,8 +175,10 @@ class Attributor:
         held = self.gpu_pods()
         holders = held.get(reading.uuid, ()) if reading.uuid else ()
         holders = holders or held.get(str(reading.index), ())
-        jobs = sorted({h.job_id for h in holders})
-        return [JobOnGpu(job, METHOD_KUBERNETES) for job in jobs]
+        pods = sorted({(h.job_id, h.namespace, h.pod) for h in holders})
+        # who ran what: the pod's namespace, and the pod's name as the job's name
+        return [JobOnGpu(job, METHOD_KUBERNETES, namespace=namespace, job_name=pod)
+                for job, namespace, pod in pods]
 
     def _mapped_on_gpu(self, mapped: list[str], pids: tuple[int, ...]) -> list[JobOnGpu]:
         """Jobs named by the mapping file, each with the GPU's processes found in it (for user, util)."""
@@ -178,7 +188,7 @@ class Attributor:
             info = self._job_info.get(job_id) if self._job_info is not None else None
             user = next((pj.user for _, pj in own if pj.user), "") or (info.user if info else "")
             jobs.append(JobOnGpu(job_id, METHOD_JOB_MAPPING, user, tuple(pid for pid, _ in own),
-                                 info.account if info else "", info.alias if info else ""))
+                                 account=info.account if info else "", alias=info.alias if info else ""))
         return jobs
 
     def _processes_on_gpu(self, pids: tuple[int, ...]) -> list[JobOnGpu]:
@@ -187,7 +197,8 @@ class Attributor:
             pj = self.process_job(pid)
             if pj is not None:
                 by_job.setdefault(pj.job_id, (pj, []))[1].append(pid)
-        return [JobOnGpu(job, pj.method, pj.user, tuple(own)) for job, (pj, own) in by_job.items()]
+        return [JobOnGpu(job, pj.method, pj.user, tuple(own), **_slurm_who(pj))
+                for job, (pj, own) in by_job.items()]
 
     def _track_pids(self, reading: GpuReading) -> None:
         """Remember this GPU's pids; forget cached pids that no GPU shows any more."""
