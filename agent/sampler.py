@@ -109,6 +109,11 @@ class Sampler:
                     method=ATTRIBUTION_METHODS.get(share.method, pb.ATTRIBUTION_METHOD_UNSPECIFIED),
                     user=share.user if user_problem(share.user) is None else "",
                     split_estimated=share.split_estimated,
+                    account=share.account,
+                    alias=share.alias,
+                    partition=share.partition,
+                    namespace=share.namespace,
+                    job_name=share.job_name,
                 )
             samples.append(sample)
         return samples

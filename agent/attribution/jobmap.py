@@ -82,8 +82,9 @@ def read_mapping_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> str | None
         os.close(fd)
 
 
-def mapped_jobs(mapping_dir: Path, gpu_index: int) -> list[str]:
-    """Job ids mapped to GPU ``gpu_index``, in file order; empty when unmapped or not trusted."""
+def mapped_jobs(mapping_dir: Path, gpu_index: int | str) -> list[str]:
+    """Job ids mapped to GPU ``gpu_index`` (or a file named by the GPU's UUID), in file order;
+    empty when unmapped or not trusted."""
     path = mapping_dir / str(gpu_index)
     text = read_mapping_file(path)
     if text is None:
