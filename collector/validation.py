@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from gridwatt.names import name_problem, shown, user_problem
+from gridwatt.names import name_problem, shown
 from gridwatt.timeutil import NS_PER_S, format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 
@@ -130,9 +130,6 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
                 raise BatchRejected(f"{where}: field jobs.job_id: job {shown(share.job_id)} appears twice; "
                                     "give each job one share")
             seen.add(share.job_id)
-            problem = user_problem(share.user)
-            if problem:
-                raise BatchRejected(f"{where}: field jobs.user: {problem}")
             if not (0.0 < share.fraction <= 1.0):
                 raise BatchRejected(
                     f"{where}: field jobs.fraction: value {share.fraction} for job "

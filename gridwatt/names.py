@@ -7,7 +7,8 @@ refuses it, naming the field, and never echoes more than ``ECHO_CHARS`` of what 
   ``~``) except the backslash. Every such string is stored and read back exactly: InfluxDB's line
   protocol cannot express a tag value ending in a backslash, and treats one before ``,``/``=``/space
   as an escape.
-* user: at most ``USER_MAX_CHARS`` (64) characters, none of them a control character.
+* user (and the other who-fields, collector/validation.py): at most ``USER_MAX_CHARS`` (256)
+  printable characters.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from __future__ import annotations
 import re
 
 NAME_MAX_CHARS = 128
-USER_MAX_CHARS = 64
+USER_MAX_CHARS = 256
 #: How much of a refused value an error message quotes.
 ECHO_CHARS = 40
 
 _NAME = re.compile(r"[\x20-\x5b\x5d-\x7e]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def shown(value: str) -> str:
@@ -47,6 +47,6 @@ def user_problem(value: str) -> str | None:
     """Why ``value`` is not a valid user name, or None (the empty user is valid: unknown)."""
     if len(value) > USER_MAX_CHARS:
         return f"{len(value)} characters, above the {USER_MAX_CHARS} allowed"
-    if _CONTROL.search(value):
-        return f"control character in {shown(value)}"
+    if not value.isprintable():
+        return f"not printable: {shown(value)}"
     return None

@@ -40,7 +40,7 @@ def _bad_samples() -> list[tuple[str, pb.GpuSample, str]]:
         ("job 70 KB", lambda s: setattr(s.jobs[0], "job_id", "x" * 70_000),
          "70000 characters, above the 128"),
         ("user newline", lambda s: setattr(s.jobs[0], "user", "bob\nrm"),
-         "field jobs.user: control character"),
+         "than 256 characters or not printable"),
         ("uuid ends in backslash", lambda s: setattr(s, "gpu_uuid", "GPU-1\\"), "field gpu_uuid"),
         ("same job twice", lambda s: s.jobs.add(job_id="job-1", fraction=0.001), "appears twice"),
     ]

@@ -110,6 +110,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, influxdb: LocalInfluxDB) -
     (tmp / "principals.toml").chmod(0o640)
     (tmp / "node-tokens").write_text(f"n1 {NODE_TOKEN}\n")
     (tmp / "node.token").write_text(NODE_TOKEN + "\n")
+    for secret in ("node-tokens", "node.token"):  # node token files readable by all are refused (#8)
+        (tmp / secret).chmod(0o600)
     grpc_port, http_port = new_collector_ports()
     cfg = tmp / "collector.toml"
     cfg.write_text(
