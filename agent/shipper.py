@@ -91,6 +91,18 @@ class ShipperStats:
                 f"ledger_reports={self.ledger_reports}")
 
 
+def lingering_s(unsent: int, batch_max_samples: int, linger_s: float, waited_s: float,
+                flushing: bool) -> float:
+    """Seconds to wait for more samples before sending ``unsent`` ones (0: send now).
+
+    Send when the batch is full, when the oldest unsent sample has waited ``linger_s``, or when
+    the agent is flushing (stopping or draining).
+    """
+    if flushing or unsent >= batch_max_samples:
+        return 0.0
+    return max(linger_s - waited_s, 0.0)
+
+
 def ledger_proto(ledger: Ledger, at_ns: int) -> pb.SpoolLedger:
     """The ledger as sent to the collector."""
     return pb.SpoolLedger(
@@ -114,6 +126,8 @@ class Shipper:
         self.final_ledger_timeout_s = final_ledger_timeout_s
         self.stats = ShipperStats()
         self.new_data = asyncio.Event()
+        #: Set when the agent stops or drains: spooled samples go out without lingering.
+        self.flush = asyncio.Event()
         self.acked = asyncio.Event()
         self._progressed = False
         self._ledger_only = True  # the collector accepts batches that carry only a ledger
@@ -196,6 +210,8 @@ class Shipper:
             call = stub.Stream(metadata=self._metadata)
             last_seq = 0
             last_sent = time.monotonic()
+            # What is already spooled when a session starts is a backlog: it goes out at once.
+            unsent_since: float | None = 0.0
             slot_free = asyncio.Event()
             slot_free.set()
             ack_seen = asyncio.Event()
@@ -263,6 +279,7 @@ class Shipper:
                         continue
                     rows = self.spool.read_after(last_seq, self.conn.batch_max_samples)
                     if not rows:
+                        unsent_since = None  # the next sample starts a new linger
                         if self._ledger_only and time.monotonic() - last_sent >= self.ledger_report_s:
                             batch, _ = self._make_batch([])
                             if await send(batch, []):
@@ -271,6 +288,15 @@ class Shipper:
                         self.new_data.clear()
                         await self._wait_any(self.new_data.wait(), reader, stopper, timeout=1.0)
                         continue
+                    if unsent_since is None:
+                        unsent_since = time.monotonic()
+                    wait_s = lingering_s(len(rows), self.conn.batch_max_samples, self.conn.linger_s,
+                                         time.monotonic() - unsent_since, self.flush.is_set())
+                    if wait_s > 0:
+                        self.new_data.clear()
+                        await self._wait_any(self.new_data.wait(), reader, stopper, timeout=wait_s)
+                        continue
+                    unsent_since = None
                     last_seq = rows[-1][0]
                     batch, seqs = self._make_batch(rows)
                     if not seqs:
