@@ -62,6 +62,10 @@ class HostConfig(StrictModel):
 class CollectorConnection(StrictModel):
     #: host:port of the collector's gRPC endpoint.
     address: str = "127.0.0.1:50051"
+    #: Several collectors (host:port each) for failover; when set, it replaces ``address``. The agent
+    #: starts at the one its node name hashes to (spreading nodes over them), stays while it works,
+    #: and moves to the next at once when a session fails; it backs off only after trying them all.
+    addresses: list[str] = Field(default_factory=list, max_length=64)
     tls: bool = False
     #: CA bundle that signed the collector's certificate (TLS).
     ca_file: ConfigPath | None = None
@@ -92,6 +96,20 @@ class CollectorConnection(StrictModel):
         if ":" not in v:
             raise ValueError("must be host:port")
         return v
+
+    @field_validator("addresses")
+    @classmethod
+    def _each_has_port(cls, v: list[str]) -> list[str]:
+        for address in v:
+            if ":" not in address:
+                raise ValueError(f"{address!r} must be host:port")
+        if len(set(v)) != len(v):
+            raise ValueError("lists an address twice")
+        return v
+
+    def targets(self) -> list[str]:
+        """The collectors to ship to, in failover order: ``addresses``, else ``address``."""
+        return list(self.addresses) or [self.address]
 
 
 class AgentConfig(StrictModel):

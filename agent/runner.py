@@ -163,7 +163,8 @@ class _AgentLoop:
         config = self.config
         if self.replay:
             self.mark_name = _replay_start(config, self.source, self.spool, self.progress)
-        self.notifier.ready(f"sampling {config.source.kind}, shipping to {config.collector.address}")
+        targets = ", ".join(config.collector.targets())
+        self.notifier.ready(f"sampling {config.source.kind}, shipping to {targets}")
         try:
             await self._sample_until_done()
             await self._drain()

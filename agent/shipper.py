@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -60,16 +61,17 @@ def channel_options(conn: CollectorConnection) -> list[tuple[str, int]]:
     ]
 
 
-def make_channel(conn: CollectorConnection) -> grpc.aio.Channel:
-    """An insecure or (m)TLS channel to the collector, per the config."""
+def make_channel(conn: CollectorConnection, address: str | None = None) -> grpc.aio.Channel:
+    """An insecure or (m)TLS channel to the collector at ``address`` (default: ``conn.address``)."""
     options = channel_options(conn)
+    address = address or conn.address
     if not conn.tls:
-        return grpc.aio.insecure_channel(conn.address, options=options)
+        return grpc.aio.insecure_channel(address, options=options)
     root = conn.ca_file.read_bytes() if conn.ca_file else None
     key = conn.key_file.read_bytes() if conn.key_file else None
     cert = conn.cert_file.read_bytes() if conn.cert_file else None
     creds = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
-    return grpc.aio.secure_channel(conn.address, creds, options=options)
+    return grpc.aio.secure_channel(address, creds, options=options)
 
 
 @dataclass
@@ -103,6 +105,11 @@ def lingering_s(unsent: int, batch_max_samples: int, linger_s: float, waited_s: 
     return max(linger_s - waited_s, 0.0)
 
 
+def first_target(node: str, count: int) -> int:
+    """The collector a node tries first: a stable hash of its name, so nodes spread over the list."""
+    return zlib.crc32(node.encode()) % count
+
+
 def ledger_proto(ledger: Ledger, at_ns: int) -> pb.SpoolLedger:
     """The ledger as sent to the collector."""
     return pb.SpoolLedger(
@@ -132,6 +139,10 @@ class Shipper:
         self._progressed = False
         self._ledger_only = True  # the collector accepts batches that carry only a ledger
         self._next_batch_id = 1
+        self.targets = conn.targets()
+        #: Index in ``targets`` of the collector in use; nodes start spread over the list.
+        self.target = first_target(node, len(self.targets))
+        self._announced = ""
         token = read_secret(conn.token, conn.token_file, "collector token")
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
@@ -174,6 +185,7 @@ class Shipper:
         bottom after a session that got any batch acknowledged.
         """
         attempt = 0
+        failures = 0  # sessions failed since the last one that got an ack
         while not stop.is_set():
             self._progressed = False
             hint_s = 0.0
@@ -187,25 +199,34 @@ class Shipper:
                 hint_s = min(exc.retry_after_s, self.conn.reconnect_max_s)
             if self._progressed:
                 attempt = 0
+                failures = 0
             if stop.is_set():
                 break
             self.stats.reconnects += 1
             self.stats.last_error = error or self.stats.last_error
-            # full jitter, but never sooner than the collector asked (Ack.retry_after_ms)
-            delay = max(hint_s, random.uniform(0, min(self.conn.reconnect_max_s, 0.2 * 2**attempt)))
+            failed = self.targets[self.target]
+            failures += 1
+            self.target = (self.target + 1) % len(self.targets)
+            if failures % len(self.targets):
+                delay = 0.0  # failover: another collector not tried since the last good session
+            else:
+                # full jitter, but never sooner than the collector asked (Ack.retry_after_ms)
+                delay = max(hint_s, random.uniform(0, min(self.conn.reconnect_max_s, 0.2 * 2**attempt)))
+                attempt = min(attempt + 1, 16)
             # The first failure after a good session is a warning; the retries that follow are info.
-            (log.warning if attempt == 0 else log.info)(
-                "collector %s: %s; reconnecting in %.2f s (attempt %d, reconnects=%d)",
-                self.conn.address, error or "session ended", delay, attempt + 1, self.stats.reconnects,
+            (log.warning if failures == 1 else log.info)(
+                "collector %s: %s; reconnecting in %.2f s to %s (attempt %d, reconnects=%d)",
+                failed, error or "session ended", delay, self.targets[self.target], failures,
+                self.stats.reconnects,
             )
-            attempt = min(attempt + 1, 16)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def _session(self, stop: asyncio.Event) -> None:
         """One stream: announce the ledger, then send batches and read acks until stopped or broken."""
         in_flight: dict[int, list[int]] = {}
-        async with make_channel(self.conn) as channel:
+        address = self.targets[self.target]
+        async with make_channel(self.conn, address) as channel:
             stub = pb_grpc.IngestStub(channel)
             call = stub.Stream(metadata=self._metadata)
             last_seq = 0
@@ -228,6 +249,9 @@ class Shipper:
                                         "only on sample batches", ack.message)
                         self._ledger_only = False
                     elif ack.code == CODE_OK:
+                        if self._announced != address:
+                            self._announced = address
+                            log.info("collector %s: storing this node's samples", address)
                         if seqs:
                             self.spool.acknowledge(seqs)
                             self.stats.batches_acked += 1
