@@ -36,6 +36,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 # strip (binutils) trims the bundled shared objects.
 command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 command -v strip >/dev/null 2>&1 || missing+=(binutils)
+# scale-out (#9): haproxy in front of two collectors (tests/e2e/test_scale_out.py)
+[ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -7,6 +7,8 @@ job and rack total is known by hand from the spool's ledger.
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,3 +175,78 @@ def test_agent_failover_list_survives_a_sigkilled_collector(cluster2: Cluster) -
     cluster2.kill_one_mid_run_and_check_totals(victim, survivor)
     log = cluster2.agents[0].log_text()
     assert f"collector {survivor.grpc_address}: storing this node's samples" in log
+
+
+class HAProxy:
+    """Debian's haproxy in the foreground, TCP mode, round robin over the collectors' gRPC ports.
+
+    gRPC is HTTP/2 over one long-lived TCP connection per agent, so TCP mode balances agents (not
+    requests); health checks take a dead collector out and ``option redispatch`` moves a connect that
+    failed to the other one.
+    """
+
+    def __init__(self, tmp: Path, backends: list[str]) -> None:
+        self.port = new_collector_ports()[0]
+        servers = "".join(f"  server c{i} {addr} check inter 500ms fall 2 rise 2\n"
+                          for i, addr in enumerate(backends))
+        self.config = tmp / "haproxy.cfg"
+        self.config.write_text(
+            "global\n  maxconn 4096\n"
+            "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n"
+            "  retries 3\n  option redispatch\n"
+            f"frontend grpc\n  bind 127.0.0.1:{self.port}\n  default_backend collectors\n"
+            f"backend collectors\n  balance roundrobin\n{servers}"
+        )
+        self.log_path = tmp / "haproxy.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> HAProxy:
+        check = subprocess.run([HAPROXY, "-c", "-f", str(self.config)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(self.config)], stdout=log,
+                                         stderr=subprocess.STDOUT)
+        wait_until("haproxy listening", self._listening, timeout_s=30)
+        return self
+
+    def _listening(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+HAPROXY = "/usr/sbin/haproxy"
+
+
+@pytest.fixture
+def cluster8(tmp_path: Path, influxdb: LocalInfluxDB, database: str) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, influxdb.url, database, nodes=8)
+    yield c
+    c.close()
+
+
+def test_haproxy_in_front_of_two_collectors_takes_8_agents_and_one_sigkill(
+    cluster8: Cluster, tmp_path: Path
+) -> None:
+    """8 replaying agents ship to haproxy; haproxy spreads them over 2 collectors; one collector is
+    SIGKILLed mid-run. Its agents reconnect through haproxy to the other, and every GPU, job and
+    rack total is exact."""
+    for c in cluster8.collectors:
+        c.start()
+    proxy = HAProxy(tmp_path, [c.grpc_address for c in cluster8.collectors]).start()
+    try:
+        cluster8.start_agents(f'address = "{proxy.address}"\n')
+        cluster8.kill_one_mid_run_and_check_totals(*cluster8.collectors)
+        moved = [a for a in cluster8.agents if "reconnecting in" in a.log_text()]
+        assert moved, "no agent was connected to the killed collector"
+    finally:
+        proxy.stop()
