@@ -22,7 +22,7 @@ import logging
 import random
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -124,7 +124,7 @@ class Shipper:
 
     def __init__(
         self, node: str, spool: Spool, conn: CollectorConnection, ledger_report_s: float = 60.0,
-        final_ledger_timeout_s: float = 1.5,
+        final_ledger_timeout_s: float = 1.5, on_ack: Callable[[float, int], None] | None = None,
     ) -> None:
         self.node = node
         self.spool = spool
@@ -132,6 +132,9 @@ class Shipper:
         self.ledger_report_s = ledger_report_s
         self.final_ledger_timeout_s = final_ledger_timeout_s
         self.stats = ShipperStats()
+        #: Called with (seconds from send to ack, samples) for every stored batch (benchmarks).
+        self.on_ack = on_ack
+        self._sent_at: dict[int, float] = {}
         self.new_data = asyncio.Event()
         #: Set when the agent stops or drains: spooled samples go out without lingering.
         self.flush = asyncio.Event()
@@ -225,6 +228,7 @@ class Shipper:
     async def _session(self, stop: asyncio.Event) -> None:
         """One stream: announce the ledger, then send batches and read acks until stopped or broken."""
         in_flight: dict[int, list[int]] = {}
+        self._sent_at.clear()
         address = self.targets[self.target]
         async with make_channel(self.conn, address) as channel:
             stub = pb_grpc.IngestStub(channel)
@@ -249,6 +253,9 @@ class Shipper:
                                         "only on sample batches", ack.message)
                         self._ledger_only = False
                     elif ack.code == CODE_OK:
+                        sent_at = self._sent_at.pop(ack.batch_id, None)
+                        if self.on_ack is not None and seqs and sent_at is not None:
+                            self.on_ack(time.monotonic() - sent_at, len(seqs))
                         if self._announced != address:
                             self._announced = address
                             log.info("collector %s: storing this node's samples", address)
@@ -277,6 +284,8 @@ class Shipper:
                 """Write one batch; False if stopped first (a write can block on a frozen peer)."""
                 nonlocal last_sent
                 in_flight[batch.batch_id] = seqs
+                if self.on_ack is not None:
+                    self._sent_at[batch.batch_id] = time.monotonic()
                 writer = asyncio.ensure_future(call.write(batch))
                 await asyncio.wait([writer, reader, stopper], return_when=asyncio.FIRST_COMPLETED)
                 if not writer.done():
