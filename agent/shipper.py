@@ -293,7 +293,10 @@ class Shipper:
                     if reader.done():
                         reader.result()
                     return False
-                writer.result()
+                try:
+                    writer.result()
+                except asyncio.InvalidStateError:  # the collector ended the RPC under the write
+                    raise _Reconnect(f"{(await call.code()).name}: {await call.details()}") from None
                 self.stats.batches_sent += 1
                 last_sent = time.monotonic()
                 return True
