@@ -89,6 +89,11 @@ class Sampler:
                     method=ATTRIBUTION_METHODS.get(share.method, pb.ATTRIBUTION_METHOD_UNSPECIFIED),
                     user=share.user,
                     split_estimated=share.split_estimated,
+                    account=share.account,
+                    alias=share.alias,
+                    partition=share.partition,
+                    namespace=share.namespace,
+                    job_name=share.job_name,
                 )
             samples.append(sample)
         return samples

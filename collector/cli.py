@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         if config.alerts.state_file:
             check_state_file(Path(config.alerts.state_file))
         auth = NodeAuth.from_config(config.auth)
+        from gridwatt.collector.read_auth import ReadAuth
+
+        ReadAuth.from_config(config.reads)  # a bad principals file stops here, before serving
         if args.command == "check-config":
             print(f"{args.config}: OK ({len(config.zones)} zones, {len(config.racks)} racks, "
                   f"{auth.token_count} node tokens)")

@@ -15,6 +15,8 @@ from pydantic import (
 
 from gridwatt.collector.alerts.rules import AlertsConfig
 from gridwatt.collector.intensity.config import ProviderConfig
+from gridwatt.collector.read_auth import ReadsConfig
+from gridwatt.collector.report_config import ReportsConfig
 from gridwatt.collector.schema import AGENT_LEDGER, GPU, HOST, JOB, JOB_WINDOW, NODE, RACK
 from gridwatt.configfile import ConfigPath, StrictModel
 from gridwatt.timeutil import parse_time_ns
@@ -283,6 +285,10 @@ class CollectorConfig(StrictModel):
     sites: list[SiteConfig] = Field(default_factory=list)
     #: Idle-GPU alert rules and sinks (see collector/alerts/README.md).
     alerts: AlertsConfig = AlertsConfig()
+    #: Who may read (principals, trusted proxies), HTTP TLS, local metrics (collector/read_auth.py).
+    reads: ReadsConfig = ReadsConfig()
+    #: Sustainability reports: market-based factors, SCI embodied factor, time zone (collector/report.py).
+    reports: ReportsConfig = ReportsConfig()
     #: Accounted energy and carbon on /metrics.
     metrics: LiveMetricsConfig = LiveMetricsConfig()
     #: Folder of the config file; relative paths in provider configs are taken from it.
@@ -306,6 +312,9 @@ class CollectorConfig(StrictModel):
         self._check_feed_racks()
         if self.auth.bind_node_to_cert_cn and self.server.tls_client_ca_file is None:
             raise ValueError("auth.bind_node_to_cert_cn needs mutual TLS: set server.tls_client_ca_file")
+        for market in self.reports.market:
+            if market.zone not in zones:
+                raise ValueError(f"reports.market: zone {market.zone!r} is not among zones {zones}")
         if self.accounting.default_zone is not None and self.accounting.default_zone not in zones:
             raise ValueError(f"accounting.default_zone {self.accounting.default_zone!r} is not a zone")
         return self

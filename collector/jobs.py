@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,6 +16,30 @@ from gridwatt.v1 import telemetry_pb2 as pb
 
 class JobNotFound(Exception):
     """No samples are stored for the job."""
+
+
+#: A job id as Slurm users write it: raw ``1234``, array task ``1234_7``, het component ``1234+1``,
+#: each optionally with a step (``.0``, ``.batch``, ``.extern``, ``.interactive``), summed into its job.
+SLURM_ID = re.compile(r"(?P<job>\d{1,12}(?P<alias>[_+]\d{1,12})?)(?:\.(?:\d{1,9}|batch|extern|interactive))?")
+
+
+async def resolve_job_id(store: InfluxStore, text: str) -> tuple[str, str]:
+    """(stored job id, alias) of a job id as written. A step's id means its job (gridwatt meters
+    jobs, not steps); an array task or het component id is looked up by the ``alias`` tag its
+    samples carry (written when a gridwatt prolog mapped the job). Other ids are taken as they are.
+    """
+    m = SLURM_ID.fullmatch(text)
+    if m is None:
+        return text, ""
+    if not m.group("alias"):
+        return m.group("job"), ""
+    alias = m.group("job")
+    (result,) = await store.query(queries.job_ids_of_alias(store.measurement, alias))
+    ids = sorted({str(row.get("value", "")) for _tags, row in series_rows(result)} - {""})
+    if not ids:
+        asked = f" (asked as {text!r})" if text != alias else ""
+        raise JobNotFound(f"no samples stored for Slurm job {alias!r}{asked}: no job carries that alias")
+    return ids[-1], alias
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,11 @@ class JobReport:
     #: the share (0..1) of co2e_kg that rests on estimated or held grid intensity (a held value,
     #: a fallback provider, or a value its provider marked estimated); 0 when all was measured
     estimated_share: float = 0.0
+    #: Slurm's details where the agent knew them (a gridwatt prolog): the id users write
+    #: (array task, het component), the user and the account; "" otherwise.
+    alias: str = ""
+    user: str = ""
+    account: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,9 +91,11 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
     """The job's totals from its ``job_window`` points (one per node and window), its GPUs from the
     series index, its start and emission factor from its first and last ``job`` points.
 
-    Raises JobNotFound when there are none.
+    ``job_id`` may be written as Slurm users write it (``1234_7``, ``1234+1``, ``1234.0``): see
+    ``resolve_job_id``. Raises JobNotFound when there are none.
     """
-    sums, series, first, ef = await store.query(queries.job_report(store.measurement, job_id))
+    job_id, alias = await resolve_job_id(store, job_id)
+    sums, series, first, ef, who = await store.query(queries.job_report(store.measurement, job_id))
     rows = series_rows(sums)
     if not rows or not rows[0][1].get("g"):
         raise JobNotFound(f"no samples stored for job {job_id!r}")
@@ -73,6 +105,10 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
     for _tags, row in series_rows(series):
         tags = series_tags(str(row.get("key", "")))
         gpus.add((tags.get("node", ""), int(tags.get("gpu", "0") or 0)))
+        alias = alias or tags.get("alias", "")
+    who_rows = series_rows(who)
+    user = str(who_rows[0][1].get("job_user") or "") if who_rows else ""
+    account = str(who_rows[0][1].get("job_account") or "") if who_rows else ""
     nodes = {n for n, _ in gpus}
     first_rows = series_rows(first)
     start_ns = int(first_rows[0][1]["time"]) if first_rows else 0
@@ -99,4 +135,7 @@ async def job_report(store: InfluxStore, job_id: str) -> JobReport:
         idle_energy_kwh=totals["ie"] / J_PER_KWH,
         emission_factor=emission_factor,
         estimated_share=min(max(totals["ce"] / c, 0.0), 1.0) if c > 0 else 0.0,
+        alias=alias,
+        user=user,
+        account=account,
     )

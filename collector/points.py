@@ -13,10 +13,19 @@ Rack-level windows are derived from ``gpu`` afterwards (collector/rollup.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated
 from gridwatt.collector.intensity.base import IntensitySeries
-from gridwatt.collector.schema import gpu_key_head, host_key, job_key_head, job_key_tail, string_field, tag
+from gridwatt.collector.schema import (
+    WHO_FIELDS,
+    gpu_key_head,
+    host_key,
+    job_key_head,
+    job_key_tail,
+    string_field,
+    tag,
+)
 from gridwatt.collector.stepseries import StepSeries
 from gridwatt.collector.topology import Placement
 from gridwatt.timeutil import NS_PER_S
@@ -42,14 +51,19 @@ ATTRIBUTION_NAMES: dict[int, str] = {
 }
 
 
-def _attribution_fields(method: int, user: str, split_estimated: bool) -> str:
-    """How a job share was attributed: method, the job's user where known, and an estimated split."""
+def _attribution_fields(method: int, user: str, split_estimated: bool, *who: str) -> str:
+    """How a job share was attributed: method, who ran it where known (user, account, partition,
+    namespace, job name: string fields, never tags), and an estimated split."""
     out = f",attribution=\"{ATTRIBUTION_NAMES.get(method, 'none')}\""
     if user:
         out += f",user={string_field(user)}"
+    for name, value in zip(WHO_FIELDS[1:], who, strict=False):
+        if value:
+            out += f",{name}={string_field(value)}"
     if split_estimated:
         out += ",split_estimated=true"
     return out
+
 
 
 @dataclass
@@ -94,7 +108,7 @@ def prepare_batch(
     windows: set[int] = set()
     total_e = total_c = total_est = 0.0
     tag_cache: dict[str, str] = {}
-    how_cache: dict[tuple[int, str, bool], str] = {}
+    how_cache: dict[tuple[Any, ...], str] = {}
     first_line: list[int] = []
     for s in batch.gpu_samples:
         first_line.append(len(lines))
@@ -131,20 +145,26 @@ def prepare_batch(
             f"{'true' if any_estimated and (est_co2 > 0 or ci.is_estimated_at(start)) else 'false'}"
             f",estimated_co2e_g={est_co2!r} {start}"
         )
-        shares = [(j.job_id, j.fraction, j.method, j.user, j.split_estimated) for j in s.jobs]
+        shares: list[tuple[Any, ...]] = [
+            (j.job_id, j.fraction, j.method, j.user, j.split_estimated, j.alias, j.account, j.partition,
+             j.namespace, j.job_name) for j in s.jobs
+        ]
         remaining = 1.0 - sum(sh[1] for sh in shares)
         if remaining > 1e-9:
-            shares.append((UNATTRIBUTED, remaining, pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False))
-        for job_id, frac, method, user, estimated in shares:
+            shares.append((UNATTRIBUTED, remaining, pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False, *[""] * 5))
+        for job_id, frac, method, user, estimated, alias, *who in shares:
             job_t = tag_cache.get(job_id)
             if job_t is None:
                 job_t = tag_cache[job_id] = tag(job_id)
-            how = how_cache.get((method, user, estimated))
+            # alias: a tag, so a job is found by its Slurm id through the index (one value per job)
+            head = job_key_head(job_t, tag(alias)) if alias else job_key_head(job_t)
+            key = (method, user, estimated, *who)
+            how = how_cache.get(key)
             if how is None:
-                how = how_cache[(method, user, estimated)] = _attribution_fields(method, user, estimated)
+                how = how_cache[key] = _attribution_fields(method, user, estimated, *who)
             gpu_s = dur_s * frac
             append(
-                f"{job_key_head(job_t)}{job_suffix}{gpu} energy_j={e * frac!r},"
+                f"{head}{job_suffix}{gpu} energy_j={e * frac!r},"
                 f"facility_energy_j={fac * frac!r},co2e_g={co2 * frac!r},estimated_co2e_g={est_co2 * frac!r},"
                 f"gpu_s={gpu_s!r},"
                 f"util_pct_s={util * gpu_s!r},idle_s={idle_s * frac!r},idle_energy_j={idle_e * frac!r},"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from gridwatt.collector.schema import GPU, JOB, JOB_WINDOW, NODE, RACK
+from gridwatt.collector.schema import GPU, JOB, JOB_WINDOW, NODE, RACK, WHO_FIELDS
 
 #: A measurement's name → its quoted InfluxQL name for FROM, qualified with its retention policy
 #: where it has one (``InfluxStore.measurement``; :func:`plain` for none).
@@ -42,10 +42,62 @@ def node_window_sums(m: Measurement, node: str, lo_ns: int, hi_ns: int, res_s: i
     return (
         'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
         'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
-        'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns '
+        f'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns, {_last_who()} '
         f'FROM {m(JOB)} WHERE "node" = {quote_string(node)} AND time >= {lo_ns} AND time < {hi_ns} '
         f'GROUP BY time({res_s}s), "job_id", "gpu" fill(none)'
     )
+
+
+def _last_who() -> str:
+    """The latest non-empty value of each who-ran-what field, named after it."""
+    return ", ".join(f'last("{name}") AS "{name}"' for name in WHO_FIELDS)
+
+
+# -- listings, usage, the job index, reports (listings.py, job_index.py, report.py) -------------
+
+_JOB_WINDOW_SUMS = (
+    'sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
+    'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS g, sum("util_pct_s") AS u, sum("idle_s") AS i, '
+    'sum("idle_energy_j") AS ie'
+)
+
+
+def _time_range(lo_ns: int | None, hi_ns: int | None) -> str:
+    parts = [f"time >= {lo_ns}"] if lo_ns is not None else []
+    parts += [f"time < {hi_ns}"] if hi_ns is not None else []
+    return (" WHERE " + " AND ".join(parts)) if parts else ""
+
+
+def job_sums_in_range(m: Measurement, lo_ns: int | None, hi_ns: int | None) -> str:
+    """Three statements over the job windows in [lo_ns, hi_ns) (None: unbounded): sums and latest end
+    per job, node and rack; who ran each job; each job's first window."""
+    where = _time_range(lo_ns, hi_ns)
+    return (
+        f'SELECT {_JOB_WINDOW_SUMS}, max("end_ns") AS end_ns FROM {m(JOB_WINDOW)}{where} '
+        'GROUP BY "job_id", "node", "rack"; '
+        f'SELECT {_last_who()} FROM {m(JOB_WINDOW)}{where} GROUP BY "job_id"; '
+        f'SELECT first("gpu_s") FROM {m(JOB_WINDOW)}{where} GROUP BY "job_id"'
+    )
+
+
+def job_hours_in_range(m: Measurement, lo_ns: int | None, hi_ns: int | None) -> str:
+    """Four statements over the job windows in [lo_ns, hi_ns): sums and latest end per hour, job and
+    rack; who ran each job; each job's first window; each job's nodes."""
+    where = _time_range(lo_ns, hi_ns)
+    return (
+        f'SELECT {_JOB_WINDOW_SUMS}, max("end_ns") AS end_ns FROM {m(JOB_WINDOW)}{where} '
+        'GROUP BY time(1h), "job_id", "rack" fill(none); '
+        f'SELECT {_last_who()} FROM {m(JOB_WINDOW)}{where} GROUP BY "job_id"; '
+        f'SELECT first("gpu_s") FROM {m(JOB_WINDOW)}{where} GROUP BY "job_id"; '
+        f'SELECT last("gpu_count") FROM {m(JOB_WINDOW)}{where} GROUP BY "job_id", "node"'
+    )
+
+
+def job_owner(m: Measurement, job_id: str) -> str:
+    """Two statements: the latest user and the latest account of a job's points (column ``v``)."""
+    job = quote_string(job_id)
+    return (f'SELECT last("user") AS v FROM {m(JOB)} WHERE "job_id" = {job}; '
+            f'SELECT last("account") AS v FROM {m(JOB)} WHERE "job_id" = {job}')
 
 
 def rack_window_sums(m: Measurement, rack: str, lo_ns: int, hi_ns: int, res_s: int) -> str:
@@ -63,7 +115,8 @@ def rack_window_sums(m: Measurement, rack: str, lo_ns: int, hi_ns: int, res_s: i
 # -- reports (jobs.py, racks.py, web/pages.py) ---------------------------------------------------
 
 def job_report(m: Measurement, job_id: str) -> str:
-    """Four statements: the job's window sums, its job series, its first and its last job point."""
+    """Five statements: the job's window sums, its job series, its first and its last job point, and
+    its user and (Slurm) account."""
     job = quote_string(job_id)
     return (
         'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
@@ -72,8 +125,15 @@ def job_report(m: Measurement, job_id: str) -> str:
         f'max("end_ns") AS end_ns FROM {m(JOB_WINDOW)} WHERE "job_id" = {job}; '
         f'SHOW SERIES FROM {m(JOB)} WHERE "job_id" = {job}; '
         f'SELECT first("gpu_s") FROM {m(JOB)} WHERE "job_id" = {job}; '
-        f'SELECT last("ef") FROM {m(JOB)} WHERE "job_id" = {job}'
+        f'SELECT last("ef") FROM {m(JOB)} WHERE "job_id" = {job}; '
+        'SELECT last("user") AS job_user, last("account") AS job_account '
+        f'FROM {m(JOB)} WHERE "job_id" = {job}'
     )
+
+
+def job_ids_of_alias(m: Measurement, alias: str) -> str:
+    """The job ids whose points carry the ``alias`` tag (Slurm's ``1234_7`` or ``1234+1``): by the index."""
+    return f'SHOW TAG VALUES FROM {m(JOB)} WITH KEY = "job_id" WHERE "alias" = {quote_string(alias)}'
 
 
 def job_hourly(m: Measurement, job_id: str, lo_ns: int, hi_ns: int) -> str:
@@ -122,13 +182,17 @@ def site_it_energy(m: Measurement, racks: Iterable[str], look_lo_ns: int, hi_ns:
 
 # -- alerts (alerts/monitor.py) -------------------------------------------------------------------
 
-def alert_job_windows(m: Measurement, lo_ns: int, hi_ns: int, res_s: int) -> str:
-    """Job points (``unattributed`` excluded) per window, job, node and GPU in [lo_ns, hi_ns)."""
+def alert_job_windows(m: Measurement, lo_ns: int, hi_ns: int, res_s: int, slurm: bool = False) -> str:
+    """Job points (``unattributed`` excluded) per window, job, node and GPU in [lo_ns, hi_ns); with
+    ``slurm``, also each job's user, account and attribution, and its alias tag."""
     return (
         'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
-        f'sum("gpu_s") AS g, sum("util_pct_s") AS u FROM {m(JOB)} '
+        'sum("gpu_s") AS g, sum("util_pct_s") AS u'
+        + (', last("user") AS job_user, last("account") AS job_account, last("attribution") AS how'
+           if slurm else "")
+        + f" FROM {m(JOB)} "
         f"WHERE \"job_id\" != 'unattributed' AND time >= {lo_ns} AND time < {hi_ns} "
-        f'GROUP BY time({res_s}s), "job_id", "node", "gpu" fill(none)'
+        f'GROUP BY time({res_s}s), "job_id", "node", "gpu"' + (', "alias"' if slurm else "") + " fill(none)"
     )
 
 
@@ -166,5 +230,5 @@ def estimated_job_fractions(m: Measurement, racks: Iterable[str], lo_ns: int, hi
     return (
         f'SELECT "fraction" FROM {m(JOB)} WHERE (' + _any_rack(racks)
         + f') AND "estimated_co2e_g" > 0 AND time >= {lo_ns} AND time < {hi_ns} '
-        'GROUP BY "job_id", "node", "rack", "gpu"'
+        'GROUP BY "job_id", "node", "rack", "gpu", "alias"'
     )

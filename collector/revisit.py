@@ -232,11 +232,11 @@ class EstimateRevisor:
         )
         if job_res.get("partial") and hi_ns - lo_ns > NS_PER_S:
             return None
-        fractions: dict[tuple[str, str, int], list[tuple[str, str, float]]] = {}
+        fractions: dict[tuple[str, str, int], list[tuple[str, str, float, str]]] = {}
         for tags, row in series_rows(job_res):
             key = (tags.get("node", ""), tags.get("gpu", ""), int(row["time"]))
             fractions.setdefault(key, []).append((tags.get("job_id", ""), tags.get("rack", ""),
-                                                  float(row.get("fraction") or 0.0)))
+                                                  float(row.get("fraction") or 0.0), tags.get("alias", "")))
         has_est = any(intensity.series.estimated)
         pues: dict[str, StepSeries | None] = {}
         lines: list[str] = []
@@ -281,7 +281,7 @@ class EstimateRevisor:
     def _point_lines(
         self, zone: str, intensity: IntensitySeries, pue: StepSeries, tags: dict[str, str],
         row: dict[str, Any],
-        fractions: dict[tuple[str, str, int], list[tuple[str, str, float]]], lines: list[str],
+        fractions: dict[tuple[str, str, int], list[tuple[str, str, float, str]]], lines: list[str],
         has_est: bool,
     ) -> tuple[bool, bool]:
         node, rack, gpu, uuid = (tags.get(k, "") for k in ("node", "rack", "gpu", "uuid"))
@@ -301,9 +301,9 @@ class EstimateRevisor:
             f"co2e_g={co2!r},estimated_co2e_g={est!r},intensity_g_per_kwh={eff_ci!r},"
             f"intensity_estimated={'true' if est > 0 else 'false'},intensity_source={src},ef={ef} {start}"
         )
-        for job_id, job_rack, frac in fractions.get((node, gpu, start), []):
-            lines.append(
-                f"{job_key(job_id, node, job_rack, gpu)} "
+        for job_id, job_rack, frac, alias in fractions.get((node, gpu, start), []):
+            lines.append(  # the same series as the point's (its alias tag kept), so it overwrites
+                f"{job_key(job_id, node, job_rack, gpu, alias)} "
                 f"co2e_g={co2 * frac!r},estimated_co2e_g={est * frac!r},ef={ef} {start}"
             )
         return True, est > 0

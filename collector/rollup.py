@@ -32,7 +32,7 @@ from typing import Any
 
 from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH
-from gridwatt.collector.schema import job_window_key, node_key, rack_key
+from gridwatt.collector.schema import WHO_FIELDS, job_window_key, node_key, rack_key, string_field
 from gridwatt.collector.store import InfluxStore, series_rows
 from gridwatt.timeutil import NS_PER_S
 
@@ -70,12 +70,20 @@ def rack_lines(rack: str, zone: str, windows: dict[int, dict[str, float]]) -> li
     return [f"{prefix}{_window_fields(w)},nodes={int(w['nodes'])}i {t}" for t, w in sorted(windows.items())]
 
 
-def job_window_lines(node: str, rack: str, jobs: dict[tuple[int, str], dict[str, float]]) -> list[str]:
-    """``job_window`` points (pure): one job's sums on one node in one window."""
+#: Who ran a job (string fields of ``job`` points), carried into its ``job_window`` points.
+WHO = WHO_FIELDS
+
+
+def _who_fields(w: dict[str, Any]) -> str:
+    return "".join(f",{name}={string_field(w[name])}" for name in WHO if w.get(name))
+
+
+def job_window_lines(node: str, rack: str, jobs: dict[tuple[int, str], dict[str, Any]]) -> list[str]:
+    """``job_window`` points (pure): one job's sums on one node in one window, and who ran it."""
     return [
         f"{job_window_key(job, node, rack)} energy_j={w['e']!r},facility_energy_j={w['f']!r},"
         f"co2e_g={w['c']!r},estimated_co2e_g={w['ce']!r},gpu_s={w['d']!r},util_pct_s={w['u']!r},idle_s={w['i']!r},"
-        f"idle_energy_j={w['ie']!r},gpu_count={int(w['n'])}i,end_ns={int(w['end_ns'])}i {t}"
+        f"idle_energy_j={w['ie']!r},gpu_count={int(w['n'])}i,end_ns={int(w['end_ns'])}i{_who_fields(w)} {t}"
         for (t, job), w in sorted(jobs.items())
     ]
 
@@ -117,7 +125,7 @@ class RackRollup:
 
     async def node_windows(
         self, node: str, lo_ns: int, hi_ns: int
-    ) -> tuple[dict[int, dict[str, float]], dict[tuple[int, str], dict[str, float]]]:
+    ) -> tuple[dict[int, dict[str, float]], dict[tuple[int, str], dict[str, Any]]]:
         """Sums per window over all job points of ``node`` in [lo_ns, hi_ns): per node, and per job.
 
         The job points of a GPU interval share out its whole energy (``unattributed`` included),
@@ -126,7 +134,7 @@ class RackRollup:
         res_s = self.resolution_ns // NS_PER_S
         rows = await self._sums(queries.node_window_sums(self.store.measurement, node, lo_ns, hi_ns, res_s))
         windows: dict[int, dict[str, float]] = {}
-        jobs: dict[tuple[int, str], dict[str, float]] = {}
+        jobs: dict[tuple[int, str], dict[str, Any]] = {}
         gpus: dict[int, set[str]] = defaultdict(set)
         for tags, row in rows:
             t = int(row["time"])
@@ -138,6 +146,9 @@ class RackRollup:
                 j[key] += value
             j["n"] += 1
             j["end_ns"] = max(j["end_ns"], float(row["end_ns"] or 0))
+            for name in WHO:
+                if row.get(name):
+                    j[name] = str(row[name])
             gpus[t].add(tags.get("gpu", ""))
         for t, w in windows.items():
             w["n"] = len(gpus[t])

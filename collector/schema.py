@@ -6,7 +6,7 @@ name and tags are spelled in one place (README "Data model in InfluxDB" lists th
 | measurement | tags (in key order) | written by |
 | --- | --- | --- |
 | ``gpu`` | node, rack, zone, gpu, uuid | points.py (ingest), revisit.py (re-accounting) |
-| ``job`` | job_id, node, rack, gpu | points.py, revisit.py |
+| ``job`` | job_id, [alias], node, rack, gpu | points.py, revisit.py |
 | ``host`` | node, rack | points.py |
 | ``node`` | node, rack, zone | rollup.py |
 | ``rack`` | rack, zone | rollup.py |
@@ -14,6 +14,8 @@ name and tags are spelled in one place (README "Data model in InfluxDB" lists th
 | ``agent_ledger`` | node, rack | ledger.py |
 
 Keys are deterministic (same sample, same key and timestamp), so a resent batch overwrites itself.
+``alias`` (Slurm's ``1234_7`` / ``1234+1``) is only present where the agent sent one; it depends on
+the job alone, so it adds no series, and every rewrite of a job point (revisit.py) must keep it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ NODE = "node"
 RACK = "rack"
 JOB_WINDOW = "job_window"
 AGENT_LEDGER = "agent_ledger"
+#: Who ran a job: string fields (never tags) of ``job`` and ``job_window`` points, where known.
+WHO_FIELDS = ("user", "account", "partition", "namespace", "job_name")
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\\": "\\\\", "\n": " "})
 
@@ -51,9 +55,9 @@ def gpu_key(node: str, rack: str, zone: str, gpu: str, uuid: str) -> str:
     return f"{gpu_key_head(tag(node), tag(rack), tag(zone))}{tag(gpu)},uuid={tag(uuid)}"
 
 
-def job_key_head(job_t: str) -> str:
-    """``job,job_id=…`` (escaped); the caller appends :func:`job_key_tail` and the GPU index."""
-    return f"{JOB},job_id={job_t}"
+def job_key_head(job_t: str, alias_t: str = "") -> str:
+    """``job,job_id=…[,alias=…]`` (escaped); the caller appends :func:`job_key_tail` and the GPU index."""
+    return f"{JOB},job_id={job_t},alias={alias_t}" if alias_t else f"{JOB},job_id={job_t}"
 
 
 def job_key_tail(node_t: str, rack_t: str) -> str:
@@ -61,8 +65,9 @@ def job_key_tail(node_t: str, rack_t: str) -> str:
     return f",node={node_t},rack={rack_t},gpu="
 
 
-def job_key(job_id: str, node: str, rack: str, gpu: str) -> str:
-    return f"{job_key_head(tag(job_id))}{job_key_tail(tag(node), tag(rack))}{tag(gpu)}"
+def job_key(job_id: str, node: str, rack: str, gpu: str, alias: str = "") -> str:
+    alias_t = tag(alias) if alias else ""
+    return f"{job_key_head(tag(job_id), alias_t)}{job_key_tail(tag(node), tag(rack))}{tag(gpu)}"
 
 
 def host_key(node: str, rack: str) -> str:

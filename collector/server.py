@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -18,9 +19,11 @@ from gridwatt.collector.alerts.monitor import AlertMonitor
 from gridwatt.collector.auth import NodeAuth
 from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.ingest import Ingestor, IngestService
+from gridwatt.collector.job_index import JobIndex
 from gridwatt.collector.live_metrics import LiveAccounts
 from gridwatt.collector.metrics import CollectorMetrics
 from gridwatt.collector.query_service import QueryService, http_app
+from gridwatt.collector.read_auth import ReadAuth
 from gridwatt.collector.revisit import EstimateRevisor
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore
@@ -62,9 +65,16 @@ class RunningCollector:
     metrics: CollectorMetrics
     health: HealthServicer
     revisor: EstimateRevisor | None = None
+    metrics_runner: web.AppRunner | None = None
+    metrics_port: int | None = None
+    index_warm_up: asyncio.Task[None] | None = None
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.index_warm_up is not None:
+            self.index_warm_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.index_warm_up
         await self.grpc_server.stop(grace_s)
         if self.revisor is not None:
             await self.revisor.stop()
@@ -72,6 +82,8 @@ class RunningCollector:
             await self.monitor.stop()
         if self.http_runner is not None:
             await self.http_runner.cleanup()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         await self.ingestor.rollup.close()
         await self.store.close()
         await self.topology.close()
@@ -109,6 +121,41 @@ async def _health_service(store: InfluxStore, ingestor: Ingestor, server: grpc.a
     store.add_health_listener(update)
     ingestor.overload_listeners.append(on_overload)
     return servicer
+
+
+async def _warm_index(index: JobIndex) -> None:
+    """Fill the job index at start, so the first listing does not wait for it (errors: at first use)."""
+    try:
+        await index.fresh()
+    except Exception as exc:  # InfluxDB not up yet: the first listing loads it
+        log.info("job index not filled at start (%s); the first listing will", exc)
+
+
+def _http_tls(config: CollectorConfig) -> ssl.SSLContext | None:
+    """TLS for the HTTP API from ``[reads] tls_cert_file``/``tls_key_file``; None for plain HTTP."""
+    reads = config.reads
+    if reads.tls_cert_file is None or reads.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(reads.tls_cert_file, reads.tls_key_file)
+    return context
+
+
+async def _serve_http(app: web.Application, listen: str, tls: ssl.SSLContext | None,
+                      opened: list[Callable[[], Awaitable[object]]]) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``listen`` (host:port; port 0 picks one); returns the runner and the port.
+    Its cleanup goes into ``opened`` (closed if the start fails later)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    opened.append(runner.cleanup)
+    host, port = _split_listen(listen)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
+    await site.start()
+    server_obj = site._server
+    if port == 0 and isinstance(server_obj, asyncio.Server) and server_obj.sockets:
+        port = server_obj.sockets[0].getsockname()[1]
+    return runner, port
 
 
 async def start_collector(config: CollectorConfig) -> RunningCollector:
@@ -161,12 +208,19 @@ async def _start_serving(
     if config.accounting.rack_windows and config.accounting.estimate_revisit_s > 0:
         revisor = EstimateRevisor(store, rollup, topology, interval_s=config.accounting.estimate_revisit_s,
                                   lookback_s=config.accounting.estimate_lookback_s)
+    index = JobIndex(store, lookback_s=config.accounting.estimate_lookback_s)
+
+    def stored(node: str, rack: str, first_window_ns: int, max_end_ns: int) -> None:
+        index.note(node, rack, first_window_ns, max_end_ns)
+        if monitor is not None:
+            monitor.note(node, rack, first_window_ns, max_end_ns)
+
     ingestor = Ingestor(
         topology, store, rollup, limits,
         max_in_flight_batches=config.server.max_in_flight_batches,
         overload_retry_after_s=config.server.overload_retry_after_s,
         rack_windows=config.accounting.rack_windows,
-        on_stored=monitor.note if monitor else None,
+        on_stored=stored,
         on_estimated=revisor.note if revisor else None,
     )
     live = LiveAccounts(config.metrics.job_series_ttl_s, config.metrics.max_job_series)
@@ -180,7 +234,11 @@ async def _start_serving(
     metrics.bind_ledger(lambda: ingestor.stats, lambda: ingest_service.connected_streams)
     server.add_generic_rpc_handlers((ingest_service.handler(),))
     health_servicer = await _health_service(store, ingestor, server)
-    pb_grpc.add_QueryServicer_to_server(QueryService(store), server)
+    read_auth = ReadAuth.from_config(config.reads)
+    if not read_auth.enabled:
+        log.warning("read authentication is off: anyone who reaches the HTTP or gRPC port reads every "
+                    "job; configure [reads] principals_file or trusted_proxies in production")
+    pb_grpc.add_QueryServicer_to_server(QueryService(store, read_auth), server)
     sc = config.server
     if sc.tls_cert_file and sc.tls_key_file:
         creds = grpc.ssl_server_credentials(
@@ -202,24 +260,24 @@ async def _start_serving(
     runner = None
     http_port = None
     if sc.http_listen:
-        app = http_app(store, metrics, monitor, overloaded=lambda: ingestor.overloaded)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        opened.append(runner.cleanup)
-        host, port = _split_listen(sc.http_listen)
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        http_port = port
-        server_obj = site._server
-        if port == 0 and isinstance(server_obj, asyncio.Server) and server_obj.sockets:
-            http_port = server_obj.sockets[0].getsockname()[1]
+        zone_of_rack = {r.name: r.zone for r in config.racks}
+        zone_of_rack.setdefault(config.accounting.default_rack, config.accounting.default_zone or "")
+        app = http_app(store, metrics, monitor, overloaded=lambda: ingestor.overloaded, read_auth=read_auth,
+                       zone_of_rack=zone_of_rack, config=config, index=index)
+        runner, http_port = await _serve_http(app, sc.http_listen, _http_tls(config), opened)
+    metrics_runner = metrics_port = None
+    if config.reads.metrics_listen:
+        local = http_app(store, metrics, None, overloaded=lambda: ingestor.overloaded,
+                         local_metrics_only=True)
+        metrics_runner, metrics_port = await _serve_http(local, config.reads.metrics_listen, None, opened)
     log.info("collector serving gRPC on port %d, HTTP on %s; InfluxDB %s (v%d)", grpc_port,
              http_port, config.influxdb.url, config.influxdb.version)
     if revisor is not None:
         revisor.start()
+    warm_up = asyncio.create_task(_warm_index(index))
     return RunningCollector(
         server, runner, store, ingestor, topology, monitor, grpc_port, http_port, metrics, health_servicer,
-        revisor,
+        revisor, metrics_runner, metrics_port, warm_up,
     )
 
 

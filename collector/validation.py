@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from gridwatt.timeutil import NS_PER_S, format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
+
+#: A job share's alias: a Slurm array task "1234_7" or heterogeneous job component "1234+1".
+SLURM_ALIAS = re.compile(r"\d{1,12}[_+]\d{1,12}")
 
 
 class BatchRejected(Exception):
@@ -78,9 +82,29 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
                     f"{_where(i, s)}: field jobs.fraction: value {share.fraction} for job "
                     f"{share.job_id!r} is outside (0, 1]"
                 )
+            if share.alias and not SLURM_ALIAS.fullmatch(share.alias):
+                raise BatchRejected(f"{_where(i, s)}: field jobs.alias: {share.alias[:40]!r} is not "
+                                    "a Slurm array task (1234_7) or het component (1234+1) id")
+            _check_who(i, s, share)
             total += share.fraction
         if total > 1.0 + 1e-6:
             raise BatchRejected(f"{_where(i, s)}: field jobs.fraction: shares sum to {total}, above 1")
+
+
+#: Longest user, account, partition, namespace or job name a job share may carry.
+MAX_WHO_CHARS = 256
+_WHO_FIELDS = ("user", "account", "partition", "namespace", "job_name")
+
+
+def _check_who(i: int, s: pb.GpuSample, share: pb.JobShare) -> None:
+    """Who ran what: each at most MAX_WHO_CHARS printable characters."""
+    for name in _WHO_FIELDS:
+        value: str = getattr(share, name)
+        if len(value) > MAX_WHO_CHARS or not value.isprintable():
+            raise BatchRejected(
+                f"{_where(i, s)}: field jobs.{name}: {value[:40]!r} for job {share.job_id[:80]!r} is longer "
+                f"than {MAX_WHO_CHARS} characters or not printable"
+            )
 
 
 def validate_host_samples(batch: pb.Batch, limits: Limits, now_ns: int) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
@@ -21,11 +23,43 @@ class CliError(Exception):
 DEFAULT_TIMEOUT_S = 30.0
 
 
+#: Read credentials sent with every request (``set_credentials``): the bearer token and the TLS context.
+_CREDENTIALS: dict[str, Any] = {"token": None, "ssl": None}
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The read token: from ``token_file`` (or $GRIDWATT_TOKEN_FILE), else $GRIDWATT_TOKEN; None if none."""
+    path = token_file or os.environ.get("GRIDWATT_TOKEN_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                token = fh.read(4096).strip()
+        except OSError as exc:
+            raise CliError(f"cannot read the token file {path}: {exc.strerror}") from None
+        if not token:
+            raise CliError(f"the token file {path} is empty")
+        return token
+    return os.environ.get("GRIDWATT_TOKEN") or None
+
+
+def set_credentials(token: str | None, ca_file: str | None = None) -> None:
+    """Send ``Authorization: Bearer token`` with every request; trust ``ca_file`` for https://."""
+    _CREDENTIALS["token"] = token
+    _CREDENTIALS["ssl"] = None
+    if ca_file:
+        try:
+            _CREDENTIALS["ssl"] = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise CliError(f"--ca-file {ca_file}: {exc}") from None
+
+
 def fetch_json(base_url: str, path: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """GET a collector API path; raise CliError with the collector's message on failure."""
     url = base_url.rstrip("/") + path
+    token = _CREDENTIALS["token"]
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(request, timeout=timeout_s, context=_CREDENTIALS["ssl"]) as resp:
             data: dict[str, Any] = json.load(resp)
             return data
     except urllib.error.HTTPError as exc:
@@ -56,7 +90,8 @@ def format_job(r: dict[str, Any]) -> str:
     shown_nodes = ", ".join(nodes[:8]) + (f", … (+{len(nodes) - 8})" if len(nodes) > 8 else "")
     return "\n".join(
         [
-            f"Job {r['job_id']}",
+            f"Job {r['job_id']}" + (f" ({r['alias']})" if r.get("alias") else "")
+            + "".join(f", {k} {r[k]}" for k in ("user", "account") if r.get(k)),
             f"  period          {r['start']} → {r['end']} ({hours:.1f} h)",
             f"  nodes           {len(nodes)} ({shown_nodes})",
             f"  GPUs            {r['gpu_count']}",
@@ -109,3 +144,35 @@ def format_alerts(body: dict[str, Any]) -> str:
             f"({a['waste_rate_kwh_per_h']:.2f} kWh/h, {a['waste_rate_kg_per_h']:.2f} kg/h)"
         )
     return "\n".join(lines)
+
+
+def format_jobs(body: dict[str, Any]) -> str:
+    """A page of the job listing for people."""
+    jobs = body.get("jobs", [])
+    if not jobs:
+        return "no jobs you may see in that range"
+    rows = [f"{'job':<24}{'user':<12}{'account':<12}{'end':<22}{'GPU-h':>9}{'IT kWh':>11}{'kg CO2e':>10}"
+            f"{'util %':>8}{'idle %':>8}"]
+    for j in jobs:
+        rows.append(f"{j['job_id'][:23]:<24}{j['user'][:11] or '-':<12}{j['account'][:11] or '-':<12}"
+                    f"{j['end']:<22}{j['gpu_hours']:>9.2f}{j['it_energy_kwh']:>11.3f}{j['co2e_kg']:>10.3f}"
+                    f"{j['mean_util_pct']:>8.1f}{j['idle_share'] * 100:>8.1f}")
+    if body.get("next_cursor"):
+        rows.append(f"more: --cursor {body['next_cursor']}")
+    return "\n".join(rows)
+
+
+def format_usage(body: dict[str, Any]) -> str:
+    """Usage per group for people."""
+    key = body["group_by"]
+    groups = body.get("groups", [])
+    if not groups:
+        return "no usage you may see in that range"
+    rows = [f"{key:<16}{'jobs':>6}{'GPU-h':>10}{'IT kWh':>12}{'fac. kWh':>12}{'kg CO2e':>11}{'idle kWh':>10}"
+            f"{'idle %':>8}{'util %':>8}"]
+    for g in groups:
+        rows.append(f"{str(g[key])[:15] or '-':<16}{g['jobs']:>6}{g['gpu_hours']:>10.2f}"
+                    f"{g['it_energy_kwh']:>12.3f}"
+                    f"{g['facility_energy_kwh']:>12.3f}{g['co2e_kg']:>11.3f}{g['idle_energy_kwh']:>10.3f}"
+                    f"{g['idle_share'] * 100:>8.1f}{g['mean_util_pct']:>8.1f}")
+    return "\n".join(rows)

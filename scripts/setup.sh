@@ -23,6 +23,8 @@ command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
 [ -x /usr/bin/prometheus-alertmanager ] || missing+=(prometheus-alertmanager)
 [ -x /usr/bin/victoria-metrics ] || missing+=(victoria-metrics)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# poppler-utils: pdftotext/pdftoppm read back the PDF sustainability report in its tests
+command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
 # the deployment tests (tests/deploy): real useradd/systemctl fill --root images; curl as in the README
 command -v useradd >/dev/null 2>&1 || missing+=(passwd)
 command -v systemctl >/dev/null 2>&1 || missing+=(systemd)
@@ -38,6 +40,12 @@ command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 command -v strip >/dev/null 2>&1 || missing+=(binutils)
 # scale-out (#9): haproxy in front of two collectors (tests/e2e/test_scale_out.py)
 [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+# Slurm 22.05 with munge, slurmdbd and MariaDB: tests/slurm_cluster.py starts a real one-node
+# cluster from them (its own munged, database and daemons on free ports; no system service used).
+[ -x /usr/sbin/slurmctld ] || missing+=(slurm-wlm)
+[ -x /usr/sbin/munged ] || missing+=(munge)
+[ -x /usr/sbin/slurmdbd ] || missing+=(slurmdbd)
+[ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from gridwatt.agent.attribution.jobinfo import GPU_UUID, JobInfoCache
 from gridwatt.agent.attribution.jobmap import mapped_jobs
 from gridwatt.agent.attribution.kubernetes import pod_job_id, pod_uid_of_cgroup
 from gridwatt.agent.attribution.podresources import GpuPods
@@ -60,6 +61,13 @@ class ProcessJob:
     slurm: SlurmProcess | None = None
 
 
+def _slurm_who(pj: ProcessJob) -> dict[str, str]:
+    """Account, partition and job name of a process's job, as far as Slurm told (keywords of JobOnGpu)."""
+    if pj.slurm is None:
+        return {}
+    return {"account": pj.slurm.account, "partition": pj.slurm.partition, "job_name": pj.slurm.job_name}
+
+
 class Attributor:
     """Maps a GPU reading to the jobs its interval is attributed to.
 
@@ -88,6 +96,7 @@ class Attributor:
         self.job_mapping_dir = job_mapping_dir
         #: The kubelet's device -> pods map (KubeletGpuMap.current); None = not asked.
         self.gpu_pods = gpu_pods
+        self._job_info = JobInfoCache(job_mapping_dir) if job_mapping_dir is not None else None
         self._procfs = ProcFS(proc_root)
         self._read_cgroup: CgroupReader = read_cgroup or self._procfs.cgroup
         self._user_of_uid = user_of_uid
@@ -106,11 +115,14 @@ class Attributor:
         self._track_pids(reading)
         if reading.jobs:
             return [
-                JobShareInfo(h.job_id, h.fraction, METHOD_TRACE, h.user, split_estimated=False)
+                JobShareInfo(h.job_id, h.fraction, METHOD_TRACE, h.user, False, account=h.account,
+                             partition=h.partition, namespace=h.namespace, job_name=h.job_name)
                 for h in reading.jobs
             ]
         if self.job_mapping_dir is not None:
             mapped = mapped_jobs(self.job_mapping_dir, reading.index)
+            if not mapped and GPU_UUID.fullmatch(reading.uuid):  # a prolog that got UUIDs from Slurm
+                mapped = mapped_jobs(self.job_mapping_dir, reading.uuid)
             if mapped:
                 return split_gpu(self._mapped_on_gpu(mapped, reading.pids), process_util_pct)
         pods = self._pods_holding(reading)
@@ -163,16 +175,20 @@ class Attributor:
         held = self.gpu_pods()
         holders = held.get(reading.uuid, ()) if reading.uuid else ()
         holders = holders or held.get(str(reading.index), ())
-        jobs = sorted({h.job_id for h in holders})
-        return [JobOnGpu(job, METHOD_KUBERNETES) for job in jobs]
+        pods = sorted({(h.job_id, h.namespace, h.pod) for h in holders})
+        # who ran what: the pod's namespace, and the pod's name as the job's name
+        return [JobOnGpu(job, METHOD_KUBERNETES, namespace=namespace, job_name=pod)
+                for job, namespace, pod in pods]
 
     def _mapped_on_gpu(self, mapped: list[str], pids: tuple[int, ...]) -> list[JobOnGpu]:
         """Jobs named by the mapping file, each with the GPU's processes found in it (for user, util)."""
         jobs: list[JobOnGpu] = []
         for job_id in mapped:
             own = [(pid, pj) for pid in pids if (pj := self.process_job(pid)) and pj.job_id == job_id]
-            user = next((pj.user for _, pj in own if pj.user), "")
-            jobs.append(JobOnGpu(job_id, METHOD_JOB_MAPPING, user, tuple(pid for pid, _ in own)))
+            info = self._job_info.get(job_id) if self._job_info is not None else None
+            user = next((pj.user for _, pj in own if pj.user), "") or (info.user if info else "")
+            jobs.append(JobOnGpu(job_id, METHOD_JOB_MAPPING, user, tuple(pid for pid, _ in own),
+                                 account=info.account if info else "", alias=info.alias if info else ""))
         return jobs
 
     def _processes_on_gpu(self, pids: tuple[int, ...]) -> list[JobOnGpu]:
@@ -181,7 +197,8 @@ class Attributor:
             pj = self.process_job(pid)
             if pj is not None:
                 by_job.setdefault(pj.job_id, (pj, []))[1].append(pid)
-        return [JobOnGpu(job, pj.method, pj.user, tuple(own)) for job, (pj, own) in by_job.items()]
+        return [JobOnGpu(job, pj.method, pj.user, tuple(own), **_slurm_who(pj))
+                for job, (pj, own) in by_job.items()]
 
     def _track_pids(self, reading: GpuReading) -> None:
         """Remember this GPU's pids; forget cached pids that no GPU shows any more."""

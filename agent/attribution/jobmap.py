@@ -19,8 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def mapped_jobs(mapping_dir: Path, gpu_index: int) -> list[str]:
-    """Job ids mapped to GPU ``gpu_index``, in file order; empty when unmapped or unreadable."""
+def mapped_jobs(mapping_dir: Path, gpu_index: int | str) -> list[str]:
+    """Job ids mapped to GPU ``gpu_index`` (or a file named by the GPU's UUID), in file order;
+    empty when unmapped or unreadable."""
     try:
         text = (mapping_dir / str(gpu_index)).read_text(errors="replace")
     except OSError:  # no file (GPU free), a directory, permission denied, dir missing

@@ -31,6 +31,13 @@ class JobShareInfo:
     user: str = ""
     #: True when the GPU was shared and split evenly for want of per-process utilisation.
     split_estimated: bool = False
+    #: Who ran what where known (Slurm account and partition, k8s namespace, the job's name).
+    account: str = ""
+    #: The id people write for the job (``1234_7``), where a prolog told it.
+    alias: str = ""
+    partition: str = ""
+    namespace: str = ""
+    job_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +48,11 @@ class JobOnGpu:
     method: str
     user: str = ""
     pids: tuple[int, ...] = ()
+    account: str = ""
+    alias: str = ""
+    partition: str = ""
+    namespace: str = ""
+    job_name: str = ""
 
 
 def split_gpu(
@@ -58,7 +70,7 @@ def split_gpu(
         return []
     if len(ordered) == 1:
         j = ordered[0]
-        return [JobShareInfo(j.job_id, 1.0, j.method, j.user, split_estimated=False)]
+        return [JobShareInfo(j.job_id, 1.0, j.method, j.user, False, alias=j.alias, **_who(j))]
     weights = _util_weights(ordered, process_util_pct)
     if weights is None:
         fractions = [1.0 / len(ordered)] * len(ordered)
@@ -69,9 +81,14 @@ def split_gpu(
         estimated = False
     fractions[-1] = max(0.0, 1.0 - sum(fractions[:-1]))
     return [
-        JobShareInfo(j.job_id, f, j.method, j.user, split_estimated=estimated)
+        JobShareInfo(j.job_id, f, j.method, j.user, estimated, alias=j.alias, **_who(j))
         for j, f in zip(ordered, fractions, strict=True)
     ]
+
+
+def _who(job: JobOnGpu) -> dict[str, str]:
+    return {"account": job.account, "partition": job.partition, "namespace": job.namespace,
+            "job_name": job.job_name}
 
 
 def _util_weights(

@@ -63,6 +63,10 @@ class SlurmProcess:
     gpu_indices_from: str = ""
     #: True when gpu_indices is only a hint (from CUDA_VISIBLE_DEVICES).
     gpu_indices_weak: bool = False
+    #: SLURM_JOB_ACCOUNT, SLURM_JOB_PARTITION, SLURM_JOB_NAME of the process's environment ("" if unseen).
+    account: str = ""
+    partition: str = ""
+    job_name: str = ""
 
 
 def parse_gpu_list(text: str) -> frozenset[int] | None:
@@ -155,4 +159,5 @@ def slurm_process(
             uid = procfs.owner_uid(pid)
         user = user_of_uid(uid) if uid is not None else ""
     gpus, gpus_from, weak = job_gpus_of_environ(env)
-    return SlurmProcess(job, user, gpus, gpus_from, weak)
+    return SlurmProcess(job, user, gpus, gpus_from, weak, env.get("SLURM_JOB_ACCOUNT", ""),
+                        env.get("SLURM_JOB_PARTITION", ""), env.get("SLURM_JOB_NAME", ""))

@@ -22,6 +22,11 @@ class JobHint:
     job_id: str
     fraction: float
     user: str = ""
+    #: Who ran what, where the source knows it (Slurm account and partition, k8s namespace, job name).
+    account: str = ""
+    partition: str = ""
+    namespace: str = ""
+    job_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,7 @@ class _Track:
     gpus: set[str] = field(default_factory=set)
     nodes: set[str] = field(default_factory=set)
     recovering_since_ns: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
     def start_stretch(self, start_ns: int) -> None:
         self.state = PENDING
@@ -111,6 +112,7 @@ class _Track:
         self.recent = [r for r in self.recent if r[1] > horizon]
         self.gpus.update(w.gpus)
         self.nodes.update(w.nodes)
+        self.labels.update(w.labels)
 
     def rates(self, for_ns: int) -> tuple[float, float]:
         """kWh/h and kg/h over the idle windows of the last for_s (pro-rated at its edge)."""
@@ -147,6 +149,7 @@ class _Track:
             "gpus": sorted(self.gpus),
             "nodes": sorted(self.nodes),
             "recovering_since_ns": self.recovering_since_ns,
+            "labels": self.labels,
         }
 
     @classmethod
@@ -166,6 +169,7 @@ class _Track:
             gpus=set(d["gpus"]),
             nodes=set(d["nodes"]),
             recovering_since_ns=None if d["recovering_since_ns"] is None else int(d["recovering_since_ns"]),
+            labels={str(k): str(v) for k, v in d.get("labels", {}).items()},
         )
 
 
@@ -340,6 +344,7 @@ class AlertEngine:
             waste_rate_kg_per_h=rate_kg,
             util_below_pct=rule.util_below_pct,
             for_s=rule.for_s,
+            labels=tuple(sorted(track.labels.items())),
         )
 
     # -- views ---------------------------------------------------------------------------------

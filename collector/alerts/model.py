@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from gridwatt.timeutil import format_time_ns
 
-SCOPE_KINDS: tuple[str, ...] = ("cluster", "group", "rack", "job")
+SCOPE_KINDS: tuple[str, ...] = ("cluster", "group", "rack", "job", "slurm_job", "slurm_user")
+Labels = tuple[tuple[str, str], ...]
 
 EventKind = Literal["pending", "firing", "resolved", "cancelled", "still_firing"]
 """``pending``: first idle window; ``firing``: idle for ``for_s``; ``resolved``: hysteresis met;
@@ -42,6 +43,8 @@ class ScopeWindow:
     it_energy_kwh: float
     facility_energy_kwh: float
     co2e_kg: float
+    #: Who to talk to, sorted (key, value) pairs: Slurm scopes carry ``user`` and ``account``.
+    labels: Labels = ()
 
     def __post_init__(self) -> None:
         if self.scope_kind not in SCOPE_KINDS:
@@ -128,6 +131,8 @@ class AlertEvent:
     waste_rate_kg_per_h: float
     util_below_pct: float
     for_s: float
+    #: The scope's labels from its latest idle window (``user``, ``account`` for Slurm scopes).
+    labels: Labels = ()
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -167,4 +172,5 @@ class AlertEvent:
             "waste_rate_kg_per_h": self.waste_rate_kg_per_h,
             "util_below_pct": self.util_below_pct,
             "for_s": self.for_s,
+            "labels": dict(self.labels),
         }

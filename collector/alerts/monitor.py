@@ -33,6 +33,9 @@ from gridwatt.collector.store import InfluxStore, series_rows
 from gridwatt.timeutil import NS_PER_S
 
 log = logging.getLogger("gridwatt.collector.alerts")
+JOB_SCOPES = ("job", "slurm_job", "slurm_user")
+#: Attribution methods that make a job a Slurm job (its processes' Slurm ids, or a prolog's mapping).
+SLURM_METHODS = ("slurm", "job_mapping")
 
 
 @dataclass
@@ -77,7 +80,8 @@ class AlertMonitor:
             self._racks[rack].nodes[node] = (0, now)
         self._closed: dict[int, dict[str, ScopeWindow]] = defaultdict(dict)  # for group/cluster scopes
         self._jobs_next_ns: int | None = None  # first window not yet evaluated for job scopes
-        self._job_rules = any(r.scope == "job" for r in config.rules)
+        self._job_rules = any(r.scope in JOB_SCOPES for r in config.rules)
+        self._slurm_rules = any(r.scope in ("slurm_job", "slurm_user") for r in config.rules)
         self._jobs_started = False
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -223,7 +227,7 @@ class AlertMonitor:
         self._jobs_next_ns = closed_to
         res_s = self.resolution_ns // NS_PER_S
         (result,) = await self.store.query(
-            queries.alert_job_windows(self.store.measurement, lo, closed_to, res_s)
+            queries.alert_job_windows(self.store.measurement, lo, closed_to, res_s, slurm=self._slurm_rules)
         )
         acc: dict[tuple[int, str], dict[str, Any]] = {}
         for tags, row in series_rows(result):
@@ -232,6 +236,11 @@ class AlertMonitor:
             for k in ("e", "f", "c", "g", "u"):
                 a[k] += row[k] or 0.0
             a["gpus"].add((tags.get("node", ""), tags.get("gpu", "")))
+            for k, col in (("user", "job_user"), ("account", "job_account"), ("how", "how")):
+                if row.get(col):
+                    a[k] = str(row[col])
+            if tags.get("alias"):
+                a["alias"] = tags["alias"]
         windows = [
             ScopeWindow(
                 scope_kind="job",
@@ -248,6 +257,9 @@ class AlertMonitor:
             )
             for (t, job), a in sorted(acc.items())
         ]
+        if self._slurm_rules:
+            windows += slurm_windows(acc, self.resolution_ns)
+        windows.sort(key=lambda w: (w.start_ns, w.scope_kind, w.scope_name))
         events = self.engine.observe_all(windows)
         # a job with no window up to closed_to has ended or paused: that is a gap for its alerts
         events += self.engine.advance_to(closed_to)
@@ -285,3 +297,45 @@ class AlertMonitor:
     def recent(self) -> list[dict[str, object]]:
         """Firing, pending and recent alerts, for GET /v1/alerts and ``gridwatt alerts``."""
         return list(self.alerts.recent_alerts())
+
+
+def slurm_windows(acc: dict[tuple[int, str], dict[str, Any]], resolution_ns: int) -> list[ScopeWindow]:
+    """Windows of Slurm jobs (named as people write them, ``1234_7``) and of their users, with the
+    user and account as labels, from the per-(window, job) sums of ``_job_scopes`` (pure)."""
+    windows: list[ScopeWindow] = []
+    per_user: dict[tuple[int, str], list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    for (t, job), a in sorted(acc.items()):
+        if a.get("how") not in SLURM_METHODS:
+            continue
+        name = a.get("alias") or job
+        user, account = a.get("user", ""), a.get("account", "")
+        windows.append(_window("slurm_job", name, t, resolution_ns, [a],
+                               (("account", account), ("job_id", job), ("user", user))))
+        if user:
+            per_user[(t, user)].append((name, a))
+    for (t, user), jobs in sorted(per_user.items()):
+        accounts = ",".join(sorted({a.get("account", "") for _, a in jobs} - {""}))
+        names = ",".join(sorted(n for n, _ in jobs))
+        windows.append(_window("slurm_user", user, t, resolution_ns, [a for _, a in jobs],
+                               (("account", accounts), ("jobs", names), ("user", user))))
+    return windows
+
+
+def _window(kind: str, name: str, t: int, resolution_ns: int, parts: list[dict[str, Any]],
+            labels: tuple[tuple[str, str], ...]) -> ScopeWindow:
+    gpus = {g for a in parts for g in a["gpus"]}
+    g_s = sum(a["g"] for a in parts)
+    return ScopeWindow(
+        scope_kind=kind,
+        scope_name=name,
+        start_ns=t,
+        end_ns=t + resolution_ns,
+        gpu_count=len(gpus),
+        nodes=tuple(sorted({n for n, _ in gpus})),
+        gpus=tuple(sorted(f"{n}/{g}" for n, g in gpus)),
+        mean_util_pct=min(sum(a["u"] for a in parts) / g_s, 100.0) if g_s else 0.0,
+        it_energy_kwh=sum(a["e"] for a in parts) / J_PER_KWH,
+        facility_energy_kwh=sum(a["f"] for a in parts) / J_PER_KWH,
+        co2e_kg=sum(a["c"] for a in parts) / 1000.0,
+        labels=tuple((k, v) for k, v in labels if v),
+    )

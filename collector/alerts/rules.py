@@ -37,7 +37,7 @@ class AlertRule(StrictModel):
     """
 
     name: str = Field(min_length=1, description="unique rule name; the Alertmanager alertname")
-    scope: Literal["cluster", "group", "rack", "job"]
+    scope: Literal["cluster", "group", "rack", "job", "slurm_job", "slurm_user"]
     group: str | None = Field(
         default=None, description="scope=group: the group's name in its windows (default: the rule name)"
     )

@@ -33,6 +33,7 @@ def alert_record(event: AlertEvent, state: str) -> dict[str, Any]:
         "waste_rate_kg_per_h": event.waste_rate_kg_per_h,
         "gpus": list(event.gpus),
         "nodes": list(event.nodes),
+        "labels": dict(event.labels),
     }
 
 
@@ -109,4 +110,5 @@ def event_from_dict(d: dict[str, Any]) -> AlertEvent:
         waste_rate_kg_per_h=float(d["waste_rate_kg_per_h"]),
         util_below_pct=float(d["util_below_pct"]),
         for_s=float(d["for_s"]),
+        labels=tuple(sorted((str(k), str(v)) for k, v in d.get("labels", {}).items())),
     )

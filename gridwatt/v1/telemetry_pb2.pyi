@@ -34,18 +34,28 @@ ATTRIBUTION_METHOD_JOB_MAPPING: AttributionMethod
 ATTRIBUTION_METHOD_KUBERNETES: AttributionMethod
 
 class JobShare(_message.Message):
-    __slots__ = ("job_id", "fraction", "method", "user", "split_estimated")
+    __slots__ = ("job_id", "fraction", "method", "user", "split_estimated", "account", "alias", "partition", "namespace", "job_name")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FRACTION_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     SPLIT_ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    JOB_NAME_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     fraction: float
     method: AttributionMethod
     user: str
     split_estimated: bool
-    def __init__(self, job_id: _Optional[str] = ..., fraction: _Optional[float] = ..., method: _Optional[_Union[AttributionMethod, str]] = ..., user: _Optional[str] = ..., split_estimated: _Optional[bool] = ...) -> None: ...
+    account: str
+    alias: str
+    partition: str
+    namespace: str
+    job_name: str
+    def __init__(self, job_id: _Optional[str] = ..., fraction: _Optional[float] = ..., method: _Optional[_Union[AttributionMethod, str]] = ..., user: _Optional[str] = ..., split_estimated: _Optional[bool] = ..., account: _Optional[str] = ..., alias: _Optional[str] = ..., partition: _Optional[str] = ..., namespace: _Optional[str] = ..., job_name: _Optional[str] = ...) -> None: ...
 
 class GpuSample(_message.Message):
     __slots__ = ("gpu_index", "gpu_uuid", "gpu_name", "start_ns", "end_ns", "energy_j", "mean_power_w", "util_pct", "mem_util_pct", "mem_used_bytes", "temp_c", "idle_s", "energy_method", "jobs", "power_limit_w", "sm_clock_mhz", "unsupported_fields")

@@ -108,6 +108,17 @@ def test_slurm_environ_only(tmp_path: Path) -> None:
     assert attr.attribute(reading(pids=(300,))) == [JobShareInfo("4242", 1.0, METHOD_SLURM, "carol", False)]
 
 
+def test_slurm_environ_tells_account_partition_and_job_name(tmp_path: Path) -> None:
+    add_proc(tmp_path, 300, environ=slurm_env("4242", SLURM_JOB_USER="carol", SLURM_JOB_ACCOUNT="physics",
+                                              SLURM_JOB_PARTITION="gpu-long", SLURM_JOB_NAME="md run"),
+             cgroup="0::/user.slice\n")
+    attr = Attributor(proc_root=tmp_path, user_of_uid=user_of)
+    assert attr.attribute(reading(pids=(300,))) == [
+        JobShareInfo("4242", 1.0, METHOD_SLURM, "carol", False, account="physics", partition="gpu-long",
+                     job_name="md run")
+    ]
+
+
 def test_slurm_environ_beats_cgroup(tmp_path: Path) -> None:
     add_proc(tmp_path, 1001, fixture=True, environ=slurm_env("777"))  # cgroup says job 1234
     attr = Attributor(proc_root=tmp_path, user_of_uid=user_of)

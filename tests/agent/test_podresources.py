@@ -151,12 +151,15 @@ async def test_attribution_prefers_kubelet_and_falls_back_to_cgroups(kubelet: Ku
 
     # GPU0: one pod (two containers) holds it; its process's cgroup is not even read.
     assert att.attribute(reading(0, pids=(1003,))) == [
-        JobShareInfo("k8s-pod/ml/train-0", 1.0, METHOD_KUBERNETES, "", split_estimated=False)
+        JobShareInfo("k8s-pod/ml/train-0", 1.0, METHOD_KUBERNETES, "", split_estimated=False,
+                     namespace="ml", job_name="train-0")
     ]
     # GPU1: time-sliced between two pods; no process utilisation ties a pid to a pod: even split.
     assert att.attribute(reading(1)) == [
-        JobShareInfo("k8s-pod/ml/notebook-a", 0.5, METHOD_KUBERNETES, "", split_estimated=True),
-        JobShareInfo("k8s-pod/research/notebook-b", 0.5, METHOD_KUBERNETES, "", split_estimated=True),
+        JobShareInfo("k8s-pod/ml/notebook-a", 0.5, METHOD_KUBERNETES, "", split_estimated=True,
+                     namespace="ml", job_name="notebook-a"),
+        JobShareInfo("k8s-pod/research/notebook-b", 0.5, METHOD_KUBERNETES, "", split_estimated=True,
+                     namespace="research", job_name="notebook-b"),
     ]
     # GPU2: no pod holds it (e.g. a process started outside the device plugin): the cgroup of its process.
     assert att.attribute(reading(2, pids=(1003,))) == [
@@ -164,7 +167,8 @@ async def test_attribution_prefers_kubelet_and_falls_back_to_cgroups(kubelet: Ku
     ]
     # GPU3: the device plugin names GPUs by index.
     assert att.attribute(reading(3)) == [
-        JobShareInfo("k8s-pod/batch/by-index", 1.0, METHOD_KUBERNETES, "", split_estimated=False)
+        JobShareInfo("k8s-pod/batch/by-index", 1.0, METHOD_KUBERNETES, "", split_estimated=False,
+                     namespace="batch", job_name="by-index")
     ]
     # Kubernetes attribution off: the kubelet map is not used either.
     off = Attributor("static-job", FIXTURE_PROC, kubernetes=False, gpu_pods=gpu_map.current)

@@ -338,7 +338,9 @@ def test_sample_toml_loads(tmp_path: Path) -> None:
     assert loaded.state_file == Path("/var/lib/gridwatt/alerts-state.json")
     cfg.write_text(sample.read_text().replace("/var/lib/gridwatt/", "state/"))
     assert load_config(cfg, Top, environ={}).alerts.state_file == tmp_path / "state" / "alerts-state.json"
-    assert [r.name for r in loaded.rules] == ["rack-idle", "partition-train-idle", "job-idle"]
+    assert [r.name for r in loaded.rules] == [
+        "rack-idle", "partition-train-idle", "job-idle", "slurm-job-idle", "slurm-user-idle"
+    ]
     assert loaded.rules[0].resolve_above_pct == 20
     assert loaded.sinks.alertmanager is not None and loaded.sinks.webhooks[0].retries == 4
 

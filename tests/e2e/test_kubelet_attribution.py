@@ -72,3 +72,9 @@ async def test_agent_attributes_gpus_to_the_pods_the_kubelet_names(
     (res,) = influx_query(influxdb.url, database,
                           "SELECT attribution, split_estimated FROM job WHERE gpu = '1' LIMIT 1")
     assert res["series"][0]["values"][0][1:] == ["kubernetes", True]
+    # who ran what: the pod's namespace and name travel with its shares into the job windows
+    (res,) = influx_query(influxdb.url, database,
+                          'SELECT last("namespace"), last("job_name") FROM job_window GROUP BY job_id')
+    who = {s["tags"]["job_id"]: s["values"][0][1:] for s in res["series"]}
+    assert who == {"k8s-pod/ml/train-0": ["ml", "train-0"], "k8s-pod/ml/notebook-a": ["ml", "notebook-a"],
+                   "k8s-pod/research/notebook-b": ["research", "notebook-b"]}

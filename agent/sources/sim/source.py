@@ -62,7 +62,8 @@ class SimSource:
         for index in sorted(trace.gpus):
             steps = [
                 TraceStep(s.t_ns + shift, s.power_w, s.util_pct, s.mem_util_pct, s.mem_used_bytes,
-                          s.temp_c, s.job_id, s.user, s.absent)
+                          s.temp_c, s.job_id, s.user, s.absent, s.account, s.partition, s.namespace,
+                          s.job_name)
                 for s in trace.gpus[index]
             ]
             if steps[0].t_ns > self.start_ns:  # GPU not yet in the trace: absent until then
@@ -107,13 +108,13 @@ class SimSource:
         i = self._step_index(gpu, t_ns)
         return gpu.cum_energy_j[i] + gpu.steps[i].power_w * (t_ns - gpu.step_times[i]) / 1e9
 
-    def _means(self, gpu: _SimGpu, t0: int, t1: int) -> tuple[float, float, dict[tuple[str, str], float]]:
+    def _means(self, gpu: _SimGpu, t0: int, t1: int) -> tuple[float, float, dict[tuple[str, ...], float]]:
         """Time-weighted mean util and mem util over [t0, t1), and each job's share of time."""
         if t1 <= t0:
             s = gpu.steps[self._step_index(gpu, t1)]
-            return s.util_pct, s.mem_util_pct, ({(s.job_id, s.user): 1.0} if s.job_id else {})
+            return s.util_pct, s.mem_util_pct, ({s.who: 1.0} if s.job_id else {})
         util = mem = 0.0
-        jobs: dict[tuple[str, str], float] = {}
+        jobs: dict[tuple[str, ...], float] = {}
         i = self._step_index(gpu, t0)
         t = t0
         while t < t1:
@@ -124,7 +125,7 @@ class SimSource:
             util += s.util_pct * w
             mem += s.mem_util_pct * w
             if s.job_id and w > 0:
-                key = (s.job_id, s.user)
+                key = s.who
                 jobs[key] = jobs.get(key, 0.0) + w
             t = piece_end
             i += 1
@@ -163,7 +164,7 @@ class SimSource:
                     mem_total_bytes=self.mem_total_bytes,
                     temp_c=step.temp_c,
                     power_limit_mw=400_000 if step.power_w <= 400 else 700_000,
-                    jobs=tuple(JobHint(job, share, user) for (job, user), share in sorted(jobs.items())),
+                    jobs=tuple(JobHint(who[0], share, *who[1:]) for who, share in sorted(jobs.items())),
                     unsupported=() if self.energy_counter else ("energy_counter",),
                 )
             )

@@ -2,7 +2,8 @@
 
 CSV columns (header required; extra columns ignored)::
 
-    time,gpu,power_w,util_pct[,mem_util_pct,mem_used_bytes,temp_c,job_id,user,node]
+    time,gpu,power_w,util_pct[,mem_util_pct,mem_used_bytes,temp_c,job_id,user,node,
+    account,partition,namespace,job_name]
 
 Each row says: from ``time`` on, GPU ``gpu`` draws ``power_w`` at ``util_pct``,
 running ``job_id`` (empty: no job). A row with ``power_w`` and ``util_pct`` both empty
@@ -46,6 +47,15 @@ class TraceStep:
     user: str = ""
     #: The GPU is not there (switched off): no readings until the next step.
     absent: bool = False
+    account: str = ""
+    partition: str = ""
+    namespace: str = ""
+    job_name: str = ""
+
+    @property
+    def who(self) -> tuple[str, str, str, str, str, str]:
+        """(job_id, user, account, partition, namespace, job_name)."""
+        return (self.job_id, self.user, self.account, self.partition, self.namespace, self.job_name)
 
 
 @dataclass
@@ -119,6 +129,10 @@ def load_trace_csv(path: Path, node: str | None = None) -> Trace:
                     temp_c=_num(path, line, "temp_c", row.get("temp_c") or "0", -50, 150),
                     job_id=(row.get("job_id") or "").strip(),
                     user=(row.get("user") or "").strip(),
+                    account=(row.get("account") or "").strip(),
+                    partition=(row.get("partition") or "").strip(),
+                    namespace=(row.get("namespace") or "").strip(),
+                    job_name=(row.get("job_name") or "").strip(),
                 )
             )
     if file_start is None or file_end is None:

@@ -33,7 +33,9 @@ from gridwatt.collector.alerts.sinks.registry import SINKS
 
 log = logging.getLogger("gridwatt.alerts")
 
-_SCOPE_LABEL = {"rack": "rack", "job": "job", "group": "group"}
+_SCOPE_LABEL = {"rack": "rack", "job": "job", "group": "group", "slurm_job": "job", "slurm_user": "user"}
+#: Event labels that identify an alert's owner and go to Alertmanager as labels (the rest: annotations).
+_OWNER_LABELS = ("user", "account")
 _SENT_KINDS = ("firing", "still_firing", "resolved")
 MAX_LISTED = 32
 
@@ -62,6 +64,7 @@ def alert_labels(event: AlertEvent, extra: dict[str, str] | None = None) -> dict
     )
     if event.scope_kind in _SCOPE_LABEL:
         labels[_SCOPE_LABEL[event.scope_kind]] = event.scope_name
+    labels.update((k, v) for k, v in event.labels if k in _OWNER_LABELS and v)
     return labels
 
 
@@ -91,6 +94,7 @@ def alert_annotations(event: AlertEvent) -> dict[str, str]:
         "waste_rate_kg_per_h": f"{event.waste_rate_kg_per_h:.6f}",
         "gpus": _listed(event.gpus),
         "nodes": _listed(event.nodes),
+        **{k: v for k, v in event.labels if k not in _OWNER_LABELS},
     }
 
 
