@@ -74,7 +74,8 @@ async def test_jobs_are_found_by_array_task_het_component_and_step_ids(
             _with_job(list(bad.gpu_samples), "9", "", "a" * 300)
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.Write(bad)
-            assert "field jobs.account: longer than 256 characters" in (err.value.details() or "")
+            assert "field jobs.account: " in (err.value.details() or "")
+            assert "is longer than 256 characters or not printable" in (err.value.details() or "")
         base = f"http://127.0.0.1:{c.http_port}/v1/jobs/"
         reports = {}
         for asked in ("1234_7", "1234_7.batch", "1241", "1241.0", "1234+1", "1234+1.extern", "1234"):
