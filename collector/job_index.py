@@ -87,6 +87,8 @@ class JobIndex:
         self._by_job: dict[str, dict[tuple[int, str], HourSums]] = {}
         self._totals: dict[str, _JobTotals] = {}
         self._stale: set[str] = set()
+        #: answers for jobs held whole by a range (the same whatever the range), built once per load
+        self._whole: dict[str, JobSums] = {}
         self._jobs: dict[str, _Job] = {}
         self._dirty: set[int] = set()
         self._full_at = -math.inf
@@ -138,6 +140,7 @@ class JobIndex:
             queries.job_hours_in_range(self.store.measurement, lo, hi))
         self.loads += 1
         self._answers.clear()
+        self._whole.clear()
         fresh: dict[int, dict[tuple[str, str], HourSums]] = {}
         for tags, row in series_rows(sums_res):
             hour = int(row["time"])
@@ -237,6 +240,8 @@ class JobIndex:
         if known is not None:
             return known
         self._settle_totals()
+        empty = _Job()
+        out: dict[str, JobSums] = {}
         acc: dict[str, list[float]] = {}
         racks: dict[tuple[str, str], list[float]] = {}
         for job_id, totals in self._totals.items():
@@ -244,7 +249,13 @@ class JobIndex:
                 continue  # none of the job's hours in the range
             whole = (lo is None or totals.first_hour >= lo) and (hi is None or totals.last_hour < hi)
             if whole and not per_rack:
-                acc[job_id] = [*totals.sums, totals.end_ns]
+                known_whole = self._whole.get(job_id)
+                if known_whole is None:
+                    info = self._jobs.get(job_id, empty)
+                    known_whole = self._whole[job_id] = JobSums(
+                        job_id, dict(zip(_SUMS, totals.sums, strict=True)), {}, info.nodes,
+                        info.first_window_ns, totals.end_ns, info.who)
+                out[job_id] = known_whole
                 continue
             a: list[float] | None = None
             for (hour, rack), hs in self._by_job[job_id].items():
@@ -264,8 +275,6 @@ class JobIndex:
                     else:
                         for k, v in enumerate(hs.sums):
                             r[k] += v
-        empty = _Job()
-        out: dict[str, JobSums] = {}
         for job_id, a in acc.items():
             info = self._jobs.get(job_id, empty)
             out[job_id] = JobSums(job_id, dict(zip(_SUMS, a, strict=False)), {}, info.nodes,
