@@ -169,7 +169,8 @@ class _AgentLoop:
         config = self.config
         if self.replay:
             self.mark_name = _replay_start(config, self.source, self.spool, self.progress)
-        self.notifier.ready(f"sampling {config.source.kind}, shipping to {config.collector.address}")
+        targets = ", ".join(config.collector.targets())
+        self.notifier.ready(f"sampling {config.source.kind}, shipping to {targets}")
         try:
             await self._sample_until_done()
             await self._drain()
@@ -254,6 +255,8 @@ class _AgentLoop:
         flushes for up to DRAIN_S, then the shipper gets SHIPPER_STOP_S to send the final ledger and
         close: a SIGTERM ends the process within 10 s (systemd's default stop timeout is 90 s)."""
         self._notice_stop()
+        self.shipper.flush.set()  # nothing more will join a batch: stop lingering
+        self.shipper.new_data.set()
         deadline = None if self.replay and not self.stop.is_set() else time.monotonic() + DRAIN_S
         while self.spool.pending > 0 and (deadline is None or time.monotonic() < deadline):
             self._check_tasks()

@@ -21,7 +21,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -60,16 +61,17 @@ def channel_options(conn: CollectorConnection) -> list[tuple[str, int]]:
     ]
 
 
-def make_channel(conn: CollectorConnection) -> grpc.aio.Channel:
-    """An insecure or (m)TLS channel to the collector, per the config."""
+def make_channel(conn: CollectorConnection, address: str | None = None) -> grpc.aio.Channel:
+    """An insecure or (m)TLS channel to the collector at ``address`` (default: ``conn.address``)."""
     options = channel_options(conn)
+    address = address or conn.address
     if not conn.tls:
-        return grpc.aio.insecure_channel(conn.address, options=options)
+        return grpc.aio.insecure_channel(address, options=options)
     root = conn.ca_file.read_bytes() if conn.ca_file else None
     key = conn.key_file.read_bytes() if conn.key_file else None
     cert = conn.cert_file.read_bytes() if conn.cert_file else None
     creds = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
-    return grpc.aio.secure_channel(conn.address, creds, options=options)
+    return grpc.aio.secure_channel(address, creds, options=options)
 
 
 @dataclass
@@ -91,6 +93,23 @@ class ShipperStats:
                 f"ledger_reports={self.ledger_reports}")
 
 
+def lingering_s(unsent: int, batch_max_samples: int, linger_s: float, waited_s: float,
+                flushing: bool) -> float:
+    """Seconds to wait for more samples before sending ``unsent`` ones (0: send now).
+
+    Send when the batch is full, when the oldest unsent sample has waited ``linger_s``, or when
+    the agent is flushing (stopping or draining).
+    """
+    if flushing or unsent >= batch_max_samples:
+        return 0.0
+    return max(linger_s - waited_s, 0.0)
+
+
+def first_target(node: str, count: int) -> int:
+    """The collector a node tries first: a stable hash of its name, so nodes spread over the list."""
+    return zlib.crc32(node.encode()) % count
+
+
 def ledger_proto(ledger: Ledger, at_ns: int) -> pb.SpoolLedger:
     """The ledger as sent to the collector."""
     return pb.SpoolLedger(
@@ -105,7 +124,7 @@ class Shipper:
 
     def __init__(
         self, node: str, spool: Spool, conn: CollectorConnection, ledger_report_s: float = 60.0,
-        final_ledger_timeout_s: float = 1.5,
+        final_ledger_timeout_s: float = 1.5, on_ack: Callable[[float, int], None] | None = None,
     ) -> None:
         self.node = node
         self.spool = spool
@@ -113,11 +132,20 @@ class Shipper:
         self.ledger_report_s = ledger_report_s
         self.final_ledger_timeout_s = final_ledger_timeout_s
         self.stats = ShipperStats()
+        #: Called with (seconds from send to ack, samples) for every stored batch (benchmarks).
+        self.on_ack = on_ack
+        self._sent_at: dict[int, float] = {}
         self.new_data = asyncio.Event()
+        #: Set when the agent stops or drains: spooled samples go out without lingering.
+        self.flush = asyncio.Event()
         self.acked = asyncio.Event()
         self._progressed = False
         self._ledger_only = True  # the collector accepts batches that carry only a ledger
         self._next_batch_id = 1
+        self.targets = conn.targets()
+        #: Index in ``targets`` of the collector in use; nodes start spread over the list.
+        self.target = first_target(node, len(self.targets))
+        self._announced = ""
         token = read_secret(conn.token, conn.token_file, "collector token", conn.token_file_mode,
                             "collector.token_file_mode")
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -161,6 +189,7 @@ class Shipper:
         bottom after a session that got any batch acknowledged.
         """
         attempt = 0
+        failures = 0  # sessions failed since the last one that got an ack
         while not stop.is_set():
             self._progressed = False
             hint_s = 0.0
@@ -178,31 +207,42 @@ class Shipper:
                           exc_info=not isinstance(exc, (OSError, asyncio.InvalidStateError)))
             if self._progressed:
                 attempt = 0
+                failures = 0
             if stop.is_set():
                 break
             self.stats.reconnects += 1
             self.stats.last_error = error or self.stats.last_error
-            # full jitter, but never sooner than the collector asked (Ack.retry_after_ms)
-            delay = max(hint_s, random.uniform(0, min(self.conn.reconnect_max_s, 0.2 * 2**attempt)))
+            failed = self.targets[self.target]
+            failures += 1
+            self.target = (self.target + 1) % len(self.targets)
+            if failures % len(self.targets):
+                delay = 0.0  # failover: another collector not tried since the last good session
+            else:
+                # full jitter, but never sooner than the collector asked (Ack.retry_after_ms)
+                delay = max(hint_s, random.uniform(0, min(self.conn.reconnect_max_s, 0.2 * 2**attempt)))
+                attempt = min(attempt + 1, 16)
             # The first failure after a good session is a warning; the retries that follow are info.
             # A config mistake at the collector (node in no rack) is loud every time: nothing is stored.
-            loud = attempt == 0 or "unknown_node" in error
-            (log.error if "unknown_node" in error else log.warning if loud else log.info)(
-                "collector %s: %s; reconnecting in %.2f s (attempt %d, reconnects=%d)",
-                self.conn.address, error or "session ended", delay, attempt + 1, self.stats.reconnects,
+            (log.error if "unknown_node" in error else log.warning if failures == 1 else log.info)(
+                "collector %s: %s; reconnecting in %.2f s to %s (attempt %d, reconnects=%d)",
+                failed, error or "session ended", delay, self.targets[self.target], failures,
+                self.stats.reconnects,
             )
-            attempt = min(attempt + 1, 16)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def _session(self, stop: asyncio.Event) -> None:
         """One stream: announce the ledger, then send batches and read acks until stopped or broken."""
         in_flight: dict[int, list[int]] = {}
-        async with make_channel(self.conn) as channel:
+        self._sent_at.clear()
+        address = self.targets[self.target]
+        async with make_channel(self.conn, address) as channel:
             stub = pb_grpc.IngestStub(channel)
             call = stub.Stream(metadata=self._metadata)
             last_seq = 0
             last_sent = time.monotonic()
+            # What is already spooled when a session starts is a backlog: it goes out at once.
+            unsent_since: float | None = 0.0
             slot_free = asyncio.Event()
             slot_free.set()
             ack_seen = asyncio.Event()
@@ -219,6 +259,12 @@ class Shipper:
                                         "only on sample batches", ack.message)
                         self._ledger_only = False
                     elif ack.code == CODE_OK:
+                        sent_at = self._sent_at.pop(ack.batch_id, None)
+                        if self.on_ack is not None and seqs and sent_at is not None:
+                            self.on_ack(time.monotonic() - sent_at, len(seqs))
+                        if self._announced != address:
+                            self._announced = address
+                            log.info("collector %s: storing this node's samples", address)
                         if seqs:
                             self.spool.acknowledge(seqs)
                             self.stats.batches_acked += 1
@@ -244,6 +290,8 @@ class Shipper:
                 """Write one batch; False if stopped first (a write can block on a frozen peer)."""
                 nonlocal last_sent
                 in_flight[batch.batch_id] = seqs
+                if self.on_ack is not None:
+                    self._sent_at[batch.batch_id] = time.monotonic()
                 writer = asyncio.ensure_future(call.write(batch))
                 await asyncio.wait([writer, reader, stopper], return_when=asyncio.FIRST_COMPLETED)
                 if not writer.done():
@@ -253,13 +301,9 @@ class Shipper:
                     return False
                 try:
                     writer.result()
+                # the collector ended the RPC under the write
                 except (asyncio.InvalidStateError, grpc.aio.UsageError):
-                    # the RPC ended under the write (e.g. aborted PERMISSION_DENIED): its status is
-                    # what the reader gets; wait briefly for it so the real error is reported
-                    await asyncio.wait([reader], timeout=1.0)
-                    if reader.done():
-                        reader.result()
-                    raise _Reconnect("the collector ended the stream") from None
+                    raise _Reconnect(f"{(await call.code()).name}: {await call.details()}") from None
                 self.stats.batches_sent += 1
                 last_sent = time.monotonic()
                 return True
@@ -278,6 +322,7 @@ class Shipper:
                         continue
                     rows = self.spool.read_after(last_seq, self.conn.batch_max_samples)
                     if not rows:
+                        unsent_since = None  # the next sample starts a new linger
                         if self._ledger_only and time.monotonic() - last_sent >= self.ledger_report_s:
                             batch, _ = self._make_batch([])
                             if await send(batch, []):
@@ -286,6 +331,15 @@ class Shipper:
                         self.new_data.clear()
                         await self._wait_any(self.new_data.wait(), reader, stopper, timeout=1.0)
                         continue
+                    if unsent_since is None:
+                        unsent_since = time.monotonic()
+                    wait_s = lingering_s(len(rows), self.conn.batch_max_samples, self.conn.linger_s,
+                                         time.monotonic() - unsent_since, self.flush.is_set())
+                    if wait_s > 0:
+                        self.new_data.clear()
+                        await self._wait_any(self.new_data.wait(), reader, stopper, timeout=wait_s)
+                        continue
+                    unsent_since = None
                     last_seq = rows[-1][0]
                     batch, seqs = self._make_batch(rows)
                     if not seqs:

@@ -61,6 +61,16 @@ class _Job:
     first_window_ns: int = 0
 
 
+@dataclass(slots=True)
+class _JobTotals:
+    """One job over every hour the index holds: its first and last hour, sums (_SUMS order), latest end."""
+
+    first_hour: int
+    last_hour: int
+    sums: tuple[float, ...]
+    end_ns: int
+
+
 class JobIndex:
     """See the module docstring."""
 
@@ -72,6 +82,13 @@ class JobIndex:
         self.full_refresh_s = full_refresh_s
         self.max_buckets = max_buckets
         self._hours: dict[int, dict[tuple[str, str], HourSums]] = {}
+        #: the same entries job-major, (hour, rack) -> sums, and per-job totals recomputed lazily for the
+        #: jobs whose hours changed: a range holding a job whole takes its totals without a per-hour sum
+        self._by_job: dict[str, dict[tuple[int, str], HourSums]] = {}
+        self._totals: dict[str, _JobTotals] = {}
+        self._stale: set[str] = set()
+        #: answers for jobs held whole by a range (the same whatever the range), built once per load
+        self._whole: dict[str, JobSums] = {}
         self._jobs: dict[str, _Job] = {}
         self._dirty: set[int] = set()
         self._full_at = -math.inf
@@ -123,19 +140,27 @@ class JobIndex:
             queries.job_hours_in_range(self.store.measurement, lo, hi))
         self.loads += 1
         self._answers.clear()
+        self._whole.clear()
         fresh: dict[int, dict[tuple[str, str], HourSums]] = {}
         for tags, row in series_rows(sums_res):
             hour = int(row["time"])
             fresh.setdefault(hour, {})[(tags.get("job_id", ""), tags.get("rack", ""))] = HourSums(
                 tuple(float(row.get(k) or 0.0) for k in _SUMS), int(row.get("end_ns") or 0))
         if lo is None and hi is None:
-            self._hours = fresh
+            self._hours = {}
+            self._by_job = {}
+            self._totals = {}
+            self._stale = set()
             self._jobs = {}
             self.complete_from_ns = None
         else:
             for hour in [h for h in self._hours if (lo is None or h >= lo) and (hi is None or h < hi)]:
-                del self._hours[hour]
-            self._hours.update(fresh)
+                self._drop_hour(hour)
+        for hour, entries in fresh.items():
+            self._hours[hour] = entries
+            for (job_id, rack), hs in entries.items():
+                self._by_job.setdefault(job_id, {})[(hour, rack)] = hs
+                self._stale.add(job_id)
         for tags, row in series_rows(who_res):
             job = self._jobs.setdefault(tags.get("job_id", ""), _Job())
             job.who = {name: str(row.get(name) or "") for name in WHO}
@@ -152,12 +177,39 @@ class JobIndex:
         if total <= self.max_buckets:
             return
         for hour in sorted(self._hours):
-            total -= len(self._hours.pop(hour))
+            total -= len(self._hours[hour])
+            self._drop_hour(hour)
             self.complete_from_ns = hour + HOUR_NS
             if total <= self.max_buckets:
                 break
         log.warning("job index: more than %d job-hours; holding those from %d ns on (older ranges read "
                     "InfluxDB directly)", self.max_buckets, self.complete_from_ns)
+
+    def _drop_hour(self, hour: int) -> None:
+        """Forget one hour, in both views."""
+        for job_id, rack in self._hours.pop(hour, {}):
+            own = self._by_job.get(job_id)
+            if own is not None:
+                own.pop((hour, rack), None)
+                self._stale.add(job_id)
+
+    def _settle_totals(self) -> None:
+        """Recompute the totals of the jobs whose hours changed since the last answer."""
+        for job_id in self._stale:
+            own = self._by_job.get(job_id)
+            if not own:
+                self._by_job.pop(job_id, None)
+                self._totals.pop(job_id, None)
+                continue
+            acc = [0.0] * len(_SUMS)
+            end_ns = 0
+            for hs in own.values():
+                for k, v in enumerate(hs.sums):
+                    acc[k] += v
+                end_ns = max(end_ns, hs.end_ns)
+            hours = [hour for hour, _rack in own]
+            self._totals[job_id] = _JobTotals(min(hours), max(hours), tuple(acc), end_ns)
+        self._stale.clear()
 
     def covers(self, since_ns: int | None) -> bool:
         """Whether a range starting at ``since_ns`` (None: the beginning) is whole in the index."""
@@ -187,19 +239,33 @@ class JobIndex:
         known = self._answers.get((lo, hi, per_rack))
         if known is not None:
             return known
+        self._settle_totals()
+        empty = _Job()
+        out: dict[str, JobSums] = {}
         acc: dict[str, list[float]] = {}
         racks: dict[tuple[str, str], list[float]] = {}
-        for hour, entries in self._hours.items():
-            if (lo is not None and hour < lo) or (hi is not None and hour >= hi):
+        for job_id, totals in self._totals.items():
+            if (lo is not None and totals.last_hour < lo) or (hi is not None and totals.first_hour >= hi):
+                continue  # none of the job's hours in the range
+            whole = (lo is None or totals.first_hour >= lo) and (hi is None or totals.last_hour < hi)
+            if whole and not per_rack:
+                known_whole = self._whole.get(job_id)
+                if known_whole is None:
+                    info = self._jobs.get(job_id, empty)
+                    known_whole = self._whole[job_id] = JobSums(
+                        job_id, dict(zip(_SUMS, totals.sums, strict=True)), {}, info.nodes,
+                        info.first_window_ns, totals.end_ns, info.who)
+                out[job_id] = known_whole
                 continue
-            for (job_id, rack), hs in entries.items():
-                a = acc.get(job_id)
+            a: list[float] | None = None
+            for (hour, rack), hs in self._by_job[job_id].items():
+                if (lo is not None and hour < lo) or (hi is not None and hour >= hi):
+                    continue
                 if a is None:
-                    acc[job_id] = [*hs.sums, hs.end_ns]
+                    a = acc[job_id] = [*hs.sums, hs.end_ns]
                 else:
-                    s = hs.sums
-                    a[0] += s[0]; a[1] += s[1]; a[2] += s[2]; a[3] += s[3]  # noqa: E702
-                    a[4] += s[4]; a[5] += s[5]; a[6] += s[6]; a[7] += s[7]  # noqa: E702
+                    for k, v in enumerate(hs.sums):
+                        a[k] += v
                     if hs.end_ns > a[8]:
                         a[8] = hs.end_ns
                 if per_rack:
@@ -207,10 +273,8 @@ class JobIndex:
                     if r is None:
                         racks[(job_id, rack)] = list(hs.sums)
                     else:
-                        for k in range(len(_SUMS)):
-                            r[k] += hs.sums[k]
-        empty = _Job()
-        out: dict[str, JobSums] = {}
+                        for k, v in enumerate(hs.sums):
+                            r[k] += v
         for job_id, a in acc.items():
             info = self._jobs.get(job_id, empty)
             out[job_id] = JobSums(job_id, dict(zip(_SUMS, a, strict=False)), {}, info.nodes,

@@ -38,6 +38,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 # strip (binutils) trims the bundled shared objects.
 command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 command -v strip >/dev/null 2>&1 || missing+=(binutils)
+# scale-out (#9): haproxy in front of two collectors (tests/e2e/test_scale_out.py)
+[ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 # Slurm 22.05 with munge, slurmdbd and MariaDB: tests/slurm_cluster.py starts a real one-node
 # cluster from them (its own munged, database and daemons on free ports; no system service used).
 [ -x /usr/sbin/slurmctld ] || missing+=(slurm-wlm)

@@ -68,6 +68,17 @@ async def test_index_matches_a_direct_read_and_follows_noted_windows(store: Infl
     assert jobs["a"].end_ns == T0 + 180 * MIN_NS
     assert jobs["c"].who["user"] == "carol" and jobs["c"].nodes == {"n3"}
     assert jobs["b"].sums["e"] == pytest.approx(60 * 2000.0)  # hours not noted: kept as they were
+    # after the update, ranges that hold a job whole, cut it, or miss it still answer what InfluxDB does
+    for since, until in ((T0 + 2 * HOUR_NS, None), (T0 + HOUR_NS, T0 + 2 * HOUR_NS), (T0, T0 + HOUR_NS),
+                         (T0 + 3 * HOUR_NS, None)):
+        for per_rack in (False, True):
+            got = index.jobs(since, until, per_rack)
+            direct = await scan_jobs(store, since, until)
+            assert sorted(got) == sorted(direct)
+            for job in got:
+                assert got[job].sums == pytest.approx(direct[job].sums, rel=1e-12)
+                assert got[job].end_ns == direct[job].end_ns
+    assert index.jobs(T0 + 2 * HOUR_NS, None)["a"].sums["e"] == pytest.approx(60 * 1000.0)
 
 
 async def test_beyond_its_bound_the_index_holds_the_newest_hours(store: InfluxStore) -> None:
