@@ -133,7 +133,7 @@ class FallbackChain:
                 await close()
 
 
-@PROVIDERS.register("chain")
+@PROVIDERS.register("chain", ChainConfig)
 def chain_provider(cfg: ChainConfig) -> FallbackChain:
     return FallbackChain(
         [build(p) for p in cfg.providers],

@@ -1,4 +1,7 @@
-"""Configuration of intensity providers (pydantic models); factory.py builds providers from them.
+"""Configuration of the built-in intensity providers (pydantic models); factory.py builds providers
+from them. Each model is registered with its provider's factory in the provider's module; a
+:data:`ProviderConfig` field dispatches on ``kind`` through the registry (intensity/registry.py), so
+a new provider may keep its model in its own module.
 
 A provider is a table with a ``kind``; a ``chain`` holds a list of them::
 
@@ -18,17 +21,18 @@ folder (:data:`gridwatt.configfile.ConfigPath`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import Field, TypeAdapter, field_validator
 
 from gridwatt.collector.intensity.base import MAX_INTENSITY_G_PER_KWH, EmissionFactor
 from gridwatt.collector.intensity.http import HttpSettings
-from gridwatt.configfile import ConfigPath, StrictModel
+from gridwatt.collector.intensity.registry import ProviderConfig, ProviderTable
+from gridwatt.configfile import ConfigPath
 
+__all__ = ["ProviderConfig", "ProviderTable", "parse_provider_config"]
 
-class _Model(StrictModel):
-    model_config = ConfigDict(frozen=True)  # and, from StrictModel, extra="forbid"
+_Model = ProviderTable  # frozen, and from StrictModel, extra="forbid"
 
 
 class ConstantConfig(_Model):
@@ -136,19 +140,6 @@ class ChainConfig(_Model):
     providers: list[ProviderConfig] = Field(min_length=1)
     cooldown_s: float = Field(default=60.0, ge=0)
     mark_fallback_estimated: bool = True
-
-
-ProviderConfig = Annotated[
-    ConstantConfig
-    | CsvConfig
-    | ElectricityMapsConfig
-    | WattTimeConfig
-    | UkCarbonIntensityConfig
-    | ChainConfig,
-    Field(discriminator="kind"),
-]
-
-ChainConfig.model_rebuild()
 
 
 def parse_provider_config(data: object, config_dir: Path | None = None) -> ProviderConfig:

@@ -19,6 +19,6 @@ class ConstantIntensity:
         return self._series
 
 
-@PROVIDERS.register("constant")
+@PROVIDERS.register("constant", ConstantConfig)
 def constant_provider(cfg: ConstantConfig) -> ConstantIntensity:
     return ConstantIntensity(cfg.g_per_kwh, cfg.emission_factor)

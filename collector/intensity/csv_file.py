@@ -159,7 +159,7 @@ class CsvIntensity:
         return self._series
 
 
-@PROVIDERS.register("csv")
+@PROVIDERS.register("csv", CsvConfig)
 def csv_provider(cfg: CsvConfig) -> CsvIntensity:
     try:
         return CsvIntensity(cfg.path, cfg.emission_factor, cfg.max_hold_s)

@@ -141,7 +141,7 @@ class ElectricityMapsIntensity(CachedApiProvider):
         return points, covered_until
 
 
-@PROVIDERS.register("electricitymaps")
+@PROVIDERS.register("electricitymaps", ElectricityMapsConfig)
 def electricitymaps_provider(cfg: ElectricityMapsConfig) -> ElectricityMapsIntensity:
     key = secret_from(cfg.api_key_env, cfg.api_key_file, "intensity electricitymaps api key")
     return ElectricityMapsIntensity(

@@ -1,8 +1,8 @@
 """Builds intensity providers from their config models (intensity/config.py), through the registry.
 
-Kept apart from the models so that reading and validating a config file imports no provider (and
-no aiohttp); only the collector's wiring builds providers. Each provider's factory lives in its own
-module, registered in intensity/plugins.py.
+Only the collector's wiring builds providers. Each provider's factory and config model live in
+its own module's registration, imported by intensity/plugins.py (which the registry imports the
+first time a config names a provider).
 """
 
 from __future__ import annotations

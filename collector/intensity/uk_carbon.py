@@ -129,7 +129,7 @@ class UkCarbonIntensity(CachedApiProvider):
         return [g[0] for g in got], min(settled_until, end_ns)
 
 
-@PROVIDERS.register("uk_carbon_intensity")
+@PROVIDERS.register("uk_carbon_intensity", UkCarbonIntensityConfig)
 def uk_carbon_provider(cfg: UkCarbonIntensityConfig) -> UkCarbonIntensity:
     return UkCarbonIntensity(
         cfg.region_id, base_url=cfg.base_url, http=cfg.http_settings(), min_refetch_s=cfg.min_refetch_s,

@@ -199,7 +199,7 @@ class WattTimeIntensity(CachedApiProvider):
         return points, covered_until
 
 
-@PROVIDERS.register("watttime")
+@PROVIDERS.register("watttime", WattTimeConfig)
 def watttime_provider(cfg: WattTimeConfig) -> WattTimeIntensity:
     username = cfg.username or os.environ.get(cfg.username_env)
     if not username:
