@@ -63,15 +63,15 @@ def packaged_file(*parts: str) -> str:
     return deploy_file(*parts).read_text()
 
 
-def default_exec_path() -> Path | None:
-    """The gridwatt-agent executable that is running this, when it can be found."""
+def default_exec_path(program: str = "gridwatt-agent") -> Path | None:
+    """The ``program`` executable (running this, on PATH, or beside the interpreter), when found."""
     argv0 = Path(sys.argv[0])
-    if argv0.name == "gridwatt-agent" and argv0.exists():
+    if argv0.name == program and argv0.exists():
         return argv0.absolute()
-    found = shutil.which("gridwatt-agent")
+    found = shutil.which(program)
     if found:
         return Path(found).absolute()
-    beside = Path(sys.executable).parent / "gridwatt-agent"
+    beside = Path(sys.executable).parent / program
     return beside if beside.exists() else None
 
 

@@ -17,33 +17,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridwatt.agent.install import Installer, InstallError, InstallOptions
-from gridwatt.resources import deploy_file
+from gridwatt.agent.install import (
+    Installer,
+    InstallError,
+    InstallOptions,
+    default_exec_path,
+    packaged_file,
+)
 
 UNIT_NAME = "gridwatt-collector.service"
 DEFAULT_EXEC = "/opt/gridwatt/bin/gridwatt-collector"
-
-
-def packaged_file(*parts: str) -> str:
-    """A file of the repository's deploy/ folder, shipped as package data (gridwatt.deploy)."""
-    return deploy_file(*parts).read_text()
-
-
-def default_exec_path() -> Path | None:
-    """The gridwatt-collector executable that is running this, when it can be found."""
-    argv0 = Path(sys.argv[0])
-    if argv0.name == "gridwatt-collector" and argv0.exists():
-        return argv0.absolute()
-    found = shutil.which("gridwatt-collector")
-    if found:
-        return Path(found).absolute()
-    beside = Path(sys.executable).parent / "gridwatt-collector"
-    return beside if beside.exists() else None
 
 
 @dataclass
@@ -75,7 +61,7 @@ class CollectorInstaller(Installer):
             raise InstallError("install needs root: run it with sudo (or --root DIR to fill a folder)")
         if not self.live:
             self._do(f"prepare {opts.root} as a system image where needed", self._prepare_root)
-        exec_path = opts.exec_path or default_exec_path()
+        exec_path = opts.exec_path or default_exec_path("gridwatt-collector")
         if exec_path is None:
             self.out(f"! gridwatt-collector executable not found; the unit keeps {DEFAULT_EXEC} (--exec)")
         elif str(exec_path).startswith(("/home/", "/root/")):
