@@ -4,33 +4,31 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from gridwatt.agent.sources.registry import SOURCES
 from gridwatt.configfile import ConfigPath, StrictModel
+from gridwatt.registry import PartTables, Registry
 
 
-class SimConfig(StrictModel):
-    """Simulated GPUs: a trace file, or a synthetic constant profile."""
+class SourceConfig(PartTables):
+    """``[source]``: the GPU source ``kind`` (a name registered in agent/sources/plugins.py) and,
+    under a source's name, that source's own table (``[source.sim]``), validated by the config model
+    the source registered with its factory."""
 
-    trace: ConfigPath | None = None
-    gpus: int = Field(8, ge=1, le=64)
-    power_w: float = Field(400.0, ge=0, le=2000)
-    util_pct: float = Field(95.0, ge=0, le=100)
-    duration_s: float = Field(3600.0, gt=0)
-    #: Start of the synthetic profile (ISO 8601 UTC); default: when the agent starts.
-    start: str | None = None
-    job_id: str = ""
-    gpu_name: str = "NVIDIA A100-SXM4-80GB (simulated)"
-    #: False makes the simulated GPUs lack the energy counter (pre-Volta): power is integrated.
-    energy_counter: bool = True
-
-
-class SourceConfig(StrictModel):
-    #: A GPU source registered in agent/sources/plugins.py: "nvml" or "sim".
+    part_registry: ClassVar[Registry[Any]] = SOURCES
     kind: str = Field("nvml", min_length=1)
-    sim: SimConfig = SimConfig()
+
+    def settings(self) -> Any:
+        """The configured source's own table (its model's defaults when the config has none), or
+        None for a source without settings."""
+        given = self.tables(self.kind)
+        if given:
+            return given[0]
+        model = SOURCES.config_model(self.kind)
+        return model() if model is not None else None
 
 
 class AttributionConfig(StrictModel):

@@ -20,7 +20,7 @@ from gridwatt.agent.host_meter import HostMeter, host_spool_row
 from gridwatt.agent.sampler import Sampler
 from gridwatt.agent.sdnotify import Notifier
 from gridwatt.agent.shipper import Shipper
-from gridwatt.agent.sources.base import GpuSource
+from gridwatt.agent.sources.base import GpuSource, SourceContext
 from gridwatt.agent.sources.host import HostSampler
 from gridwatt.agent.sources.plugins import SOURCES
 from gridwatt.agent.spool import Ledger, Spool
@@ -35,8 +35,10 @@ SHIPPER_STOP_S = 2.0
 
 
 def build_source(config: AgentConfig, replay: bool) -> GpuSource:
-    """The configured GPU source (``source.kind``: a name in agent/sources/plugins.py)."""
-    return SOURCES.get(config.source.kind)(config, replay)
+    """The configured GPU source (``source.kind``: a name in agent/sources/plugins.py), built from
+    its own table (``[source.NAME]``)."""
+    context = SourceContext(node=config.node, interval_s=config.interval_s, replay=replay)
+    return SOURCES.get(config.source.kind)(config.source.settings(), context)
 
 
 def _replay_start(config: AgentConfig, source: GpuSource, spool: Spool,

@@ -14,7 +14,7 @@ from pydantic import (
 )
 
 from gridwatt.collector.alerts.rules import AlertsConfig
-from gridwatt.collector.intensity.config import ProviderConfig
+from gridwatt.collector.intensity.registry import ProviderConfig
 from gridwatt.collector.read_auth import ReadsConfig
 from gridwatt.collector.report_config import ReportsConfig
 from gridwatt.collector.schema import AGENT_LEDGER, GPU, HOST, JOB, JOB_WINDOW, NODE, RACK

@@ -12,25 +12,41 @@ and one ``plugins.py`` per registry imports every such module (one line each, li
 unknown name is a :class:`~gridwatt.configfile.ConfigError` that names the config key and the
 known names.
 
-A part may register its pydantic config model with its factory
-(``@PROVIDERS.register("csv", CsvConfig)``); a config type that holds such a part's table is then
-``Annotated[Base, WrapValidator(REGISTRY.validate_table)]``: the table's ``kind`` picks the model
-from the registry (errors read as a discriminated union's: ``intensity.csv.path``), so adding a
-part touches only its own module and its ``plugins.py`` line. The registry imports its
-``plugins`` module the first time it is asked for a name, so it is complete wherever a config is
-validated.
+A part registers its pydantic config model with its factory
+(``@PROVIDERS.register("csv", CsvConfig)``), and the config finds a part's table through the
+registry, in one of two shapes:
+
+* a table that names its part by ``kind`` (intensity providers: ``{ kind = "csv", path = ... }``):
+  the field's type is ``Annotated[Base, WrapValidator(REGISTRY.validate_table)]``; the ``kind``
+  picks the model (errors read as a discriminated union's: ``intensity.csv.path``);
+* a section whose keys name parts (``[source.sim]``, ``[alerts.sinks.webhooks]``): the section's
+  model derives from :class:`PartTables`; each key that is not one of its own fields must be a
+  registered name, and its table (or array of tables) is validated by that part's model (errors:
+  ``source.sim.gpus``, ``alerts.sinks.webhooks.0.url``; an unknown name lists the known ones).
+
+Either way adding a part touches only its own module and its ``plugins.py`` line. The registry
+imports its ``plugins`` module the first time it is asked for a name, so it is complete wherever
+a config is validated.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
-from pydantic import BaseModel, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler
-from pydantic_core import InitErrorDetails, PydanticKnownError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError, PydanticKnownError
 
-from gridwatt.configfile import ConfigError
+from gridwatt.configfile import ConfigError, StrictModel
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -96,12 +112,45 @@ class Registry(Generic[F]):
             return model.model_validate(value, context=info.context)
         except ValidationError as err:
             # as a discriminated union reports it: each error's path under this field, after the kind
-            raise ValidationError.from_exception_data(
-                err.title,
-                [InitErrorDetails(type=e["type"], loc=(kind, *e["loc"]), input=e["input"],
-                                  **({"ctx": e["ctx"]} if "ctx" in e else {}))  # type: ignore[typeddict-item]
-                 for e in err.errors()],
-            ) from None
+            raise ValidationError.from_exception_data(err.title, moved_errors(err, (kind,))) from None
+
+    def validate_tables(self, tables: dict[str, Any], context: Any, arrays: bool
+                        ) -> tuple[dict[str, Any], list[InitErrorDetails]]:
+        """Each of ``tables``' values validated by the model its key names in the registry.
+
+        With ``arrays`` a value may also be an array of tables (a list of models comes back).
+        Returns the validated tables and the problems, each at its path below the section.
+        """
+        done: dict[str, Any] = {}
+        problems: list[InitErrorDetails] = []
+        for name, value in tables.items():
+            model = self.config_model(name)
+            if model is None:
+                problems.append(InitErrorDetails(type=self._no_table(name), loc=(name,), input=value))
+                continue
+            many = arrays and isinstance(value, list)
+            items = list(enumerate(value)) if many else [(None, value)]
+            models: list[BaseModel] = []
+            for index, item in items:
+                where: tuple[str | int, ...] = (name,) if index is None else (name, index)
+                try:
+                    models.append(item if isinstance(item, model) else
+                                  model.model_validate(item, context=context))
+                except ValidationError as err:
+                    problems.extend(moved_errors(err, where))
+            done[name] = models if many else models[0] if models else None
+        return done, problems
+
+    def _no_table(self, name: str) -> PydanticCustomError:
+        """The error for a table of ``name``, which has no config model (or is not registered)."""
+        if name in self._factories:
+            known = ", ".join(self.configured_names()) or "none"
+            return PydanticCustomError("part_without_settings", "{what} {name} has no settings of its own "
+                                       "(those with settings: {known})",
+                                       {"what": self.what, "name": repr(name), "known": known})
+        known = ", ".join(self.names()) or "none registered"
+        return PydanticCustomError("unknown_part", "unknown {what} {name} (known: {known})",
+                                   {"what": self.what, "name": repr(name), "known": known})
 
     def configured_names(self) -> tuple[str, ...]:
         """Names registered with a config model, sorted."""
@@ -126,3 +175,60 @@ class Registry(Generic[F]):
         """(name, factory) pairs, sorted by name."""
         self._load()
         return sorted(self._factories.items())
+
+
+def moved_errors(err: ValidationError, under: tuple[str | int, ...]) -> list[InitErrorDetails]:
+    """``err``'s problems with ``under`` put before each one's field path (to re-raise them from an
+    outer validator, which puts its own field's path in front)."""
+    moved: list[InitErrorDetails] = []
+    for e in err.errors():
+        kind: str | PydanticCustomError = e["type"]
+        try:
+            PydanticKnownError(cast(Any, e["type"]), e.get("ctx"))
+        except (KeyError, TypeError, ValueError):  # a custom error type: keep its message as it reads
+            kind = PydanticCustomError(e["type"], e["msg"])
+        details = InitErrorDetails(type=kind, loc=(*under, *e["loc"]), input=e["input"])
+        if "ctx" in e and isinstance(kind, str):
+            details["ctx"] = e["ctx"]
+        moved.append(details)
+    return moved
+
+
+class PartTables(StrictModel):
+    """A config section whose keys, besides its own fields, name parts of :attr:`part_registry`,
+    each holding that part's own table (``[source.sim]``), validated by the part's config model.
+
+    Strict as every config model: a key that is neither a field nor a registered part (with a
+    config model) is an error naming the known parts. The validated tables are the section's
+    extra attributes (``config.source.sim``); :meth:`tables` gives a part's tables as a list.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    #: the registry whose parts the section's other keys name
+    part_registry: ClassVar[Registry[Any]]
+    #: whether a part's key may hold an array of tables, one part each (``[[alerts.sinks.webhooks]]``)
+    part_arrays: ClassVar[bool] = False
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _part_tables(cls, data: Any, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo) -> Self:
+        if not isinstance(data, dict):
+            return handler(data)  # a section already validated, or the base model's own error
+        fields = cls.model_fields
+        own = {k: v for k, v in data.items() if k in fields}
+        tables, problems = cls.part_registry.validate_tables(
+            {k: v for k, v in data.items() if k not in fields}, info.context, cls.part_arrays)
+        section = None
+        try:
+            section = handler(own)
+        except ValidationError as err:
+            problems[:0] = moved_errors(err, ())
+        if problems or section is None:
+            raise ValidationError.from_exception_data(cls.__name__, problems)
+        section.__pydantic_extra__ = tables
+        return section
+
+    def tables(self, name: str) -> list[Any]:
+        """The tables the section holds for part ``name`` (none, one, or an array's)."""
+        value = (self.__pydantic_extra__ or {}).get(name)
+        return [] if value is None else list(value) if isinstance(value, list) else [value]

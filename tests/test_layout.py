@@ -74,18 +74,19 @@ def test_every_configurable_kind_has_a_registered_factory() -> None:
     """One registration pattern (gridwatt/registry.py): the kinds a config can name are exactly the
     registered ones, for GPU sources, intensity providers and alert sinks."""
     from gridwatt.agent.sources.plugins import SOURCES
-    from gridwatt.collector.alerts.rules import SinksConfig
     from gridwatt.collector.alerts.sinks.plugins import SINKS
     from gridwatt.collector.intensity.plugins import PROVIDERS
 
     assert SOURCES.names() == ("nvml", "sim")
+    assert SOURCES.configured_names() == ("sim",)  # [source.sim]; NVML has no settings of its own
     # every provider registers its config model with its factory, under the kind the model names
     for name in PROVIDERS.names():
         model = PROVIDERS.config_model(name)
         assert model is not None and get_args(model.model_fields["kind"].annotation) == (name,)
     assert PROVIDERS.names() == ("chain", "constant", "csv", "electricitymaps", "uk_carbon_intensity",
                                  "watttime")
-    assert SINKS.names() == tuple(sorted(SinksConfig.model_fields))
+    # every sink has a table of [alerts.sinks] named as registered, validated by its own model
+    assert SINKS.names() == SINKS.configured_names() == ("alertmanager", "log", "webhooks")
 
 
 def test_an_unknown_kind_names_the_key_and_the_known_ones() -> None:

@@ -16,6 +16,17 @@ class SourceError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class SourceContext:
+    """What a source's factory knows besides its own settings: the node and how it is sampled."""
+
+    node: str
+    #: Seconds between polls.
+    interval_s: float
+    #: True when the agent replays (a simulated source plays its samples' own times).
+    replay: bool
+
+
+@dataclass(frozen=True, slots=True)
 class JobHint:
     """A job a source itself knows is on the GPU, with its share of the interval."""
 

@@ -11,14 +11,11 @@ Wiring (see README.md)::
 
 from gridwatt.collector.alerts.engine import AlertEngine, classify
 from gridwatt.collector.alerts.model import AlertEvent, ScopeWindow, combine_windows
-from gridwatt.collector.alerts.rules import (
-    AlertmanagerSinkConfig,
-    AlertRule,
-    AlertsConfig,
-    LogSinkConfig,
-    SinksConfig,
-    WebhookSinkConfig,
-)
+from gridwatt.collector.alerts.rules import AlertRule, AlertsConfig
+from gridwatt.collector.alerts.sinks.alertmanager import AlertmanagerSinkConfig
+from gridwatt.collector.alerts.sinks.log import LogSinkConfig
+from gridwatt.collector.alerts.sinks.registry import SinksConfig
+from gridwatt.collector.alerts.sinks.webhook import WebhookSinkConfig
 from gridwatt.collector.alerts.state import AlertStateError, load_state, save_state
 from gridwatt.collector.alerts.store import AlertStore
 

@@ -1,4 +1,5 @@
-"""Alert rule and sink configuration (pydantic), loadable from the collector's TOML.
+"""Alert rule configuration (pydantic), loadable from the collector's TOML; the sinks' tables are
+validated by each sink's own model through the sink registry (sinks/registry.py ``SinksConfig``).
 
 Example (see README.md and sample.toml)::
 
@@ -7,26 +8,22 @@ Example (see README.md and sample.toml)::
     scope = "rack"
     util_below_pct = 10
     for_s = 1800
+
+    [[alerts.sinks.webhooks]]
+    url = "https://hooks.example.org/gridwatt"
 """
 
 from __future__ import annotations
 
 from typing import Literal
-from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from gridwatt.collector.alerts.model import ScopeWindow
+from gridwatt.collector.alerts.sinks.registry import SinksConfig
 from gridwatt.configfile import ConfigPath, StrictModel
 
 DEFAULT_RESOLVE_MARGIN_PCT = 10.0
-
-
-def _check_http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
-    return value
 
 
 class AlertRule(StrictModel):
@@ -105,74 +102,6 @@ class AlertRule(StrictModel):
         if self.scope == "group":
             return window.scope_name == self.group_name
         return True
-
-
-EventKindName = Literal["pending", "firing", "resolved", "cancelled"]
-
-
-def _all_kinds() -> list[EventKindName]:
-    return ["pending", "firing", "resolved", "cancelled"]
-
-
-def _firing_resolved() -> list[EventKindName]:
-    return ["firing", "resolved"]
-
-
-class LogSinkConfig(StrictModel):
-    """One structured (JSON) log line per event."""
-
-    enabled: bool = True
-    logger: str = "gridwatt.alerts"
-    events: list[EventKindName] = Field(default_factory=_all_kinds)
-
-
-class WebhookSinkConfig(StrictModel):
-    """JSON POST of each event, retried with exponential backoff and jitter."""
-
-    url: str
-    timeout_s: float = Field(default=5.0, gt=0)
-    retries: int = Field(default=3, ge=0, description="retries after the first attempt")
-    backoff_initial_s: float = Field(default=0.5, ge=0)
-    backoff_max_s: float = Field(default=30.0, ge=0)
-    headers: dict[str, str] = Field(default_factory=dict)
-    events: list[EventKindName] = Field(default_factory=_firing_resolved)
-
-    _url = field_validator("url")(_check_http_url)
-
-
-class AlertmanagerSinkConfig(StrictModel):
-    """Prometheus Alertmanager v2 (``POST /api/v2/alerts``); firing alerts are re-sent periodically."""
-
-    url: str = Field(description="base URL, e.g. http://alertmanager:9093")
-    timeout_s: float = Field(default=5.0, gt=0)
-    retries: int = Field(default=3, ge=0)
-    backoff_initial_s: float = Field(default=0.5, ge=0)
-    backoff_max_s: float = Field(default=30.0, ge=0)
-    resend_interval_s: float = Field(default=60.0, gt=0)
-    ends_at_after_s: float = Field(
-        default=300.0, gt=0, description="a firing alert's endsAt = now + this; must exceed resend_interval_s"
-    )
-    generator_url: str | None = Field(
-        default=None, description="base of generatorURL, e.g. the /v1/alerts URL"
-    )
-    extra_labels: dict[str, str] = Field(default_factory=dict)
-
-    _url = field_validator("url")(_check_http_url)
-
-    @model_validator(mode="after")
-    def _check(self) -> AlertmanagerSinkConfig:
-        if self.ends_at_after_s <= self.resend_interval_s:
-            raise ValueError(
-                f"ends_at_after_s ({self.ends_at_after_s:g}) must exceed resend_interval_s "
-                f"({self.resend_interval_s:g}), or Alertmanager expires alerts between re-sends"
-            )
-        return self
-
-
-class SinksConfig(StrictModel):
-    log: LogSinkConfig = Field(default_factory=LogSinkConfig)
-    webhooks: list[WebhookSinkConfig] = Field(default_factory=list)
-    alertmanager: AlertmanagerSinkConfig | None = None
 
 
 class AlertsConfig(StrictModel):

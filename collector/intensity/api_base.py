@@ -9,14 +9,39 @@ from dataclasses import replace
 from types import TracebackType
 
 import aiohttp
+from pydantic import Field
 
 from gridwatt.collector.intensity.base import EmissionFactor, IntensitySeries, IntensityUnavailable
 from gridwatt.collector.intensity.cache import Point, RangeCache
 from gridwatt.collector.intensity.coverage import IntensityGap, Segment, clip, uncovered
 from gridwatt.collector.intensity.http import HttpSettings, JsonClient, SleepFn
+from gridwatt.collector.intensity.registry import ProviderTable
 from gridwatt.timeutil import NS_PER_S
 
 ClockNs = Callable[[], int]
+
+
+class HttpProviderConfig(ProviderTable):
+    """HTTP behaviour common to the API providers."""
+
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=4, ge=1, le=10)
+    backoff_base_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    retry_after_max_s: float = Field(default=120.0, ge=0)
+    min_refetch_s: float = Field(default=60.0, ge=0)
+    #: longest a value is held past its own period, marked estimated (unset: the provider's
+    #: default: 3 h Electricity Maps, 1 h WattTime, 2 h UK); beyond it the chain moves on
+    max_hold_s: float | None = Field(default=None, ge=0, le=7 * 24 * 3600)
+
+    def http_settings(self) -> HttpSettings:
+        return HttpSettings(
+            timeout_s=self.timeout_s,
+            max_attempts=self.max_attempts,
+            backoff_base_s=self.backoff_base_s,
+            backoff_max_s=self.backoff_max_s,
+            retry_after_max_s=self.retry_after_max_s,
+        )
 
 
 def floor_ns(t_ns: int, period_ns: int) -> int:

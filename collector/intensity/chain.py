@@ -6,16 +6,26 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Literal
 
 import aiohttp
+from pydantic import Field
 
 from gridwatt.collector.intensity.base import IntensityProvider, IntensitySeries, IntensityUnavailable
-from gridwatt.collector.intensity.config import ChainConfig
 from gridwatt.collector.intensity.coverage import IntensityGap, Segment, clip, from_series, to_series
-from gridwatt.collector.intensity.registry import PROVIDERS, build
+from gridwatt.collector.intensity.registry import PROVIDERS, ProviderConfig, ProviderTable, build
 from gridwatt.collector.metrics import PROVIDER_ERRORS
 
 log = logging.getLogger(__name__)
+
+
+class ChainConfig(ProviderTable):
+    """Providers tried in order; the first that answers wins."""
+
+    kind: Literal["chain"]
+    providers: list[ProviderConfig] = Field(min_length=1)
+    cooldown_s: float = Field(default=60.0, ge=0)
+    mark_fallback_estimated: bool = True
 
 
 def _source_of(provider: IntensityProvider, index: int) -> str:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from gridwatt.collector.intensity.base import EmissionFactor, IntensitySeries
-from gridwatt.collector.intensity.config import ConstantConfig
-from gridwatt.collector.intensity.registry import PROVIDERS
+from typing import Literal
+
+from pydantic import Field
+
+from gridwatt.collector.intensity.base import MAX_INTENSITY_G_PER_KWH, EmissionFactor, IntensitySeries
+from gridwatt.collector.intensity.registry import PROVIDERS, ProviderTable
 from gridwatt.collector.stepseries import StepSeries
+
+
+class ConstantConfig(ProviderTable):
+    """The same intensity at every time."""
+
+    kind: Literal["constant"]
+    g_per_kwh: float = Field(ge=0, le=MAX_INTENSITY_G_PER_KWH, allow_inf_nan=False)
+    emission_factor: EmissionFactor = "lifecycle"
 
 
 class ConstantIntensity:

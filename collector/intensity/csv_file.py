@@ -19,6 +19,9 @@ import bisect
 import csv
 import math
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from gridwatt.collector.intensity.base import (
     MAX_INTENSITY_G_PER_KWH,
@@ -26,12 +29,21 @@ from gridwatt.collector.intensity.base import (
     IntensitySeries,
     IntensityUnavailable,
 )
-from gridwatt.collector.intensity.config import CsvConfig
-from gridwatt.collector.intensity.registry import PROVIDERS
+from gridwatt.collector.intensity.registry import PROVIDERS, ProviderTable
 from gridwatt.collector.stepseries import StepSeries
-from gridwatt.configfile import ConfigError
+from gridwatt.configfile import ConfigError, ConfigPath
 from gridwatt.textfile import checked_lines
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
+
+
+class CsvConfig(ProviderTable):
+    """A CSV time series (Electricity Maps export or ``time,intensity_g_per_kwh``)."""
+
+    kind: Literal["csv"]
+    path: ConfigPath
+    emission_factor: EmissionFactor = "lifecycle"
+    #: unset: the file's values hold at all times; set: ranges outside the file are unavailable
+    max_hold_s: float | None = Field(default=None, ge=0)
 
 
 class IntensityFileError(Exception):

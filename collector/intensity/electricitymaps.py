@@ -16,15 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Literal
 
-from gridwatt.collector.intensity.api_base import CachedApiProvider, ClockNs, chunks, floor_ns
+from pydantic import Field
+
+from gridwatt.collector.intensity.api_base import (
+    CachedApiProvider,
+    ClockNs,
+    HttpProviderConfig,
+    chunks,
+    floor_ns,
+)
 from gridwatt.collector.intensity.base import EmissionFactor, IntensityUnavailable
 from gridwatt.collector.intensity.cache import Point
-from gridwatt.collector.intensity.config import ElectricityMapsConfig
 from gridwatt.collector.intensity.http import AuthRejected, HttpSettings, SleepFn
 from gridwatt.collector.intensity.registry import PROVIDERS
-from gridwatt.configfile import secret_from
+from gridwatt.configfile import ConfigPath, secret_from
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 
 DEFAULT_BASE_URL = "https://api.electricitymaps.com"
@@ -33,6 +40,18 @@ HOUR_NS = 3600 * NS_PER_S
 PAST_RANGE_MAX_S = 10 * 24 * 3600
 #: how far back /history reaches (24 hourly values, the newest being the current hour)
 HISTORY_SPAN_NS = 23 * HOUR_NS
+
+
+class ElectricityMapsConfig(HttpProviderConfig):
+    """Electricity Maps API v3, one zone."""
+
+    kind: Literal["electricitymaps"]
+    zone: str = Field(min_length=1)
+    emission_factor: EmissionFactor = "lifecycle"
+    base_url: str = "https://api.electricitymaps.com"
+    api_key_env: str = "ELECTRICITYMAPS_API_KEY"
+    api_key_file: ConfigPath | None = None
+    past_range_max_s: int = Field(default=10 * 24 * 3600, gt=0)
 
 
 class ElectricityMapsIntensity(CachedApiProvider):

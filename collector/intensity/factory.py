@@ -1,4 +1,4 @@
-"""Builds intensity providers from their config models (intensity/config.py), through the registry.
+"""Builds intensity providers from their config models (each in its provider's module), through the registry.
 
 Only the collector's wiring builds providers. Each provider's factory and config model live in
 its own module's registration, imported by intensity/plugins.py (which the registry imports the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from gridwatt.collector.intensity import plugins, registry
 from gridwatt.collector.intensity.base import IntensityProvider
-from gridwatt.collector.intensity.config import ProviderConfig
+from gridwatt.collector.intensity.registry import ProviderConfig
 
 PROVIDERS = plugins.PROVIDERS  # every provider, registered
 

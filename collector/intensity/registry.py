@@ -18,7 +18,7 @@ from gridwatt.collector.intensity.base import IntensityProvider
 from gridwatt.configfile import StrictModel
 from gridwatt.registry import Registry
 
-#: a provider's config model (intensity/config.py) → the provider (ConfigError on a missing file/secret)
+#: a provider's config model (in its own module) → the provider (ConfigError on a missing file/secret)
 ProviderFactory = Callable[[Any], IntensityProvider]
 
 PROVIDERS: Registry[ProviderFactory] = Registry(

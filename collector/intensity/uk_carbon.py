@@ -18,12 +18,19 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from gridwatt.collector.intensity.api_base import CachedApiProvider, ClockNs, chunks, floor_ns
+from pydantic import Field
+
+from gridwatt.collector.intensity.api_base import (
+    CachedApiProvider,
+    ClockNs,
+    HttpProviderConfig,
+    chunks,
+    floor_ns,
+)
 from gridwatt.collector.intensity.base import IntensityUnavailable
 from gridwatt.collector.intensity.cache import Point
-from gridwatt.collector.intensity.config import UkCarbonIntensityConfig
 from gridwatt.collector.intensity.http import HttpSettings, SleepFn
 from gridwatt.collector.intensity.registry import PROVIDERS
 from gridwatt.timeutil import NS_PER_S, parse_time_ns
@@ -34,6 +41,14 @@ HALF_HOUR_NS = 1800 * NS_PER_S
 MAX_RANGE_S = 14 * 24 * 3600
 #: a missing ``actual`` older than this is taken as final (no point asking again)
 ACTUAL_SETTLES_NS = 24 * 3600 * NS_PER_S
+
+
+class UkCarbonIntensityConfig(HttpProviderConfig):
+    """The GB Carbon Intensity API: national, or one DNO region (1..17)."""
+
+    kind: Literal["uk_carbon_intensity"]
+    region_id: int | None = Field(default=None, ge=1, le=17)
+    base_url: str = "https://api.carbonintensity.org.uk"
 
 
 def _fmt(t_ns: int) -> str:

@@ -19,15 +19,22 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any
+from typing import Any, Literal
 
-from gridwatt.collector.intensity.api_base import CachedApiProvider, ClockNs, chunks, floor_ns
+from pydantic import Field, field_validator
+
+from gridwatt.collector.intensity.api_base import (
+    CachedApiProvider,
+    ClockNs,
+    HttpProviderConfig,
+    chunks,
+    floor_ns,
+)
 from gridwatt.collector.intensity.base import IntensityUnavailable
 from gridwatt.collector.intensity.cache import Point
-from gridwatt.collector.intensity.config import WattTimeConfig
 from gridwatt.collector.intensity.http import AuthRejected, HttpSettings, SleepFn, basic_auth_header
 from gridwatt.collector.intensity.registry import PROVIDERS
-from gridwatt.configfile import ConfigError, secret_from
+from gridwatt.configfile import ConfigError, ConfigPath, secret_from
 from gridwatt.timeutil import NS_PER_S, format_time_ns, parse_time_ns
 
 DEFAULT_BASE_URL = "https://api.watttime.org"
@@ -44,6 +51,43 @@ FIVE_MIN_NS = 300 * NS_PER_S
 #: default maximum range of one /v3/historical request (the API allows about a month)
 HISTORICAL_MAX_S = 30 * 24 * 3600
 TOKEN_LIFE_S = 25 * 60  # tokens last about 30 min; renew a little early
+
+
+class WattTimeConfig(HttpProviderConfig):
+    """WattTime API v3 MOER, one region."""
+
+    kind: Literal["watttime"]
+    region: str = Field(min_length=1)
+    username: str | None = None
+    username_env: str = "WATTTIME_USERNAME"
+    password_env: str = "WATTTIME_PASSWORD"
+    password_file: ConfigPath | None = None
+    signal_type: str = "co2_moer"
+    endpoint: str = "historical"
+    base_url: str = "https://api.watttime.org"
+    historical_max_s: int = Field(default=30 * 24 * 3600, gt=0)
+    use_forecast: bool = True
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_intensity(cls, v: str) -> str:
+        if "signal-index" in v:
+            raise ValueError(
+                "WattTime's signal-index is a 0-100 percentile, not an intensity in g/kWh; "
+                "gridwatt cannot use it (use endpoint 'historical' with signal_type 'co2_moer')"
+            )
+        if v != "historical":
+            raise ValueError("only 'historical' is supported")
+        return v
+
+    @field_validator("signal_type")
+    @classmethod
+    def _signal_is_intensity(cls, v: str) -> str:
+        if v != "co2_moer":
+            raise ValueError(
+                f"signal_type {v!r} is not a CO2 intensity gridwatt can use; use 'co2_moer'"
+            )
+        return v
 
 
 class NotAnIntensity(ValueError):

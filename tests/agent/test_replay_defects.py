@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from gridwatt.agent.attribution import Attributor
-from gridwatt.agent.config import AgentConfig, CollectorConnection, SimConfig, SourceConfig
+from gridwatt.agent.config import AgentConfig, CollectorConnection, SourceConfig
 from gridwatt.agent.runner import run_agent
 from gridwatt.agent.sampler import Sampler
-from gridwatt.agent.sources.sim.source import SimSource
+from gridwatt.agent.sources.sim.source import SimConfig, SimSource
 from gridwatt.agent.sources.sim.trace import TraceError, load_trace_csv
 from gridwatt.agent.spool import peek_ledger
 from gridwatt.collector.config import CollectorConfig

@@ -21,7 +21,6 @@ import pytest
 from aiohttp import web
 
 from gridwatt.collector.alerts import AlertEngine, AlertEvent, AlertRule, AlertsConfig, ScopeWindow
-from gridwatt.collector.alerts.rules import AlertmanagerSinkConfig, WebhookSinkConfig
 from gridwatt.collector.alerts.sinks import (
     AlertDispatcher,
     AlertmanagerSink,
@@ -30,8 +29,9 @@ from gridwatt.collector.alerts.sinks import (
     WebhookSink,
     build_sinks,
 )
-from gridwatt.collector.alerts.sinks.alertmanager import rfc3339
+from gridwatt.collector.alerts.sinks.alertmanager import AlertmanagerSinkConfig, rfc3339
 from gridwatt.collector.alerts.sinks.base import backoff_delay_s
+from gridwatt.collector.alerts.sinks.webhook import WebhookSinkConfig
 
 ALERTMANAGER_BIN = os.environ.get("GRIDWATT_ALERTMANAGER_BIN", "/usr/bin/prometheus-alertmanager")
 

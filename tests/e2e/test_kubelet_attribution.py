@@ -12,8 +12,9 @@ from pathlib import Path
 
 import grpc
 
-from gridwatt.agent.config import AgentConfig, AttributionConfig, CollectorConnection, SimConfig, SourceConfig
+from gridwatt.agent.config import AgentConfig, AttributionConfig, CollectorConnection, SourceConfig
 from gridwatt.agent.runner import run_agent
+from gridwatt.agent.sources.sim.source import SimConfig
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.k8s.podresources.v1 import podresources_pb2 as prpb
 from gridwatt.k8s.podresources.v1 import podresources_pb2_grpc as prgrpc

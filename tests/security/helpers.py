@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gridwatt.agent.config import AgentConfig, CollectorConnection, SimConfig, SourceConfig
+from gridwatt.agent.config import AgentConfig, CollectorConnection, SourceConfig
 from gridwatt.agent.runner import RunResult, run_agent
+from gridwatt.agent.sources.sim.source import SimConfig
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.demo_harness.processes import toml_str
 from tests.conftest import first_row, influx_query

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gridwatt.agent.config import SimConfig
 from gridwatt.agent.runner import run_agent
 from gridwatt.agent.sdnotify import Notifier, notify, watchdog_interval_s
+from gridwatt.agent.sources.sim.source import SimConfig
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.demo_harness.processes import AgentProcess, toml_str
 from tests.collector.helpers import running_collector

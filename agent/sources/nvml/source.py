@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
 
-from gridwatt.agent.config import AgentConfig
-from gridwatt.agent.sources.base import GpuReading, GpuSource, SourceError
+from gridwatt.agent.sources.base import GpuReading, GpuSource, SourceContext, SourceError
 from gridwatt.agent.sources.registry import SOURCES
 
 log = logging.getLogger(__name__)
@@ -450,6 +449,6 @@ def _init_message(err: BaseException) -> str:
 
 
 @SOURCES.register("nvml")
-def nvml_source(config: AgentConfig, replay: bool) -> GpuSource:
-    """``source.kind = "nvml"``: the node's GPUs through NVML."""
+def nvml_source(settings: None, ctx: SourceContext) -> GpuSource:
+    """``source.kind = "nvml"``: the node's GPUs through NVML (no settings of its own)."""
     return NvmlSource()

@@ -15,11 +15,29 @@ import uuid
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from gridwatt.agent.config import AgentConfig
-from gridwatt.agent.sources.base import GpuReading, GpuSource, JobHint
+from pydantic import Field
+
+from gridwatt.agent.sources.base import GpuReading, GpuSource, JobHint, SourceContext
 from gridwatt.agent.sources.registry import SOURCES
 from gridwatt.agent.sources.sim.trace import Trace, TraceStep, load_trace_csv, synthetic_trace
+from gridwatt.configfile import ConfigPath, StrictModel
 from gridwatt.timeutil import parse_time_ns
+
+
+class SimConfig(StrictModel):
+    """``[source.sim]``: simulated GPUs: a trace file, or a synthetic constant profile."""
+
+    trace: ConfigPath | None = None
+    gpus: int = Field(8, ge=1, le=64)
+    power_w: float = Field(400.0, ge=0, le=2000)
+    util_pct: float = Field(95.0, ge=0, le=100)
+    duration_s: float = Field(3600.0, gt=0)
+    #: Start of the synthetic profile (ISO 8601 UTC); default: when the agent starts.
+    start: str | None = None
+    job_id: str = ""
+    gpu_name: str = "NVIDIA A100-SXM4-80GB (simulated)"
+    #: False makes the simulated GPUs lack the energy counter (pre-Volta): power is integrated.
+    energy_counter: bool = True
 
 
 @dataclass
@@ -183,20 +201,19 @@ class SimSource:
         pass
 
 
-@SOURCES.register("sim")
-def sim_source(config: AgentConfig, replay: bool) -> GpuSource:
+@SOURCES.register("sim", SimConfig)
+def sim_source(sim: SimConfig, ctx: SourceContext) -> GpuSource:
     """``source.kind = "sim"``: simulated GPUs playing a trace file or a synthetic profile.
 
     A replay plays the samples' own times; a live run shifts them to start now (a synthetic profile
     without a start always starts now).
     """
-    sim = config.source.sim
     if sim.trace is not None:
-        trace = load_trace_csv(sim.trace, node=config.node)
-        shift = None if replay else time.time_ns()
+        trace = load_trace_csv(sim.trace, node=ctx.node)
+        shift = None if ctx.replay else time.time_ns()
     else:
         start = parse_time_ns(sim.start) if sim.start else time.time_ns()
         trace = synthetic_trace(sim.gpus, start, sim.duration_s, sim.power_w, sim.util_pct, sim.job_id)
-        shift = None if replay or sim.start is None else time.time_ns()
-    return SimSource(trace, config.node, config.interval_s, sim.gpu_name, shift_to_ns=shift,
+        shift = None if ctx.replay or sim.start is None else time.time_ns()
+    return SimSource(trace, ctx.node, ctx.interval_s, sim.gpu_name, shift_to_ns=shift,
                      energy_counter=sim.energy_counter)

@@ -9,11 +9,11 @@ from collections.abc import Iterable, Sequence
 import aiohttp
 
 from gridwatt.collector.alerts.model import AlertEvent
-from gridwatt.collector.alerts.rules import SinksConfig
 from gridwatt.collector.alerts.sinks.alertmanager import AlertmanagerSink
 from gridwatt.collector.alerts.sinks.base import AlertSink, SinkStats
 from gridwatt.collector.alerts.sinks.log import LogSink
 from gridwatt.collector.alerts.sinks.plugins import SINKS
+from gridwatt.collector.alerts.sinks.registry import SinksConfig
 from gridwatt.collector.alerts.sinks.webhook import WebhookSink
 
 __all__ = [
@@ -30,8 +30,8 @@ log = logging.getLogger("gridwatt.alerts")
 
 
 def build_sinks(config: SinksConfig, session: aiohttp.ClientSession | None = None) -> list[AlertSink]:
-    """The sinks a config asks for (each sink's section, by name: alertmanager, log, webhooks)."""
-    return [sink for _, factory in SINKS.items() for sink in factory(config, session)]
+    """The sinks a config asks for: each registered sink's factory, by name, with its tables."""
+    return [sink for name, factory in SINKS.items() for sink in factory(config.tables(name), session)]
 
 
 class AlertDispatcher:

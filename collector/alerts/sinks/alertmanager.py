@@ -25,11 +25,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+from pydantic import Field, field_validator, model_validator
 
 from gridwatt.collector.alerts.model import AlertEvent
-from gridwatt.collector.alerts.rules import AlertmanagerSinkConfig, SinksConfig
-from gridwatt.collector.alerts.sinks.base import AlertSink, HttpPoster, SinkStats, SleepFn
+from gridwatt.collector.alerts.sinks.base import AlertSink, HttpPoster, SinkStats, SleepFn, check_http_url
 from gridwatt.collector.alerts.sinks.registry import SINKS
+from gridwatt.configfile import StrictModel
 
 log = logging.getLogger("gridwatt.alerts")
 
@@ -38,6 +39,36 @@ _SCOPE_LABEL = {"rack": "rack", "job": "job", "group": "group", "slurm_job": "jo
 _OWNER_LABELS = ("user", "account")
 _SENT_KINDS = ("firing", "still_firing", "resolved")
 MAX_LISTED = 32
+
+
+class AlertmanagerSinkConfig(StrictModel):
+    """``[alerts.sinks.alertmanager]``: Prometheus Alertmanager v2 (``POST /api/v2/alerts``); firing
+    alerts are re-sent periodically."""
+
+    url: str = Field(description="base URL, e.g. http://alertmanager:9093")
+    timeout_s: float = Field(default=5.0, gt=0)
+    retries: int = Field(default=3, ge=0)
+    backoff_initial_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    resend_interval_s: float = Field(default=60.0, gt=0)
+    ends_at_after_s: float = Field(
+        default=300.0, gt=0, description="a firing alert's endsAt = now + this; must exceed resend_interval_s"
+    )
+    generator_url: str | None = Field(
+        default=None, description="base of generatorURL, e.g. the /v1/alerts URL"
+    )
+    extra_labels: dict[str, str] = Field(default_factory=dict)
+
+    _url = field_validator("url")(check_http_url)
+
+    @model_validator(mode="after")
+    def _check(self) -> AlertmanagerSinkConfig:
+        if self.ends_at_after_s <= self.resend_interval_s:
+            raise ValueError(
+                f"ends_at_after_s ({self.ends_at_after_s:g}) must exceed resend_interval_s "
+                f"({self.resend_interval_s:g}), or Alertmanager expires alerts between re-sends"
+            )
+        return self
 
 
 def rfc3339(t_ns: int) -> str:
@@ -185,7 +216,8 @@ class AlertmanagerSink:
         await self._poster.close()
 
 
-@SINKS.register("alertmanager")
-def alertmanager_sinks(config: SinksConfig, session: aiohttp.ClientSession | None) -> list[AlertSink]:
+@SINKS.register("alertmanager", AlertmanagerSinkConfig)
+def alertmanager_sinks(tables: list[AlertmanagerSinkConfig],
+                       session: aiohttp.ClientSession | None) -> list[AlertSink]:
     """``[alerts.sinks.alertmanager]``: the Alertmanager v2 API, when configured."""
-    return [AlertmanagerSink(config.alertmanager, session=session)] if config.alertmanager else []
+    return [AlertmanagerSink(t, session=session) for t in tables]

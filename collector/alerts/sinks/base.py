@@ -1,4 +1,4 @@
-"""What every sink implements, delivery counters, and the shared retrying HTTP POST."""
+"""What every sink implements and shares: delivery counters, config helpers, the retrying HTTP POST."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -16,6 +17,25 @@ from gridwatt.collector.alerts.model import AlertEvent
 log = logging.getLogger("gridwatt.alerts")
 
 SleepFn = Callable[[float], Awaitable[None]]
+
+#: the event kinds a sink's ``events`` setting may list
+EventKindName = Literal["pending", "firing", "resolved", "cancelled"]
+
+
+def all_kinds() -> list[EventKindName]:
+    return ["pending", "firing", "resolved", "cancelled"]
+
+
+def firing_resolved() -> list[EventKindName]:
+    return ["firing", "resolved"]
+
+
+def check_http_url(value: str) -> str:
+    """A sink's ``url`` setting: http(s) with a host (a pydantic field validator)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+    return value
 
 
 class AlertSink(Protocol):

@@ -6,13 +6,22 @@ import json
 import logging
 
 import aiohttp
+from pydantic import Field
 
 from gridwatt.collector.alerts.model import AlertEvent
-from gridwatt.collector.alerts.rules import LogSinkConfig, SinksConfig
-from gridwatt.collector.alerts.sinks.base import AlertSink, SinkStats
+from gridwatt.collector.alerts.sinks.base import AlertSink, EventKindName, SinkStats, all_kinds
 from gridwatt.collector.alerts.sinks.registry import SINKS
+from gridwatt.configfile import StrictModel
 
 _LEVELS = {"firing": logging.WARNING}
+
+
+class LogSinkConfig(StrictModel):
+    """``[alerts.sinks.log]``: one structured (JSON) log line per event."""
+
+    enabled: bool = True
+    logger: str = "gridwatt.alerts"
+    events: list[EventKindName] = Field(default_factory=all_kinds)
 
 
 class LogSink:
@@ -38,7 +47,7 @@ class LogSink:
         return None
 
 
-@SINKS.register("log")
-def log_sinks(config: SinksConfig, session: aiohttp.ClientSession | None) -> list[AlertSink]:
-    """``[alerts.sinks.log]``: one JSON log line per event, unless ``enabled = false``."""
-    return [LogSink(config.log)] if config.log.enabled else []
+@SINKS.register("log", LogSinkConfig)
+def log_sinks(tables: list[LogSinkConfig], session: aiohttp.ClientSession | None) -> list[AlertSink]:
+    """``[alerts.sinks.log]``: one JSON log line per event, on unless ``enabled = false``."""
+    return [LogSink(t) for t in tables or [LogSinkConfig()] if t.enabled]

@@ -11,13 +11,36 @@ import asyncio
 import random
 
 import aiohttp
+from pydantic import Field, field_validator
 
 from gridwatt.collector.alerts.model import AlertEvent
-from gridwatt.collector.alerts.rules import SinksConfig, WebhookSinkConfig
-from gridwatt.collector.alerts.sinks.base import AlertSink, HttpPoster, SinkStats, SleepFn
+from gridwatt.collector.alerts.sinks.base import (
+    AlertSink,
+    EventKindName,
+    HttpPoster,
+    SinkStats,
+    SleepFn,
+    check_http_url,
+    firing_resolved,
+)
 from gridwatt.collector.alerts.sinks.registry import SINKS
+from gridwatt.configfile import StrictModel
 
 PAYLOAD_VERSION = 1
+
+
+class WebhookSinkConfig(StrictModel):
+    """``[[alerts.sinks.webhooks]]``: JSON POST of each event, retried with exponential backoff and jitter."""
+
+    url: str
+    timeout_s: float = Field(default=5.0, gt=0)
+    retries: int = Field(default=3, ge=0, description="retries after the first attempt")
+    backoff_initial_s: float = Field(default=0.5, ge=0)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+    events: list[EventKindName] = Field(default_factory=firing_resolved)
+
+    _url = field_validator("url")(check_http_url)
 
 
 def webhook_payload(event: AlertEvent) -> dict[str, object]:
@@ -66,7 +89,7 @@ class WebhookSink:
         await self._poster.close()
 
 
-@SINKS.register("webhooks")
-def webhook_sinks(config: SinksConfig, session: aiohttp.ClientSession | None) -> list[AlertSink]:
+@SINKS.register("webhooks", WebhookSinkConfig)
+def webhook_sinks(tables: list[WebhookSinkConfig], session: aiohttp.ClientSession | None) -> list[AlertSink]:
     """``[[alerts.sinks.webhooks]]``: one sink per webhook."""
-    return [WebhookSink(w, session=session) for w in config.webhooks]
+    return [WebhookSink(w, session=session) for w in tables]
