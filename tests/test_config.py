@@ -128,6 +128,18 @@ def test_every_path_field_is_relative_to_the_config_folder() -> None:
     assert _bare_path_fields(Probe) == ["bad"]
 
 
+def test_every_registered_part_model_types_its_paths_as_config_paths() -> None:
+    """A part's own table (a source's, a provider's, a sink's) is found through its registry, not the
+    config's fields: each registered model is checked here."""
+    from gridwatt.agent.sources.plugins import SOURCES
+    from gridwatt.collector.alerts.sinks.plugins import SINKS
+    from gridwatt.collector.intensity.plugins import PROVIDERS
+
+    models = {name: r.config_model(name) for r in (SOURCES, PROVIDERS, SINKS) for name in r.configured_names()}
+    assert len(models) == 1 + 6 + 3
+    assert {name: _bare_path_fields(m) for name, m in models.items() if m and _bare_path_fields(m)} == {}
+
+
 def test_relative_paths_anywhere_are_taken_from_the_config_folder(tmp_path: Path) -> None:
     folder = tmp_path / "etc"
     folder.mkdir()
