@@ -135,7 +135,8 @@ def test_every_registered_part_model_types_its_paths_as_config_paths() -> None:
     from gridwatt.collector.alerts.sinks.plugins import SINKS
     from gridwatt.collector.intensity.plugins import PROVIDERS
 
-    models = {name: r.config_model(name) for r in (SOURCES, PROVIDERS, SINKS) for name in r.configured_names()}
+    models = {name: r.config_model(name) for r in (SOURCES, PROVIDERS, SINKS)
+              for name in r.configured_names()}
     assert len(models) == 1 + 6 + 3
     assert {name: _bare_path_fields(m) for name, m in models.items() if m and _bare_path_fields(m)} == {}
 
