@@ -2,18 +2,18 @@
 
 GPU sources (agent/sources), intensity providers (collector/intensity) and alert sinks
 (collector/alerts/sinks) are each a :class:`Registry` of factories keyed by the name a config
-uses for them. A part's own module registers its factory with one decorator::
+uses for them. A part's own module registers its factory (and its config model) with one decorator::
 
-    @SOURCES.register("nvml")
-    def nvml_source(config: AgentConfig, replay: bool) -> GpuSource: ...
+    @SOURCES.register("sim", SimConfig)
+    def sim_source(sim: SimConfig, ctx: SourceContext) -> GpuSource: ...
 
 and one ``plugins.py`` per registry imports every such module (one line each, like Telegraf's
 ``plugins/inputs/all``), so the registry is complete wherever ``plugins`` was imported. An
 unknown name is a :class:`~gridwatt.configfile.ConfigError` that names the config key and the
 known names.
 
-A part registers its pydantic config model with its factory
-(``@PROVIDERS.register("csv", CsvConfig)``), and the config finds a part's table through the
+A part with settings registers its pydantic config model with its factory (as above, or
+``@PROVIDERS.register("csv", CsvConfig)``), and the config finds a part's table through the
 registry, in one of two shapes:
 
 * a table that names its part by ``kind`` (intensity providers: ``{ kind = "csv", path = ... }``):
