@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
+from pydantic_core import InitErrorDetails
 
 from gridwatt.agent.sources.registry import SOURCES
 from gridwatt.configfile import ConfigPath, StrictModel
@@ -21,14 +22,23 @@ class SourceConfig(PartTables):
     part_registry: ClassVar[Registry[Any]] = SOURCES
     kind: str = Field("nvml", min_length=1)
 
-    def settings(self) -> Any:
-        """The configured source's own table (its model's defaults when the config has none), or
-        None for a source without settings."""
-        given = self.tables(self.kind)
-        if given:
-            return given[0]
+    def _complete_tables(self, context: Any) -> list[InitErrorDetails]:
+        """The configured source's table, from its model's defaults when the config has none (a
+        model with required keys names them: ``source.NAME.KEY: Field required``)."""
         model = SOURCES.config_model(self.kind)
-        return model() if model is not None else None
+        if model is None or self.tables(self.kind):
+            return []
+        done, problems = SOURCES.validate_tables({self.kind: {}}, context, arrays=False)
+        if not problems:
+            assert self.__pydantic_extra__ is not None
+            self.__pydantic_extra__[self.kind] = done[self.kind]
+        return problems
+
+    def settings(self) -> Any:
+        """The configured source's own table (``[source.NAME]``, with its model's defaults), or None
+        for a source without settings."""
+        given = self.tables(self.kind)
+        return given[0] if given else None
 
 
 class AttributionConfig(StrictModel):

@@ -223,10 +223,16 @@ class PartTables(StrictModel):
             section = handler(own)
         except ValidationError as err:
             problems[:0] = moved_errors(err, ())
+        if section is not None and not problems:
+            section.__pydantic_extra__ = tables
+            problems = section._complete_tables(info.context)
         if problems or section is None:
             raise ValidationError.from_exception_data(cls.__name__, problems)
-        section.__pydantic_extra__ = tables
         return section
+
+    def _complete_tables(self, context: Any) -> list[InitErrorDetails]:
+        """After validation: add the tables a section implies (none here); the problems found."""
+        return []
 
     def tables(self, name: str) -> list[Any]:
         """The tables the section holds for part ``name`` (none, one, or an array's)."""

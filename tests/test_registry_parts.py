@@ -235,6 +235,13 @@ def test_a_registered_source_table_is_strict_and_errors_name_the_key_path(
         f"{cfg}: field source.tone.gpus: Input should be greater than or equal to 1 (got 0)",
         f"{cfg}: field source.tone.colour: Extra inputs are not permitted (got 1)",
     ]
+    # the configured source's table may not be left out when its model has required keys
+    cfg.write_text('spool_path = "spool.db"\n[source]\nkind = "tone"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, AgentConfig, environ={})
+    assert [line.split(": ", 1)[1] for line in str(err.value).splitlines()] == [
+        f"field source.tone.{key}: Field required"
+        for key in ("gpus", "power_w", "util_pct", "minutes", "start")]
     with pytest.raises(ConfigError, match=r"field source\.rocm: unknown GPU source 'rocm' "
                                           r"\(known: nvml, sim, tone\)$"):
         load_config(_agent_toml(tmp_path, TONE + "[source.rocm]\n"), AgentConfig, environ={})
