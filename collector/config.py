@@ -186,6 +186,9 @@ class ServerConfig(StrictModel):
     http_listen: str = "127.0.0.1:8080"
     #: Accept nodes missing from [[racks]] (placed in accounting.default_rack).
     auto_register: bool = False
+    #: This replica's name among several collectors (alert election, logs, /metrics); empty:
+    #: ``<hostname>:<grpc port>``. Every replica needs its own.
+    replica_id: str = Field("", max_length=128, pattern=r"^[A-Za-z0-9_.:@-]*$")
     #: Samples ending more than this after the collector's clock are rejected.
     max_future_s: float = Field(300.0, ge=0)
     #: Mean power above this is implausible for one GPU and rejected.
