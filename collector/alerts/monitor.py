@@ -338,7 +338,7 @@ class AlertMonitor:
             if awaiting:
                 rack_marks = {}
             events += self._combined(rack_marks)
-            if self._job_rules and rack_marks:
+            if self._job_rules and rack_marks and self._jobs_next_ns is not None:
                 self._jobs_started = True
                 events += await self._job_scopes(min(rack_marks.values()))
             if events and self.elected:
