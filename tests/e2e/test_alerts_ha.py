@@ -48,7 +48,8 @@ def replay(folder: Path, route: dict[str, CollectorProcess], lo_min: int, hi_min
     for node, collector in route.items():
         trace = folder / f"trace-{node}-{lo_min}.csv"
         write_trace(trace, node, idle=node == "b1", lo_min=lo_min, hi_min=hi_min)
-        agents.append(start_agent(agent_config(folder, node, collector.grpc_port, trace), log_level="WARNING"))
+        cfg = agent_config(folder, node, collector.grpc_port, trace)
+        agents.append(start_agent(cfg, log_level="WARNING"))
     assert [a.wait(timeout=120) for a in agents] == [0] * len(agents)
 
 
@@ -68,7 +69,8 @@ def alert_log(influx_url: str, database: str) -> list[tuple[str, str, str, int, 
 def shared_firing(influx_url: str, database: str) -> set[tuple[str, str]]:
     """(rule, scope) of the alerts firing in the newest shared state snapshot."""
     (result,) = influx_query(influx_url, database, "SELECT * FROM alert_state")
-    rows = [dict(zip(s["columns"], v, strict=True)) for s in result.get("series", []) or [] for v in s["values"]]
+    rows = [dict(zip(s["columns"], v, strict=True))
+            for s in result.get("series", []) or [] for v in s["values"]]
     if not rows:
         return set()
     newest = max(int(r["time"]) for r in rows)
@@ -125,8 +127,8 @@ async def test_leader_sigkilled_mid_alert_successor_resolves_once(
         await asyncio.to_thread(replay, tmp_path, {"a1": c0, "b1": c1, "c1": c0}, 0, 100)
         await _until(lambda: sorted((e["kind"], e["scope"]) for e in received)
                      == [("firing", "job-b1"), ("firing", "rack-b")], "both alerts firing")
-        await _until(lambda: shared_firing(influxdb.url, database)
-                     == {("rack-idle", "rack-b"), ("job-idle", "job-b1")}, "firing alerts in the shared state")
+        both = {("rack-idle", "rack-b"), ("job-idle", "job-b1")}
+        await _until(lambda: shared_firing(influxdb.url, database) == both, "both in the shared state")
         await asyncio.to_thread(c0.stop, True)  # SIGKILL the leader while both alerts fire
         await _until(lambda: evaluator(c1) == 1.0, "c1 takes over", timeout_s=120)
         # phase 2: 01:40-03:00 to the survivor; b1 busy again from 02:00, resolved at 02:05
