@@ -32,8 +32,8 @@ PROGRESS = "alert_progress"
 STATE = "alert_state"
 EVENT = "alert_event"
 HOUR_NS = 3600 * NS_PER_S
-#: Characters of state JSON per ``alert_state`` point (InfluxDB 1.x caps a string field at 64 KiB).
-STATE_PART_CHARS = 60_000
+#: Characters of (ASCII) state JSON per ``alert_state`` point: under 64 KiB even when every one is escaped.
+STATE_PART_CHARS = 30_000
 
 
 class Store(Protocol):
