@@ -10,7 +10,8 @@ counts every heartbeat it sees as fresh, i.e. waits a full lease before calling 
   write has not succeeded for ``lease_s / 2`` (it then steps down by itself).
 * A replica that is not leader takes over only when no live replica claims to lead, it has
   watched for at least ``lease_s``, and its id is the lowest of the live ones. A dead leader's
-  claim therefore lasts a full lease after its last heartbeat was seen.
+  claim therefore lasts a full lease after its last heartbeat was seen. A replica stopped
+  gracefully writes a last heartbeat saying it leaves, so the next one takes over at its next tick.
 
 InfluxDB is no consensus store: the lease is only as good as "a replica that cannot write its
 heartbeat for lease_s / 2 stops evaluating". A replica frozen longer than that (a stopped VM,
@@ -54,6 +55,9 @@ class Lease:
     def observe(self, beats: list[shared.Beat], now: float) -> None:
         for b in beats:
             if b.replica == self.me:
+                continue
+            if b.leaving:  # stopped gracefully: no need to wait for its lease to run out
+                self.seen.pop(b.replica, None)
                 continue
             key = (b.incarnation, b.beat)
             old = self.seen.get(b.replica)
@@ -137,14 +141,14 @@ class ElectedRole(Role):
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._task, timeout=5)
-        if self.lease.leader:  # hand over at once: a last heartbeat that no longer claims
-            self.lease.leader = False
-            with contextlib.suppress(Exception):
-                await self._write_beat()
+        # a last heartbeat that says it leaves: the others need not wait for its lease to run out
+        self.lease.leader = False
+        with contextlib.suppress(Exception):
+            await self._write_beat(leaving=True)
 
-    async def _write_beat(self) -> None:
+    async def _write_beat(self, leaving: bool = False) -> None:
         self.beat += 1
-        beat = shared.Beat(self.replica, self.incarnation, self.beat, self.lease.leader)
+        beat = shared.Beat(self.replica, self.incarnation, self.beat, self.lease.leader, leaving)
         await shared.write_beat(self.store, beat, self.mode)
 
     async def tick(self) -> None:

@@ -3,7 +3,7 @@ evaluator's state and the log of delivered alert events.
 
 | measurement | tags | fields | timestamp |
 | --- | --- | --- | --- |
-| ``gridwatt_replica`` | replica | incarnation, beat, leader, mode | wall clock, floored to the hour |
+| ``gridwatt_replica`` | replica | incarnation, beat, leader, leaving, mode | wall clock, floored to the hour |
 | ``alert_progress`` | node, replica | rack, end_ns, first_ns, seen_unix_s | wall clock, floored to the hour |
 | ``alert_state`` | part | seq, parts, json | wall clock, floored to the hour |
 | ``alert_event`` | rule, scope_kind, scope, kind | event_id, at_ns, replica, json | the stretch's start |
@@ -60,6 +60,7 @@ class Beat:
     incarnation: str
     beat: int
     leader: bool
+    leaving: bool = False  # its last heartbeat: it stopped (gracefully) and takes no part any more
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class NodeProgress:
 
 def beat_line(b: Beat, mode: str, now_unix_s: float) -> str:
     return (f"{REPLICA},replica={tag(b.replica)} incarnation={string_field(b.incarnation)},"
-            f"beat={b.beat}i,leader={'true' if b.leader else 'false'},mode={string_field(mode)} "
+            f"beat={b.beat}i,leader={'true' if b.leader else 'false'},"
+            f"leaving={'true' if b.leaving else 'false'},mode={string_field(mode)} "
             f"{hour_ns(now_unix_s)}")
 
 
@@ -111,7 +113,7 @@ def parse_beats(result: dict[str, Any]) -> list[Beat]:
     """The newest heartbeat per replica from :func:`read_beats`' statement."""
     return [
         Beat(tags.get("replica", ""), str(row.get("incarnation") or ""), int(row.get("beat") or 0),
-             bool(row.get("leader")))
+             bool(row.get("leader")), bool(row.get("leaving")))
         for tags, row in series_rows(result)
     ]
 

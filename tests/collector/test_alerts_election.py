@@ -64,6 +64,13 @@ def test_a_restarted_lower_id_does_not_take_the_lead_back() -> None:
         assert not tick(a, now, beat("b", now, leader=True)), now
 
 
+def test_a_leader_that_leaves_gracefully_is_replaced_at_the_next_tick() -> None:
+    b = lease("b")
+    for now in range(20):
+        assert not tick(b, now, beat("a", now, leader=True))
+    assert tick(b, 20, shared.Beat("a", "x", 20, leader=False, leaving=True))
+
+
 def test_two_claimants_the_higher_id_steps_down() -> None:
     b = lease("b")
     b.leader = True
