@@ -17,7 +17,19 @@ from gridwatt.collector.alerts.rules import AlertsConfig
 from gridwatt.collector.intensity.config import ProviderConfig
 from gridwatt.collector.read_auth import ReadsConfig
 from gridwatt.collector.report_config import ReportsConfig
-from gridwatt.collector.schema import AGENT_LEDGER, GPU, HOST, JOB, JOB_WINDOW, NODE, RACK
+from gridwatt.collector.schema import (
+    AGENT_LEDGER,
+    ALERT_EVENT,
+    ALERT_PROGRESS,
+    ALERT_STATE,
+    GPU,
+    HOST,
+    JOB,
+    JOB_WINDOW,
+    NODE,
+    RACK,
+    REPLICA,
+)
 from gridwatt.configfile import ConfigPath, StrictModel
 from gridwatt.timeutil import parse_time_ns
 
@@ -92,7 +104,8 @@ class RackConfig(StrictModel):
 
 
 #: Every measurement the collector writes (see "Data model in InfluxDB" in README.md).
-MEASUREMENTS = (GPU, JOB, JOB_WINDOW, NODE, RACK, HOST, AGENT_LEDGER)
+MEASUREMENTS = (GPU, JOB, JOB_WINDOW, NODE, RACK, HOST, AGENT_LEDGER, REPLICA, ALERT_PROGRESS, ALERT_STATE,
+                ALERT_EVENT)
 
 
 class RetentionPolicyConfig(StrictModel):

@@ -3,10 +3,12 @@ evaluator's state and the log of delivered alert events.
 
 | measurement | tags | fields | timestamp |
 | --- | --- | --- | --- |
-| ``gridwatt_replica`` | replica | incarnation, beat, leader, leaving, mode | wall clock, floored to the hour |
-| ``alert_progress`` | node, replica | rack, end_ns, first_ns, seen_unix_s | wall clock, floored to the hour |
-| ``alert_state`` | part | seq, parts, json | wall clock, floored to the hour |
+| ``gridwatt_replica`` | replica | incarnation, beat, leader, leaving, mode | wall-clock hour |
+| ``alert_progress`` | node, replica | rack, end_ns, first_ns, seen_unix_s | wall-clock hour |
+| ``alert_state`` | part | seq, parts, json | wall-clock hour |
 | ``alert_event`` | rule, scope_kind, scope, kind | event_id, at_ns, replica, json | the stretch's start |
+
+(wall-clock hour: the writer's clock floored to the hour)
 
 Heartbeats, progress and state overwrite one point per series and hour, so they do not grow with
 the write rate. An alert event's key (rule, scope, kind, stretch start) is its ``event_id``: the
@@ -21,18 +23,17 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gridwatt.collector import schema
 from gridwatt.collector.alerts.model import AlertEvent
 from gridwatt.collector.queries import quote_string
 from gridwatt.collector.schema import string_field, tag
 from gridwatt.collector.store import WriteResult, series_rows
 from gridwatt.timeutil import NS_PER_S
 
-REPLICA = "gridwatt_replica"
-PROGRESS = "alert_progress"
-STATE = "alert_state"
-EVENT = "alert_event"
+REPLICA, PROGRESS = schema.REPLICA, schema.ALERT_PROGRESS
+STATE, EVENT = schema.ALERT_STATE, schema.ALERT_EVENT
 HOUR_NS = 3600 * NS_PER_S
-#: Characters of (ASCII) state JSON per ``alert_state`` point: under 64 KiB even when every one is escaped.
+#: Characters of (ASCII) state JSON per ``alert_state`` point: under 64 KiB even if all are escaped.
 STATE_PART_CHARS = 30_000
 
 
