@@ -218,8 +218,9 @@ class AlertMonitor:
         }
 
     async def _load_shared(self) -> bool:
-        """Engine, recent alerts and (when ``positions``) evaluation positions from the leader's
-        last snapshot; False when there is none. Raises when InfluxDB cannot be read."""
+        """Engine and recent alerts from the leader's last snapshot (its evaluation positions kept
+        in ``_shared_monitor`` for a takeover); False when there is none. Raises when InfluxDB
+        cannot be read."""
         found = await shared.read_state(self.store)
         if found is None:
             return False
