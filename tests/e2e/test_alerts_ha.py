@@ -5,16 +5,23 @@ over both, and a webhook receiver. Rack b idles 60-120 min: firing at 90 min, re
 (job-b1: firing at 80, resolved at 125), as in test_alerts_e2e.py. The leader (c0, the lowest
 id) is SIGKILLed after the firing; c1 takes over from the shared state and sends the resolves.
 Each change must reach the webhook exactly once and sit in the ``alert_event`` log exactly once.
+
+With ``lose_state`` (as if c0 died before its snapshot reached InfluxDB), c1 starts only after c0
+was killed and the shared state was dropped: it re-evaluates from the first window any replica
+reported, re-derives the firings with the same identity, and the event log keeps it from notifying
+them again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from gridwatt.collector.alerts.engine import AlertEngine
@@ -81,8 +88,19 @@ def shared_firing(influx_url: str, database: str) -> set[tuple[str, str]]:
     return {(ev.rule, ev.scope_name) for ev in engine.active_alerts()}
 
 
+def firing_seen_by(collector: CollectorProcess) -> set[str]:
+    """Scopes firing in the replica's ``/v1/alerts`` (a follower's view of the leader's state)."""
+    try:
+        with urllib.request.urlopen(f"{collector.http_url}/v1/alerts", timeout=10) as resp:
+            body = json.load(resp)
+    except OSError:
+        return set()
+    return {a["scope"] for a in body["alerts"] if a["state"] == "firing"}
+
+
+@pytest.mark.parametrize("lose_state", [False, True], ids=["handover", "state-lost"])
 async def test_leader_sigkilled_mid_alert_successor_resolves_once(
-    tmp_path: Path, influxdb: LocalInfluxDB, database: str
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str, lose_state: bool
 ) -> None:
     received: list[dict[str, Any]] = []
 
@@ -120,16 +138,27 @@ async def test_leader_sigkilled_mid_alert_successor_resolves_once(
         collectors.append(CollectorProcess(cfg, grpc_port, http_port, log_path=tmp_path / f"{name}.log"))
     c0, c1 = collectors
     try:
-        for c in collectors:
-            await asyncio.to_thread(c.start)
-        await _until(lambda: evaluator(c0) == 1.0 and evaluator(c1) == 0.0, "c0 elected, c1 following")
-        # phase 1: 00:00-01:40, b1 ships to the follower c1, so the leader needs the shared progress
-        await asyncio.to_thread(replay, tmp_path, {"a1": c0, "b1": c1, "c1": c0}, 0, 100)
+        if not lose_state:
+            for c in collectors:
+                await asyncio.to_thread(c.start)
+            await _until(lambda: evaluator(c0) == 1.0 and evaluator(c1) == 0.0, "c0 elected, c1 following")
+            # phase 1: 00:00-01:40, b1 ships to the follower c1, so the leader needs the shared progress
+            route = {"a1": c0, "b1": c1, "c1": c0}
+        else:  # c1 starts only after c0 died and the state was lost: it has no view of the alerts
+            await asyncio.to_thread(c0.start)
+            await _until(lambda: evaluator(c0) == 1.0, "c0 elected")
+            route = {"a1": c0, "b1": c0, "c1": c0}
+        await asyncio.to_thread(replay, tmp_path, route, 0, 100)
         await _until(lambda: sorted((e["kind"], e["scope"]) for e in received)
                      == [("firing", "job-b1"), ("firing", "rack-b")], "both alerts firing")
         both = {("rack-idle", "rack-b"), ("job-idle", "job-b1")}
         await _until(lambda: shared_firing(influxdb.url, database) == both, "both in the shared state")
+        if not lose_state:
+            await _until(lambda: firing_seen_by(c1) == {"rack-b", "job-b1"}, "the follower's view")
         await asyncio.to_thread(c0.stop, True)  # SIGKILL the leader while both alerts fire
+        if lose_state:
+            await asyncio.to_thread(influx_query, influxdb.url, database, "DROP MEASUREMENT alert_state")
+            await asyncio.to_thread(c1.start)
         await _until(lambda: evaluator(c1) == 1.0, "c1 takes over", timeout_s=120)
         # phase 2: 01:40-03:00 to the survivor; b1 busy again from 02:00, resolved at 02:05
         await asyncio.to_thread(replay, tmp_path, {"a1": c1, "b1": c1, "c1": c1}, 100, 180)
@@ -155,8 +184,14 @@ async def test_leader_sigkilled_mid_alert_successor_resolves_once(
     ]
     c1_log = c1.log_text()
     assert "replica c1 is now the leader" in c1_log
-    assert "took over the shared alert state #" in c1_log
     assert "replica c1 is now the leader" not in c0.log_text()
+    if not lose_state:
+        assert "took over the shared alert state #" in c1_log
+        assert "was delivered before" not in c1_log
+    else:  # re-evaluated from the start: the log shows the event log stopping each re-derived firing
+        assert "took over with no shared alert state yet" in c1_log
+        assert "firing rack-idle rack-b was delivered before (event log); not sent again" in c1_log
+        assert "firing job-idle job-b1 was delivered before (event log); not sent again" in c1_log
 
 
 async def _until(cond: Any, what: str, timeout_s: float = 90.0) -> None:
