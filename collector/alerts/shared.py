@@ -5,7 +5,7 @@ evaluator's state and the log of delivered alert events.
 | --- | --- | --- | --- |
 | ``gridwatt_replica`` | replica | incarnation, beat, leader, leaving, mode | wall-clock hour |
 | ``alert_progress`` | node, replica | rack, end_ns, first_ns, seen_unix_s | wall-clock hour |
-| ``alert_state`` | part | seq, parts, json | wall-clock hour |
+| ``alert_state`` | part | seq, snap, parts, json | wall-clock hour |
 | ``alert_event`` | rule, scope_kind, scope, kind | event_id, at_ns, replica, json | the stretch's start |
 
 (wall-clock hour: the writer's clock floored to the hour)
@@ -19,6 +19,7 @@ Line rendering and row parsing are pure; the reads and writes take an ``InfluxSt
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -92,13 +93,16 @@ def progress_lines(replica: str, progress: list[NodeProgress], now_unix_s: float
     ]
 
 
-def state_lines(seq: int, state: dict[str, Any], now_unix_s: float) -> list[str]:
-    """The state JSON cut into parts of one snapshot (same seq, same timestamp)."""
+def state_lines(seq: int, state: dict[str, Any], now_unix_s: float, snap: str = "") -> list[str]:
+    """The state JSON cut into parts of one snapshot (same seq, same random ``snap``, same timestamp:
+    two writers of one seq, in the failure window, never mix their parts)."""
     text = json.dumps(state, sort_keys=True, separators=(",", ":"))
     parts = [text[i:i + STATE_PART_CHARS] for i in range(0, len(text), STATE_PART_CHARS)] or [""]
     t = hour_ns(now_unix_s)
+    snap = snap or secrets.token_hex(6)
     return [
-        f"{STATE},part={k:05d} seq={seq}i,parts={len(parts)}i,json={string_field(part)} {t}"
+        f"{STATE},part={k:05d} seq={seq}i,snap={string_field(snap)},parts={len(parts)}i,"
+        f"json={string_field(part)} {t}"
         for k, part in enumerate(parts)
     ]
 
@@ -137,16 +141,16 @@ def parse_progress(result: dict[str, Any]) -> dict[str, NodeProgress]:
 
 def assemble_state(rows: list[dict[str, Any]]) -> tuple[int, dict[str, Any]] | None:
     """The newest complete snapshot among ``alert_state`` rows (seq, state), or None."""
-    by_seq: dict[int, dict[int, tuple[int, str]]] = {}
+    by_snap: dict[tuple[int, str], dict[int, tuple[int, str]]] = {}
     for row in rows:
-        seq = int(row.get("seq") or 0)
-        by_seq.setdefault(seq, {})[int(row.get("part") or 0)] = (int(row.get("parts") or 0),
+        key = (int(row.get("seq") or 0), str(row.get("snap") or ""))
+        by_snap.setdefault(key, {})[int(row.get("part") or 0)] = (int(row.get("parts") or 0),
                                                                   str(row.get("json") or ""))
-    for seq in sorted(by_seq, reverse=True):
-        parts = by_seq[seq]
+    for key in sorted(by_snap, reverse=True):
+        parts = by_snap[key]
         count = {n for n, _ in parts.values()}
         if len(count) == 1 and set(parts) == set(range(count.pop())):
-            return seq, json.loads("".join(parts[k][1] for k in sorted(parts)))
+            return key[0], json.loads("".join(parts[k][1] for k in sorted(parts)))
     return None
 
 

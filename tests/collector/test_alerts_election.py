@@ -110,11 +110,12 @@ async def test_never_does_not_evaluate() -> None:
 def test_state_snapshot_takes_the_newest_complete_seq() -> None:
     state = {"engine": {"x": "y" * 10}}
     text = json.dumps(state, sort_keys=True, separators=(",", ":"))
-    rows = [{"seq": 4, "parts": 2, "part": "00001", "json": text[8:]},
-            {"seq": 4, "parts": 2, "part": "00000", "json": text[:8]},
-            {"seq": 5, "parts": 3, "part": "00000", "json": "{"}]  # a torn newer write
+    rows = [{"seq": 4, "snap": "a", "parts": 2, "part": "00001", "json": text[8:]},
+            {"seq": 4, "snap": "b", "parts": 2, "part": "00000", "json": "{\"other"},  # a second writer
+            {"seq": 4, "snap": "a", "parts": 2, "part": "00000", "json": text[:8]},
+            {"seq": 5, "snap": "c", "parts": 3, "part": "00000", "json": "{"}]  # a torn newer write
     assert shared.assemble_state(rows) == (4, state)
-    assert shared.assemble_state(rows[2:]) is None
+    assert shared.assemble_state(rows[3:]) is None
 
 
 def test_progress_merges_replicas_per_node() -> None:
