@@ -1,8 +1,9 @@
 """Two collector replicas, one elected alert evaluator, the leader SIGKILLed while an alert fires.
 
 Real processes: two ``gridwatt-collector serve`` on one InfluxDB database, replaying agents split
-over both, and a webhook receiver. Rack b idles 60-120 min: firing at 90 min, resolved at 125 min
-(job-b1: firing at 80, resolved at 125), as in test_alerts_e2e.py. The leader (c0, the lowest
+over both, and a webhook receiver. Rack b idles 60-120 min: rack-b and the group partition-b
+(combined from rack windows) fire at 90 min and resolve at 125 min, job-b1 fires at 80 and
+resolves at 125, as in test_alerts_e2e.py. The leader (c0, the lowest
 id) is SIGKILLed after the firing; c1 takes over from the shared state and sends the resolves.
 Each change must reach the webhook exactly once and sit in the ``alert_event`` log exactly once.
 
@@ -36,6 +37,7 @@ RULES = [
     AlertRule(name="rack-idle", scope="rack", util_below_pct=10, for_s=1800, resolve_above_pct=20,
               resolve_after_s=300),
     AlertRule(name="job-idle", scope="job", for_s=1200),
+    AlertRule(name="partition-idle", scope="group", group="partition-b", racks=["rack-b"], for_s=1800),
 ]
 
 
@@ -133,6 +135,8 @@ async def test_leader_sigkilled_mid_alert_successor_resolves_once(
             '[[alerts.rules]]\nname = "rack-idle"\nscope = "rack"\nutil_below_pct = 10\nfor_s = 1800\n'
             "resolve_above_pct = 20\nresolve_after_s = 300\n"
             '[[alerts.rules]]\nname = "job-idle"\nscope = "job"\nfor_s = 1200\n'
+            '[[alerts.rules]]\nname = "partition-idle"\nscope = "group"\ngroup = "partition-b"\n'
+            'racks = ["rack-b"]\nfor_s = 1800\n'
             f'[[alerts.sinks.webhooks]]\nurl = "http://127.0.0.1:{hook_port}/hook"\n'
         )
         collectors.append(CollectorProcess(cfg, grpc_port, http_port, log_path=tmp_path / f"{name}.log"))
@@ -150,11 +154,13 @@ async def test_leader_sigkilled_mid_alert_successor_resolves_once(
             route = {"a1": c0, "b1": c0, "c1": c0}
         await asyncio.to_thread(replay, tmp_path, route, 0, 100)
         await _until(lambda: sorted((e["kind"], e["scope"]) for e in received)
-                     == [("firing", "job-b1"), ("firing", "rack-b")], "both alerts firing")
-        both = {("rack-idle", "rack-b"), ("job-idle", "job-b1")}
-        await _until(lambda: shared_firing(influxdb.url, database) == both, "both in the shared state")
+                     == [("firing", "job-b1"), ("firing", "partition-b"), ("firing", "rack-b")],
+                     "the three alerts firing")
+        firing = {("rack-idle", "rack-b"), ("job-idle", "job-b1"), ("partition-idle", "partition-b")}
+        await _until(lambda: shared_firing(influxdb.url, database) == firing, "all in the shared state")
         if not lose_state:
-            await _until(lambda: firing_seen_by(c1) == {"rack-b", "job-b1"}, "the follower's view")
+            await _until(lambda: firing_seen_by(c1) == {"rack-b", "job-b1", "partition-b"},
+                         "the follower's view")
         await asyncio.to_thread(c0.stop, True)  # SIGKILL the leader while both alerts fire
         if lose_state:
             await asyncio.to_thread(influx_query, influxdb.url, database, "DROP MEASUREMENT alert_state")
@@ -162,7 +168,7 @@ async def test_leader_sigkilled_mid_alert_successor_resolves_once(
         await _until(lambda: evaluator(c1) == 1.0, "c1 takes over", timeout_s=120)
         # phase 2: 01:40-03:00 to the survivor; b1 busy again from 02:00, resolved at 02:05
         await asyncio.to_thread(replay, tmp_path, {"a1": c1, "b1": c1, "c1": c1}, 100, 180)
-        await _until(lambda: sum(e["kind"] == "resolved" for e in received) >= 2, "both alerts resolved")
+        await _until(lambda: sum(e["kind"] == "resolved" for e in received) >= 3, "all resolved")
         await asyncio.to_thread(c1.stop)  # graceful: a last evaluation, so nothing is still on its way
     finally:
         for c in collectors:
@@ -172,14 +178,18 @@ async def test_leader_sigkilled_mid_alert_successor_resolves_once(
     webhook = sorted((e["kind"], e["rule"], e["scope"], e["at_ns"]) for e in received)
     assert webhook == [
         ("firing", "job-idle", "job-b1", T0 + 80 * MIN),
+        ("firing", "partition-idle", "partition-b", T0 + 90 * MIN),
         ("firing", "rack-idle", "rack-b", T0 + 90 * MIN),
         ("resolved", "job-idle", "job-b1", T0 + 125 * MIN),
+        ("resolved", "partition-idle", "partition-b", T0 + 125 * MIN),
         ("resolved", "rack-idle", "rack-b", T0 + 125 * MIN),
     ]
     assert alert_log(influxdb.url, database) == [
         ("firing", "job-idle", "job-b1", T0 + 80 * MIN, "c0"),
+        ("firing", "partition-idle", "partition-b", T0 + 90 * MIN, "c0"),
         ("firing", "rack-idle", "rack-b", T0 + 90 * MIN, "c0"),
         ("resolved", "job-idle", "job-b1", T0 + 125 * MIN, "c1"),
+        ("resolved", "partition-idle", "partition-b", T0 + 125 * MIN, "c1"),
         ("resolved", "rack-idle", "rack-b", T0 + 125 * MIN, "c1"),
     ]
     c1_log = c1.log_text()
