@@ -281,7 +281,7 @@ class AccountingConfig(StrictModel):
     replica_settle_s: float = Field(2.0, ge=0, le=300)
     #: A rack's windows are recomputed this long after the first batch that touched them asks, so
     #: the nodes of a rack whose batches land meanwhile share one read (their acks wait for it).
-    rack_delay_s: float = Field(0.2, ge=0, le=10)
+    rack_delay_s: float = Field(0.0, ge=0, le=10)
     #: How often stretches accounted with estimated or held intensity are asked of their provider
     #: again; where a measured value has arrived, their samples and windows are re-accounted
     #: (collector/revisit.py). 0 disables. Needs rack_windows (it reads the stored samples back).
