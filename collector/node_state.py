@@ -63,7 +63,7 @@ SUM_KEYS = ("e", "f", "c", "ce", "d", "u", "i", "ie")
 FAR_FUTURE_NS = 9_000_000_000_000_000_000
 
 
-@dataclass
+@dataclass(slots=True)
 class SeriesSums:
     """What ``node_window_sums`` answers for one job series in one window."""
 
@@ -134,11 +134,11 @@ def add_point(window: WindowSeries, p: JobPoint) -> bool:
         return True
     if p.start_ns < s.end_ns:
         return False
-    sums = s.sums
-    for k, value in enumerate(p.sums):
-        sums[k] += value
-    s.end_ns = max(s.end_ns, p.end_ns)
-    s.who.update(p.who)
+    s.sums = [a + b for a, b in zip(s.sums, p.sums, strict=True)]  # the same additions, one each
+    if p.end_ns > s.end_ns:
+        s.end_ns = p.end_ns
+    if p.who:
+        s.who.update(p.who)
     return True
 
 

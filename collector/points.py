@@ -73,7 +73,7 @@ def _attribution_fields(method: int, user: str, split_estimated: bool, *who: str
 
 
 
-@dataclass
+@dataclass(slots=True)
 class JobPoint:
     """One ``job`` point as written: gpu tag, job id, start, and values (collector/node_state.py)."""
 
