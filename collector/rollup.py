@@ -242,23 +242,32 @@ class RackRollup:
                     self._schedule_final(node, rack, zone, window_starts - read)
 
     def _schedule_final(self, node: str, rack: str, zone: str, window_starts: set[int]) -> None:
-        """Read these windows back once more ``settle_s`` after the last write from held state."""
+        """Read these windows back once they have closed and ``settle_s`` after the last write from
+        held state (see ``_final_wait_s``)."""
         now = time.monotonic()
         entry = self._final.get(node)
         if entry is None:
             entry = self._final[node] = (rack, zone, {})
         entry[2].update(dict.fromkeys(window_starts, now))
         if node not in self._final_handles:
-            loop = asyncio.get_running_loop()
-            self._final_handles[node] = loop.call_later(self.settle_s, self._start_final, node)
+            wait = min(self._final_wait_s(t, now) for t in window_starts)
+            self._final_handles[node] = asyncio.get_running_loop().call_later(wait, self._start_final, node)
+
+    def _final_wait_s(self, window_ns: int, written: float) -> float:
+        """Seconds until a window written from held state at ``written`` (monotonic) is read back:
+        ``settle_s`` after that write, and not before the window's end (sample time, on the wall
+        clock) plus ``settle_s``, so a window still filling in real time is read back once."""
+        since_write = self.settle_s - (time.monotonic() - written)
+        until_closed = (window_ns + self.resolution_ns - time.time_ns()) / NS_PER_S + self.settle_s
+        return max(0.0, since_write, until_closed)
 
     def _due_final(self, node: str, now: float | None) -> tuple[str, str, set[int]] | None:
-        """Take the node's windows not written from held state for ``settle_s`` (all with ``now`` None)."""
+        """Take the node's windows that are due (all with ``now`` None)."""
         entry = self._final.get(node)
         if entry is None:
             return None
         rack, zone, last = entry
-        due = {t for t, at in last.items() if now is None or now - at >= self.settle_s}
+        due = {t for t, at in last.items() if now is None or self._final_wait_s(t, at) <= 0}
         for t in due:
             del last[t]
         if not last:
@@ -269,8 +278,8 @@ class RackRollup:
         self._final_handles.pop(node, None)
         due = self._due_final(node, time.monotonic())
         entry = self._final.get(node)
-        if entry is not None:  # windows written since: look again when the newest is settle_s old
-            wait = max(0.0, self.settle_s - (time.monotonic() - max(entry[2].values())))
+        if entry is not None:  # windows not yet due: look again when the first of them is
+            wait = max(0.05, min(self._final_wait_s(t, at) for t, at in entry[2].items()))
             self._final_handles[node] = asyncio.get_running_loop().call_later(wait, self._start_final, node)
         if due is not None:
             task = asyncio.create_task(self._read_back(node, *due))
