@@ -226,7 +226,10 @@ class HeldNodes:
             queries.held_node_fill(self.store.measurement, node, known_from, horizon, FAR_FUTURE_NS))
         latest = [int(row["time"]) for _, row in series_rows(latest_res)]
         ends = {int(tags.get("gpu", "0")): int(row.get("max") or 0) for tags, row in series_rows(ends_res)}
-        held = NodeHeld(known_from, max(latest) if latest else None, horizon, ends)
+        return self.hold(node, NodeHeld(known_from, max(latest) if latest else None, horizon, ends))
+
+    def hold(self, node: str, held: NodeHeld) -> NodeHeld:
+        """Keep the node's state; beyond ``max_nodes`` the least recently used node is forgotten."""
         self._nodes[node] = held
         while len(self._nodes) > self.max_nodes:
             _, old = self._nodes.popitem(last=False)

@@ -17,6 +17,16 @@ from typing import Any
 import grpc
 import pytest
 
+from gridwatt.collector.node_state import (
+    HeldNodes,
+    NodeHeld,
+    WindowSeries,
+    add_point,
+    held_series,
+    node_windows_from_series,
+)
+from gridwatt.collector.points import JobPoint
+from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.server import RunningCollector
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -324,3 +334,60 @@ async def test_windows_rewritten_elsewhere_are_read_back_after_settle(
         (node,) = influx_query(influxdb.url, database, "SELECT it_energy_kwh FROM node")
         assert node["series"][0]["values"][0][1] * 3.6e6 == pytest.approx(12000.0, rel=1e-12)
         await stream.close()
+
+
+def _point(gpu: str, job: str, start_ns: int, energy_j: float = 1.0) -> JobPoint:
+    return JobPoint(gpu, job, start_ns, start_ns + NS, (energy_j,) * 8, {})
+
+
+def test_held_state_is_bounded() -> None:
+    """Windows per node, series per window and nodes are bounded; what is forgotten is read back."""
+    held_nodes = HeldNodes(None, 60 * NS, max_nodes=2, max_windows=3, max_series_per_window=5)  # type: ignore[arg-type]
+    held = NodeHeld(known_from_ns=T0, latest_start_ns=None, horizon_ns=T0, gpu_max_end={})
+    # a batch over 10 windows: all held while its lines are made, then only the newest 3
+    points = [_point("0", "j", T0 + k * 60 * NS) for k in range(10)]
+    windows = {T0 + k * 60 * NS for k in range(10)}
+    assert held_nodes.wrote(held, [], points, windows) == set()
+    assert len(held.windows) == 10
+    held_nodes.evict(held)
+    assert sorted(held.windows) == [T0 + k * 60 * NS for k in (7, 8, 9)]
+    assert held.known_from_ns == T0 + 7 * 60 * NS
+    assert not held.known(T0 + 6 * 60 * NS) and held.known(T0 + 11 * 60 * NS)  # forgotten / empty
+    # a sixth series in one window: the window is no longer held (read back instead)
+    t = T0 + 9 * 60 * NS
+    many = [_point(str(g), "j", t + NS) for g in range(1, 6)]
+    assert held_nodes.wrote(held, [], many, {t}) == {t}
+    assert t not in held.windows and not held.known(t)
+    # a point not after its series (a resend): the window is read back
+    t8 = T0 + 8 * 60 * NS
+    assert held_nodes.wrote(held, [], [_point("0", "j", t8)], {t8}) == {t8}
+    # nodes: the least recently used goes first, and a batch still holding it stops using it
+    first = held_nodes.hold("a", NodeHeld(T0, None, T0, {}))
+    held_nodes.hold("b", NodeHeld(T0, None, T0, {}))
+    held_nodes.hold("c", NodeHeld(T0, None, T0, {}))
+    assert held_nodes.get("a") is None and not first.valid and len(held_nodes) == 2
+
+
+def test_held_sums_add_like_influxdb() -> None:
+    """Series sums add in time order, windows add series by GPU tag then job id (as strings)."""
+    window: WindowSeries = {}
+    for k, e in enumerate((0.1, 0.2, 0.3)):
+        assert add_point(window, _point("10", "b", T0 + k * NS, e))
+    assert add_point(window, _point("2", "a", T0, 0.7))
+    assert window[("10", "b")].sums[0] == (0.1 + 0.2) + 0.3
+    series = held_series({T0: window}, [T0])
+    assert [(g, j) for _, g, j, _ in series] == [("10", "b"), ("2", "a")]  # "10" < "2"
+    windows, jobs = node_windows_from_series(series)
+    assert windows[T0]["e"] == (0.0 + ((0.1 + 0.2) + 0.3)) + 0.7
+    assert windows[T0]["n"] == 2 and jobs[(T0, "b")]["n"] == 1 and jobs[(T0, "b")]["end_ns"] == T0 + 3 * NS
+
+
+def test_a_window_is_read_back_once_it_has_closed() -> None:
+    """The read-back of a window written from held state waits for the window's end plus settle_s
+    (sample time on the wall clock), and for settle_s after the write."""
+    rollup = RackRollup(None, 60, settle_s=2.0)  # type: ignore[arg-type]
+    now = time.monotonic()
+    open_window = time.time_ns() // (60 * NS) * (60 * NS)
+    assert rollup._final_wait_s(open_window, now) > 2.0  # still filling: after its end
+    assert 1.0 < rollup._final_wait_s(T0, now) <= 2.0  # long closed: settle_s after the write
+    assert rollup._final_wait_s(T0, now - 5) == 0.0
