@@ -41,7 +41,8 @@ follows its own writes.
 Other replicas' writes to the same node's windows (a revisit on another replica, or two streams of one
 node to two replicas) are not seen here: ``RackRollup`` reads every window it wrote from held state back
 once more, ``settle_s`` after the last such write and after the window's end (on the wall clock), so
-the last word on each window is a read-back.
+the last word on each window is a read-back (with ``[accounting] replica_settle_s`` > 0, the default;
+a single replica may set it to 0).
 """
 
 from __future__ import annotations
