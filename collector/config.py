@@ -17,7 +17,19 @@ from gridwatt.collector.alerts.rules import AlertsConfig
 from gridwatt.collector.intensity.config import ProviderConfig
 from gridwatt.collector.read_auth import ReadsConfig
 from gridwatt.collector.report_config import ReportsConfig
-from gridwatt.collector.schema import AGENT_LEDGER, GPU, HOST, JOB, JOB_WINDOW, NODE, RACK
+from gridwatt.collector.schema import (
+    AGENT_LEDGER,
+    ALERT_EVENT,
+    ALERT_PROGRESS,
+    ALERT_STATE,
+    GPU,
+    HOST,
+    JOB,
+    JOB_WINDOW,
+    NODE,
+    RACK,
+    REPLICA,
+)
 from gridwatt.configfile import ConfigPath, StrictModel
 from gridwatt.timeutil import parse_time_ns
 
@@ -92,7 +104,8 @@ class RackConfig(StrictModel):
 
 
 #: Every measurement the collector writes (see "Data model in InfluxDB" in README.md).
-MEASUREMENTS = (GPU, JOB, JOB_WINDOW, NODE, RACK, HOST, AGENT_LEDGER)
+MEASUREMENTS = (GPU, JOB, JOB_WINDOW, NODE, RACK, HOST, AGENT_LEDGER, REPLICA, ALERT_PROGRESS, ALERT_STATE,
+                ALERT_EVENT)
 
 
 class RetentionPolicyConfig(StrictModel):
@@ -186,6 +199,9 @@ class ServerConfig(StrictModel):
     http_listen: str = "127.0.0.1:8080"
     #: Accept nodes missing from [[racks]] (placed in accounting.default_rack).
     auto_register: bool = False
+    #: This replica's name among several collectors (alert election, logs, /metrics); empty:
+    #: ``<hostname>:<grpc port>``. Every replica needs its own.
+    replica_id: str = Field("", max_length=128, pattern=r"^[A-Za-z0-9_.:@-]*$")
     #: Samples ending more than this after the collector's clock are rejected.
     max_future_s: float = Field(300.0, ge=0)
     #: Mean power above this is implausible for one GPU and rejected.
