@@ -198,6 +198,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=10.0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--max-in-flight-batches", type=int, default=2048,
+                   help="the collector's server.max_in_flight_batches (its default, 64, turns batches away "
+                        "at a few hundred nodes: see README 'Sizing and scaling')")
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--address", "--prefix", "--folder", "--out"):
@@ -221,7 +224,8 @@ def main() -> None:
         cfg = folder / "collector.toml"
         cfg.write_text(
             f'[server]\ngrpc_listen = "127.0.0.1:{grpc_port}"\nhttp_listen = "127.0.0.1:{http_port}"\n'
-            f'auto_register = true\n[influxdb]\nurl = {toml_str(db.url)}\ndatabase = "e2e"\n'
+            f'auto_register = true\nmax_in_flight_batches = {args.max_in_flight_batches}\n'
+            f'[influxdb]\nurl = {toml_str(db.url)}\ndatabase = "e2e"\n'
             '[accounting]\ndefault_zone = "Z"\ndefault_pue = 1.2\n'
             '[[zones]]\nname = "Z"\nintensity = { kind = "constant", g_per_kwh = 350.0 }\n'
         )
