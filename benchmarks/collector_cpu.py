@@ -108,15 +108,18 @@ def make_batch(node: int, seq: int, linger_s: int) -> pb.Batch:
             samples.append(pb.GpuSample(
                 gpu_index=gpu, gpu_uuid=f"GPU-{node:04d}{gpu:02d}-5a1c-4e2b-9f3d-0123456789ab",
                 gpu_name="NVIDIA H100 80GB HBM3", start_ns=t0, end_ns=t0 + NS, energy_j=power * 1.0,
-                mean_power_w=power, util_pct=0.0 if idle else 87.0 + gpu, mem_util_pct=0.0 if idle else 41.5,
-                mem_used_bytes=0 if idle else 61_234_567_168 + gpu, temp_c=38.0 if idle else 64.0 + gpu * 0.5,
+                mean_power_w=power, util_pct=0.0 if idle else 87.0 + gpu,
+                mem_util_pct=0.0 if idle else 41.5, mem_used_bytes=0 if idle else 61_234_567_168 + gpu,
+                temp_c=38.0 if idle else 64.0 + gpu * 0.5,
                 idle_s=1.0 if idle else 0.0, energy_method=pb.ENERGY_METHOD_COUNTER,
                 jobs=gpu_jobs(node, gpu), power_limit_w=700.0, sm_clock_mhz=1980,
             ))
-        hosts.append(pb.HostSample(start_ns=t0, end_ns=t0 + NS, cpu_util_pct=37.5, mem_used_bytes=412_000_000_000,
-                                   mem_total_bytes=2_000_000_000_000, cpu_energy_j=410.2, has_cpu_energy=True))
+        hosts.append(pb.HostSample(start_ns=t0, end_ns=t0 + NS, cpu_util_pct=37.5,
+                                   mem_used_bytes=412_000_000_000, mem_total_bytes=2_000_000_000_000,
+                                   cpu_energy_j=410.2, has_cpu_energy=True))
     n = (seq + 1) * linger_s * GPUS
-    ledger = pb.SpoolLedger(sampled=n + 16, acknowledged=n, pending=16, at_ns=START_NS + (seq + 1) * linger_s * NS)
+    ledger = pb.SpoolLedger(sampled=n + 16, acknowledged=n, pending=16,
+                            at_ns=START_NS + (seq + 1) * linger_s * NS)
     return pb.Batch(batch_id=seq + 1, node=f"node-{node:04d}", agent_version="0.9.0", gpu_samples=samples,
                     host_samples=hosts, ledger=ledger)
 
@@ -178,7 +181,6 @@ def main() -> None:
     loop = asyncio.new_event_loop()
 
     placements = [topology.locate(b.node) for b in batches]
-    spans = [(min(s.start_ns for s in b.gpu_samples), max(s.end_ns for s in b.gpu_samples)) for b in batches]
 
     async def lookups_all() -> list[tuple[object, object]]:
         out = []
