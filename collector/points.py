@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated
+from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated, steady_over
 from gridwatt.collector.intensity.base import IntensitySeries
 from gridwatt.collector.schema import (
     WHO_FIELDS,
@@ -55,7 +56,7 @@ ATTRIBUTION_NAMES: dict[int, str] = {
 def sample_digest(s: pb.GpuSample) -> str:
     """128-bit hex digest of a sample's values (its deterministic serialization): stored as the ``gpu``
     point's ``digest`` field, so an exact resend is told from a rewrite (collector/intervals.py)."""
-    return hashlib.sha256(s.SerializeToString(deterministic=True)).hexdigest()[:32]
+    return hashlib.sha256(s.SerializeToString(deterministic=True)).digest()[:16].hex()
 
 
 def _attribution_fields(method: int, user: str, split_estimated: bool, *who: str) -> str:
@@ -88,6 +89,29 @@ class PreparedBatch:
     first_line: list[int] = field(default_factory=list)
 
 
+#: ``energy_method="…"`` as rendered, per enum value
+_ENERGY_METHOD_FIELDS = {k: f'energy_method="{v}"' for k, v in ENERGY_METHOD_NAMES.items()}
+_ENERGY_METHOD_OTHER = 'energy_method="unspecified"'
+#: Series at least this long keep whether they have an estimated step (scanned once, not per batch).
+_LONG_SERIES = 64
+_any_estimated_memo: dict[int, tuple[object, bool]] = {}
+
+
+def _any_estimated(series: StepSeries) -> bool:
+    """``any(series.estimated)``, remembered for long series (e.g. a year of hourly CSV steps)."""
+    flags = series.estimated
+    if len(flags) < _LONG_SERIES or not isinstance(flags, tuple):  # a tuple cannot change meanwhile
+        return any(flags)
+    memo = _any_estimated_memo.get(id(flags))
+    if memo is not None and memo[0] is flags:
+        return memo[1]
+    if len(_any_estimated_memo) >= 64:
+        _any_estimated_memo.clear()
+    found = any(flags)
+    _any_estimated_memo[id(flags)] = (flags, found)  # holds ``flags``: its id is not reused meanwhile
+    return found
+
+
 def prepare_batch(
     batch: pb.Batch,
     placement: Placement,
@@ -98,7 +122,13 @@ def prepare_batch(
     """Account every GPU sample of the batch and render its gpu and job lines.
 
     ``pue``: the rack's PUE over the batch (from ``placement.pue_series``); default ``placement.pue``.
+
+    The hot path of ingest: when neither PUE nor intensity steps within the batch's span (the
+    real-time case) each sample is two multiplications (accounting.steady_over); a job share of the
+    whole GPU reuses the GPU line's numbers (``x * 1.0 == x``); repeated values are formatted once.
+    The text is exactly what the straightforward rendering gives (tests/collector/test_cpu_golden.py).
     """
+    samples = batch.gpu_samples
     node_t = tag(batch.node)
     rack_t = tag(placement.rack)
     gpu_prefix = gpu_key_head(node_t, rack_t, tag(placement.zone))
@@ -109,23 +139,50 @@ def prepare_batch(
     if pue is None:
         pue = placement.pue
     ci = intensity.series
-    any_estimated = any(ci.estimated)
+    any_estimated = _any_estimated(ci)
+    steady = None
+    if samples:
+        steady = steady_over(pue, ci, min(s.start_ns for s in samples), max(s.end_ns for s in samples))
+    if steady is not None:
+        steady_pue, steady_ci = steady
+        lo = min(s.start_ns for s in samples)
+        steady_estimated = any_estimated and ci.is_estimated_at(lo)
+        if mixed:  # one intensity step over the batch: one provider
+            ef = string_field(intensity.factor_at(lo))
+            src = string_field(intensity.source_at(lo))
     lines: list[str] = []
     append = lines.append
     windows: set[int] = set()
     total_e = total_c = total_est = 0.0
     tag_cache: dict[str, str] = {}
-    how_cache: dict[tuple[Any, ...], str] = {}
+    # (job id, alias, method, user, split estimated, account, partition, namespace, job name) →
+    # the job line's series key up to the GPU index, and its attribution fields
+    share_cache: dict[tuple[Any, ...], tuple[str, str]] = {}
+    # repr of values that repeat within a batch (PUE, intensity, duration, ...); never 0.0 / -0.0,
+    # which are equal keys with different reprs
+    reprs: dict[float, str] = {}
     first_line: list[int] = []
-    for s in batch.gpu_samples:
+    for s in samples:
         first_line.append(len(lines))
         start = s.start_ns
         end = s.end_ns
         e = s.energy_j
-        fac, co2, est_co2 = emissions_with_estimated(e, start, end, pue, ci, any_estimated)
-        if mixed:  # steps from several providers: each sample names the one at its start
-            ef = string_field(intensity.factor_at(start))
-            src = string_field(intensity.source_at(start))
+        if steady is not None and end > start:
+            fac = e * steady_pue
+            co2 = fac / J_PER_KWH * steady_ci
+            est_co2 = co2 if steady_estimated else 0.0
+            estimated_flag = "true" if steady_estimated else "false"
+            eff_pue = fac / e if e > 0 else steady_pue
+            eff_ci = co2 * J_PER_KWH / fac if fac > 0 else steady_ci
+        else:
+            fac, co2, est_co2 = emissions_with_estimated(e, start, end, pue, ci, any_estimated)
+            if mixed:  # steps from several providers: each sample names the one at its start
+                ef = string_field(intensity.factor_at(start))
+                src = string_field(intensity.source_at(start))
+            estimated_flag = ("true" if any_estimated and (est_co2 > 0 or ci.is_estimated_at(start))
+                              else "false")
+            eff_pue = fac / e if e > 0 else pue.value_at(start)
+            eff_ci = co2 * J_PER_KWH / fac if fac > 0 else ci.value_at(start)
         total_e += e
         total_c += co2
         total_est += est_co2
@@ -133,52 +190,108 @@ def prepare_batch(
         util = s.util_pct
         idle_s = s.idle_s
         idle_e = e * idle_s / dur_s if idle_s else 0.0
-        eff_pue = fac / e if e > 0 else pue.value_at(start)
-        eff_ci = co2 * J_PER_KWH / fac if fac > 0 else ci.value_at(start)
+        util_s = util * dur_s
         gpu = str(s.gpu_index)
         uuid = tag_cache.get(s.gpu_uuid)
         if uuid is None:
             uuid = tag_cache[s.gpu_uuid] = tag(s.gpu_uuid)
-        jobs = ",".join(j.job_id for j in s.jobs)
+        r_e = repr(e)
+        r_fac = repr(fac)
+        r_co2 = repr(co2)
+        r_est = repr(est_co2)
+        r_util_s = repr(util_s)
+        r_idle_e = repr(idle_e)
+        r_dur = reprs.get(dur_s) if dur_s else None
+        if r_dur is None:
+            r_dur = repr(dur_s)
+            if dur_s:
+                reprs[dur_s] = r_dur
+        r_idle = reprs.get(idle_s) if idle_s else None
+        if r_idle is None:
+            r_idle = repr(idle_s)
+            if idle_s:
+                reprs[idle_s] = r_idle
+        r_pue = reprs.get(eff_pue) if eff_pue else None
+        if r_pue is None:
+            r_pue = repr(eff_pue)
+            if eff_pue:
+                reprs[eff_pue] = r_pue
+        r_ci = reprs.get(eff_ci) if eff_ci else None
+        if r_ci is None:
+            r_ci = repr(eff_ci)
+            if eff_ci:
+                reprs[eff_ci] = r_ci
+        jobs = s.jobs
         append(
-            f"{gpu_prefix}{gpu},uuid={uuid} energy_j={e!r},facility_energy_j={fac!r},co2e_g={co2!r},"
-            f"duration_s={dur_s!r},power_w={s.mean_power_w!r},util_pct={util!r},"
-            f"util_pct_s={util * dur_s!r},mem_util_pct={s.mem_util_pct!r},"
-            f"mem_used_bytes={s.mem_used_bytes}i,temp_c={s.temp_c!r},idle_s={idle_s!r},"
-            f"idle_energy_j={idle_e!r},pue={eff_pue!r},intensity_g_per_kwh={eff_ci!r},end_ns={end}i,"
-            f"energy_method=\"{ENERGY_METHOD_NAMES.get(s.energy_method, 'unspecified')}\","
-            f"jobs={string_field(jobs)},ef={ef},intensity_source={src},"
-            f"intensity_estimated="
-            f"{'true' if any_estimated and (est_co2 > 0 or ci.is_estimated_at(start)) else 'false'}"
-            f",estimated_co2e_g={est_co2!r},digest=\"{sample_digest(s)}\" {start}"
+            f"{gpu_prefix}{gpu},uuid={uuid} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
+            f"duration_s={r_dur},power_w={s.mean_power_w!r},util_pct={util!r},"
+            f"util_pct_s={r_util_s},mem_util_pct={s.mem_util_pct!r},"
+            f"mem_used_bytes={s.mem_used_bytes}i,temp_c={s.temp_c!r},idle_s={r_idle},"
+            f"idle_energy_j={r_idle_e},pue={r_pue},intensity_g_per_kwh={r_ci},end_ns={end}i,"
+            f"{_ENERGY_METHOD_FIELDS.get(s.energy_method, _ENERGY_METHOD_OTHER)},"
+            f"jobs={string_field(','.join([j.job_id for j in jobs]))},ef={ef},intensity_source={src},"
+            f"intensity_estimated={estimated_flag},estimated_co2e_g={r_est},digest=\"{sample_digest(s)}\" {start}"
         )
-        shares: list[tuple[Any, ...]] = [
-            (j.job_id, j.fraction, j.method, j.user, j.split_estimated, j.alias, j.account, j.partition,
-             j.namespace, j.job_name) for j in s.jobs
-        ]
-        remaining = 1.0 - sum(sh[1] for sh in shares)
+        fractions: list[float] = []
+        for j in jobs:
+            frac = j.fraction
+            fractions.append(frac)
+            key = (j.job_id, j.alias, j.method, j.user, j.split_estimated, j.account, j.partition,
+                   j.namespace, j.job_name)
+            head_how = share_cache.get(key)
+            if head_how is None:
+                head_how = share_cache[key] = _job_head(key, job_suffix, tag_cache)
+            _append_share(append, head_how, gpu, frac, e, fac, co2, est_co2, dur_s, util, idle_s, idle_e,
+                          end, ef, start, r_e, r_fac, r_co2, r_est, r_dur, r_util_s, r_idle, r_idle_e)
+        remaining = 1.0 - sum(fractions)
         if remaining > 1e-9:
-            shares.append((UNATTRIBUTED, remaining, pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False, *[""] * 5))
-        for job_id, frac, method, user, estimated, alias, *who in shares:
-            job_t = tag_cache.get(job_id)
-            if job_t is None:
-                job_t = tag_cache[job_id] = tag(job_id)
-            # alias: a tag, so a job is found by its Slurm id through the index (one value per job)
-            head = job_key_head(job_t, tag(alias)) if alias else job_key_head(job_t)
-            key = (method, user, estimated, *who)
-            how = how_cache.get(key)
-            if how is None:
-                how = how_cache[key] = _attribution_fields(method, user, estimated, *who)
-            gpu_s = dur_s * frac
-            append(
-                f"{head}{job_suffix}{gpu} energy_j={e * frac!r},"
-                f"facility_energy_j={fac * frac!r},co2e_g={co2 * frac!r},estimated_co2e_g={est_co2 * frac!r},"
-                f"gpu_s={gpu_s!r},"
-                f"util_pct_s={util * gpu_s!r},idle_s={idle_s * frac!r},idle_energy_j={idle_e * frac!r},"
-                f"fraction={frac!r},end_ns={end}i,ef={ef}{how} {start}"
-            )
+            key = (UNATTRIBUTED, "", pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False, "", "", "", "")
+            head_how = share_cache.get(key)
+            if head_how is None:
+                head_how = share_cache[key] = _job_head(key, job_suffix, tag_cache)
+            _append_share(append, head_how, gpu, remaining, e, fac, co2, est_co2, dur_s, util, idle_s, idle_e,
+                          end, ef, start, r_e, r_fac, r_co2, r_est, r_dur, r_util_s, r_idle, r_idle_e)
         windows.add(start - start % resolution_ns)
-    return PreparedBatch(lines, windows, len(batch.gpu_samples), total_e, total_c, total_est, first_line)
+    return PreparedBatch(lines, windows, len(samples), total_e, total_c, total_est, first_line)
+
+
+def _job_head(key: tuple[Any, ...], job_suffix: str, tag_cache: dict[str, str]) -> tuple[str, str]:
+    """(series key up to the GPU index, attribution fields) of a job share (see ``prepare_batch``)."""
+    job_id, alias, method, user, estimated, *who = key
+    job_t = tag_cache.get(job_id)
+    if job_t is None:
+        job_t = tag_cache[job_id] = tag(job_id)
+    # alias: a tag, so a job is found by its Slurm id through the index (one value per job)
+    head = job_key_head(job_t, tag(alias)) if alias else job_key_head(job_t)
+    return head + job_suffix, _attribution_fields(method, user, estimated, *who)
+
+
+def _append_share(
+    append: Callable[[str], None], head_how: tuple[str, str], gpu: str, frac: float, e: float, fac: float,
+    co2: float, est_co2: float, dur_s: float, util: float, idle_s: float, idle_e: float, end: int, ef: str,
+    start: int, r_e: str, r_fac: str, r_co2: str, r_est: str, r_dur: str, r_util_s: str, r_idle: str,
+    r_idle_e: str,
+) -> None:
+    """One ``job`` line: the GPU interval's numbers × the share's fraction.
+
+    A whole-GPU share (fraction 1.0) reuses the GPU line's text: ``x * 1.0`` is ``x``, bit for bit.
+    """
+    head, how = head_how
+    if frac == 1.0:
+        append(
+            f"{head}{gpu} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},estimated_co2e_g={r_est},"
+            f"gpu_s={r_dur},util_pct_s={r_util_s},idle_s={r_idle},idle_energy_j={r_idle_e},"
+            f"fraction=1.0,end_ns={end}i,ef={ef}{how} {start}"
+        )
+        return
+    gpu_s = dur_s * frac
+    append(
+        f"{head}{gpu} energy_j={e * frac!r},"
+        f"facility_energy_j={fac * frac!r},co2e_g={co2 * frac!r},estimated_co2e_g={est_co2 * frac!r},"
+        f"gpu_s={gpu_s!r},"
+        f"util_pct_s={util * gpu_s!r},idle_s={idle_s * frac!r},idle_energy_j={idle_e * frac!r},"
+        f"fraction={frac!r},end_ns={end}i,ef={ef}{how} {start}"
+    )
 
 
 def host_lines(batch: pb.Batch, placement: Placement) -> list[str]:
