@@ -13,8 +13,8 @@ Rack-level windows are derived from ``gpu`` afterwards (collector/rollup.py).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated, steady_over
@@ -95,6 +95,18 @@ _ENERGY_METHOD_OTHER = 'energy_method="unspecified"'
 #: Series at least this long keep whether they have an estimated step (scanned once, not per batch).
 _LONG_SERIES = 64
 _any_estimated_memo: dict[int, tuple[object, bool]] = {}
+#: Rendered pieces that repeat from batch to batch (escaped GPU UUIDs, job series keys and
+#: attribution fields, the ``jobs`` field): pure functions of their keys, remembered up to
+#: ``_MEMO_MAX`` entries each (then emptied).
+_MEMO_MAX = 50_000
+_tag_memo: dict[str, str] = {}
+_share_memo: dict[tuple[Any, ...], tuple[str, str]] = {}
+_jobs_field_memo: dict[str, str] = {}
+
+
+def _memo_room(memo: dict[Any, Any]) -> None:
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
 
 
 def _any_estimated(series: StepSeries) -> bool:
@@ -154,10 +166,11 @@ def prepare_batch(
     append = lines.append
     windows: set[int] = set()
     total_e = total_c = total_est = 0.0
-    tag_cache: dict[str, str] = {}
-    # (job id, alias, method, user, split estimated, account, partition, namespace, job name) →
-    # the job line's series key up to the GPU index, and its attribution fields
-    share_cache: dict[tuple[Any, ...], tuple[str, str]] = {}
+    tag_cache = _tag_memo
+    # (node/rack key tail, job id, alias, method, user, split estimated, account, partition,
+    # namespace, job name) → the job line's series key up to the GPU index, and its attribution fields
+    share_cache = _share_memo
+    jobs_fields = _jobs_field_memo
     # repr of values that repeat within a batch (PUE, intensity, duration, ...); never 0.0 / -0.0,
     # which are equal keys with different reprs
     reprs: dict[float, str] = {}
@@ -194,6 +207,7 @@ def prepare_batch(
         gpu = str(s.gpu_index)
         uuid = tag_cache.get(s.gpu_uuid)
         if uuid is None:
+            _memo_room(tag_cache)
             uuid = tag_cache[s.gpu_uuid] = tag(s.gpu_uuid)
         r_e = repr(e)
         r_fac = repr(fac)
@@ -222,6 +236,11 @@ def prepare_batch(
             if eff_ci:
                 reprs[eff_ci] = r_ci
         jobs = s.jobs
+        job_ids = ",".join([j.job_id for j in jobs])
+        jobs_field = jobs_fields.get(job_ids)
+        if jobs_field is None:
+            _memo_room(jobs_fields)
+            jobs_field = jobs_fields[job_ids] = string_field(job_ids)
         append(
             f"{gpu_prefix}{gpu},uuid={uuid} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
             f"duration_s={r_dur},power_w={s.mean_power_w!r},util_pct={util!r},"
@@ -229,37 +248,41 @@ def prepare_batch(
             f"mem_used_bytes={s.mem_used_bytes}i,temp_c={s.temp_c!r},idle_s={r_idle},"
             f"idle_energy_j={r_idle_e},pue={r_pue},intensity_g_per_kwh={r_ci},end_ns={end}i,"
             f"{_ENERGY_METHOD_FIELDS.get(s.energy_method, _ENERGY_METHOD_OTHER)},"
-            f"jobs={string_field(','.join([j.job_id for j in jobs]))},ef={ef},intensity_source={src},"
-            f"intensity_estimated={estimated_flag},estimated_co2e_g={r_est},digest=\"{sample_digest(s)}\" {start}"
+            f"jobs={jobs_field},ef={ef},intensity_source={src},"
+            f"intensity_estimated={estimated_flag},estimated_co2e_g={r_est},"
+            f"digest=\"{sample_digest(s)}\" {start}"
         )
         fractions: list[float] = []
         for j in jobs:
             frac = j.fraction
             fractions.append(frac)
-            key = (j.job_id, j.alias, j.method, j.user, j.split_estimated, j.account, j.partition,
-                   j.namespace, j.job_name)
+            key = (job_suffix, j.job_id, j.alias, j.method, j.user, j.split_estimated, j.account,
+                   j.partition, j.namespace, j.job_name)
             head_how = share_cache.get(key)
             if head_how is None:
-                head_how = share_cache[key] = _job_head(key, job_suffix, tag_cache)
+                _memo_room(share_cache)
+                head_how = share_cache[key] = _job_head(key, tag_cache)
             _append_share(append, head_how, gpu, frac, e, fac, co2, est_co2, dur_s, util, idle_s, idle_e,
                           end, ef, start, r_e, r_fac, r_co2, r_est, r_dur, r_util_s, r_idle, r_idle_e)
         remaining = 1.0 - sum(fractions)
         if remaining > 1e-9:
-            key = (UNATTRIBUTED, "", pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False, "", "", "", "")
+            key = (job_suffix, UNATTRIBUTED, "", pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False, "", "", "", "")
             head_how = share_cache.get(key)
             if head_how is None:
-                head_how = share_cache[key] = _job_head(key, job_suffix, tag_cache)
+                _memo_room(share_cache)
+                head_how = share_cache[key] = _job_head(key, tag_cache)
             _append_share(append, head_how, gpu, remaining, e, fac, co2, est_co2, dur_s, util, idle_s, idle_e,
                           end, ef, start, r_e, r_fac, r_co2, r_est, r_dur, r_util_s, r_idle, r_idle_e)
         windows.add(start - start % resolution_ns)
     return PreparedBatch(lines, windows, len(samples), total_e, total_c, total_est, first_line)
 
 
-def _job_head(key: tuple[Any, ...], job_suffix: str, tag_cache: dict[str, str]) -> tuple[str, str]:
+def _job_head(key: tuple[Any, ...], tag_cache: dict[str, str]) -> tuple[str, str]:
     """(series key up to the GPU index, attribution fields) of a job share (see ``prepare_batch``)."""
-    job_id, alias, method, user, estimated, *who = key
+    job_suffix, job_id, alias, method, user, estimated, *who = key
     job_t = tag_cache.get(job_id)
     if job_t is None:
+        _memo_room(tag_cache)
         job_t = tag_cache[job_id] = tag(job_id)
     # alias: a tag, so a job is found by its Slurm id through the index (one value per job)
     head = job_key_head(job_t, tag(alias)) if alias else job_key_head(job_t)
