@@ -20,13 +20,16 @@ Each stage is timed on its own over the same batches (``time.perf_counter``, bes
 * ``handle``     the whole ``Ingestor.handle`` (all of the above but parse, plus IngestStats and
   the node lock) with ``rack_windows`` off and a store that keeps the lines in memory (the
   InfluxDB write path and the rack rollups are measured by benchmarks/capacity.py)
+* ``grpc``       CPU time of this process while a child process streams the same batches over
+  real gRPC (one stream per node, as agents do) to ``IngestService`` on that ``Ingestor``: gRPC
+  receive, parse and ``handle``, and the Acks (``--no-grpc`` skips it)
 
 ``--profile N`` also prints the top N cProfile entries of ``Ingestor.handle`` (by own time).
 gRPC transport costs (HTTP/2 framing in the grpc core) are not included.
 
 The figures are CPU time of one thread on a shared machine: compare runs made in the same
-session. The last line is JSON: µs per sample for each stage and ``total`` (``parse`` +
-``handle``).
+session. The last line is JSON: µs per sample for each stage, ``total`` (``parse`` +
+``handle``) and ``grpc_overhead`` (``grpc`` - ``handle``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import cProfile
 import io
 import json
 import pstats
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +49,9 @@ from pathlib import Path
 
 from gridwatt.collector.bounds import JobSeriesBudget
 from gridwatt.collector.config import CollectorConfig
-from gridwatt.collector.ingest import Ingestor, NodeBounds
+import grpc
+
+from gridwatt.collector.ingest import IngestService, Ingestor, NodeBounds
 from gridwatt.collector.ledger import LedgerBook
 from gridwatt.collector.live_metrics import LiveAccounts
 from gridwatt.collector.points import UNATTRIBUTED, host_lines, prepare_batch
@@ -147,6 +153,55 @@ class NoRollup:
     resolution_ns = 60 * NS
 
 
+CLIENT = """
+import asyncio, sys
+import grpc
+from gridwatt.v1 import telemetry_pb2 as pb
+
+async def node_stream(channel, raws):
+    call = channel.stream_stream("/gridwatt.v1.Ingest/Stream", request_serializer=None,
+                                 response_deserializer=pb.Ack.FromString)()
+    for raw in raws:
+        await call.write(raw)
+        ack = await call.read()
+        assert ack.code == 0, ack.message
+    await call.done_writing()
+
+async def main():
+    port, nodes = int(sys.argv[1]), int(sys.argv[2])
+    raws = [bytes.fromhex(line) for line in sys.stdin.read().split()]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await channel.channel_ready()
+        print("ready", flush=True)
+        sys.stdin.close()
+        await asyncio.gather(*(node_stream(channel, raws[k::nodes]) for k in range(nodes)))
+
+asyncio.run(main())
+"""
+
+
+async def grpc_cpu_s(ingestor: Ingestor, raws: list[bytes], nodes: int) -> float:
+    """This process's CPU seconds while a child streams ``raws`` (node-major, interleaved) to it."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((IngestService(ingestor).handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLIENT, str(port), str(nodes),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write("\n".join(r.hex() for r in raws).encode())
+    child.stdin.close()
+    await child.stdout.readline()  # connected
+    t0 = time.process_time()
+    rc = await child.wait()
+    cpu_s = time.process_time() - t0
+    await server.stop(0)
+    if rc != 0:
+        raise SystemExit(f"gRPC client exited {rc}")
+    return cpu_s
+
+
 def best_of(repeat: int, fn: Callable[[], object]) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -162,6 +217,7 @@ def main() -> None:
     ap.add_argument("--batches-per-node", type=int, default=20)
     ap.add_argument("--linger-s", type=int, default=2, help="1-second intervals per batch (16 samples at 2)")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--no-grpc", action="store_true", help="skip the gRPC stage")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N cProfile entries")
     args = ap.parse_args()
 
@@ -261,6 +317,13 @@ def main() -> None:
         fn()  # warm up
         us[name] = best_of(args.repeat, fn) / samples * 1e6
         say(f"{name:>9}: {us[name]:7.2f} µs per sample")
+    if not args.no_grpc:
+        best = min(loop.run_until_complete(grpc_cpu_s(new_ingestor(), raws, args.nodes))
+                   for _ in range(max(2, args.repeat // 2)))
+        us["grpc"] = best / samples * 1e6
+        us["grpc_overhead"] = us["grpc"] - us["handle"]
+        say(f"{'grpc':>9}: {us['grpc']:7.2f} µs per sample (server process CPU; "
+            f"{us['grpc_overhead']:.2f} above handle)")
     us["total"] = us["parse"] + us["handle"]
     say(f"{'total':>9}: {us['total']:7.2f} µs per sample (parse + handle) -> "
         f"{1e6 / us['total']:,.0f} samples/s per core")
