@@ -47,11 +47,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gridwatt.collector.bounds import JobSeriesBudget
-from gridwatt.collector.config import CollectorConfig
 import grpc
 
-from gridwatt.collector.ingest import IngestService, Ingestor, NodeBounds
+from gridwatt.collector.bounds import JobSeriesBudget
+from gridwatt.collector.config import CollectorConfig
+from gridwatt.collector.ingest import Ingestor, IngestService, NodeBounds
 from gridwatt.collector.ledger import LedgerBook
 from gridwatt.collector.live_metrics import LiveAccounts
 from gridwatt.collector.points import UNATTRIBUTED, host_lines, prepare_batch
