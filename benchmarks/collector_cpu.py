@@ -6,7 +6,8 @@ a shared GPU with an unattributed rest, an idle GPU), 2 host samples and the spo
 zone's intensity is Electricity Maps' hourly CSV for Germany (the shipped deploy data), the
 rack's PUE a schedule with steps.
 
-Each stage is timed on its own over the same batches (``time.perf_counter``, best of
+Each stage is timed on its own over the same batches (CPU time of this process,
+``time.process_time``, so other processes on the machine count less; best of
 ``--repeat`` rounds) and reported in microseconds per GPU sample:
 
 * ``parse``      ``pb.Batch.FromString`` of the bytes the agent sends
@@ -27,8 +28,8 @@ Each stage is timed on its own over the same batches (``time.perf_counter``, bes
 ``--profile N`` also prints the top N cProfile entries of ``Ingestor.handle`` (by own time).
 gRPC transport costs (HTTP/2 framing in the grpc core) are not included.
 
-The figures are CPU time of one thread on a shared machine: compare runs made in the same
-session. The last line is JSON: µs per sample for each stage, ``total`` (``parse`` +
+The figures are CPU time on a shared machine (caches and clock still vary): compare runs made
+in the same session. The last line is JSON: µs per sample for each stage, ``total`` (``parse`` +
 ``handle``) and ``grpc_overhead`` (``grpc`` - ``handle``).
 """
 
@@ -205,9 +206,9 @@ async def grpc_cpu_s(ingestor: Ingestor, raws: list[bytes], nodes: int) -> float
 def best_of(repeat: int, fn: Callable[[], object]) -> float:
     best = float("inf")
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     return best
 
 
