@@ -26,7 +26,7 @@ Each stage is timed on its own over the same batches (CPU time of this process,
   receive, parse and ``handle``, and the Acks (``--no-grpc`` skips it)
 
 ``--profile N`` also prints the top N cProfile entries of ``Ingestor.handle`` (by own time).
-gRPC transport costs (HTTP/2 framing in the grpc core) are not included.
+The gRPC stage includes what grpcio does in this process (HTTP/2, the aio server, the Acks).
 
 The figures are CPU time on a shared machine (caches and clock still vary): compare runs made
 in the same session. The last line is JSON: µs per sample for each stage, ``total`` (``parse`` +

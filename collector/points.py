@@ -98,7 +98,7 @@ _any_estimated_memo: dict[int, tuple[object, bool]] = {}
 #: Rendered pieces that repeat from batch to batch (escaped GPU UUIDs, job series keys and
 #: attribution fields, the ``jobs`` field): pure functions of their keys, remembered up to
 #: ``_MEMO_MAX`` entries each (then emptied).
-_MEMO_MAX = 50_000
+_MEMO_MAX = 100_000
 _tag_memo: dict[str, str] = {}
 _share_memo: dict[tuple[Any, ...], tuple[str, str]] = {}
 _jobs_field_memo: dict[str, str] = {}
@@ -154,10 +154,10 @@ def prepare_batch(
     any_estimated = _any_estimated(ci)
     steady = None
     if samples:
-        steady = steady_over(pue, ci, min(s.start_ns for s in samples), max(s.end_ns for s in samples))
+        lo = min(s.start_ns for s in samples)
+        steady = steady_over(pue, ci, lo, max(s.end_ns for s in samples))
     if steady is not None:
         steady_pue, steady_ci = steady
-        lo = min(s.start_ns for s in samples)
         steady_estimated = any_estimated and ci.is_estimated_at(lo)
         if mixed:  # one intensity step over the batch: one provider
             ef = string_field(intensity.factor_at(lo))
