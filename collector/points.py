@@ -13,7 +13,6 @@ Rack-level windows are derived from ``gpu`` afterwards (collector/rollup.py).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,6 +252,7 @@ def prepare_batch(
             f"digest=\"{sample_digest(s)}\" {start}"
         )
         fractions: list[float] = []
+        shares: list[tuple[tuple[str, str], float]] = []
         for j in jobs:
             frac = j.fraction
             fractions.append(frac)
@@ -262,8 +262,7 @@ def prepare_batch(
             if head_how is None:
                 _memo_room(share_cache)
                 head_how = share_cache[key] = _job_head(key, tag_cache)
-            _append_share(append, head_how, gpu, frac, e, fac, co2, est_co2, dur_s, util, idle_s, idle_e,
-                          end, ef, start, r_e, r_fac, r_co2, r_est, r_dur, r_util_s, r_idle, r_idle_e)
+            shares.append((head_how, frac))
         remaining = 1.0 - sum(fractions)
         if remaining > 1e-9:
             key = (job_suffix, UNATTRIBUTED, "", pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False, "", "", "", "")
@@ -271,8 +270,23 @@ def prepare_batch(
             if head_how is None:
                 _memo_room(share_cache)
                 head_how = share_cache[key] = _job_head(key, tag_cache)
-            _append_share(append, head_how, gpu, remaining, e, fac, co2, est_co2, dur_s, util, idle_s, idle_e,
-                          end, ef, start, r_e, r_fac, r_co2, r_est, r_dur, r_util_s, r_idle, r_idle_e)
+            shares.append((head_how, remaining))
+        for (head, how), frac in shares:
+            if frac == 1.0:  # the whole GPU: x * 1.0 is x, bit for bit, so the GPU line's text holds
+                append(
+                    f"{head}{gpu} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
+                    f"estimated_co2e_g={r_est},gpu_s={r_dur},util_pct_s={r_util_s},idle_s={r_idle},"
+                    f"idle_energy_j={r_idle_e},fraction=1.0,end_ns={end}i,ef={ef}{how} {start}"
+                )
+                continue
+            gpu_s = dur_s * frac
+            append(
+                f"{head}{gpu} energy_j={e * frac!r},"
+                f"facility_energy_j={fac * frac!r},co2e_g={co2 * frac!r},estimated_co2e_g={est_co2 * frac!r},"
+                f"gpu_s={gpu_s!r},"
+                f"util_pct_s={util * gpu_s!r},idle_s={idle_s * frac!r},idle_energy_j={idle_e * frac!r},"
+                f"fraction={frac!r},end_ns={end}i,ef={ef}{how} {start}"
+            )
         windows.add(start - start % resolution_ns)
     return PreparedBatch(lines, windows, len(samples), total_e, total_c, total_est, first_line)
 
@@ -287,34 +301,6 @@ def _job_head(key: tuple[Any, ...], tag_cache: dict[str, str]) -> tuple[str, str
     # alias: a tag, so a job is found by its Slurm id through the index (one value per job)
     head = job_key_head(job_t, tag(alias)) if alias else job_key_head(job_t)
     return head + job_suffix, _attribution_fields(method, user, estimated, *who)
-
-
-def _append_share(
-    append: Callable[[str], None], head_how: tuple[str, str], gpu: str, frac: float, e: float, fac: float,
-    co2: float, est_co2: float, dur_s: float, util: float, idle_s: float, idle_e: float, end: int, ef: str,
-    start: int, r_e: str, r_fac: str, r_co2: str, r_est: str, r_dur: str, r_util_s: str, r_idle: str,
-    r_idle_e: str,
-) -> None:
-    """One ``job`` line: the GPU interval's numbers × the share's fraction.
-
-    A whole-GPU share (fraction 1.0) reuses the GPU line's text: ``x * 1.0`` is ``x``, bit for bit.
-    """
-    head, how = head_how
-    if frac == 1.0:
-        append(
-            f"{head}{gpu} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},estimated_co2e_g={r_est},"
-            f"gpu_s={r_dur},util_pct_s={r_util_s},idle_s={r_idle},idle_energy_j={r_idle_e},"
-            f"fraction=1.0,end_ns={end}i,ef={ef}{how} {start}"
-        )
-        return
-    gpu_s = dur_s * frac
-    append(
-        f"{head}{gpu} energy_j={e * frac!r},"
-        f"facility_energy_j={fac * frac!r},co2e_g={co2 * frac!r},estimated_co2e_g={est_co2 * frac!r},"
-        f"gpu_s={gpu_s!r},"
-        f"util_pct_s={util * gpu_s!r},idle_s={idle_s * frac!r},idle_energy_j={idle_e * frac!r},"
-        f"fraction={frac!r},end_ns={end}i,ef={ef}{how} {start}"
-    )
 
 
 def host_lines(batch: pb.Batch, placement: Placement) -> list[str]:
