@@ -135,6 +135,16 @@ def corpus() -> list[pb.Batch]:
                 out.append(pb.Batch.FromString(batch.SerializeToString()))
         late = make_sample(rng, 1, T0 + 41 * NS, NS)
         out.append(pb.Batch(batch_id=batch_id + 100, node=node, gpu_samples=[late]))
+    # signed zeros (valid values whose repr differs from 0.0) and whole-GPU shares of them
+    zeros = [make_sample(rng, gpu, T0 + 7 * H + gpu * NS, NS) for gpu in range(4)]
+    for k, z in enumerate(zeros):
+        z.energy_j = -0.0 if k % 2 else 0.0
+        z.util_pct = z.mem_util_pct = z.temp_c = z.mean_power_w = -0.0
+        z.idle_s = -0.0 if k < 2 else 1.0
+        del z.jobs[:]
+        if k == 3:
+            z.jobs.add(job_id="1001", fraction=1.0, method=pb.ATTRIBUTION_METHOD_SLURM)
+    out.append(pb.Batch(batch_id=998, node="n1", gpu_samples=zeros))
     # a bad ledger: the samples still count, the ledger is skipped
     bad_ledger = pb.Batch(batch_id=999, node="n1", gpu_samples=[make_sample(rng, 3, T0 + 5 * H, NS)])
     bad_ledger.ledger.CopyFrom(pb.SpoolLedger(evicted_energy_j=float("nan"), at_ns=T0))
