@@ -295,6 +295,11 @@ class AccountingConfig(StrictModel):
     #: Recompute each touched rack window once more this long after its recompute, so that with
     #: several collector replicas the last write of a window is always a complete one. 0 disables.
     replica_settle_s: float = Field(2.0, ge=0, le=300)
+    #: A rack's windows are recomputed this long after the first batch that touched them asks, so
+    #: the nodes of a rack whose batches land meanwhile share one read. Their acks wait for it, so it
+    #: adds to ack latency and batches in flight; 0: at once (batches landing while a recompute of
+    #: the rack runs still share the next one).
+    rack_delay_s: float = Field(0.0, ge=0, le=10)
     #: How often stretches accounted with estimated or held intensity are asked of their provider
     #: again; where a measured value has arrived, their samples and windows are re-accounted
     #: (collector/revisit.py). 0 disables. Needs rack_windows (it reads the stored samples back).

@@ -73,6 +73,18 @@ def _attribution_fields(method: int, user: str, split_estimated: bool, *who: str
 
 
 
+@dataclass(slots=True)
+class JobPoint:
+    """One ``job`` point as written: gpu tag, job id, start, and values (collector/node_state.py)."""
+
+    gpu: str
+    job_id: str
+    start_ns: int
+    end_ns: int
+    sums: tuple[float, ...]  # e, f, c, ce, d, u, i, ie (node_state.SUM_KEYS)
+    who: dict[str, str]  # non-empty who-fields only
+
+
 @dataclass
 class PreparedBatch:
     """The lines to write, and the rack windows (start ns) the batch touched."""
@@ -86,6 +98,8 @@ class PreparedBatch:
     estimated_co2e_g: float = 0.0
     #: Index in ``lines`` of each sample's first line (its gpu point; its job points follow).
     first_line: list[int] = field(default_factory=list)
+    #: The job points as values, for held node state (collector/node_state.py).
+    job_points: list[JobPoint] = field(default_factory=list)
 
 
 #: ``energy_method="…"`` as rendered, per enum value
@@ -99,7 +113,7 @@ _any_estimated_memo: dict[int, tuple[object, bool]] = {}
 #: ``_MEMO_MAX`` entries each (then emptied).
 _MEMO_MAX = 100_000
 _tag_memo: dict[str, str] = {}
-_share_memo: dict[tuple[Any, ...], tuple[str, str]] = {}
+_share_memo: dict[tuple[Any, ...], tuple[str, str, str, dict[str, str]]] = {}
 _jobs_field_memo: dict[str, str] = {}
 
 
@@ -174,6 +188,8 @@ def prepare_batch(
     # which are equal keys with different reprs
     reprs: dict[float, str] = {}
     first_line: list[int] = []
+    job_points: list[JobPoint] = []
+    held_point = job_points.append
     for s in samples:
         first_line.append(len(lines))
         start = s.start_ns
@@ -252,7 +268,7 @@ def prepare_batch(
             f"digest=\"{sample_digest(s)}\" {start}"
         )
         fractions: list[float] = []
-        shares: list[tuple[tuple[str, str], float]] = []
+        shares: list[tuple[tuple[str, str, str, dict[str, str]], float]] = []
         for j in jobs:
             frac = j.fraction
             fractions.append(frac)
@@ -271,28 +287,35 @@ def prepare_batch(
                 _memo_room(share_cache)
                 head_how = share_cache[key] = _job_head(key, tag_cache)
             shares.append((head_how, remaining))
-        for (head, how), frac in shares:
+        for (head, how, job_id, who_values), frac in shares:
             if frac == 1.0:  # the whole GPU: x * 1.0 is x, bit for bit, so the GPU line's text holds
                 append(
                     f"{head}{gpu} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
                     f"estimated_co2e_g={r_est},gpu_s={r_dur},util_pct_s={r_util_s},idle_s={r_idle},"
                     f"idle_energy_j={r_idle_e},fraction=1.0,end_ns={end}i,ef={ef}{how} {start}"
                 )
+                held_point(JobPoint(gpu, job_id, start, end,
+                                    (e, fac, co2, est_co2, dur_s, util_s, idle_s, idle_e), who_values))
                 continue
             gpu_s = dur_s * frac
+            sums = (e * frac, fac * frac, co2 * frac, est_co2 * frac, gpu_s, util * gpu_s, idle_s * frac,
+                    idle_e * frac)
             append(
-                f"{head}{gpu} energy_j={e * frac!r},"
-                f"facility_energy_j={fac * frac!r},co2e_g={co2 * frac!r},estimated_co2e_g={est_co2 * frac!r},"
+                f"{head}{gpu} energy_j={sums[0]!r},"
+                f"facility_energy_j={sums[1]!r},co2e_g={sums[2]!r},estimated_co2e_g={sums[3]!r},"
                 f"gpu_s={gpu_s!r},"
-                f"util_pct_s={util * gpu_s!r},idle_s={idle_s * frac!r},idle_energy_j={idle_e * frac!r},"
+                f"util_pct_s={sums[5]!r},idle_s={sums[6]!r},idle_energy_j={sums[7]!r},"
                 f"fraction={frac!r},end_ns={end}i,ef={ef}{how} {start}"
             )
+            held_point(JobPoint(gpu, job_id, start, end, sums, who_values))
         windows.add(start - start % resolution_ns)
-    return PreparedBatch(lines, windows, len(samples), total_e, total_c, total_est, first_line)
+    return PreparedBatch(lines, windows, len(samples), total_e, total_c, total_est, first_line,
+                         job_points)
 
 
-def _job_head(key: tuple[Any, ...], tag_cache: dict[str, str]) -> tuple[str, str]:
-    """(series key up to the GPU index, attribution fields) of a job share (see ``prepare_batch``)."""
+def _job_head(key: tuple[Any, ...], tag_cache: dict[str, str]) -> tuple[str, str, str, dict[str, str]]:
+    """(series key up to the GPU index, attribution fields, job id, non-empty who-fields) of a job
+    share (see ``prepare_batch``; the who dict is shared by the share's JobPoints: read only)."""
     job_suffix, job_id, alias, method, user, estimated, *who = key
     job_t = tag_cache.get(job_id)
     if job_t is None:
@@ -300,7 +323,8 @@ def _job_head(key: tuple[Any, ...], tag_cache: dict[str, str]) -> tuple[str, str
         job_t = tag_cache[job_id] = tag(job_id)
     # alias: a tag, so a job is found by its Slurm id through the index (one value per job)
     head = job_key_head(job_t, tag(alias)) if alias else job_key_head(job_t)
-    return head + job_suffix, _attribution_fields(method, user, estimated, *who)
+    who_values = {name: v for name, v in zip(WHO_FIELDS, (user, *who), strict=False) if v}
+    return head + job_suffix, _attribution_fields(method, user, estimated, *who), job_id, who_values
 
 
 def host_lines(batch: pb.Batch, placement: Placement) -> list[str]:

@@ -207,7 +207,8 @@ async def _start_serving(
     store: InfluxStore, opened: list[Callable[[], Awaitable[object]]],
 ) -> RunningCollector:
     rollup = RackRollup(store, config.accounting.rack_resolution_s,
-                        settle_s=config.accounting.replica_settle_s)
+                        settle_s=config.accounting.replica_settle_s,
+                        rack_delay_s=config.accounting.rack_delay_s)
     opened.append(rollup.close)
     limits = Limits(
         max_future_ns=int(config.server.max_future_s * 1e9),

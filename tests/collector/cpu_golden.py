@@ -3,7 +3,7 @@
 The golden file ``tests/fixtures/cpu_golden/rendered.txt`` was written by this module from the
 collector's code BEFORE the per-sample CPU work of issue #9 (see the README next to it), so
 ``test_cpu_golden.py`` proves the faster code renders byte-identical output: the ``gpu`` and
-``job`` lines of ``prepare_batch`` (and its totals, windows and first lines), ``LedgerBook``
+``job`` lines of ``prepare_batch`` (and its totals, windows, first lines and job points), ``LedgerBook``
 ledger lines, ``host_lines``, validation messages of bad batches, and the live view on
 ``/metrics`` in both expositions.
 
@@ -235,6 +235,8 @@ def render() -> str:
         out.append(f"windows={sorted(prepared.windows)} samples={prepared.samples} "
                    f"it_energy_j={prepared.it_energy_j!r} co2e_g={prepared.co2e_g!r} "
                    f"estimated_co2e_g={prepared.estimated_co2e_g!r} first_line={prepared.first_line}")
+        out.extend(f"job_point {p.gpu} {p.job_id!r} {p.start_ns} {p.end_ns} {[repr(x) for x in p.sums]} "
+                   f"{sorted(p.who.items())}" for p in prepared.job_points)
         out.extend(book.lines(batch, placement.rack))
         out.extend(host_lines(batch, placement))
         refused = {1, len(prepared.lines) - 1} if k % 11 == 5 else {}
