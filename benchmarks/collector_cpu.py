@@ -55,6 +55,7 @@ from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.ingest import Ingestor, IngestService, NodeBounds
 from gridwatt.collector.ledger import LedgerBook
 from gridwatt.collector.live_metrics import LiveAccounts
+from gridwatt.collector.node_state import HeldNodes
 from gridwatt.collector.points import UNATTRIBUTED, host_lines, prepare_batch
 from gridwatt.collector.store import WriteResult
 from gridwatt.collector.validation import Limits, validate_batch, validate_host_samples
@@ -149,9 +150,13 @@ class MemoryStore:
 
 
 class NoRollup:
-    """Rack windows are off in this benchmark; ``prepare_batch`` still takes their resolution."""
+    """Rack windows are off in this benchmark; ``prepare_batch`` still takes their resolution, and
+    a new stream drops its node's held state (none is held with rack windows off)."""
 
     resolution_ns = 60 * NS
+
+    def __init__(self) -> None:
+        self.held = HeldNodes(MemoryStore(), self.resolution_ns)  # type: ignore[arg-type]
 
 
 CLIENT = """
