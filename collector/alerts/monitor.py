@@ -73,6 +73,9 @@ class AlertMonitor:
                                on_tick=self._share_progress, on_change=self._role_changed)
         self.elected = config.evaluate == "elected"
         self._own_progress: dict[str, shared.NodeProgress] = {}  # noted since the last heartbeat
+        #: node → the first window known for it (own batches and shared progress): every progress
+        #: point carries it, since each heartbeat's point replaces the last one of this replica
+        self._node_first_ns: dict[str, int] = {}
         self._first_ns: dict[str, int] = {}  # rack → first window any replica reported for it
         self._takeover = False  # became leader: load the shared state before evaluating
         self._seq = 0  # the last shared state snapshot loaded or written
@@ -128,8 +131,8 @@ class AlertMonitor:
         progress.nodes[node] = (max(prev, max_end_ns), time.monotonic())
         self._first_ns[rack] = min(self._first_ns.get(rack, first_window_ns), first_window_ns)
         if self.elected:
-            old = self._own_progress.get(node)
-            first = first_window_ns if old is None else min(old.first_ns, first_window_ns)
+            first = min(self._node_first_ns.get(node, first_window_ns), first_window_ns)
+            self._node_first_ns[node] = first
             self._own_progress[node] = shared.NodeProgress(node, rack, max(prev, max_end_ns), first,
                                                            time.time())
         if progress.next_window_ns is None:  # later, late samples of evaluated windows are not re-fed
@@ -195,6 +198,8 @@ class AlertMonitor:
             if not p.rack:
                 continue
             self._awaited_nodes.discard(p.node)
+            if p.first_ns > 0:
+                self._node_first_ns[p.node] = min(self._node_first_ns.get(p.node, p.first_ns), p.first_ns)
             rack = self._racks[p.rack]
             end, seen = rack.nodes.get(p.node, (0, 0.0))
             seen_shared = now_mono - max(0.0, now_unix - p.seen_unix_s)
