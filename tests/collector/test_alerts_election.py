@@ -200,3 +200,17 @@ async def test_shared_progress_keeps_a_nodes_first_window_across_heartbeats(stor
     await again._share_progress()
     (b1,) = (await shared.read_progress(store, 600)).values()
     assert (b1.first_ns, b1.end_ns) == (t0, t0 + 110 * minute)
+
+
+async def test_the_leaders_record_publishes_progress_before_its_state(store: InfluxStore) -> None:
+    """A leader killed between heartbeats: whatever snapshot it left comes with the progress it
+    evaluated on, so a successor that re-evaluates (snapshot lost) knows those nodes' windows."""
+    cfg = AlertsConfig.model_validate({"rules": [RULE.model_dump()], "evaluate": "elected",
+                                       "lease_s": 3, "heartbeat_s": 1})
+    t0, minute = 1_650_000_000 * 10**9, 60 * 10**9
+    c0 = AlertMonitor(cfg, store, 60, replica="c0")
+    c0.note("b1", "rack-b", t0, t0 + 100 * minute)  # noted, no heartbeat since
+    await c0._record([])
+    assert await shared.read_state_seq(store) == 1
+    (b1,) = (await shared.read_progress(store, 600)).values()
+    assert (b1.node, b1.rack, b1.first_ns, b1.end_ns) == ("b1", "rack-b", t0, t0 + 100 * minute)
