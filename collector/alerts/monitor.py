@@ -73,6 +73,10 @@ class AlertMonitor:
                                on_tick=self._share_progress, on_change=self._role_changed)
         self.elected = config.evaluate == "elected"
         self._own_progress: dict[str, shared.NodeProgress] = {}  # noted since the last heartbeat
+        #: node → the first window known for it (own batches and shared progress): every progress
+        #: point carries it, since each heartbeat's point replaces the last one of this replica
+        self._node_first_ns: dict[str, int] = {}
+        self._progress_lock = asyncio.Lock()
         self._first_ns: dict[str, int] = {}  # rack → first window any replica reported for it
         self._takeover = False  # became leader: load the shared state before evaluating
         self._seq = 0  # the last shared state snapshot loaded or written
@@ -128,8 +132,8 @@ class AlertMonitor:
         progress.nodes[node] = (max(prev, max_end_ns), time.monotonic())
         self._first_ns[rack] = min(self._first_ns.get(rack, first_window_ns), first_window_ns)
         if self.elected:
-            old = self._own_progress.get(node)
-            first = first_window_ns if old is None else min(old.first_ns, first_window_ns)
+            first = min(self._node_first_ns.get(node, first_window_ns), first_window_ns)
+            self._node_first_ns[node] = first
             self._own_progress[node] = shared.NodeProgress(node, rack, max(prev, max_end_ns), first,
                                                            time.time())
         if progress.next_window_ns is None:  # later, late samples of evaluated windows are not re-fed
@@ -169,13 +173,7 @@ class AlertMonitor:
     async def _share_progress(self) -> None:
         """After each heartbeat: publish our nodes' progress, read everyone's, and (a follower)
         refresh the view of alerts now and then from the leader's state."""
-        mine, self._own_progress = list(self._own_progress.values()), {}
-        try:
-            await shared.write_progress(self.store, self.replica, mine)
-        except Exception:
-            for p in mine:  # published with the next heartbeat
-                self._own_progress.setdefault(p.node, p)
-            raise
+        await self._publish_progress()
         progress = await shared.read_progress(self.store, self.stale_after_s)
         if self._merge_progress(progress):
             self._wake.set()
@@ -187,6 +185,18 @@ class AlertMonitor:
                     if not self.role.evaluating():
                         await self._load_shared()
 
+    async def _publish_progress(self) -> None:
+        """Write our nodes' progress noted since the last publication (one writer at a time, so an
+        older point never lands after a newer one: each replaces this replica's point of the hour)."""
+        async with self._progress_lock:
+            mine, self._own_progress = list(self._own_progress.values()), {}
+            try:
+                await shared.write_progress(self.store, self.replica, mine)
+            except Exception:
+                for p in mine:  # published with the next heartbeat (a newer note stays)
+                    self._own_progress.setdefault(p.node, p)
+                raise
+
     def _merge_progress(self, progress: dict[str, shared.NodeProgress]) -> bool:
         """Take other replicas' node progress into the racks' watermarks; True if a node advanced."""
         advanced = False
@@ -195,6 +205,8 @@ class AlertMonitor:
             if not p.rack:
                 continue
             self._awaited_nodes.discard(p.node)
+            if p.first_ns > 0:
+                self._node_first_ns[p.node] = min(self._node_first_ns.get(p.node, p.first_ns), p.first_ns)
             rack = self._racks[p.rack]
             end, seen = rack.nodes.get(p.node, (0, 0.0))
             seen_shared = now_mono - max(0.0, now_unix - p.seen_unix_s)
@@ -283,6 +295,11 @@ class AlertMonitor:
     async def _record(self, events: list[AlertEvent]) -> None:
         """After delivery: the events in the event log, and (elected) the state for a successor."""
         try:
+            if self.elected:
+                # first the node progress this evaluation closed windows on: the logged events and
+                # the snapshot are never visible without it, so a successor that re-evaluates
+                # without the snapshot starts from the same first windows (same event ids)
+                await self._publish_progress()
             await shared.write_events(self.store, [e for e in events if e.kind != "still_firing"],
                                       self.replica)
             if self.elected:

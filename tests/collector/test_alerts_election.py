@@ -176,3 +176,41 @@ async def test_a_new_leader_drops_events_the_log_holds(store: InfluxStore) -> No
     sent, new = event("firing", t0), event("resolved", t0)
     await shared.write_events(store, [sent], "c0")
     assert await monitor._undelivered([sent, new]) == [new]
+
+
+async def test_shared_progress_keeps_a_nodes_first_window_across_heartbeats(store: InfluxStore) -> None:
+    """Each heartbeat replaces the replica's progress point of the hour; the first window must still
+    be the node's first, not that of the batches since the last beat: a successor without a state
+    snapshot re-evaluates from it, and a later start would give re-derived alerts a new event_id."""
+    cfg = AlertsConfig.model_validate({"rules": [RULE.model_dump()], "evaluate": "elected",
+                                       "lease_s": 3, "heartbeat_s": 1})
+    t0, minute = 1_650_000_000 * 10**9, 60 * 10**9
+    c0 = AlertMonitor(cfg, store, 60, replica="c0")
+    c0.note("b1", "rack-b", t0, t0 + 30 * minute)  # the first batch, then a heartbeat
+    await c0._share_progress()
+    c0.note("b1", "rack-b", t0 + 30 * minute, t0 + 70 * minute)  # batches after it, another beat
+    c0.note("b1", "rack-b", t0 + 70 * minute, t0 + 100 * minute)
+    await c0._share_progress()
+    (b1,) = (await shared.read_progress(store, 600)).values()
+    assert (b1.first_ns, b1.end_ns) == (t0, t0 + 100 * minute)
+    # c0 restarted: its first batches come later, but it learnt the first window from the shared point
+    again = AlertMonitor(cfg, store, 60, replica="c0")
+    await again._share_progress()
+    again.note("b1", "rack-b", t0 + 100 * minute, t0 + 110 * minute)
+    await again._share_progress()
+    (b1,) = (await shared.read_progress(store, 600)).values()
+    assert (b1.first_ns, b1.end_ns) == (t0, t0 + 110 * minute)
+
+
+async def test_the_leaders_record_publishes_progress_before_its_state(store: InfluxStore) -> None:
+    """A leader killed between heartbeats: whatever snapshot it left comes with the progress it
+    evaluated on, so a successor that re-evaluates (snapshot lost) knows those nodes' windows."""
+    cfg = AlertsConfig.model_validate({"rules": [RULE.model_dump()], "evaluate": "elected",
+                                       "lease_s": 3, "heartbeat_s": 1})
+    t0, minute = 1_650_000_000 * 10**9, 60 * 10**9
+    c0 = AlertMonitor(cfg, store, 60, replica="c0")
+    c0.note("b1", "rack-b", t0, t0 + 100 * minute)  # noted, no heartbeat since
+    await c0._record([])
+    assert await shared.read_state_seq(store) == 1
+    (b1,) = (await shared.read_progress(store, 600)).values()
+    assert (b1.node, b1.rack, b1.first_ns, b1.end_ns) == ("b1", "rack-b", t0, t0 + 100 * minute)

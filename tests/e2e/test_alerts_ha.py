@@ -202,6 +202,7 @@ async def test_leader_sigkilled_mid_alert_successor_resolves_once(
         assert "took over with no shared alert state yet" in c1_log
         assert "firing rack-idle rack-b was delivered before (event log); not sent again" in c1_log
         assert "firing job-idle job-b1 was delivered before (event log); not sent again" in c1_log
+        assert "firing partition-idle partition-b was delivered before (event log); not sent again" in c1_log
 
 
 async def _until(cond: Any, what: str, timeout_s: float = 90.0) -> None:
