@@ -20,6 +20,10 @@ Every answer to a write has one behaviour (collector/README.md has the table):
 * other 5xx, 408, timeouts, connection errors: retried ``write_attempts`` times with
   exponential backoff and full jitter, then StoreUnavailable.
 
+With ``group_commit`` (the default) :meth:`InfluxStore.write_lines` hands its lines to
+collector/group_commit.py, which writes many callers' lines in one request and gives each
+caller the answer above for its own lines (:meth:`WriteResult.share`).
+
 StoreUnavailable marks the store unhealthy: further writes fail fast (no request) until a
 probe (an empty write, which checks reachability, credentials and the database) succeeds;
 listeners (gRPC health, ``/healthz``) are told of every change. There is no time-based
