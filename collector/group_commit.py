@@ -2,8 +2,9 @@
 
 Callers (an ingest batch, a node's or rack's window points, a revisit) :meth:`GroupCommit.submit`
 their lines and await the outcome. Whatever is queued when a write can start goes out as one
-group: whole callers, in the order they came, up to ``max_lines`` and ``max_bytes`` (a caller
-larger than that goes alone; the store splits its requests as before). A group starts as soon as
+group: whole callers, in the order they came, up to ``max_lines`` and ``max_bytes``. A caller of
+half ``max_lines`` or more is written at once on its own, outside the slots (sharing would save
+next to nothing; the store splits its requests as before). A group starts as soon as
 fewer than ``max_in_flight`` groups are being written, so while one write is in flight the next
 group gathers (no timer); ``linger_s`` > 0 holds an idle flusher that long before the first
 group, to gather more.
@@ -89,6 +90,12 @@ class GroupCommit(Generic[R]):
         """Write ``lines`` in the next group that has room; the answer for these lines alone."""
         if self._closing:
             raise self._closed()
+        if 2 * len(lines) >= self._max_lines():
+            # half a group or more: sharing a request saves next to nothing, and waiting for a slot
+            # would only delay it (large batches are written at once, several at a time, as before)
+            if self._on_group is not None:
+                self._on_group(1, len(lines))
+            return await self._write(lines)
         loop = asyncio.get_running_loop()
         waiter: _Waiter[R] = _Waiter(lines, sum(map(len, lines)) + len(lines), loop.create_future())
         self._queue.append(waiter)

@@ -295,23 +295,29 @@ async def test_slots_bound_the_groups_in_flight_and_the_next_group_gathers_meanw
         running -= 1
         return [line.upper() for line in lines]
 
-    gc = GroupCommit(write, _share, lambda e: e, lambda: RuntimeError("closed"), max_lines=lambda: 3,
+    gc = GroupCommit(write, _share, lambda e: e, lambda: RuntimeError("closed"), max_lines=lambda: 5,
                      max_bytes=1000, max_in_flight=2)
     first = [asyncio.create_task(gc.submit([f"a{k}"])) for k in range(2)]  # one group of 2
     await until(lambda: gc.in_flight == 1, "first group started")
     more = [asyncio.create_task(gc.submit([f"b{k}", f"b{k}."])) for k in range(4)]  # 2 lines each
     await until(lambda: gc.in_flight == 2, "second group started")
-    assert groups == [["a0", "a1"], ["b0", "b0."]] and gc.queued == 3
-    gates[0].set()  # a slot frees: the next group is one caller (two would be 4 lines > 3)
-    await until(lambda: len(groups) == 3, "third group")
-    while not all(t.done() for t in first + more):
+    # whole callers up to 5 lines: a third would make 6
+    assert groups == [["a0", "a1"], ["b0", "b0.", "b1", "b1."]] and gc.queued == 2
+    # half a group or more (3 of 5 lines) is written at once, though both slots are busy
+    big = asyncio.create_task(gc.submit(["c0", "c1", "c2"]))
+    await until(lambda: len(groups) == 3, "the large caller written")
+    assert groups[2] == ["c0", "c1", "c2"] and gc.queued == 2
+    gates[0].set()  # a slot frees: the next group starts
+    await until(lambda: len(groups) == 4, "fourth group")
+    while not all(t.done() for t in [*first, *more, big]):
         for gate in gates:
             gate.set()
         await asyncio.sleep(0)
-    answers = await asyncio.gather(*first, *more)
-    assert answers == [["A0"], ["A1"], ["B0", "B0."], ["B1", "B1."], ["B2", "B2."], ["B3", "B3."]]
-    assert groups == [["a0", "a1"], ["b0", "b0."], ["b1", "b1."], ["b2", "b2."], ["b3", "b3."]]
-    assert peak == 2
+    answers = await asyncio.gather(*first, *more, big)
+    assert answers == [["A0"], ["A1"], ["B0", "B0."], ["B1", "B1."], ["B2", "B2."], ["B3", "B3."],
+                       ["C0", "C1", "C2"]]
+    assert groups[3] == ["b2", "b2.", "b3", "b3."]
+    assert peak == 3  # two slots, and the large caller beside them
 
 
 async def test_bytes_bound_the_groups_and_close_fails_whoever_waits() -> None:
