@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -154,14 +155,10 @@ class GroupCommit(Generic[R]):
         try:
             result = await self._write(lines)
         except asyncio.CancelledError:
-            for waiter in group:
-                if not waiter.future.done():
-                    waiter.future.set_exception(self._closed())
+            _fail_all(group, self._closed)
             raise
         except Exception as exc:  # every caller of the group gets the failure
-            for waiter in group:
-                if not waiter.future.done():
-                    waiter.future.set_exception(self._fail(exc))
+            _fail_all(group, functools.partial(self._fail, exc))
             return
         if len(group) == 1:
             answers = [result]
@@ -182,13 +179,20 @@ class GroupCommit(Generic[R]):
         if self._scheduled is not None:
             self._scheduled.cancel()
             self._scheduled = None
-        while self._queue:
-            waiter = self._queue.popleft()
-            if not waiter.future.done():
-                waiter.future.set_exception(self._closed())
+        _fail_all(list(self._queue), self._closed)
+        self._queue.clear()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _fail_all(waiters: list[_Waiter[R]], error: Callable[[], BaseException]) -> None:
+    """Each waiter still waiting gets its own ``error()``; marked retrieved, so a caller cancelled
+    in the same loop step leaves no "exception was never retrieved" behind (a waiter re-raises it)."""
+    for waiter in waiters:
+        if not waiter.future.done():
+            waiter.future.set_exception(error())
+            waiter.future.exception()

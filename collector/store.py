@@ -118,14 +118,18 @@ class WriteResult:
             k = bisect.bisect_right(starts, index) - 1
             parts[k].rejected[index - starts[k]] = why
         for kind, indexes in self.events:
+            held = indexes if isinstance(indexes, range) else set(indexes)
             for k in _owners(starts, spans, indexes):
                 first, n = spans[k]
-                if kind == "split_bad" and not any(
-                    first <= i < first + n and (i - first) in parts[k].rejected for i in indexes
-                ):
+                if kind == "split_bad" and not any(first + r in held for r in parts[k].rejected):
                     continue
                 parts[k].retries += 1
-                parts[k].events.append((kind, [i - first for i in indexes if first <= i < first + n]))
+                if isinstance(indexes, range):
+                    mine: Sequence[int] = range(max(indexes.start, first) - first,
+                                                min(indexes.stop, first + n) - first)
+                else:
+                    mine = [i - first for i in indexes if first <= i < first + n]
+                parts[k].events.append((kind, mine))
         return parts
 
 
