@@ -146,6 +146,7 @@ async def test_retention_policy_grouping_holds_and_indexes_stay_the_callers(
         two[3] = f"gpu,c=2,i=1 v=1i {NOW_NS - 10**12 + 10**9}"  # field type conflict, in the default policy
         r1, r2 = await asyncio.gather(store.write_lines(one), store.write_lines(two))
         assert r1.rejected == {} and list(r2.rejected) == [3]
+        assert (r1.retries, r2.retries) == (0, 2)  # the two halvings that found two's line 3
         # one request per policy for the group, then the default policy's 4 lines halved to find the bad one
         seen = [(w.body.split(",", 1)[0], w.body.count("\n") + 1, w.status) for w in front.writes]
         assert seen == [("gpu", 4, 400), ("gpu", 2, 204), ("gpu", 2, 400), ("gpu", 1, 204), ("gpu", 1, 400),
