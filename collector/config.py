@@ -141,7 +141,7 @@ class InfluxConfig(StrictModel):
     #: group_commit_max_bytes; each batch is acknowledged when the request that held it is stored.
     group_commit: bool = True
     #: Group writes in flight at once; the next group gathers while they are.
-    group_commit_max_in_flight: int = Field(2, ge=1, le=64)
+    group_commit_max_in_flight: int = Field(4, ge=1, le=64)
     #: Seconds an idle collector waits after the first line before writing, to gather more (0: none).
     group_commit_linger_s: float = Field(0.0, ge=0, le=1.0)
     #: Bytes of line protocol per group (InfluxDB 1.x refuses bodies over max-body-size, 25 MB).
