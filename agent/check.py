@@ -1,7 +1,8 @@
 """``gridwatt-agent check``: is this node ready? GPUs, spool, collector, credentials; one line each.
 
 Every line starts with ✓ (fine), ! (works, but worth a look) or ✗ (will not work, with the reason
-and what to change). The check passes (exit 0) when no line is ✗.
+and what to change). The check passes (exit 0) when no line is ✗. With several collector
+``addresses`` each is probed (see :func:`check_collector` for when one that does not answer fails).
 """
 
 from __future__ import annotations
@@ -121,14 +122,15 @@ def check_spool(path: Path, report: CheckReport) -> None:
                f"folder {folder} is not writable by uid {os.getuid()}"))
 
 
-def explain_rpc_error(conn: CollectorConnection, exc: grpc.aio.AioRpcError) -> str:
+def explain_rpc_error(conn: CollectorConnection, exc: grpc.aio.AioRpcError, address: str = "") -> str:
     """The gRPC error in words, with what to change where the cause is a common mistake."""
+    address = address or conn.address
     details = exc.details() or ""
     hint = ""
     if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         hint = "no answer in time: is the address right, and does a firewall let it through?"
     elif "Connection refused" in details:
-        hint = f"nothing listens on {conn.address}: is gridwatt-collector running there?"
+        hint = f"nothing listens on {address}: is gridwatt-collector running there?"
     elif "WRONG_VERSION_NUMBER" in details:
         hint = "the collector does not speak TLS on this port: set collector.tls = false, or TLS on it"
     elif "CERTIFICATE_VERIFY_FAILED" in details:
@@ -148,21 +150,62 @@ def explain_rpc_error(conn: CollectorConnection, exc: grpc.aio.AioRpcError) -> s
 
 
 async def check_collector(config: AgentConfig, report: CheckReport, timeout_s: float = 5.0) -> None:
-    """Connect with a deadline and ask the collector's Check RPC whether this node may send."""
+    """Probe every collector address the agent may ship to (``addresses``, else ``address``).
+
+    One address: its lines as they are. Several (failover): each address is probed at once and
+    reported on its own lines, then one summary line. The rule: ✗ when no address passes, or when a
+    collector that answers refuses this node (token or rack config differing between replicas: the
+    agent would be refused there after a failover); an address that does not answer is only ! while
+    another one passes, since the agent fails over past it.
+    """
+    targets = config.collector.targets()
+    if len(targets) == 1:
+        probe = await _probe_collector(config, targets[0], timeout_s, "")
+        for line in probe.report.lines:
+            report.lines.append(line)
+        report.failed |= probe.report.failed
+        return
+    probes = await asyncio.gather(*(
+        _probe_collector(config, address, timeout_s, f"collector {address}: ") for address in targets
+    ))
+    usable = [p for p in probes if not p.report.failed]
+    for p in probes:
+        for line in p.report.lines:
+            if p.unreachable and usable and line.startswith(FAIL):
+                report.add(WARN, line[len(FAIL) + 1:] + " (the agent fails over to the other addresses)")
+            else:
+                report.add(line[:1], line[2:])
+    report.add(OK if usable else FAIL,
+               f"collectors: {len(usable)} of {len(probes)} addresses usable"
+               + ("" if usable else " (the agent cannot deliver anywhere)"))
+
+
+@dataclass
+class _Probe:
+    report: CheckReport
+    unreachable: bool = False  # no answer at all (as opposed to an answer that refuses)
+
+
+async def _probe_collector(config: AgentConfig, address: str, timeout_s: float, prefix: str) -> _Probe:
+    """Connect to ``address`` with a deadline and ask its Check RPC whether this node may send;
+    ``prefix`` names the address on the auth and node lines when there are several."""
     from gridwatt.agent.shipper import make_channel
 
+    probe = _Probe(CheckReport())
+    report = probe.report
     conn = config.collector
     try:
         token = read_secret(conn.token, conn.token_file, "collector token", conn.token_file_mode,
                             "collector.token_file_mode")
-        channel = make_channel(conn)
+        channel = make_channel(conn, address)
     except ConfigError as exc:
-        report.add(FAIL, f"collector {conn.address}: {exc}")
-        return
+        report.add(FAIL, f"collector {address}: {exc}")
+        return probe
     except OSError as exc:
-        report.add(FAIL, f"collector {conn.address}: cannot read a TLS file: {exc}")
-        return
+        report.add(FAIL, f"collector {address}: cannot read a TLS file: {exc}")
+        return probe
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    reachable = f"collector {address}: reachable" + (" over TLS" if conn.tls else "")
     async with channel:
         stub = pb_grpc.IngestStub(channel)
         request = pb.CheckRequest(node=config.node, agent_version=__version__)
@@ -171,29 +214,32 @@ async def check_collector(config: AgentConfig, report: CheckReport, timeout_s: f
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-                report.add(OK, f"collector {conn.address}: reachable" + (" over TLS" if conn.tls else ""))
-                report.add(FAIL, f"auth: refused: {code.name}: {exc.details()}")
+                report.add(OK, reachable)
+                report.add(FAIL, f"{prefix}auth: refused: {code.name}: {exc.details()}")
             elif code == grpc.StatusCode.NOT_FOUND:
-                report.add(OK, f"collector {conn.address}: reachable" + (" over TLS" if conn.tls else ""))
-                report.add(OK, "auth: accepted")
-                report.add(FAIL, f"node {config.node!r}: {exc.details()}")
+                report.add(OK, reachable)
+                report.add(OK, f"{prefix}auth: accepted")
+                report.add(FAIL, f"{prefix}node {config.node!r}: {exc.details()}")
             elif code == grpc.StatusCode.UNIMPLEMENTED:
-                report.add(OK, f"collector {conn.address}: reachable")
-                report.add(WARN, "auth: not checked (the collector is older and has no Check RPC)")
+                report.add(OK, f"collector {address}: reachable")
+                report.add(WARN, f"{prefix}auth: not checked (the collector is older and has no Check RPC)")
             else:
-                report.add(FAIL, f"collector {conn.address}: unreachable: {explain_rpc_error(conn, exc)}")
-            return
-    report.add(OK, f"collector {conn.address}: reachable" + (" over TLS" if conn.tls else "")
-               + (f", gridwatt {resp.collector_version}" if resp.collector_version else ""))
+                probe.unreachable = True
+                report.add(FAIL, f"collector {address}: unreachable: "
+                                 f"{explain_rpc_error(conn, exc, address)}")
+            return probe
+    report.add(OK, reachable + (f", gridwatt {resp.collector_version}" if resp.collector_version else ""))
     if resp.auth_required:
-        report.add(OK, f"auth: accepted for node {resp.node!r}")
+        report.add(OK, f"{prefix}auth: accepted for node {resp.node!r}")
     elif token:
-        report.add(WARN, "auth: the collector does not check tokens (no [auth] on the collector)")
+        report.add(WARN, f"{prefix}auth: the collector does not check tokens (no [auth] on the collector)")
     else:
-        report.add(WARN, "auth: none configured on either side (fine for tests, not for production)")
+        report.add(WARN, f"{prefix}auth: none configured on either side (fine for tests, not for production)")
     if token and not conn.tls:
-        report.add(WARN, "the token is sent without TLS: anyone on the path can read it; set collector.tls")
-    report.add(OK, f"node {resp.node!r}: known to the collector (rack {resp.rack}, zone {resp.zone})")
+        report.add(WARN, f"{prefix}the token is sent without TLS: anyone on the path can read it; "
+                         "set collector.tls")
+    report.add(OK, f"{prefix}node {resp.node!r}: known to the collector (rack {resp.rack}, zone {resp.zone})")
+    return probe
 
 
 async def check_kubelet(config: AgentConfig, report: CheckReport) -> None:

@@ -17,7 +17,19 @@ from gridwatt.collector.alerts.rules import AlertsConfig
 from gridwatt.collector.intensity.config import ProviderConfig
 from gridwatt.collector.read_auth import ReadsConfig
 from gridwatt.collector.report_config import ReportsConfig
-from gridwatt.collector.schema import AGENT_LEDGER, GPU, HOST, JOB, JOB_WINDOW, NODE, RACK
+from gridwatt.collector.schema import (
+    AGENT_LEDGER,
+    ALERT_EVENT,
+    ALERT_PROGRESS,
+    ALERT_STATE,
+    GPU,
+    HOST,
+    JOB,
+    JOB_WINDOW,
+    NODE,
+    RACK,
+    REPLICA,
+)
 from gridwatt.configfile import ConfigPath, StrictModel
 from gridwatt.timeutil import parse_time_ns
 
@@ -92,7 +104,8 @@ class RackConfig(StrictModel):
 
 
 #: Every measurement the collector writes (see "Data model in InfluxDB" in README.md).
-MEASUREMENTS = (GPU, JOB, JOB_WINDOW, NODE, RACK, HOST, AGENT_LEDGER)
+MEASUREMENTS = (GPU, JOB, JOB_WINDOW, NODE, RACK, HOST, AGENT_LEDGER, REPLICA, ALERT_PROGRESS, ALERT_STATE,
+                ALERT_EVENT)
 
 
 class RetentionPolicyConfig(StrictModel):
@@ -196,6 +209,9 @@ class ServerConfig(StrictModel):
     http_listen: str = "127.0.0.1:8080"
     #: Accept nodes missing from [[racks]] (placed in accounting.default_rack).
     auto_register: bool = False
+    #: This replica's name among several collectors (alert election, logs, /metrics); empty:
+    #: ``<hostname>:<grpc port>``. Every replica needs its own.
+    replica_id: str = Field("", max_length=128, pattern=r"^[A-Za-z0-9_.:@-]*$")
     #: Samples ending more than this after the collector's clock are rejected.
     max_future_s: float = Field(300.0, ge=0)
     #: Mean power above this is implausible for one GPU and rejected.
@@ -289,6 +305,11 @@ class AccountingConfig(StrictModel):
     #: Recompute each touched rack window once more this long after its recompute, so that with
     #: several collector replicas the last write of a window is always a complete one. 0 disables.
     replica_settle_s: float = Field(2.0, ge=0, le=300)
+    #: A rack's windows are recomputed this long after the first batch that touched them asks, so
+    #: the nodes of a rack whose batches land meanwhile share one read. Their acks wait for it, so it
+    #: adds to ack latency and batches in flight; 0: at once (batches landing while a recompute of
+    #: the rack runs still share the next one).
+    rack_delay_s: float = Field(0.0, ge=0, le=10)
     #: How often stretches accounted with estimated or held intensity are asked of their provider
     #: again; where a measured value has arrived, their samples and windows are re-accounted
     #: (collector/revisit.py). 0 disables. Needs rack_windows (it reads the stored samples back).

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -34,6 +34,7 @@ from gridwatt.collector.ingest_stats import IngestStats
 from gridwatt.collector.intensity.base import IntensityUnavailable
 from gridwatt.collector.intervals import first_conflict, stored_intervals
 from gridwatt.collector.ledger import LedgerBook
+from gridwatt.collector.node_state import NodeHeld
 from gridwatt.collector.points import UNATTRIBUTED, host_lines, prepare_batch, sample_digest
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore, QueryError, StoreRejected, StoreUnavailable
@@ -61,6 +62,8 @@ class _Outcome:
     deferred: str = ""  # reason, when the batch was answered UNAVAILABLE
     rejected_batch: str = ""  # reason, when the batch was answered INVALID_ARGUMENT
     retried: bool = False
+    #: to await before the Ack, after the node's lock is released (its rack windows)
+    after: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -128,7 +131,9 @@ class Ingestor:
         self.stats.batches_received += 1
         self.stats.batches_rejected_by_reason["malformed"] += 1
 
-    async def handle(self, batch: pb.Batch) -> pb.Ack:
+    async def handle(self, batch: pb.Batch, hold: bool = True) -> pb.Ack:
+        """Store one batch and answer it. ``hold``: the node's state may be held between batches
+        (collector/node_state.py); False for a unary Write, whose node may stream elsewhere."""
         n = len(batch.gpu_samples)
         st = self.stats
         st.batches_received += 1
@@ -156,7 +161,7 @@ class Ingestor:
         st.samples_in_flight += n
         done: _Outcome | None = None
         try:
-            done = await self._process(batch, n)
+            done = await self._process(batch, n, hold)
         except Exception as exc:  # unforeseen: not stored as far as the agent knows; it resends
             log.exception("batch %d from %r failed", batch.batch_id, batch.node)
             done = _unavailable(batch, n, "error", f"collector error, not stored: {exc}",
@@ -206,7 +211,7 @@ class Ingestor:
         ack = pb.Ack(batch_id=batch.batch_id, code=CODE_INVALID_ARGUMENT, message=message)
         return _Outcome(ack, rejected=Counter({reason: n}) if n else Counter(), rejected_batch=reason)
 
-    async def _process(self, batch: pb.Batch, n: int) -> _Outcome:
+    async def _process(self, batch: pb.Batch, n: int, hold: bool = True) -> _Outcome:
         try:
             validate_batch(batch, self.limits, time.time_ns())
             placement = self.topology.locate(batch.node)
@@ -222,7 +227,10 @@ class Ingestor:
             if lock is None:
                 lock = self._node_locks[batch.node] = asyncio.Lock()
             async with lock:
-                return await self._store_samples(batch, n, placement, side_lines)
+                outcome = await self._store_samples(batch, n, placement, side_lines, hold)
+            if outcome.after is not None:  # the rack windows: the node's next batch need not wait
+                await outcome.after()
+            return outcome
         except BatchRejected as exc:
             if self._log_budget.allow(batch.node):
                 log.warning("rejected batch %d from node %s: %s", batch.batch_id, shown(batch.node), exc)
@@ -246,7 +254,7 @@ class Ingestor:
                                 self.store.retry_after_s())
 
     async def _store_samples(self, batch: pb.Batch, n: int, placement: Placement,
-                             side_lines: list[str]) -> _Outcome:
+                             side_lines: list[str], hold: bool = True) -> _Outcome:
         """Check the node's job budget and stored GPU time, then account and write (under the node lock)."""
         budget = self.bounds.jobs
         job_ids = [j.job_id for s in batch.gpu_samples for j in s.jobs if j.job_id != UNATTRIBUTED]
@@ -266,18 +274,30 @@ class Ingestor:
                 f"hour (server.max_new_jobs_per_node_per_hour = {budget.per_hour}); resend later", wait_s)
         lo = min(s.start_ns for s in batch.gpu_samples)
         hi = max(s.end_ns for s in batch.gpu_samples)
-        if self.bounds.check_intervals:
+        held: NodeHeld | None = None  # the node's held state (collector/node_state.py)
+        hold = hold and self.rack_windows
+        if self.bounds.check_intervals or hold:
             if not self.store.serving:  # as a write would: no request while InfluxDB is down
                 raise StoreUnavailable(f"InfluxDB unavailable: {self.store.health_reason}",
                                        self.store.retry_after_s(), "unhealthy")
+            lookback = self.bounds.max_interval_ns
+            conflict = None
             try:
-                stored = await stored_intervals(self.store, batch.node, lo, hi, self.bounds.max_interval_ns)
+                if hold:
+                    held = await self.rollup.held.acquire(batch.node, lo, lookback)
+                if self.bounds.check_intervals:
+                    samples = list(batch.gpu_samples)
+                    stored = held.interval_view(samples, lo, lookback) if held is not None else None
+                    if stored is None:
+                        self.rollup.held.interval_checks_read += 1
+                        stored = await stored_intervals(self.store, batch.node, lo, hi, lookback)
+                    else:
+                        self.rollup.held.interval_checks_held += 1
+                    conflict = first_conflict(samples, [sample_digest(s) for s in samples], stored)
             except QueryError as exc:
                 if "unreachable" in str(exc):  # down, as a failed write would find: health follows
                     await self.store.note_unreachable(str(exc))
                 raise
-            samples = list(batch.gpu_samples)
-            conflict = first_conflict(samples, [sample_digest(s) for s in samples], stored)
             if conflict:
                 raise BatchRejected(f"interval_conflict: {conflict}", "interval_conflict")
         intensity = await placement.intensity.series(lo, hi)
@@ -285,6 +305,8 @@ class Ingestor:
         prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns, pue)
         # the ledger and host lines ride along after the samples' lines, in the same requests
         n_lines = len(prepared.lines)
+        if held is not None:  # still set at the node's next batch if this write fails
+            held.writing = True
         result = await self.store.write_lines(prepared.lines + side_lines)
         retried = result.retries > 0
         for index, (status, reason) in list(result.rejected.items()):
@@ -296,21 +318,29 @@ class Ingestor:
             self.on_estimated(placement.zone, lo, hi)
         if self.on_accounted is not None:  # the live view on /metrics (collector/live_metrics.py)
             self.on_accounted(batch, placement, intensity, pue, prepared.first_line, result.rejected)
+        after = None
         if self.rack_windows:
-            await self.rollup.recompute(batch.node, placement.rack, placement.zone, prepared.windows)
-            if self.on_stored is not None:
-                # a batch may end part way through an interval's GPUs: the node has reported
-                # completely only up to the earliest of its GPUs' latest ends
-                latest: dict[int, int] = {}
-                for s in batch.gpu_samples:
-                    if s.end_ns > latest.get(s.gpu_index, 0):
-                        latest[s.gpu_index] = s.end_ns
-                self.on_stored(batch.node, placement.rack, min(prepared.windows), min(latest.values()))
+            await self.rollup.recompute_node(batch.node, placement.rack, placement.zone, prepared.windows,
+                                             None if result.rejected else held, batch.gpu_samples,
+                                             prepared.job_points)
+            # a batch may end part way through an interval's GPUs: the node has reported
+            # completely only up to the earliest of its GPUs' latest ends
+            latest: dict[int, int] = {}
+            for s in batch.gpu_samples:
+                if s.end_ns > latest.get(s.gpu_index, 0):
+                    latest[s.gpu_index] = s.end_ns
+
+            async def after() -> None:
+                await self.rollup.recompute_rack(placement.rack, placement.zone, prepared.windows)
+                if self.on_stored is not None:
+                    self.on_stored(batch.node, placement.rack, min(prepared.windows), min(latest.values()))
         budget.admit(batch.node, job_ids, new_jobs)
         if not result.rejected:
             ack = pb.Ack(batch_id=batch.batch_id, code=CODE_OK, stored_samples=n)
-            return _Outcome(ack, stored=n, retried=retried)
-        return self._partly_rejected(batch, n, prepared.first_line, result.rejected, retried)
+            return _Outcome(ack, stored=n, retried=retried, after=after)
+        outcome = self._partly_rejected(batch, n, prepared.first_line, result.rejected, retried)
+        outcome.after = after
+        return outcome
 
     def _unknown_node(self, batch: pb.Batch, n: int) -> _Outcome:
         """A node in no rack is a config mistake, not bad data: UNAVAILABLE, so the agent keeps
@@ -447,6 +477,8 @@ class IngestService:
                             f"too_many_streams: this node has {self.streams.limit} streams open already "
                             "(server.max_streams_per_node); use one stream")
                     stream_node = batch.node
+                    # it may have streamed to another replica meanwhile: read its state again
+                    self.ingestor.rollup.held.drop(batch.node)
                 elif stream_node is not None and batch.node != stream_node:
                     await context.abort(
                         grpc.StatusCode.INVALID_ARGUMENT,
@@ -466,7 +498,7 @@ class IngestService:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, batch)
             raise AssertionError("unreachable")
         await self._authorize(context, identity, batch.node)
-        ack = await self.ingestor.handle(batch)
+        ack = await self.ingestor.handle(batch, hold=False)
         if ack.code == CODE_INVALID_ARGUMENT:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ack.message)
         if ack.code == CODE_UNAVAILABLE:

@@ -11,6 +11,9 @@ Identity is the sample's digest (SHA-256 of its deterministic serialization), st
 point as the string field ``digest``, so an exact resend (at-least-once delivery) is recognised and
 stays idempotent. Because the check reads the store, it holds across collector restarts and between
 replicas (up to the instant between one replica's read and its write; a node streams to one replica).
+A streamed batch in time order is checked against held state instead (collector/node_state.py,
+``NodeHeld.interval_view``: the same answer, without a read), and a node's held state is dropped when
+it opens a new stream, so between replicas the check holds as long as a node streams to one at a time.
 """
 
 from __future__ import annotations

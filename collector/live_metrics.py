@@ -349,6 +349,11 @@ class LiveAccounts:
                         acc[1] += ev.wasted_co2e_kg * 1000.0
             for rule in self.monitor.config.rules:
                 waste.setdefault((rule.name, rule.scope), [0.0, 0.0])
+        if self.monitor is not None:
+            role = self.monitor.role
+            w.family(f"{PREFIX}alert_evaluator", "gauge",
+                     "1 while this replica evaluates alerts (mode always, or the elected leader).", "",
+                     [(_labels(replica=role.replica, mode=role.mode), 1.0 if role.evaluating() else 0.0)])
         w.family(f"{PREFIX}alert_active", "gauge",
                  "1 for each alert (rule x scope) that is firing or pending now.", "", states)
         for key, v in waste.items():

@@ -73,6 +73,18 @@ def _attribution_fields(method: int, user: str, split_estimated: bool, *who: str
 
 
 
+@dataclass(slots=True)
+class JobPoint:
+    """One ``job`` point as written: gpu tag, job id, start, and values (collector/node_state.py)."""
+
+    gpu: str
+    job_id: str
+    start_ns: int
+    end_ns: int
+    sums: tuple[float, ...]  # e, f, c, ce, d, u, i, ie (node_state.SUM_KEYS)
+    who: dict[str, str]  # non-empty who-fields only
+
+
 @dataclass
 class PreparedBatch:
     """The lines to write, and the rack windows (start ns) the batch touched."""
@@ -86,6 +98,8 @@ class PreparedBatch:
     estimated_co2e_g: float = 0.0
     #: Index in ``lines`` of each sample's first line (its gpu point; its job points follow).
     first_line: list[int] = field(default_factory=list)
+    #: The job points as values, for held node state (collector/node_state.py).
+    job_points: list[JobPoint] = field(default_factory=list)
 
 
 def prepare_batch(
@@ -117,6 +131,8 @@ def prepare_batch(
     tag_cache: dict[str, str] = {}
     how_cache: dict[tuple[Any, ...], str] = {}
     first_line: list[int] = []
+    job_points: list[JobPoint] = []
+    held_point = job_points.append
     for s in batch.gpu_samples:
         first_line.append(len(lines))
         start = s.start_ns
@@ -170,15 +186,20 @@ def prepare_batch(
             if how is None:
                 how = how_cache[key] = _attribution_fields(method, user, estimated, *who)
             gpu_s = dur_s * frac
+            sums = (e * frac, fac * frac, co2 * frac, est_co2 * frac, gpu_s, util * gpu_s, idle_s * frac,
+                    idle_e * frac)
             append(
-                f"{head}{job_suffix}{gpu} energy_j={e * frac!r},"
-                f"facility_energy_j={fac * frac!r},co2e_g={co2 * frac!r},estimated_co2e_g={est_co2 * frac!r},"
+                f"{head}{job_suffix}{gpu} energy_j={sums[0]!r},"
+                f"facility_energy_j={sums[1]!r},co2e_g={sums[2]!r},estimated_co2e_g={sums[3]!r},"
                 f"gpu_s={gpu_s!r},"
-                f"util_pct_s={util * gpu_s!r},idle_s={idle_s * frac!r},idle_energy_j={idle_e * frac!r},"
+                f"util_pct_s={sums[5]!r},idle_s={sums[6]!r},idle_energy_j={sums[7]!r},"
                 f"fraction={frac!r},end_ns={end}i,ef={ef}{how} {start}"
             )
+            who_values = {name: v for name, v in zip(WHO_FIELDS, (user, *who), strict=False) if v}
+            held_point(JobPoint(gpu, job_id, start, end, sums, who_values))
         windows.add(start - start % resolution_ns)
-    return PreparedBatch(lines, windows, len(batch.gpu_samples), total_e, total_c, total_est, first_line)
+    return PreparedBatch(lines, windows, len(batch.gpu_samples), total_e, total_c, total_est, first_line,
+                         job_points)
 
 
 def host_lines(batch: pb.Batch, placement: Placement) -> list[str]:

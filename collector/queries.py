@@ -244,3 +244,13 @@ def gpu_intervals(m: Measurement, node: str, lo_ns: int, hi_ns: int, lookback_ns
             f'AND time < {hi_ns} GROUP BY "gpu"; '
             f'SELECT max("end_ns") FROM {m(GPU)} WHERE "node" = {n} AND time >= {lo_ns - lookback_ns} '
             f'AND time < {lo_ns} GROUP BY "gpu"')
+
+
+def held_node_fill(m: Measurement, node: str, known_from_ns: int, horizon_ns: int, far_ns: int) -> str:
+    """Two statements for held node state (node_state.py): the latest ``job`` point of ``node`` at or
+    after known_from_ns (its time), and per GPU the latest end of its ``gpu`` points from horizon_ns."""
+    n = quote_string(node)
+    return (f'SELECT last("end_ns") FROM {m(JOB)} WHERE "node" = {n} AND time >= {known_from_ns} '
+            f'AND time < {far_ns}; '
+            f'SELECT max("end_ns") FROM {m(GPU)} WHERE "node" = {n} AND time >= {horizon_ns} '
+            f'AND time < {far_ns} GROUP BY "gpu"')

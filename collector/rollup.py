@@ -1,37 +1,58 @@
-"""Node- and rack-level windows, recomputed from stored points after every write.
+"""Node- and rack-level windows, recomputed after every write: from held state, or read back.
 
-No window is accumulated in memory. After a batch of node N is stored:
+After a batch of node N is stored:
 
 1. every window it touched is recomputed from all ``job`` points of node N in
    that window (the job shares of each GPU interval, ``unattributed`` included, add up to
-   the interval) and written to the ``node`` and ``job_window`` measurements (reads only
-   N's points);
+   the interval) and written to the ``node`` and ``job_window`` measurements. The job
+   points' sums come from the node's held state (collector/node_state.py: kept in memory,
+   equal to the read-back, see there why) where it holds the window, else from InfluxDB
+   (one query, reading only N's points), which is then held;
 2. those windows of N's rack are recomputed from the rack's ``node`` points
    (one small point per node and window) and written to ``rack``.
 
 Both writes have deterministic tags and timestamps, so a resent batch, a late
 sample or a batch split differently all leave the same values. Recomputes of
-one node are serialised; recomputes of one rack are coalesced (group commit):
-windows queued while a recompute of the rack runs are all covered by the next
-one, which starts only after their node points were written.
+one node are serialised; recomputes of one rack are debounced and coalesced:
+the first request for a rack waits ``rack_delay_s`` (so the nodes of a rack that
+land in the same moment share one read), and windows queued while a recompute of
+the rack runs are all covered by the next one, which starts only after their node
+points were written. A batch is acknowledged after its node and rack windows are
+written, so a crash never leaves a window of an acknowledged batch stale: the agent
+resends what was not acknowledged, which recomputes the windows.
 
 With several collector replicas, nodes of one rack may be served by different
 replicas, and one replica's recompute of a rack window can read before another
 replica's node point lands yet write after that replica's (complete) recompute.
 So every recomputed rack window is recomputed once more ``settle_s`` later
 (coalesced per rack): the last write of a window then always reads every node
-point written before it, and the rack series converges to the exact sum.
+point written before it, and the rack series converges to the exact sum. For the
+same reason every node window written from held state is read back once more
+``settle_s`` after the last batch touched it (one query per node and window, once
+the window has closed): another replica may have rewritten the node's points there
+(collector/revisit.py), which held state cannot see.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH
+from gridwatt.collector.node_state import (
+    HeldNodes,
+    JobPoint,
+    NodeHeld,
+    Series,
+    held_series,
+    node_windows_from_series,
+    series_from_rows,
+)
 from gridwatt.collector.schema import WHO_FIELDS, job_window_key, node_key, rack_key, string_field
 from gridwatt.collector.store import InfluxStore, series_rows
 from gridwatt.timeutil import NS_PER_S
@@ -92,10 +113,12 @@ class RackRollup:
     """See the module docstring."""
 
     def __init__(
-        self, store: InfluxStore, resolution_s: int, max_gap_windows: int = 60, settle_s: float = 0.0
+        self, store: InfluxStore, resolution_s: int, max_gap_windows: int = 60, settle_s: float = 0.0,
+        rack_delay_s: float = 0.0,
     ) -> None:
         self.store = store
         self.settle_s = settle_s
+        self.rack_delay_s = rack_delay_s
         self._settle: dict[str, tuple[str, set[int]]] = {}
         self._settle_handles: dict[str, asyncio.TimerHandle] = {}
         self._settle_tasks: set[asyncio.Task[int]] = set()
@@ -105,7 +128,19 @@ class RackRollup:
         self._node_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._rack_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._queued: dict[str, tuple[set[int], asyncio.Future[int]]] = {}
+        #: InfluxQL requests made: all of them, and those reading node and rack windows
         self.queries = 0
+        self.node_queries = 0
+        self.rack_queries = 0
+        #: held node state (collector/node_state.py), used by ingest for streamed batches
+        self.held = HeldNodes(store, self.resolution_ns)
+        #: node -> (rack, zone, {window start: monotonic time of its last write from held state})
+        self._final: dict[str, tuple[str, str, dict[int, float]]] = {}
+        self._final_handles: dict[str, asyncio.TimerHandle] = {}
+        self._final_tasks: set[asyncio.Task[None]] = set()
+        #: read-backs of node windows written from held state, and those that found other values
+        self.final_runs = 0
+        self.final_mismatches = 0
 
     def _runs(self, window_starts: set[int]) -> list[tuple[int, int]]:
         """[lo, hi) ranges covering the windows, split where they are far apart."""
@@ -123,6 +158,13 @@ class RackRollup:
         (result,) = await self.store.query(q)
         return series_rows(result)
 
+    async def node_series(self, node: str, lo_ns: int, hi_ns: int) -> list[Series]:
+        """The sums of each job series (GPU, job) of ``node`` per window in [lo_ns, hi_ns), read back."""
+        res_s = self.resolution_ns // NS_PER_S
+        self.node_queries += 1
+        rows = await self._sums(queries.node_window_sums(self.store.measurement, node, lo_ns, hi_ns, res_s))
+        return series_from_rows(rows)
+
     async def node_windows(
         self, node: str, lo_ns: int, hi_ns: int
     ) -> tuple[dict[int, dict[str, float]], dict[tuple[int, str], dict[str, Any]]]:
@@ -131,32 +173,18 @@ class RackRollup:
         The job points of a GPU interval share out its whole energy (``unattributed`` included),
         so their sums are the node's; ``gpu_s`` adds up to the GPUs' seconds.
         """
-        res_s = self.resolution_ns // NS_PER_S
-        rows = await self._sums(queries.node_window_sums(self.store.measurement, node, lo_ns, hi_ns, res_s))
-        windows: dict[int, dict[str, float]] = {}
-        jobs: dict[tuple[int, str], dict[str, Any]] = {}
-        gpus: dict[int, set[str]] = defaultdict(set)
-        for tags, row in rows:
-            t = int(row["time"])
-            w = windows.setdefault(t, dict.fromkeys(_SUMS, 0.0))
-            j = jobs.setdefault((t, tags.get("job_id", "")), dict.fromkeys((*_SUMS, "end_ns"), 0.0))
-            for key in _SUMS[:-1]:
-                value = row.get(key) or 0.0
-                w[key] += value
-                j[key] += value
-            j["n"] += 1
-            j["end_ns"] = max(j["end_ns"], float(row["end_ns"] or 0))
-            for name in WHO:
-                if row.get(name):
-                    j[name] = str(row[name])
-            gpus[t].add(tags.get("gpu", ""))
-        for t, w in windows.items():
-            w["n"] = len(gpus[t])
-        return windows, jobs
+        return node_windows_from_series(await self.node_series(node, lo_ns, hi_ns))
+
+    async def _read_series(self, node: str, window_starts: set[int]) -> list[Series]:
+        out: list[Series] = []
+        for lo, hi in self._runs(window_starts):
+            out += [r for r in await self.node_series(node, lo, hi) if r[0] in window_starts]
+        return out
 
     async def rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> dict[int, dict[str, float]]:
         """Sums per window over all node points of ``rack`` in [lo_ns, hi_ns)."""
         res_s = self.resolution_ns // NS_PER_S
+        self.rack_queries += 1
         rows = await self._sums(queries.rack_window_sums(self.store.measurement, rack, lo_ns, hi_ns, res_s))
         windows: dict[int, dict[str, float]] = {}
         for _tags, row in rows:
@@ -167,23 +195,123 @@ class RackRollup:
             windows[int(row["time"])] = w
         return windows
 
-    async def recompute(self, node: str, rack: str, zone: str, window_starts: set[int]) -> int:
-        """Recompute the node's windows, then its rack's (coalesced); returns rack points written."""
+    async def recompute(
+        self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld | None = None,
+        samples: Iterable[Any] = (), points: list[JobPoint] | None = None,
+    ) -> int:
+        """Recompute the node's windows, then its rack's (coalesced); returns rack points written.
+
+        With ``held`` (ingest, after a stored batch whose gpu ``samples`` and job ``points`` it gives),
+        held windows are followed in memory and the others read back; without it every window is read
+        back and the node's held state dropped (another writer, such as revisit.py, changed its points).
+        """
         if not window_starts:
             return 0
+        await self.recompute_node(node, rack, zone, window_starts, held, samples, points)
+        return await self._recompute_rack(rack, zone, window_starts)
+
+    async def recompute_rack(self, rack: str, zone: str, window_starts: set[int]) -> int:
+        """Recompute the rack's windows (debounced, coalesced); returns rack points written."""
+        return await self._recompute_rack(rack, zone, window_starts) if window_starts else 0
+
+    async def recompute_node(
+        self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld | None = None,
+        samples: Iterable[Any] = (), points: list[JobPoint] | None = None,
+    ) -> None:
+        """The node part of ``recompute``: its node and job_window points."""
+        if not window_starts:
+            return
         async with self._node_locks[node]:
-            lines: list[str] = []
-            for lo, hi in self._runs(window_starts):
-                windows, jobs = await self.node_windows(node, lo, hi)
-                lines += node_lines(
-                    node, rack, zone, {t: w for t, w in windows.items() if t in window_starts}
-                )
-                lines += job_window_lines(
-                    node, rack, {k: w for k, w in jobs.items() if k[0] in window_starts}
-                )
+            if held is None or not held.valid:
+                self.held.drop(node)
+                held, read = None, set(window_starts)
+            else:
+                read = self.held.wrote(held, samples, points or [], window_starts)
+            series = held_series(held.windows, window_starts - read) if held is not None else []
+            fresh = await self._read_series(node, read) if read else []
+            if held is not None:
+                self.held.read(held, fresh, read)
+            windows, jobs = node_windows_from_series(series + fresh)
+            lines = node_lines(node, rack, zone, {t: w for t, w in windows.items() if t in window_starts})
+            lines += job_window_lines(node, rack, {k: w for k, w in jobs.items() if k[0] in window_starts})
             if lines:
                 self._log_refused(node, lines, await self.store.write_lines(lines))
-        return await self._recompute_rack(rack, zone, window_starts)
+            if held is not None:
+                self.held.evict(held)
+                if self.settle_s > 0 and window_starts - read:
+                    self._schedule_final(node, rack, zone, window_starts - read)
+
+    def _schedule_final(self, node: str, rack: str, zone: str, window_starts: set[int]) -> None:
+        """Read these windows back once they have closed and ``settle_s`` after the last write from
+        held state (see ``_final_wait_s``)."""
+        now = time.monotonic()
+        entry = self._final.get(node)
+        if entry is None:
+            entry = self._final[node] = (rack, zone, {})
+        entry[2].update(dict.fromkeys(window_starts, now))
+        if node not in self._final_handles:
+            wait = min(self._final_wait_s(t, now) for t in window_starts)
+            self._final_handles[node] = asyncio.get_running_loop().call_later(wait, self._start_final, node)
+
+    def _final_wait_s(self, window_ns: int, written: float) -> float:
+        """Seconds until a window written from held state at ``written`` (monotonic) is read back:
+        ``settle_s`` after that write, and not before the window's end (sample time, on the wall
+        clock) plus ``settle_s``, so a window still filling in real time is read back once."""
+        since_write = self.settle_s - (time.monotonic() - written)
+        until_closed = (window_ns + self.resolution_ns - time.time_ns()) / NS_PER_S + self.settle_s
+        return max(0.0, since_write, until_closed)
+
+    def _due_final(self, node: str, now: float | None) -> tuple[str, str, set[int]] | None:
+        """Take the node's windows that are due (all with ``now`` None)."""
+        entry = self._final.get(node)
+        if entry is None:
+            return None
+        rack, zone, last = entry
+        due = {t for t, at in last.items() if now is None or self._final_wait_s(t, at) <= 0}
+        for t in due:
+            del last[t]
+        if not last:
+            del self._final[node]
+        return (rack, zone, due) if due else None
+
+    def _start_final(self, node: str) -> None:
+        self._final_handles.pop(node, None)
+        due = self._due_final(node, time.monotonic())
+        entry = self._final.get(node)
+        if entry is not None:  # windows not yet due: look again when the first of them is
+            wait = max(0.05, min(self._final_wait_s(t, at) for t, at in entry[2].items()))
+            self._final_handles[node] = asyncio.get_running_loop().call_later(wait, self._start_final, node)
+        if due is not None:
+            task = asyncio.create_task(self._read_back(node, *due))
+            self._final_tasks.add(task)
+            task.add_done_callback(self._final_done)
+
+    def _final_done(self, task: asyncio.Task[None]) -> None:
+        self._final_tasks.discard(task)
+        self.final_runs += 1
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("reading node windows back failed (a later batch recomputes them): %s",
+                        task.exception())
+
+    async def _read_back(self, node: str, rack: str, zone: str, window_starts: set[int]) -> None:
+        """Rewrite node windows from the read-back, hold what was read, then recompute the rack's."""
+        async with self._node_locks[node]:
+            fresh = await self._read_series(node, window_starts)
+            held = self.held.get(node)
+            if held is not None:
+                common = {t for t in window_starts if t in held.windows}  # not evicted since
+                mine = node_windows_from_series(held_series(held.windows, common))
+                if mine != node_windows_from_series([r for r in fresh if r[0] in common]):
+                    self.final_mismatches += 1
+                    log.info("node %r: windows read back differ from held state (another replica or a "
+                             "rewrite wrote there); rewritten from the store", node)
+                self.held.read(held, fresh, window_starts)
+                self.held.evict(held)
+            windows, jobs = node_windows_from_series(fresh)
+            lines = node_lines(node, rack, zone, windows) + job_window_lines(node, rack, jobs)
+            if lines:
+                self._log_refused(node, lines, await self.store.write_lines(lines))
+        await self._recompute_rack(rack, zone, window_starts)
 
     @staticmethod
     def _log_refused(what: str, lines: list[str], result: Any) -> None:
@@ -214,7 +342,21 @@ class RackRollup:
             log.warning("settling rack windows failed (a later batch recomputes them): %s", task.exception())
 
     async def close(self) -> None:
-        """Run pending settle recomputes now (best effort), so a stopping collector leaves them exact."""
+        """Run pending read-backs and settle recomputes now (best effort), so a stopping collector
+        leaves them exact."""
+        for handle in self._final_handles.values():
+            handle.cancel()
+        self._final_handles.clear()
+        finals = [(node, due) for node in list(self._final) if (due := self._due_final(node, None))]
+        for k in range(0, len(finals), 16):  # 16 at a time: a large cluster stops in seconds
+            chunk = finals[k:k + 16]
+            results = await asyncio.gather(*(self._read_back(node, *due) for node, due in chunk),
+                                           return_exceptions=True)
+            for (node, _), result in zip(chunk, results, strict=True):
+                if isinstance(result, Exception):  # the store may be down at shutdown
+                    log.warning("node %r: final read-back of windows failed: %s", node, result)
+        if self._final_tasks:
+            await asyncio.gather(*self._final_tasks, return_exceptions=True)
         for handle in self._settle_handles.values():
             handle.cancel()
         pending = list(self._settle.items())
@@ -238,6 +380,8 @@ class RackRollup:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queued[rack] = (set(window_starts), future)
         try:
+            if settle and self.rack_delay_s > 0:  # debounce: nodes landing meanwhile share this one
+                await asyncio.sleep(self.rack_delay_s)
             async with self._rack_locks[rack]:
                 todo, _ = self._queued.pop(rack)
                 lines: list[str] = []

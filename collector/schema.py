@@ -12,6 +12,7 @@ name and tags are spelled in one place (README "Data model in InfluxDB" lists th
 | ``rack`` | rack, zone | rollup.py |
 | ``job_window`` | job_id, node, rack | rollup.py |
 | ``agent_ledger`` | node, rack | ledger.py |
+| ``gridwatt_replica``, ``alert_*`` (progress, state, event) | see alerts/shared.py | alerts/shared.py |
 
 Keys are deterministic (same sample, same key and timestamp), so a resent batch overwrites itself.
 ``alias`` (Slurm's ``1234_7`` / ``1234+1``) is only present where the agent sent one; it depends on
@@ -27,6 +28,12 @@ NODE = "node"
 RACK = "rack"
 JOB_WINDOW = "job_window"
 AGENT_LEDGER = "agent_ledger"
+#: What collector replicas share for alerts (alerts/shared.py): heartbeats, node progress, the
+#: evaluator's state, the log of delivered alert events.
+REPLICA = "gridwatt_replica"
+ALERT_PROGRESS = "alert_progress"
+ALERT_STATE = "alert_state"
+ALERT_EVENT = "alert_event"
 #: Who ran a job: string fields (never tags) of ``job`` and ``job_window`` points, where known.
 WHO_FIELDS = ("user", "account", "partition", "namespace", "job_name")
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -206,7 +207,8 @@ async def _start_serving(
     store: InfluxStore, opened: list[Callable[[], Awaitable[object]]],
 ) -> RunningCollector:
     rollup = RackRollup(store, config.accounting.rack_resolution_s,
-                        settle_s=config.accounting.replica_settle_s)
+                        settle_s=config.accounting.replica_settle_s,
+                        rack_delay_s=config.accounting.rack_delay_s)
     opened.append(rollup.close)
     limits = Limits(
         max_future_ns=int(config.server.max_future_s * 1e9),
@@ -221,6 +223,7 @@ async def _start_serving(
         monitor = AlertMonitor(
             config.alerts, store, config.accounting.rack_resolution_s,
             expected_nodes={node: rack.name for rack in config.racks for node in rack.nodes},
+            replica=replica_id(config),
         )
         monitor.start()
         opened.append(monitor.stop)
@@ -310,6 +313,12 @@ async def _start_serving(
         server, runner, store, ingestor, topology, monitor, grpc_port, http_port, metrics, health_servicer,
         revisor, metrics_runner, metrics_port, warm_up, http_servers,
     )
+
+
+def replica_id(config: CollectorConfig) -> str:
+    """``[server] replica_id``, else ``<hostname>:<gRPC port>`` (unique per replica on one host)."""
+    port = config.server.grpc_listen.rsplit(":", 1)[-1]
+    return config.server.replica_id or f"{socket.gethostname()}:{port}"
 
 
 async def serve(config: CollectorConfig) -> None:

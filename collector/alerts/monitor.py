@@ -8,12 +8,20 @@ energy and utilisation, the ``gpu`` series for the exact GPUs and nodes), turned
 ScopeWindows, and fed to the engine in time order; group and cluster windows are
 combined from the racks' windows once every active member rack has closed them.
 Events go to the sinks, to the recent-alerts store and to the state file.
+
+With several replicas (``[alerts] evaluate = "elected"``, election.py) only the leader evaluates.
+Every replica publishes how far its nodes have reported (``alert_progress``), so the leader closes
+windows of nodes that ship to another replica; the leader writes its whole state (engine, recent
+alerts, evaluation positions) to ``alert_state`` after every evaluation, and each delivered event
+to ``alert_event`` (keyed by its ``event_id``). A new leader loads that state and drops events the
+log already holds, so a firing alert neither fires again nor loses its resolve (shared.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -23,6 +31,8 @@ from typing import Any
 
 from gridwatt.collector import queries
 from gridwatt.collector.accounting import J_PER_KWH
+from gridwatt.collector.alerts import shared
+from gridwatt.collector.alerts.election import build_role
 from gridwatt.collector.alerts.engine import AlertEngine
 from gridwatt.collector.alerts.model import AlertEvent, ScopeWindow, combine_windows
 from gridwatt.collector.alerts.rules import AlertsConfig
@@ -54,9 +64,20 @@ class AlertMonitor:
         resolution_s: int,
         stale_after_s: float = 600.0,
         expected_nodes: dict[str, str] | None = None,
+        replica: str = "",
     ) -> None:
         self.config = config
         self.store = store
+        self.replica = replica
+        self.role = build_role(config.evaluate, replica, store, config.lease_s, config.heartbeat_s,
+                               on_tick=self._share_progress, on_change=self._role_changed)
+        self.elected = config.evaluate == "elected"
+        self._own_progress: dict[str, shared.NodeProgress] = {}  # noted since the last heartbeat
+        self._first_ns: dict[str, int] = {}  # rack → first window any replica reported for it
+        self._takeover = False  # became leader: load the shared state before evaluating
+        self._seq = 0  # the last shared state snapshot loaded or written
+        self._view_at = 0.0  # monotonic time a follower last refreshed its view of the alerts
+        self._shared_monitor: dict[str, Any] = {}  # positions in the last shared state loaded
         self.resolution_ns = resolution_s * NS_PER_S
         self.stale_after_s = stale_after_s
         if config.state_file:
@@ -105,6 +126,12 @@ class AlertMonitor:
         progress = self._racks[rack]
         prev = progress.nodes.get(node, (0, 0.0))[0]
         progress.nodes[node] = (max(prev, max_end_ns), time.monotonic())
+        self._first_ns[rack] = min(self._first_ns.get(rack, first_window_ns), first_window_ns)
+        if self.elected:
+            old = self._own_progress.get(node)
+            first = first_window_ns if old is None else min(old.first_ns, first_window_ns)
+            self._own_progress[node] = shared.NodeProgress(node, rack, max(prev, max_end_ns), first,
+                                                           time.time())
         if progress.next_window_ns is None:  # later, late samples of evaluated windows are not re-fed
             progress.next_window_ns = first_window_ns
         if not self._jobs_started:
@@ -112,10 +139,15 @@ class AlertMonitor:
         self._wake.set()
 
     def start(self) -> None:
+        self.role.start()
         self._tasks.append(asyncio.create_task(self._loop()))
         for sink in self.dispatcher.alertmanager_sinks():
-            resend = sink.run_resend_loop(self.engine.active_alerts, self._stop)
+            resend = sink.run_resend_loop(self._resendable, self._stop)
             self._tasks.append(asyncio.create_task(resend))
+
+    def _resendable(self) -> list[AlertEvent]:
+        """Firing alerts to re-send to Alertmanager: the evaluating replica's only."""
+        return self.engine.active_alerts() if self.role.evaluating() else []
 
     async def stop(self) -> None:
         self._stop.set()
@@ -124,7 +156,145 @@ class AlertMonitor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, timeout=5)
         await self.evaluate()
+        await self.role.stop()
         await self.dispatcher.close()
+
+    # -- several replicas (evaluate = "elected") ---------------------------------------------------
+
+    def _role_changed(self, leading: bool) -> None:
+        if leading:
+            self._takeover = True
+            self._wake.set()
+
+    async def _share_progress(self) -> None:
+        """After each heartbeat: publish our nodes' progress, read everyone's, and (a follower)
+        refresh the view of alerts now and then from the leader's state."""
+        mine, self._own_progress = list(self._own_progress.values()), {}
+        try:
+            await shared.write_progress(self.store, self.replica, mine)
+        except Exception:
+            for p in mine:  # published with the next heartbeat
+                self._own_progress.setdefault(p.node, p)
+            raise
+        progress = await shared.read_progress(self.store, self.stale_after_s)
+        if self._merge_progress(progress):
+            self._wake.set()
+        if not self.role.evaluating() and time.monotonic() - self._view_at >= max(10.0, self.config.lease_s):
+            self._view_at = time.monotonic()
+            seq = await shared.read_state_seq(self.store)
+            if seq is not None and seq != self._seq:
+                async with self._lock:
+                    if not self.role.evaluating():
+                        await self._load_shared()
+
+    def _merge_progress(self, progress: dict[str, shared.NodeProgress]) -> bool:
+        """Take other replicas' node progress into the racks' watermarks; True if a node advanced."""
+        advanced = False
+        now_mono, now_unix = time.monotonic(), time.time()
+        for p in progress.values():
+            if not p.rack:
+                continue
+            self._awaited_nodes.discard(p.node)
+            rack = self._racks[p.rack]
+            end, seen = rack.nodes.get(p.node, (0, 0.0))
+            seen_shared = now_mono - max(0.0, now_unix - p.seen_unix_s)
+            if p.end_ns > end:
+                advanced = True
+            rack.nodes[p.node] = (max(end, p.end_ns), max(seen, seen_shared))
+            self._first_ns[p.rack] = min(self._first_ns.get(p.rack, p.first_ns), p.first_ns)
+            if rack.next_window_ns is None and self.role.evaluating() and not self._takeover:
+                rack.next_window_ns = p.first_ns
+            if not self._jobs_started:
+                self._jobs_next_ns = min(self._jobs_next_ns or p.first_ns, p.first_ns)
+        return advanced
+
+    def _monitor_state(self) -> dict[str, Any]:
+        return {
+            "racks": {r: p.next_window_ns for r, p in self._racks.items() if p.next_window_ns is not None},
+            "jobs_next_ns": self._jobs_next_ns,
+            "jobs_started": self._jobs_started,
+            "closed": {str(t): {r: dataclasses.asdict(w) for r, w in per_rack.items()}
+                       for t, per_rack in self._closed.items()},
+        }
+
+    async def _load_shared(self) -> bool:
+        """Engine and recent alerts from the leader's last snapshot (its evaluation positions kept
+        in ``_shared_monitor`` for a takeover); False when there is none. Raises when InfluxDB
+        cannot be read."""
+        found = await shared.read_state(self.store)
+        if found is None:
+            return False
+        seq, data = found
+        self.engine = AlertEngine.from_dict(self.config.rules, data["engine"])
+        self.alerts = AlertStore.from_dict(data.get("store", {}), self.config.keep_resolved)
+        self._seq = seq
+        self._shared_monitor = data.get("monitor", {})
+        self.refresh_open_alerts()
+        return True
+
+    async def _take_over(self) -> bool:
+        """Become the evaluator: continue from the shared state (else the state file's or a fresh
+        engine), from the positions the last leader reached. False if InfluxDB cannot be read."""
+        self._shared_monitor = {}
+        try:
+            loaded = await self._load_shared()
+        except Exception as exc:
+            log.error("alerts: replica %s leads but cannot read the shared alert state (%s); "
+                      "not evaluating until it can", self.replica, str(exc) or type(exc).__name__)
+            return False
+        saved = self._shared_monitor
+        racks = saved.get("racks", {})
+        for rack, progress in self._racks.items():
+            progress.next_window_ns = racks.get(rack, self._first_ns.get(rack))
+        for rack, start in racks.items():
+            self._racks[rack].next_window_ns = start
+        self._closed = defaultdict(dict)
+        for t, per_rack in saved.get("closed", {}).items():
+            for rack, w in per_rack.items():
+                self._closed[int(t)][rack] = ScopeWindow(**{
+                    **w, "nodes": tuple(w["nodes"]), "gpus": tuple(w["gpus"]),
+                    "labels": tuple((str(k), str(v)) for k, v in w.get("labels", ())),
+                })
+        if saved:
+            self._jobs_next_ns = saved.get("jobs_next_ns")
+            self._jobs_started = bool(saved.get("jobs_started"))
+        elif self._first_ns:
+            self._jobs_next_ns = min(self._first_ns.values())
+        log.info("alerts: replica %s took over %s (%d firing, %d pending)", self.replica,
+                 f"the shared alert state #{self._seq}" if loaded else "with no shared alert state yet",
+                 len(self.engine.active_alerts()), len(self.engine.pending_alerts()))
+        self._takeover = False
+        return True
+
+    async def _undelivered(self, events: list[AlertEvent]) -> list[AlertEvent]:
+        """``events`` less those the event log holds (delivered by an earlier leader)."""
+        try:
+            done = await shared.delivered_ids(self.store, events)
+        except Exception as exc:
+            log.warning("alerts: cannot read the alert event log (%s); delivering anyway",
+                        str(exc) or type(exc).__name__)
+            return events
+        dropped = [ev for ev in events if ev.event_id in done]
+        for ev in dropped:
+            log.info("alerts: %s %s %s was delivered before (event log); not sent again",
+                     ev.kind, ev.rule, ev.scope_name)
+        return [ev for ev in events if ev.event_id not in done]
+
+    async def _record(self, events: list[AlertEvent]) -> None:
+        """After delivery: the events in the event log, and (elected) the state for a successor."""
+        try:
+            await shared.write_events(self.store, [e for e in events if e.kind != "still_firing"],
+                                      self.replica)
+            if self.elected:
+                self._seq += 1
+                await shared.write_state(self.store, self._seq, {
+                    "engine": self.engine.to_dict(), "store": self.alerts.to_dict(),
+                    "monitor": self._monitor_state(),
+                })
+        except Exception as exc:
+            log.error("alerts: cannot record alert events%s in InfluxDB (%s)",
+                      " and state (a successor would re-evaluate from the last recorded one)"
+                      if self.elected else "", str(exc) or type(exc).__name__)
 
     async def _loop(self) -> None:
         while not self._stop.is_set():
@@ -144,6 +314,10 @@ class AlertMonitor:
     async def evaluate(self) -> list[AlertEvent]:
         """Feed every newly closed window to the engine; deliver and persist the events."""
         async with self._lock:
+            if not self.role.evaluating():
+                return []
+            if self._takeover and not await self._take_over():
+                return []
             events: list[AlertEvent] = []
             observed = 0
             rack_marks: dict[str, int] = {}
@@ -165,15 +339,23 @@ class AlertMonitor:
             if awaiting:
                 rack_marks = {}
             events += self._combined(rack_marks)
-            if self._job_rules and rack_marks:
+            if self._job_rules and rack_marks and self._jobs_next_ns is not None:
                 self._jobs_started = True
                 events += await self._job_scopes(min(rack_marks.values()))
+            if events and self.elected:
+                if not self.role.evaluating():  # lost the lease meanwhile: the successor re-evaluates
+                    log.warning("alerts: lost the lead during an evaluation; %d event(s) left to the "
+                                "next leader", len(events))
+                    return []
+                events = await self._undelivered(events)
             if events:
                 self.alerts.apply(events)
                 for listener in self.event_listeners:
                     listener(events)
                 await self.dispatcher.dispatch(events)
             self.refresh_open_alerts()
+            if events or observed:
+                await self._record(events)
             if (events or observed) and self.config.state_file:
                 # saved after every evaluation, so a restart resumes exactly where it left off
                 self.save_state()

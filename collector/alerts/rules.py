@@ -182,6 +182,20 @@ class AlertsConfig(StrictModel):
     sinks: SinksConfig = Field(default_factory=SinksConfig)
     state_file: ConfigPath | None = None
     keep_resolved: int = Field(default=100, ge=0)
+    #: Which replica evaluates (collector/alerts/README.md "Several replicas"): ``always`` (one
+    #: collector), ``never`` (this replica only ingests), ``elected`` (a lease through InfluxDB).
+    evaluate: Literal["always", "never", "elected"] = "always"
+    #: elected: a replica whose heartbeat has not changed for lease_s is taken for dead.
+    lease_s: float = Field(default=15.0, gt=0, le=3600)
+    #: elected: how often each replica writes its heartbeat and reads the others'.
+    heartbeat_s: float = Field(default=2.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _lease(self) -> AlertsConfig:
+        if self.lease_s < 3 * self.heartbeat_s:
+            raise ValueError(f"lease_s ({self.lease_s:g}) must be at least 3 x heartbeat_s "
+                             f"({self.heartbeat_s:g}), or a live leader could look dead")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> AlertsConfig:

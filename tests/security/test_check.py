@@ -122,6 +122,70 @@ async def test_check_names_unknown_node_and_unreachable_collector(
         f"(nothing listens on 127.0.0.1:{port}: is gridwatt-collector running there?)")
 
 
+async def test_check_probes_every_failover_address(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str
+) -> None:
+    """``addresses`` = [a running collector, a dead port]: each is reported; the dead one is a warning
+    while the live one passes (exit 0); with only dead addresses the check fails (exit 1)."""
+    dead, dead2 = free_port(), free_port()
+    toml = collector_toml(influxdb.url, database, racks=tokens_toml(tmp_path))
+    async with running_collector(tmp_path, toml) as c:
+        cfg = agent_toml(tmp_path, c.grpc_port)
+        live = f"127.0.0.1:{c.grpc_port}"
+        text = cfg.read_text().replace(f'address = "{live}"', f'addresses = ["{live}", "127.0.0.1:{dead}"]')
+        cfg.write_text(text)
+        rc, out, err = await run_cli("check", "--config", str(cfg))
+    assert (rc, err) == (0, "")
+    lines = out.splitlines()
+    at = lines.index(f"✓ collector {live}: reachable, gridwatt 0.1.0")
+    assert lines[at:at + 4] == [
+        f"✓ collector {live}: reachable, gridwatt 0.1.0",
+        f"✓ collector {live}: auth: accepted for node 'n1'",
+        f"! collector {live}: the token is sent without TLS: anyone on the path can read it; "
+        "set collector.tls",
+        f"✓ collector {live}: node 'n1': known to the collector (rack r1, zone Z)",
+    ]
+    assert lines[at + 4].startswith(f"! collector 127.0.0.1:{dead}: unreachable: UNAVAILABLE: ")
+    assert lines[at + 4].endswith(f"(nothing listens on 127.0.0.1:{dead}: is gridwatt-collector running "
+                                  "there?) (the agent fails over to the other addresses)")
+    assert lines[at + 5:] == ["✓ collectors: 1 of 2 addresses usable", "all checks passed"]
+
+    cfg.write_text(text.replace(live, f"127.0.0.1:{dead2}"))
+    rc, out, err = await run_cli("check", "--config", str(cfg))
+    assert (rc, err) == (1, "")
+    lines = out.splitlines()
+    for port in (dead2, dead):
+        unreachable = f"✗ collector 127.0.0.1:{port}: unreachable: UNAVAILABLE: "
+        assert any(line.startswith(unreachable) for line in lines)
+    assert lines[-2:] == ["✗ collectors: 0 of 2 addresses usable (the agent cannot deliver anywhere)",
+                          "some checks failed (✗)"]
+
+
+async def test_check_fails_when_an_answering_replica_refuses_the_node(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str
+) -> None:
+    """A replica that answers but refuses the node fails the check even when another address passes:
+    after a failover the agent would be refused there."""
+    (tmp_path / "c2").mkdir()
+    async with running_collector(tmp_path, collector_toml(influxdb.url, database, racks=RACKS)) as c1, \
+            running_collector(tmp_path / "c2", collector_toml(influxdb.url, database, racks=RACKS.replace(
+                '"n1"', '"n2"'))) as c2:
+        a1, a2 = f"127.0.0.1:{c1.grpc_port}", f"127.0.0.1:{c2.grpc_port}"
+        report = CheckReport()
+        await check_collector(agent_config(tmp_path, c1.grpc_port, addresses=[a1, a2]), report)
+    assert report.failed
+    assert report.lines == [
+        f"✓ collector {a1}: reachable, gridwatt 0.1.0",
+        f"! collector {a1}: auth: none configured on either side (fine for tests, not for production)",
+        f"✓ collector {a1}: node 'n1': known to the collector (rack r1, zone Z)",
+        f"✓ collector {a2}: reachable",
+        f"✓ collector {a2}: auth: accepted",
+        f"✗ collector {a2}: node 'n1': node 'n1' is not in any rack of the collector's config "
+        "and auto-registration is off",
+        "✓ collectors: 1 of 2 addresses usable",
+    ]
+
+
 @pytest.mark.e2e
 async def test_check_cli_config_error_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "agent.toml"
