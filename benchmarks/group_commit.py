@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -147,14 +148,18 @@ def main() -> None:
         f"one batch every {args.interval_s:g} s per node")
     results = []
     configs = args.configs.split(",")
-    with LocalInfluxDB(data_dir=Path(tempfile.mkdtemp(prefix="gridwatt-gc-bench-")) / "influxdb") as db:
-        assert db.proc is not None
-        warm = [mine[:2] for mine in batches]  # a first database and shard, not measured
-        asyncio.run(run_config(db.url, "warmup", configs[0], warm, args, db.proc.pid))
-        for k, config in enumerate(configs):
-            r = asyncio.run(run_config(db.url, f"gc{k}", config, batches, args, db.proc.pid))
-            say(json.dumps(r))
-            results.append(r)
+    folder = Path(tempfile.mkdtemp(prefix="gridwatt-gc-bench-"))
+    try:
+        with LocalInfluxDB(data_dir=folder / "influxdb") as db:
+            assert db.proc is not None
+            warm = [mine[:2] for mine in batches]  # a first database and shard, not measured
+            asyncio.run(run_config(db.url, "warmup", configs[0], warm, args, db.proc.pid))
+            for k, config in enumerate(configs):
+                r = asyncio.run(run_config(db.url, f"gc{k}", config, batches, args, db.proc.pid))
+                say(json.dumps(r))
+                results.append(r)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     print(json.dumps({"nodes": args.nodes, "gpus": args.gpus, "interval_s": args.interval_s,
                       "cpus": os.cpu_count(), "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
                       "configs": results}))
