@@ -11,8 +11,8 @@ not acknowledged) at the start and end. N passes when ack p99 < 2 s and the back
 more than two seconds' worth of samples. The search stops at the first N that fails.
 
 Then the raw InfluxDB rate for the same lines: the gpu and job lines the collector makes for the
-largest passing N's samples over the same seconds (built with the collector's own code) are POSTed
-straight to a fresh database.
+largest passing N's samples over the same seconds (at least 200,000 samples; built with the
+collector's own code) are POSTed straight to a fresh database.
 
 Last line JSON: gpus_at_1hz, samples_per_s, raw_samples_per_s, ratio, influxd and collector CPU
 cores per 1,000 samples/s, plus every step.
@@ -50,6 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import count_samples, cpu_s, post_raw
 
 ACK_P99_LIMIT_S = 2.0
+#: The raw rate is measured over at least this many samples.
+RAW_MIN_SAMPLES = 200_000
 
 
 def say(msg: str) -> None:
@@ -189,6 +191,18 @@ def raw_rate(db: LocalInfluxDB, cfg: Path, nodes: int, args: argparse.Namespace)
     return n / (time.perf_counter() - t0), n
 
 
+def rack_tables(args: argparse.Namespace) -> str:
+    """``[[racks]]`` of ``--nodes-per-rack`` nodes for every step's nodes (a real cluster's racks)."""
+    tables = []
+    for k, nodes in enumerate(int(x) for x in args.nodes.split(",")):
+        names = [f"s{k}-{i}" for i in range(nodes)]
+        for r in range(0, nodes, args.nodes_per_rack):
+            members = ", ".join(f'"{n}"' for n in names[r : r + args.nodes_per_rack])
+            tables.append(f'[[racks]]\nname = "s{k}-r{r // args.nodes_per_rack}"\nzone = "Z"\npue = 1.2\n'
+                          f"nodes = [{members}]\n")
+    return "".join(tables)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", default="25,50,100,200,400", help="ascending node counts to try")
@@ -198,6 +212,10 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=10.0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--nodes-per-rack", type=int, default=8, help="nodes per [[racks]] table")
+    p.add_argument("--max-in-flight-batches", type=int, default=2048,
+                   help="the collector's server.max_in_flight_batches (its default, 64, turns batches away "
+                        "at a few hundred nodes: see README 'Sizing and scaling')")
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--address", "--prefix", "--folder", "--out"):
@@ -221,9 +239,11 @@ def main() -> None:
         cfg = folder / "collector.toml"
         cfg.write_text(
             f'[server]\ngrpc_listen = "127.0.0.1:{grpc_port}"\nhttp_listen = "127.0.0.1:{http_port}"\n'
-            f'auto_register = true\n[influxdb]\nurl = {toml_str(db.url)}\ndatabase = "e2e"\n'
+            f'auto_register = true\nmax_in_flight_batches = {args.max_in_flight_batches}\n'
+            f'[influxdb]\nurl = {toml_str(db.url)}\ndatabase = "e2e"\n'
             '[accounting]\ndefault_zone = "Z"\ndefault_pue = 1.2\n'
             '[[zones]]\nname = "Z"\nintensity = { kind = "constant", g_per_kwh = 350.0 }\n'
+            + rack_tables(args)
         )
         collector = CollectorProcess(cfg, grpc_port, http_port, log_path=folder / "collector.log").start()
         try:
@@ -240,7 +260,9 @@ def main() -> None:
                 best = step
         finally:
             collector.stop()
-        raw_nodes = best["nodes"] if best else int(args.nodes.split(",")[0])
+        # enough lines to measure InfluxDB's rate rather than one request's latency
+        per_node = args.gpus * args.seconds / args.interval_s
+        raw_nodes = max(best["nodes"] if best else 0, -(-RAW_MIN_SAMPLES // int(per_node)))
         raw_per_s, _ = raw_rate(db, cfg, raw_nodes, args)
     subprocess.run(["rm", "-rf", str(spools)], check=False)
     rate = best["acked_samples_per_s"] if best else 0.0

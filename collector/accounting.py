@@ -13,6 +13,23 @@ from gridwatt.collector.stepseries import StepSeries
 J_PER_KWH = 3_600_000.0
 
 
+def steady_over(pue: StepSeries, intensity: StepSeries, lo_ns: int, hi_ns: int) -> tuple[float, float] | None:
+    """(PUE, intensity) when neither series has a step inside (lo_ns, hi_ns), else None.
+
+    Then every interval [start, end) with lo_ns <= start < end <= hi_ns is one piece:
+    :func:`facility_and_emissions` gives it ``facility = energy × PUE`` and
+    ``emissions = facility / J_PER_KWH × intensity``, and :func:`emissions_with_estimated` the
+    estimated part ``emissions if intensity.is_estimated_at(lo_ns) else 0``. A batch whose samples
+    all fall in such a span is accounted with two multiplications per sample (the same floating-point
+    operations in the same order, so the same results to the last bit).
+    """
+    for series in (pue, intensity):
+        nxt = series.next_step_after(lo_ns)
+        if nxt is not None and nxt < hi_ns:
+            return None
+    return pue.value_at(lo_ns), intensity.value_at(lo_ns)
+
+
 def emissions_with_estimated(
     energy_j: float, start_ns: int, end_ns: int, pue: StepSeries, intensity: StepSeries,
     has_estimates: bool | None = None,

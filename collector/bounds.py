@@ -69,7 +69,9 @@ class JobSeriesBudget:
         if new:
             self._admitted.setdefault(node, deque()).append((now, len(new)))
         known = self._known.setdefault(node, OrderedDict())
-        for job in job_ids:
+        # each distinct id once, in the order of its last occurrence: the order the known ids end
+        # in is the same as when every occurrence moves its id to the end
+        for job in reversed(dict.fromkeys(reversed(list(job_ids)))):
             known[job] = None
             known.move_to_end(job)
         while len(known) > self.remember:

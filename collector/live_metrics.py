@@ -29,7 +29,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gridwatt.collector.accounting import facility_and_emissions
+from gridwatt.collector.accounting import J_PER_KWH, facility_and_emissions, steady_over
 from gridwatt.timeutil import NS_PER_S
 from gridwatt.v1 import telemetry_pb2 as pb
 
@@ -182,22 +182,34 @@ class LiveAccounts:
         node, rack, zone = batch.node, placement.rack, placement.zone
         ci = intensity.series
         latest_end = -1
-        for i, s in enumerate(batch.gpu_samples):
+        samples = batch.gpu_samples
+        # PUE and intensity constant over the batch (the real-time case): the same two
+        # multiplications facility_and_emissions makes for each sample (accounting.steady_over)
+        steady = (steady_over(pue, ci, min(s.start_ns for s in samples), max(s.end_ns for s in samples))
+                  if samples else None)
+        for i, s in enumerate(samples):
             if i in refused:
                 continue
+            end_ns = s.end_ns
             key = (node, s.gpu_index)
             g = self.gpus.get(key)
             if g is None:
                 g = self.gpus[key] = _Gpu(node, str(s.gpu_index), rack, zone)
-            if s.end_ns <= g.last_end_ns:
+            if end_ns <= g.last_end_ns:
                 self.samples_skipped += 1
                 continue
             g.rack, g.zone = rack, zone
-            g.last_end_ns = s.end_ns
+            g.last_end_ns = end_ns
             e = s.energy_j
-            fac, co2 = facility_and_emissions(e, s.start_ns, s.end_ns, pue, ci)
-            dur_s = (s.end_ns - s.start_ns) / NS_PER_S
-            idle_e = e * s.idle_s / dur_s if s.idle_s and dur_s > 0 else 0.0
+            start_ns = s.start_ns
+            if steady is not None and end_ns > start_ns:
+                fac = e * steady[0]
+                co2 = fac / J_PER_KWH * steady[1]
+            else:
+                fac, co2 = facility_and_emissions(e, start_ns, end_ns, pue, ci)
+            dur_s = (end_ns - start_ns) / NS_PER_S
+            idle_s = s.idle_s
+            idle_e = e * idle_s / dur_s if idle_s and dur_s > 0 else 0.0
             ge = g.energy
             ge.it_j += e
             ge.facility_j += fac
@@ -206,13 +218,15 @@ class LiveAccounts:
             g.power_w = s.mean_power_w
             g.util_pct = s.util_pct
             self.samples_counted += 1
-            latest_end = max(latest_end, s.end_ns)
+            if end_ns > latest_end:
+                latest_end = end_ns
             rest = 1.0
             for share in s.jobs:
                 account = getattr(share, _ACCOUNT) if _HAS_ACCOUNT else ""
-                self._add_job(share.job_id, share.user, account, share.fraction,
+                fraction = share.fraction
+                self._add_job(share.job_id, share.user, account, fraction,
                               e, fac, co2, idle_e, dur_s, key, now)
-                rest -= share.fraction
+                rest -= fraction
             if rest > 1e-9:
                 self._add_job(UNATTRIBUTED, "", "", rest, e, fac, co2, idle_e, dur_s, key, now)
         if latest_end >= 0:

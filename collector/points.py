@@ -16,7 +16,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated
+from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated, steady_over
 from gridwatt.collector.intensity.base import IntensitySeries
 from gridwatt.collector.schema import (
     WHO_FIELDS,
@@ -55,7 +55,7 @@ ATTRIBUTION_NAMES: dict[int, str] = {
 def sample_digest(s: pb.GpuSample) -> str:
     """128-bit hex digest of a sample's values (its deterministic serialization): stored as the ``gpu``
     point's ``digest`` field, so an exact resend is told from a rewrite (collector/intervals.py)."""
-    return hashlib.sha256(s.SerializeToString(deterministic=True)).hexdigest()[:32]
+    return hashlib.sha256(s.SerializeToString(deterministic=True)).digest()[:16].hex()
 
 
 def _attribution_fields(method: int, user: str, split_estimated: bool, *who: str) -> str:
@@ -102,6 +102,41 @@ class PreparedBatch:
     job_points: list[JobPoint] = field(default_factory=list)
 
 
+#: ``energy_method="…"`` as rendered, per enum value
+_ENERGY_METHOD_FIELDS = {k: f'energy_method="{v}"' for k, v in ENERGY_METHOD_NAMES.items()}
+_ENERGY_METHOD_OTHER = 'energy_method="unspecified"'
+#: Series at least this long keep whether they have an estimated step (scanned once, not per batch).
+_LONG_SERIES = 64
+_any_estimated_memo: dict[int, tuple[object, bool]] = {}
+#: Rendered pieces that repeat from batch to batch (escaped GPU UUIDs, job series keys and
+#: attribution fields, the ``jobs`` field): pure functions of their keys, remembered up to
+#: ``_MEMO_MAX`` entries each (then emptied).
+_MEMO_MAX = 100_000
+_tag_memo: dict[str, str] = {}
+_share_memo: dict[tuple[Any, ...], tuple[str, str, str, dict[str, str]]] = {}
+_jobs_field_memo: dict[str, str] = {}
+
+
+def _memo_room(memo: dict[Any, Any]) -> None:
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+
+
+def _any_estimated(series: StepSeries) -> bool:
+    """``any(series.estimated)``, remembered for long series (e.g. a year of hourly CSV steps)."""
+    flags = series.estimated
+    if len(flags) < _LONG_SERIES or not isinstance(flags, tuple):  # a tuple cannot change meanwhile
+        return any(flags)
+    memo = _any_estimated_memo.get(id(flags))
+    if memo is not None and memo[0] is flags:
+        return memo[1]
+    if len(_any_estimated_memo) >= 64:
+        _any_estimated_memo.clear()
+    found = any(flags)
+    _any_estimated_memo[id(flags)] = (flags, found)  # holds ``flags``: its id is not reused meanwhile
+    return found
+
+
 def prepare_batch(
     batch: pb.Batch,
     placement: Placement,
@@ -112,7 +147,13 @@ def prepare_batch(
     """Account every GPU sample of the batch and render its gpu and job lines.
 
     ``pue``: the rack's PUE over the batch (from ``placement.pue_series``); default ``placement.pue``.
+
+    The hot path of ingest: when neither PUE nor intensity steps within the batch's span (the
+    real-time case) each sample is two multiplications (accounting.steady_over); a job share of the
+    whole GPU reuses the GPU line's numbers (``x * 1.0 == x``); repeated values are formatted once.
+    The text is exactly what the straightforward rendering gives (tests/collector/test_cpu_golden.py).
     """
+    samples = batch.gpu_samples
     node_t = tag(batch.node)
     rack_t = tag(placement.rack)
     gpu_prefix = gpu_key_head(node_t, rack_t, tag(placement.zone))
@@ -123,25 +164,53 @@ def prepare_batch(
     if pue is None:
         pue = placement.pue
     ci = intensity.series
-    any_estimated = any(ci.estimated)
+    any_estimated = _any_estimated(ci)
+    steady = None
+    if samples:
+        lo = min(s.start_ns for s in samples)
+        steady = steady_over(pue, ci, lo, max(s.end_ns for s in samples))
+    if steady is not None:
+        steady_pue, steady_ci = steady
+        steady_estimated = any_estimated and ci.is_estimated_at(lo)
+        if mixed:  # one intensity step over the batch: one provider
+            ef = string_field(intensity.factor_at(lo))
+            src = string_field(intensity.source_at(lo))
     lines: list[str] = []
     append = lines.append
     windows: set[int] = set()
     total_e = total_c = total_est = 0.0
-    tag_cache: dict[str, str] = {}
-    how_cache: dict[tuple[Any, ...], str] = {}
+    tag_cache = _tag_memo
+    # (node/rack key tail, job id, alias, method, user, split estimated, account, partition,
+    # namespace, job name) → the job line's series key up to the GPU index, and its attribution fields
+    share_cache = _share_memo
+    jobs_fields = _jobs_field_memo
+    # repr of values that repeat within a batch (PUE, intensity, duration, ...); never 0.0 / -0.0,
+    # which are equal keys with different reprs
+    reprs: dict[float, str] = {}
     first_line: list[int] = []
     job_points: list[JobPoint] = []
     held_point = job_points.append
-    for s in batch.gpu_samples:
+    for s in samples:
         first_line.append(len(lines))
         start = s.start_ns
         end = s.end_ns
         e = s.energy_j
-        fac, co2, est_co2 = emissions_with_estimated(e, start, end, pue, ci, any_estimated)
-        if mixed:  # steps from several providers: each sample names the one at its start
-            ef = string_field(intensity.factor_at(start))
-            src = string_field(intensity.source_at(start))
+        if steady is not None and end > start:
+            fac = e * steady_pue
+            co2 = fac / J_PER_KWH * steady_ci
+            est_co2 = co2 if steady_estimated else 0.0
+            estimated_flag = "true" if steady_estimated else "false"
+            eff_pue = fac / e if e > 0 else steady_pue
+            eff_ci = co2 * J_PER_KWH / fac if fac > 0 else steady_ci
+        else:
+            fac, co2, est_co2 = emissions_with_estimated(e, start, end, pue, ci, any_estimated)
+            if mixed:  # steps from several providers: each sample names the one at its start
+                ef = string_field(intensity.factor_at(start))
+                src = string_field(intensity.source_at(start))
+            estimated_flag = ("true" if any_estimated and (est_co2 > 0 or ci.is_estimated_at(start))
+                              else "false")
+            eff_pue = fac / e if e > 0 else pue.value_at(start)
+            eff_ci = co2 * J_PER_KWH / fac if fac > 0 else ci.value_at(start)
         total_e += e
         total_c += co2
         total_est += est_co2
@@ -149,57 +218,113 @@ def prepare_batch(
         util = s.util_pct
         idle_s = s.idle_s
         idle_e = e * idle_s / dur_s if idle_s else 0.0
-        eff_pue = fac / e if e > 0 else pue.value_at(start)
-        eff_ci = co2 * J_PER_KWH / fac if fac > 0 else ci.value_at(start)
+        util_s = util * dur_s
         gpu = str(s.gpu_index)
         uuid = tag_cache.get(s.gpu_uuid)
         if uuid is None:
+            _memo_room(tag_cache)
             uuid = tag_cache[s.gpu_uuid] = tag(s.gpu_uuid)
-        jobs = ",".join(j.job_id for j in s.jobs)
+        r_e = repr(e)
+        r_fac = repr(fac)
+        r_co2 = repr(co2)
+        r_est = repr(est_co2)
+        r_util_s = repr(util_s)
+        r_idle_e = repr(idle_e)
+        r_dur = reprs.get(dur_s) if dur_s else None
+        if r_dur is None:
+            r_dur = repr(dur_s)
+            if dur_s:
+                reprs[dur_s] = r_dur
+        r_idle = reprs.get(idle_s) if idle_s else None
+        if r_idle is None:
+            r_idle = repr(idle_s)
+            if idle_s:
+                reprs[idle_s] = r_idle
+        r_pue = reprs.get(eff_pue) if eff_pue else None
+        if r_pue is None:
+            r_pue = repr(eff_pue)
+            if eff_pue:
+                reprs[eff_pue] = r_pue
+        r_ci = reprs.get(eff_ci) if eff_ci else None
+        if r_ci is None:
+            r_ci = repr(eff_ci)
+            if eff_ci:
+                reprs[eff_ci] = r_ci
+        jobs = s.jobs
+        job_ids = ",".join([j.job_id for j in jobs])
+        jobs_field = jobs_fields.get(job_ids)
+        if jobs_field is None:
+            _memo_room(jobs_fields)
+            jobs_field = jobs_fields[job_ids] = string_field(job_ids)
         append(
-            f"{gpu_prefix}{gpu},uuid={uuid} energy_j={e!r},facility_energy_j={fac!r},co2e_g={co2!r},"
-            f"duration_s={dur_s!r},power_w={s.mean_power_w!r},util_pct={util!r},"
-            f"util_pct_s={util * dur_s!r},mem_util_pct={s.mem_util_pct!r},"
-            f"mem_used_bytes={s.mem_used_bytes}i,temp_c={s.temp_c!r},idle_s={idle_s!r},"
-            f"idle_energy_j={idle_e!r},pue={eff_pue!r},intensity_g_per_kwh={eff_ci!r},end_ns={end}i,"
-            f"energy_method=\"{ENERGY_METHOD_NAMES.get(s.energy_method, 'unspecified')}\","
-            f"jobs={string_field(jobs)},ef={ef},intensity_source={src},"
-            f"intensity_estimated="
-            f"{'true' if any_estimated and (est_co2 > 0 or ci.is_estimated_at(start)) else 'false'}"
-            f",estimated_co2e_g={est_co2!r},digest=\"{sample_digest(s)}\" {start}"
+            f"{gpu_prefix}{gpu},uuid={uuid} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
+            f"duration_s={r_dur},power_w={s.mean_power_w!r},util_pct={util!r},"
+            f"util_pct_s={r_util_s},mem_util_pct={s.mem_util_pct!r},"
+            f"mem_used_bytes={s.mem_used_bytes}i,temp_c={s.temp_c!r},idle_s={r_idle},"
+            f"idle_energy_j={r_idle_e},pue={r_pue},intensity_g_per_kwh={r_ci},end_ns={end}i,"
+            f"{_ENERGY_METHOD_FIELDS.get(s.energy_method, _ENERGY_METHOD_OTHER)},"
+            f"jobs={jobs_field},ef={ef},intensity_source={src},"
+            f"intensity_estimated={estimated_flag},estimated_co2e_g={r_est},"
+            f"digest=\"{sample_digest(s)}\" {start}"
         )
-        shares: list[tuple[Any, ...]] = [
-            (j.job_id, j.fraction, j.method, j.user, j.split_estimated, j.alias, j.account, j.partition,
-             j.namespace, j.job_name) for j in s.jobs
-        ]
-        remaining = 1.0 - sum(sh[1] for sh in shares)
+        fractions: list[float] = []
+        shares: list[tuple[tuple[str, str, str, dict[str, str]], float]] = []
+        for j in jobs:
+            frac = j.fraction
+            fractions.append(frac)
+            key = (job_suffix, j.job_id, j.alias, j.method, j.user, j.split_estimated, j.account,
+                   j.partition, j.namespace, j.job_name)
+            head_how = share_cache.get(key)
+            if head_how is None:
+                _memo_room(share_cache)
+                head_how = share_cache[key] = _job_head(key, tag_cache)
+            shares.append((head_how, frac))
+        remaining = 1.0 - sum(fractions)
         if remaining > 1e-9:
-            shares.append((UNATTRIBUTED, remaining, pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False, *[""] * 5))
-        for job_id, frac, method, user, estimated, alias, *who in shares:
-            job_t = tag_cache.get(job_id)
-            if job_t is None:
-                job_t = tag_cache[job_id] = tag(job_id)
-            # alias: a tag, so a job is found by its Slurm id through the index (one value per job)
-            head = job_key_head(job_t, tag(alias)) if alias else job_key_head(job_t)
-            key = (method, user, estimated, *who)
-            how = how_cache.get(key)
-            if how is None:
-                how = how_cache[key] = _attribution_fields(method, user, estimated, *who)
+            key = (job_suffix, UNATTRIBUTED, "", pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False, "", "", "", "")
+            head_how = share_cache.get(key)
+            if head_how is None:
+                _memo_room(share_cache)
+                head_how = share_cache[key] = _job_head(key, tag_cache)
+            shares.append((head_how, remaining))
+        for (head, how, job_id, who_values), frac in shares:
+            if frac == 1.0:  # the whole GPU: x * 1.0 is x, bit for bit, so the GPU line's text holds
+                append(
+                    f"{head}{gpu} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
+                    f"estimated_co2e_g={r_est},gpu_s={r_dur},util_pct_s={r_util_s},idle_s={r_idle},"
+                    f"idle_energy_j={r_idle_e},fraction=1.0,end_ns={end}i,ef={ef}{how} {start}"
+                )
+                held_point(JobPoint(gpu, job_id, start, end,
+                                    (e, fac, co2, est_co2, dur_s, util_s, idle_s, idle_e), who_values))
+                continue
             gpu_s = dur_s * frac
             sums = (e * frac, fac * frac, co2 * frac, est_co2 * frac, gpu_s, util * gpu_s, idle_s * frac,
                     idle_e * frac)
             append(
-                f"{head}{job_suffix}{gpu} energy_j={sums[0]!r},"
+                f"{head}{gpu} energy_j={sums[0]!r},"
                 f"facility_energy_j={sums[1]!r},co2e_g={sums[2]!r},estimated_co2e_g={sums[3]!r},"
                 f"gpu_s={gpu_s!r},"
                 f"util_pct_s={sums[5]!r},idle_s={sums[6]!r},idle_energy_j={sums[7]!r},"
                 f"fraction={frac!r},end_ns={end}i,ef={ef}{how} {start}"
             )
-            who_values = {name: v for name, v in zip(WHO_FIELDS, (user, *who), strict=False) if v}
             held_point(JobPoint(gpu, job_id, start, end, sums, who_values))
         windows.add(start - start % resolution_ns)
-    return PreparedBatch(lines, windows, len(batch.gpu_samples), total_e, total_c, total_est, first_line,
+    return PreparedBatch(lines, windows, len(samples), total_e, total_c, total_est, first_line,
                          job_points)
+
+
+def _job_head(key: tuple[Any, ...], tag_cache: dict[str, str]) -> tuple[str, str, str, dict[str, str]]:
+    """(series key up to the GPU index, attribution fields, job id, non-empty who-fields) of a job
+    share (see ``prepare_batch``; the who dict is shared by the share's JobPoints: read only)."""
+    job_suffix, job_id, alias, method, user, estimated, *who = key
+    job_t = tag_cache.get(job_id)
+    if job_t is None:
+        _memo_room(tag_cache)
+        job_t = tag_cache[job_id] = tag(job_id)
+    # alias: a tag, so a job is found by its Slurm id through the index (one value per job)
+    head = job_key_head(job_t, tag(alias)) if alias else job_key_head(job_t)
+    who_values = {name: v for name, v in zip(WHO_FIELDS, (user, *who), strict=False) if v}
+    return head + job_suffix, _attribution_fields(method, user, estimated, *who), job_id, who_values
 
 
 def host_lines(batch: pb.Batch, placement: Placement) -> list[str]:

@@ -56,90 +56,143 @@ def _where(i: int, s: pb.GpuSample) -> str:
     return f"gpu_samples[{i}] (gpu {s.gpu_index}, start {s.start_ns})"
 
 
+#: Names (node, GPU UUID, job id) already found valid: ``name_problem`` is pure, so a name seen
+#: before is not checked again (bounded; emptied when full).
+_VALID_NAMES: set[str] = set()
+_VALID_NAMES_MAX = 100_000
+
+
+def _name_problem(value: str) -> str | None:
+    """``name_problem(value)``, remembering valid names."""
+    if value in _VALID_NAMES:
+        return None
+    problem = name_problem(value)
+    if problem is None:
+        if len(_VALID_NAMES) >= _VALID_NAMES_MAX:
+            _VALID_NAMES.clear()
+        _VALID_NAMES.add(value)
+    return problem
+
+
 def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
-    """Raise BatchRejected naming the first problem found."""
-    if not batch.node:
+    """Raise BatchRejected naming the first problem found.
+
+    The hot path of ingest: each sample's fields are read once, and the messages (with the
+    sample's place, ``_where``) are built only for a sample that fails.
+    """
+    node = batch.node
+    if not node:
         raise BatchRejected("field node: empty; every batch must name its node")
-    problem = name_problem(batch.node)
+    problem = _name_problem(node)
     if problem:
         raise BatchRejected(f"field node: {problem}")
-    if not batch.gpu_samples and not batch.host_samples and not batch.HasField("ledger"):
+    samples = batch.gpu_samples
+    if not samples and not batch.host_samples and not batch.HasField("ledger"):
         raise BatchRejected("batch has no samples")
-    n = len(batch.gpu_samples) + len(batch.host_samples)
+    n = len(samples) + len(batch.host_samples)
     if n > limits.max_batch_samples:
         raise BatchRejected(f"too_many_samples: {n} samples in one batch, above the "
                             f"{limits.max_batch_samples} allowed (server.max_samples_per_batch)",
                             "too_many_samples")
     latest_ns = now_ns + limits.max_future_ns
-    for i, s in enumerate(batch.gpu_samples):
+    max_interval_ns = limits.max_interval_ns
+    min_time_ns = limits.min_time_ns
+    max_power_w = limits.max_power_w
+    # with finite bounds, lo <= v <= hi is false for NaN and ±inf: the full check runs on failure
+    power_bound_finite = math.isfinite(max_power_w)
+    temp_lo, temp_hi = TEMP_RANGE_C
+    max_job_shares = limits.max_job_shares
+    for i, s in enumerate(samples):
         e = s.energy_j
         if not math.isfinite(e):
             raise BatchRejected(f"{_where(i, s)}: field energy_j: value {e} is not a finite number")
         if e < 0:
             raise BatchRejected(f"{_where(i, s)}: field energy_j: value {e} is negative")
-        duration_ns = s.end_ns - s.start_ns
+        start_ns = s.start_ns
+        end_ns = s.end_ns
+        duration_ns = end_ns - start_ns
         if duration_ns <= 0:
             raise BatchRejected(
-                f"{_where(i, s)}: field end_ns: value {s.end_ns} is not after start_ns {s.start_ns}"
+                f"{_where(i, s)}: field end_ns: value {end_ns} is not after start_ns {start_ns}"
             )
-        if duration_ns > limits.max_interval_ns:
+        if duration_ns > max_interval_ns:
             raise BatchRejected(
                 f"{_where(i, s)}: interval of {duration_ns / NS_PER_S:g} s exceeds the "
-                f"{limits.max_interval_ns / NS_PER_S:g} s limit"
+                f"{max_interval_ns / NS_PER_S:g} s limit"
             )
-        if s.end_ns > latest_ns:
+        if end_ns > latest_ns:
             raise BatchRejected(
-                f"{_where(i, s)}: field end_ns: value {s.end_ns} ({format_time_ns(s.end_ns)}) is "
-                f"{(s.end_ns - now_ns) / NS_PER_S:.0f} s in the future"
+                f"{_where(i, s)}: field end_ns: value {end_ns} ({format_time_ns(end_ns)}) is "
+                f"{(end_ns - now_ns) / NS_PER_S:.0f} s in the future"
             )
-        if s.start_ns < limits.min_time_ns:
+        if start_ns < min_time_ns:
             raise BatchRejected(
-                f"{_where(i, s)}: field start_ns: value {s.start_ns} is before "
-                f"{format_time_ns(limits.min_time_ns)}"
+                f"{_where(i, s)}: field start_ns: value {start_ns} is before "
+                f"{format_time_ns(min_time_ns)}"
             )
-        power_w = e / (duration_ns / NS_PER_S)
-        if power_w > limits.max_power_w:
+        duration_s = duration_ns / NS_PER_S
+        power_w = e / duration_s
+        if power_w > max_power_w:
             raise BatchRejected(
                 f"{_where(i, s)}: field energy_j: value {e} means {power_w:.0f} W, above the plausible "
-                f"{limits.max_power_w:g} W for one GPU"
+                f"{max_power_w:g} W for one GPU"
             )
-        for name, v in (("util_pct", s.util_pct), ("mem_util_pct", s.mem_util_pct)):
-            if not (0.0 <= v <= 100.0):  # also false for NaN
-                raise BatchRejected(f"{_where(i, s)}: field {name}: value {v} is outside 0-100")
-        if not (0.0 <= s.idle_s <= duration_ns / NS_PER_S + 1e-6):
-            raise BatchRejected(f"{_where(i, s)}: field idle_s: value {s.idle_s} is outside the interval")
-        where = _where(i, s)
-        _finite_in(where, "mean_power_w", s.mean_power_w, 0.0, limits.max_power_w)
-        _finite_in(where, "power_limit_w", s.power_limit_w, 0.0, limits.max_power_w)
-        _finite_in(where, "temp_c", s.temp_c, *TEMP_RANGE_C)
-        _below_int64(where, "mem_used_bytes", s.mem_used_bytes)
-        problem = name_problem(s.gpu_uuid) if s.gpu_uuid else None
+        util_pct = s.util_pct
+        if not (0.0 <= util_pct <= 100.0):  # also false for NaN
+            raise BatchRejected(f"{_where(i, s)}: field util_pct: value {util_pct} is outside 0-100")
+        mem_util_pct = s.mem_util_pct
+        if not (0.0 <= mem_util_pct <= 100.0):
+            raise BatchRejected(f"{_where(i, s)}: field mem_util_pct: value {mem_util_pct} is outside 0-100")
+        idle_s = s.idle_s
+        if not (0.0 <= idle_s <= duration_s + 1e-6):
+            raise BatchRejected(f"{_where(i, s)}: field idle_s: value {idle_s} is outside the interval")
+        v = s.mean_power_w
+        if not (0.0 <= v <= max_power_w and power_bound_finite):
+            _finite_in(_where(i, s), "mean_power_w", v, 0.0, max_power_w)
+        v = s.power_limit_w
+        if not (0.0 <= v <= max_power_w and power_bound_finite):
+            _finite_in(_where(i, s), "power_limit_w", v, 0.0, max_power_w)
+        v = s.temp_c
+        if not (temp_lo <= v <= temp_hi):
+            _finite_in(_where(i, s), "temp_c", v, temp_lo, temp_hi)
+        if s.mem_used_bytes >= INT64_LIMIT:
+            _below_int64(_where(i, s), "mem_used_bytes", s.mem_used_bytes)
+        uuid = s.gpu_uuid
+        problem = _name_problem(uuid) if uuid else None
         if problem:
-            raise BatchRejected(f"{where}: field gpu_uuid: {problem}")
-        if len(s.jobs) > limits.max_job_shares:
+            raise BatchRejected(f"{_where(i, s)}: field gpu_uuid: {problem}")
+        jobs = s.jobs
+        if not jobs:
+            continue
+        if len(jobs) > max_job_shares:
             raise BatchRejected(
-                f"too_many_job_shares: {where}: {len(s.jobs)} job shares, above the "
-                f"{limits.max_job_shares} allowed (server.max_job_shares_per_sample)", "too_many_job_shares")
+                f"too_many_job_shares: {_where(i, s)}: {len(jobs)} job shares, above the "
+                f"{max_job_shares} allowed (server.max_job_shares_per_sample)", "too_many_job_shares")
         total = 0.0
         seen: set[str] = set()
-        for share in s.jobs:
-            problem = name_problem(share.job_id)
+        for share in jobs:
+            job_id = share.job_id
+            problem = _name_problem(job_id)
             if problem:
-                raise BatchRejected(f"{where}: field jobs.job_id: {problem}")
-            if share.job_id in seen:
-                raise BatchRejected(f"{where}: field jobs.job_id: job {shown(share.job_id)} appears twice; "
+                raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: {problem}")
+            if job_id in seen:
+                raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: job {shown(job_id)} appears twice; "
                                     "give each job one share")
-            seen.add(share.job_id)
-            if not (0.0 < share.fraction <= 1.0):
+            seen.add(job_id)
+            fraction = share.fraction
+            if not (0.0 < fraction <= 1.0):
                 raise BatchRejected(
-                    f"{where}: field jobs.fraction: value {share.fraction} for job "
-                    f"{shown(share.job_id)} is outside (0, 1]"
+                    f"{_where(i, s)}: field jobs.fraction: value {fraction} for job "
+                    f"{shown(job_id)} is outside (0, 1]"
                 )
-            if share.alias and not SLURM_ALIAS.fullmatch(share.alias):
-                raise BatchRejected(f"{_where(i, s)}: field jobs.alias: {share.alias[:40]!r} is not "
+            alias = share.alias
+            if alias and not SLURM_ALIAS.fullmatch(alias):
+                raise BatchRejected(f"{_where(i, s)}: field jobs.alias: {alias[:40]!r} is not "
                                     "a Slurm array task (1234_7) or het component (1234+1) id")
-            _check_who(i, s, share)
-            total += share.fraction
+            for value in (share.user, share.account, share.partition, share.namespace, share.job_name):
+                if len(value) > MAX_WHO_CHARS or not value.isprintable():
+                    _check_who(i, s, share)  # names the first bad field
+            total += fraction
         if total > 1.0 + 1e-6:
             raise BatchRejected(f"{_where(i, s)}: field jobs.fraction: shares sum to {total}, above 1")
 
