@@ -264,7 +264,7 @@ def main() -> None:
         per_node = args.gpus * args.seconds / args.interval_s
         raw_nodes = max(best["nodes"] if best else 0, -(-RAW_MIN_SAMPLES // int(per_node)))
         raw_per_s, _ = raw_rate(db, cfg, raw_nodes, args)
-    subprocess.run(["rm", "-rf", str(spools)], check=False)
+    subprocess.run(["rm", "-rf", str(spools), str(folder)], check=False)
     rate = best["acked_samples_per_s"] if best else 0.0
 
     def per_k(cores: float) -> float | None:

@@ -149,6 +149,16 @@ class InfluxConfig(StrictModel):
     timeout_s: float = Field(10.0, gt=0)
     #: Lines per HTTP write request (halved automatically after an HTTP 413).
     write_batch_lines: int = Field(5000, ge=1)
+    #: Group commit (collector/group_commit.py): one write request carries the lines of many
+    #: batches (and window points) queued meanwhile, up to write_batch_lines and
+    #: group_commit_max_bytes; each batch is acknowledged when the request that held it is stored.
+    group_commit: bool = True
+    #: Group writes in flight at once; the next group gathers while they are.
+    group_commit_max_in_flight: int = Field(4, ge=1, le=64)
+    #: Seconds an idle collector waits after the first line before writing, to gather more (0: none).
+    group_commit_linger_s: float = Field(0.0, ge=0, le=1.0)
+    #: Bytes of line protocol per group (InfluxDB 1.x refuses bodies over max-body-size, 25 MB).
+    group_commit_max_bytes: int = Field(10_000_000, ge=1024, le=1_000_000_000)
     #: Tries per write request for transient failures (5xx, 429, timeouts, connection errors)
     #: before the batch is answered UNAVAILABLE (the agent keeps it and resends).
     write_attempts: int = Field(4, ge=1, le=20)

@@ -109,6 +109,15 @@ class StoreMetrics:
             PREFIX + "influxdb_write_duration_seconds",
             "Duration of one InfluxDB write request (any outcome).", buckets=WRITE_BUCKETS_S, registry=r,
         )
+        self.group_writes = Counter(
+            PREFIX + "influxdb_group_writes",
+            "Group commits: writes carrying the lines of one or more callers (batches, window points).",
+            registry=r,
+        )
+        self.group_callers = Counter(
+            PREFIX + "influxdb_group_callers",
+            "Callers carried by group writes (÷ influxdb_group_writes: callers per write).", registry=r,
+        )
         self.write_retries = Counter(
             PREFIX + "influxdb_write_retries",
             "InfluxDB write requests tried again, by reason (timeout, connection, http_5xx, http_429, ...).",

@@ -20,6 +20,10 @@ Every answer to a write has one behaviour (collector/README.md has the table):
 * other 5xx, 408, timeouts, connection errors: retried ``write_attempts`` times with
   exponential backoff and full jitter, then StoreUnavailable.
 
+With ``group_commit`` (the default) :meth:`InfluxStore.write_lines` hands its lines to
+collector/group_commit.py, which writes many callers' lines in one request and gives each
+caller the answer above for its own lines (:meth:`WriteResult.share`).
+
 StoreUnavailable marks the store unhealthy: further writes fail fast (no request) until a
 probe (an empty write, which checks reachability, credentials and the database) succeeds;
 listeners (gRPC health, ``/healthz``) are told of every change. There is no time-based
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
 import email.utils
 import json
@@ -37,13 +42,14 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from gridwatt.collector.config import InfluxConfig
+from gridwatt.collector.group_commit import GroupCommit
 from gridwatt.collector.metrics import StoreMetrics
 from gridwatt.collector.queries import quote_ident
 from gridwatt.collector.writers import Answer, LineWriter, make_writer
@@ -73,17 +79,69 @@ class QueryError(Exception):
     """An InfluxQL query failed; the message carries InfluxDB's error."""
 
 
+#: What one retry or split of a request was: ``retry`` (transient failure), ``split_413`` (too large),
+#: ``split_bad`` (400/422: halved to find the bad lines).
+RetryKind = str
+
+
 @dataclass
 class WriteResult:
     """What became of the lines given to :meth:`InfluxStore.write_lines`.
 
     Every line not in ``rejected`` is stored. ``rejected`` maps a line's index to InfluxDB's
     HTTP status and reason for refusing it. ``retries`` counts requests tried again or split.
+    ``events``: each retry or split with the indexes of the lines its request held (what
+    :meth:`share` needs to give each caller of a group commit its own ``retries``).
     """
 
     lines: int = 0
     rejected: dict[int, tuple[int, str]] = field(default_factory=dict)
     retries: int = 0
+    events: list[tuple[RetryKind, Sequence[int]]] = field(default_factory=list, repr=False)
+
+    def note(self, kind: RetryKind, indexes: Sequence[int]) -> None:
+        """One request of ``indexes`` was tried again or split."""
+        self.retries += 1
+        self.events.append((kind, indexes))
+
+    def share(self, spans: Sequence[tuple[int, int]]) -> list[WriteResult]:
+        """This result (of several callers' lines, one after another) cut into one per caller.
+
+        ``spans``: each caller's (first line, line count), ascending and adjacent. A caller gets the
+        rejections of its own lines (its own indexes) and counts a retry or 413 split of every request
+        that held any of its lines, and a 400/422 split only where one of its own lines was refused
+        (a bad line of one caller costs the others nothing but the idempotent rewrite).
+        """
+        starts = [first for first, _ in spans]
+        parts = [WriteResult(lines=n) for _, n in spans]
+        for index, why in self.rejected.items():
+            k = bisect.bisect_right(starts, index) - 1
+            parts[k].rejected[index - starts[k]] = why
+        for kind, indexes in self.events:
+            held = indexes if isinstance(indexes, range) else set(indexes)
+            for k in _owners(starts, spans, indexes):
+                first, n = spans[k]
+                if kind == "split_bad" and not any(first + r in held for r in parts[k].rejected):
+                    continue
+                parts[k].retries += 1
+                if isinstance(indexes, range):
+                    mine: Sequence[int] = range(max(indexes.start, first) - first,
+                                                min(indexes.stop, first + n) - first)
+                else:
+                    mine = [i - first for i in indexes if first <= i < first + n]
+                parts[k].events.append((kind, mine))
+        return parts
+
+
+def _owners(starts: list[int], spans: Sequence[tuple[int, int]], indexes: Sequence[int]) -> list[int]:
+    """The callers (positions in ``spans``) that own any of ``indexes``."""
+    if isinstance(indexes, range):  # contiguous: the callers whose spans meet it
+        if not indexes:
+            return []
+        lo = bisect.bisect_right(starts, indexes.start) - 1
+        hi = bisect.bisect_right(starts, indexes.stop - 1) - 1
+        return list(range(lo, hi + 1))
+    return sorted({bisect.bisect_right(starts, i) - 1 for i in indexes})
 
 
 HealthListener = Callable[[bool, str], Awaitable[None]]
@@ -150,6 +208,15 @@ class InfluxStore:
         self._watch_task: asyncio.Task[None] | None = None
         self._database_pending = False
         self._last_ok = time.monotonic()  # last successful write or probe
+        #: write_lines goes through it (config.group_commit); None: each call writes on its own
+        self.group: GroupCommit[WriteResult] | None = None
+        if config.group_commit:
+            self.group = GroupCommit(
+                self._write_now, WriteResult.share, _each_caller, _closing,
+                max_lines=lambda: self._chunk_lines, max_bytes=config.group_commit_max_bytes,
+                max_in_flight=config.group_commit_max_in_flight, linger_s=config.group_commit_linger_s,
+                on_group=self._count_group,
+            )
 
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
@@ -187,7 +254,13 @@ class InfluxStore:
             elif self.serving:
                 await self._set_health(False, reason, retry_after)
 
+    def _count_group(self, callers: int, lines: int) -> None:
+        self.metrics.group_writes.inc()
+        self.metrics.group_callers.inc(callers)
+
     async def close(self) -> None:
+        if self.group is not None:
+            await self.group.close()
         for task in (self._probe_task, self._watch_task):
             if task is not None:
                 task.cancel()
@@ -275,16 +348,30 @@ class InfluxStore:
 
         Raises StoreUnavailable when nothing more can be stored now (all lines not yet written
         must be resent; resending written ones is harmless, as writes are idempotent).
+
+        With ``group_commit`` the lines ride in one request with other callers' lines
+        (collector/group_commit.py); the answer is the same as for these lines alone: their own
+        indexes in ``rejected``, StoreUnavailable when the write that held them failed.
         """
-        result = WriteResult(lines=len(lines))
         if not lines:
-            return result
+            return WriteResult()
+        if not self.serving:
+            raise StoreUnavailable(f"InfluxDB unavailable: {self.health_reason}", self.retry_after_s(),
+                                   "unhealthy")
+        if self.group is not None:
+            return await self.group.submit(lines)
+        return await self._write_now(lines)
+
+    async def _write_now(self, lines: list[str]) -> WriteResult:
+        """write_lines without group commit: these lines, in requests of at most ``_chunk_lines``."""
+        result = WriteResult(lines=len(lines))
         if not self.serving:
             raise StoreUnavailable(f"InfluxDB unavailable: {self.health_reason}", self.retry_after_s(),
                                    "unhealthy")
         try:
             for rp, indexes in self._by_retention_policy(lines).items():
-                part = lines if len(indexes) == len(lines) else [lines[k] for k in indexes]
+                whole = len(indexes) == len(lines)
+                part = lines if whole else [lines[k] for k in indexes]
                 part_result = WriteResult(lines=len(part))
                 i = 0
                 while i < len(part):
@@ -292,6 +379,8 @@ class InfluxStore:
                     await self._write_range(part, i, hi, part_result, rp)
                     i = hi
                 result.retries += part_result.retries
+                for kind, span in part_result.events:
+                    result.events.append((kind, span if whole else [indexes[k] for k in span]))
                 for k, why in part_result.rejected.items():
                     result.rejected[indexes[k]] = why
         except StoreUnavailable as exc:
@@ -322,7 +411,7 @@ class InfluxStore:
     ) -> bool:
         """Write lines[lo:hi], splitting as needed; False if InfluxDB answered 413 to any part."""
         n = hi - lo
-        status, body = await self._post(lines[lo:hi], result, rp)
+        status, body = await self._post(lines[lo:hi], result, rp, lo)
         if 200 <= status < 300:
             return True
         if status == 413 and n == 1:
@@ -336,7 +425,7 @@ class InfluxStore:
             self.metrics.points_rejected.labels(status=str(status)).inc(n)
             return True
         # Split: too large (413), or some of the lines are bad and we must find which.
-        result.retries += 1
+        result.note("split_413" if status == 413 else "split_bad", range(lo, hi))
         self.metrics.write_splits.labels(reason=f"http_{status}").inc()
         mid = lo + n // 2
         left = await self._write_range(lines, lo, mid, result, rp)
@@ -350,8 +439,11 @@ class InfluxStore:
                         n, self._chunk_lines)
         return False
 
-    async def _post(self, chunk: list[str], result: WriteResult, rp: str | None = None) -> tuple[int, str]:
-        """One request, retried on transient failures; returns (status, body) for 2xx/400/413/422."""
+    async def _post(
+        self, chunk: list[str], result: WriteResult, rp: str | None = None, first: int = 0
+    ) -> tuple[int, str]:
+        """One request (of lines ``first``...), retried on transient failures; returns (status, body)
+        for 2xx/400/413/422."""
         body = "\n".join(chunk).encode()
         attempt = 0
         while True:
@@ -384,7 +476,7 @@ class InfluxStore:
                     f"InfluxDB write failed after {attempt} attempt(s): {what}",
                     retry_after_s=hinted, reason=label,
                 )
-            result.retries += 1
+            result.note("retry", range(first, first + len(chunk)))
             self.metrics.write_retries.labels(reason=label).inc()
             log.info("InfluxDB write %s; retry %d in %.2f s", what, attempt, delay)
             await asyncio.sleep(delay)
@@ -429,6 +521,19 @@ class InfluxStore:
             if "error" in r:
                 raise QueryError(f"InfluxQL error: {r['error']}")
         return results
+
+
+def _each_caller(exc: BaseException) -> BaseException:
+    """The failure of a group write as each of its callers gets it (its own copy)."""
+    if isinstance(exc, StoreUnavailable):
+        return StoreUnavailable(str(exc), exc.retry_after_s, exc.reason)
+    if isinstance(exc, StoreRejected):
+        return StoreRejected(str(exc))
+    return exc
+
+
+def _closing() -> StoreUnavailable:
+    return StoreUnavailable("the collector is stopping; not stored", reason="closing")
 
 
 def series_rows(result: dict[str, Any]) -> list[tuple[dict[str, str], dict[str, Any]]]:
