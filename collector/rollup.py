@@ -341,6 +341,11 @@ class RackRollup:
         if not task.cancelled() and task.exception() is not None:
             log.warning("settling rack windows failed (a later batch recomputes them): %s", task.exception())
 
+    def pending_read_backs(self) -> int:
+        """Nodes whose held windows wait for their read-back, plus read-backs and rack settles running
+        or scheduled (0: nothing deferred is left)."""
+        return len(self._final) + len(self._final_tasks) + len(self._settle) + len(self._settle_tasks)
+
     async def close(self) -> None:
         """Run pending read-backs and settle recomputes now (best effort), so a stopping collector
         leaves them exact."""
