@@ -187,6 +187,16 @@ def prepare_batch(
     # repr of values that repeat within a batch (PUE, intensity, duration, ...); never 0.0 / -0.0,
     # which are equal keys with different reprs
     reprs: dict[float, str] = {}
+
+    def repr_once(x: float) -> str:
+        """repr(x), formatted once per batch for values that repeat (zeros never cached)."""
+        if not x:
+            return repr(x)
+        r = reprs.get(x)
+        if r is None:
+            r = reprs[x] = repr(x)
+        return r
+
     first_line: list[int] = []
     job_points: list[JobPoint] = []
     held_point = job_points.append
@@ -230,26 +240,10 @@ def prepare_batch(
         r_est = repr(est_co2)
         r_util_s = repr(util_s)
         r_idle_e = repr(idle_e)
-        r_dur = reprs.get(dur_s) if dur_s else None
-        if r_dur is None:
-            r_dur = repr(dur_s)
-            if dur_s:
-                reprs[dur_s] = r_dur
-        r_idle = reprs.get(idle_s) if idle_s else None
-        if r_idle is None:
-            r_idle = repr(idle_s)
-            if idle_s:
-                reprs[idle_s] = r_idle
-        r_pue = reprs.get(eff_pue) if eff_pue else None
-        if r_pue is None:
-            r_pue = repr(eff_pue)
-            if eff_pue:
-                reprs[eff_pue] = r_pue
-        r_ci = reprs.get(eff_ci) if eff_ci else None
-        if r_ci is None:
-            r_ci = repr(eff_ci)
-            if eff_ci:
-                reprs[eff_ci] = r_ci
+        r_dur = repr_once(dur_s)
+        r_idle = repr_once(idle_s)
+        r_pue = repr_once(eff_pue)
+        r_ci = repr_once(eff_ci)
         jobs = s.jobs
         job_ids = ",".join([j.job_id for j in jobs])
         jobs_field = jobs_fields.get(job_ids)
