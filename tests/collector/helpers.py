@@ -10,13 +10,15 @@ import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from gridwatt.agent.attribution import Attributor
 from gridwatt.agent.sampler import Sampler
 from gridwatt.agent.sources.sim.source import SimSource
 from gridwatt.agent.sources.sim.trace import synthetic_trace
-from gridwatt.collector.config import CollectorConfig
+from gridwatt.collector.config import CollectorConfig, InfluxConfig
 from gridwatt.collector.server import RunningCollector, start_collector
+from gridwatt.collector.store import InfluxStore
 from gridwatt.configfile import load_config
 from gridwatt.v1 import telemetry_pb2 as pb
 
@@ -100,3 +102,20 @@ def http_get(url: str) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+@asynccontextmanager
+async def store_for(url: str, database: str, **config: Any) -> AsyncIterator[InfluxStore]:
+    """A started InfluxStore on ``database`` (config keys as keyword arguments), closed after."""
+    store = InfluxStore(InfluxConfig(url=url, database=database, **config))
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def metric(store: InfluxStore, name: str, **labels: str) -> float:
+    """A collector metric of the store (0 when not yet set)."""
+    value = store.metrics.registry.get_sample_value("gridwatt_collector_" + name, labels)
+    return 0.0 if value is None else value

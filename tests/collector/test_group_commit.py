@@ -12,21 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from gridwatt.collector.config import InfluxConfig, RetentionPolicyConfig
+from gridwatt.collector.config import RetentionPolicyConfig
 from gridwatt.collector.group_commit import GroupCommit
-from gridwatt.collector.store import InfluxStore, StoreUnavailable, WriteResult
+from gridwatt.collector.store import StoreUnavailable, WriteResult
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
-from tests.collector.helpers import influx_post, running_collector, sim_samples, with_influx_settings
+from tests.collector.helpers import (
+    influx_post,
+    metric,
+    running_collector,
+    sim_samples,
+    store_for,
+    with_influx_settings,
+)
 from tests.conftest import collector_toml, first_row, influx_query
 from tests.influx_front import InfluxFront
 
@@ -44,21 +50,6 @@ def count_sum(url: str, database: str, what: str = "m") -> tuple[int, float]:
     (res,) = influx_query(url, database, f"SELECT count(v), sum(v) FROM {what}")
     row = first_row(res)
     return row.get("count", 0), row.get("sum", 0.0)
-
-
-def metric(store: InfluxStore, name: str, **labels: str) -> float:
-    value = store.metrics.registry.get_sample_value("gridwatt_collector_" + name, labels)
-    return 0.0 if value is None else value
-
-
-@asynccontextmanager
-async def store_for(url: str, database: str, **config: Any) -> AsyncIterator[InfluxStore]:
-    store = InfluxStore(InfluxConfig(url=url, database=database, **config))
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def until(check: Any, what: str) -> None:

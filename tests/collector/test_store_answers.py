@@ -14,16 +14,13 @@ import email.utils
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
-from gridwatt.collector.config import InfluxConfig
-from gridwatt.collector.store import InfluxStore, StoreUnavailable, parse_dropped, parse_retry_after
+from gridwatt.collector.store import StoreUnavailable, parse_dropped, parse_retry_after
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
-from tests.collector.helpers import influx_post
+from tests.collector.helpers import influx_post, metric, store_for
 from tests.conftest import first_row, influx_query
 from tests.influx_front import InfluxFront, Reply
 
@@ -42,21 +39,6 @@ def count_sum(db_url: str, database: str, measurement: str = "m") -> tuple[int, 
     (res,) = influx_query(db_url, database, f"SELECT count(v), sum(v) FROM {measurement}")
     row = first_row(res)
     return row.get("count", 0), row.get("sum", 0.0)
-
-
-@asynccontextmanager
-async def store_for(url: str, database: str, **config: Any) -> AsyncIterator[InfluxStore]:
-    store = InfluxStore(InfluxConfig(url=url, database=database, **config))
-    await store.start()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-def metric(store: InfluxStore, name: str, **labels: str) -> float:
-    value = store.metrics.registry.get_sample_value("gridwatt_collector_" + name, labels)
-    return 0.0 if value is None else value
 
 
 def test_parsers() -> None:
