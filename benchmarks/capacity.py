@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,25 @@ RAW_MIN_SAMPLES = 200_000
 
 def say(msg: str) -> None:
     print(f"[capacity] {msg}", file=sys.stderr, flush=True)
+
+
+def influxd_http_stats(url: str) -> dict[str, float]:
+    """influxd's own HTTP counters (``/debug/vars``): requests, points written, time spent answering."""
+    with urllib.request.urlopen(f"{url}/debug/vars", timeout=10) as resp:
+        stats = json.load(resp)
+    for key, value in stats.items():
+        if key.startswith("httpd"):
+            return {k: float(v) for k, v in value["values"].items()}
+    return {}
+
+
+def influxd_rates(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Per-second writes, points, queries, and the seconds per second spent in queries and writes."""
+    def per_s(key: str, scale: float = 1.0) -> float:
+        return round((after.get(key, 0.0) - before.get(key, 0.0)) / seconds / scale, 2)
+    return {"write_req_per_s": per_s("writeReq"), "points_per_s": per_s("pointsWrittenOK"),
+            "query_req_per_s": per_s("queryReq"), "query_busy_s_per_s": per_s("queryReqDurationNs", 1e9),
+            "write_busy_s_per_s": per_s("writeReqDurationNs", 1e9)}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -94,6 +114,7 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
     tasks = [asyncio.create_task(sh.run(stop)) for _, _, _, sh in nodes]
     backlog: dict[str, int] = {}
     next_tick = time.monotonic()
+    cpu_at_start = 0.0
     while time.monotonic() < window[1]:
         for src, sampler, spool, shipper in nodes:
             samples = sampler.take(src.read())
@@ -103,21 +124,23 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
         now = time.monotonic()
         if "start" not in backlog and now >= window[0]:
             backlog["start"] = sum(sp.pending for _, _, sp, _ in nodes)
+            cpu_at_start = time.process_time()
         next_tick += args.interval_s
         await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
     backlog["end"] = sum(sp.pending for _, _, sp, _ in nodes)
+    cpu_in_window_s = time.process_time() - cpu_at_start
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     for _, _, spool, _ in nodes:
         spool.close()
     return {"latencies": latencies, "acked": acked[0], "backlog_start": backlog.get("start", 0),
-            "backlog_end": backlog["end"], "cpu_s": time.process_time()}
+            "backlog_end": backlog["end"], "cpu_s": cpu_in_window_s}
 
 
 # --- driver ---------------------------------------------------------------------------------------
 
 def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, prefix: str,
-             pids: dict[str, int]) -> dict[str, Any]:
+             pids: dict[str, int], influx_url: str) -> dict[str, Any]:
     """One N: worker processes run the nodes; returns the step's figures."""
     per = -(-nodes // args.workers)
     procs = []
@@ -135,8 +158,10 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
         procs.append((subprocess.Popen(cmd), out))
     time.sleep(args.warmup)
     cpu0 = {k: cpu_s(pid) for k, pid in pids.items()}
+    http0 = influxd_http_stats(influx_url)
     time.sleep(args.seconds)
     cpu1 = {k: cpu_s(pid) for k, pid in pids.items()}
+    http1 = influxd_http_stats(influx_url)
     results = []
     for proc, out in procs:
         if proc.wait(timeout=args.seconds + 120) != 0:
@@ -154,7 +179,8 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
         "batches": len(latencies), "backlog_growth_samples": growth,
         "influxd_cores": round((cpu1["influxd"] - cpu0["influxd"]) / args.seconds, 3),
         "collector_cores": round((cpu1["collector"] - cpu0["collector"]) / args.seconds, 3),
-        "loadgen_cpu_s": round(sum(r["cpu_s"] for r in results), 1),
+        "loadgen_cores": round(sum(r["cpu_s"] for r in results) / args.seconds, 3),
+        "influxd": influxd_rates(http0, http1, args.seconds),
     }
     step["ok"] = bool(latencies) and step["ack_p99_s"] < ACK_P99_LIMIT_S and growth <= 2 * offered
     return step
@@ -252,7 +278,7 @@ def main() -> None:
             for k, nodes in enumerate(int(x) for x in args.nodes.split(",")):
                 say(f"step {k}: {nodes} nodes x {args.gpus} GPUs at {1 / args.interval_s:g} Hz, "
                     f"linger {args.linger_s} s, {args.warmup:g} s warm-up + {args.seconds:g} s")
-                step = run_step(collector.grpc_address, nodes, args, spools, f"s{k}", pids)
+                step = run_step(collector.grpc_address, nodes, args, spools, f"s{k}", pids, db.url)
                 say(json.dumps(step))
                 steps.append(step)
                 if not step["ok"]:
