@@ -479,6 +479,7 @@ class IngestService:
                     stream_node = batch.node
                     # it may have streamed to another replica meanwhile: read its state again
                     self.ingestor.rollup.held.drop(batch.node)
+                    self.ingestor.rollup.racks.stream_opened(batch.node)
                 elif stream_node is not None and batch.node != stream_node:
                     await context.abort(
                         grpc.StatusCode.INVALID_ARGUMENT,
@@ -489,6 +490,7 @@ class IngestService:
             self.connected_streams -= 1
             if stream_node is not None:
                 self.streams.release(stream_node)
+                self.ingestor.rollup.racks.stream_closed(stream_node)
 
     async def Write(self, request: bytes, context: grpc.aio.ServicerContext) -> pb.Ack:
         identity = await self._identify(context)

@@ -100,15 +100,14 @@ def job_owner(m: Measurement, job_id: str) -> str:
             f'SELECT last("account") AS v FROM {m(JOB)} WHERE "job_id" = {job}')
 
 
-def rack_window_sums(m: Measurement, rack: str, lo_ns: int, hi_ns: int, res_s: int) -> str:
-    """Sums of ``rack``'s node points per window in [lo_ns, hi_ns)."""
+def rack_window_points(m: Measurement, rack: str, lo_ns: int, hi_ns: int) -> str:
+    """``rack``'s node points in [lo_ns, hi_ns), raw, one series per node (collector/rack_state.py adds
+    them up in its own order)."""
     return (
-        'SELECT sum("it_energy_kwh") AS e, sum("facility_energy_kwh") AS f, sum("co2e_g") AS c, '
-        'sum("estimated_co2e_g") AS ce, sum("gpu_seconds") AS d, sum("util_pct_s") AS u, '
-        'sum("idle_s") AS i, '
-        'sum("idle_energy_kwh") AS ie, sum("gpu_count") AS n, count("gpu_count") AS nodes '
+        'SELECT "it_energy_kwh", "facility_energy_kwh", "co2e_g", "estimated_co2e_g", "gpu_seconds", '
+        '"util_pct_s", "idle_s", "idle_energy_kwh", "gpu_count" '
         f'FROM {m(NODE)} WHERE "rack" = {quote_string(rack)} AND time >= {lo_ns} AND time < {hi_ns} '
-        f"GROUP BY time({res_s}s) fill(none)"
+        'GROUP BY "node", "zone"'
     )
 
 

@@ -39,7 +39,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from gridwatt.collector import queries
@@ -53,14 +53,18 @@ from gridwatt.collector.node_state import (
     node_windows_from_series,
     series_from_rows,
 )
+from gridwatt.collector.rack_state import (
+    HeldRacks,
+    RackWindow,
+    node_point,
+    points_from_rows,
+    rack_sums,
+)
 from gridwatt.collector.schema import WHO_FIELDS, job_window_key, node_key, rack_key, string_field
 from gridwatt.collector.store import InfluxStore, series_rows
 from gridwatt.timeutil import NS_PER_S
 
 log = logging.getLogger("gridwatt.collector.rollup")
-
-_SUMS = ("e", "f", "c", "ce", "d", "u", "i", "ie", "n")
-
 
 def _window_fields(w: dict[str, float]) -> str:
     """Fields of node and rack points from sums (e, f, ie in J; c, ce in g; d gpu-s; u util×s; i s; n GPUs).
@@ -109,6 +113,84 @@ def job_window_lines(node: str, rack: str, jobs: dict[tuple[int, str], dict[str,
     ]
 
 
+class _ReadBacks:
+    """Windows written from held state that wait for their final read-back, per key (a node or a
+    rack) with its context (``ctx``: what ``run`` needs besides the key), each window with the
+    monotonic time of its last write; ``wait_s(window, written)``: seconds until it is due."""
+
+    def __init__(self, what: str, wait_s: Callable[[int, float], float],
+                 run: Callable[[str, tuple[str, ...], set[int]], Coroutine[Any, Any, None]]) -> None:
+        self.what = what
+        self.wait_s = wait_s
+        self.run = run
+        self.entries: dict[str, tuple[tuple[str, ...], dict[int, float]]] = {}
+        self.handles: dict[str, asyncio.TimerHandle] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        #: read-backs run (finished, failed or not)
+        self.runs = 0
+
+    def __len__(self) -> int:
+        return len(self.entries) + len(self.tasks)
+
+    def schedule(self, key: str, ctx: tuple[str, ...], window_starts: Iterable[int]) -> None:
+        now = time.monotonic()
+        entry = self.entries.get(key)
+        if entry is None:
+            entry = self.entries[key] = (ctx, {})
+        entry[1].update(dict.fromkeys(window_starts, now))
+        if key not in self.handles and entry[1]:
+            wait = min(self.wait_s(t, now) for t in entry[1])
+            self.handles[key] = asyncio.get_running_loop().call_later(wait, self._start, key)
+
+    def due(self, key: str, now: float | None) -> tuple[tuple[str, ...], set[int]] | None:
+        """Take the key's windows that are due (all with ``now`` None)."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        ctx, last = entry
+        due = {t for t, at in last.items() if now is None or self.wait_s(t, at) <= 0}
+        for t in due:
+            del last[t]
+        if not last:
+            del self.entries[key]
+        return (ctx, due) if due else None
+
+    def _start(self, key: str) -> None:
+        self.handles.pop(key, None)
+        due = self.due(key, time.monotonic())
+        entry = self.entries.get(key)
+        if entry is not None:  # windows not yet due: look again when the first of them is
+            wait = max(0.05, min(self.wait_s(t, at) for t, at in entry[1].items()))
+            self.handles[key] = asyncio.get_running_loop().call_later(wait, self._start, key)
+        if due is not None:
+            task = asyncio.create_task(self.run(key, *due))
+            self.tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.runs += 1
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("reading %s windows back failed (a later batch recomputes them): %s",
+                        self.what, task.exception())
+
+    async def drain(self) -> None:
+        """Run every pending read-back now (best effort), 16 at a time (a large cluster stops in seconds)."""
+        for handle in self.handles.values():
+            handle.cancel()
+        self.handles.clear()
+        pending = [(key, due) for key in list(self.entries) if (due := self.due(key, None))]
+        for k in range(0, len(pending), 16):
+            chunk = pending[k:k + 16]
+            results = await asyncio.gather(*(self.run(key, *due) for key, due in chunk),
+                                           return_exceptions=True)
+            for (key, _), result in zip(chunk, results, strict=True):
+                if isinstance(result, Exception):  # the store may be down at shutdown
+                    log.warning("%s %r: final read-back of windows failed: %s", self.what, key, result)
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
 class RackRollup:
     """See the module docstring."""
 
@@ -134,13 +216,16 @@ class RackRollup:
         self.rack_queries = 0
         #: held node state (collector/node_state.py), used by ingest for streamed batches
         self.held = HeldNodes(store, self.resolution_ns)
-        #: node -> (rack, zone, {window start: monotonic time of its last write from held state})
-        self._final: dict[str, tuple[str, str, dict[int, float]]] = {}
-        self._final_handles: dict[str, asyncio.TimerHandle] = {}
-        self._final_tasks: set[asyncio.Task[None]] = set()
-        #: read-backs of node windows written from held state, and those that found other values
-        self.final_runs = 0
+        #: held rack state (collector/rack_state.py); ``configure``d with the topology's racks
+        self.racks = HeldRacks(settle_s)
+        #: node windows / rack windows written from held state, waiting for their final read-back
+        self._final = _ReadBacks("node", self._final_wait_s, self._node_read_back)
+        self._rack_final = _ReadBacks("rack", self._final_wait_s, self._rack_read_back)
+        #: read-backs of node windows written from held state that found other values
         self.final_mismatches = 0
+        #: rack windows written from held state, and those whose final read-back found other node points
+        self.rack_held_windows = 0
+        self.rack_final_mismatches = 0
 
     def _runs(self, window_starts: set[int]) -> list[tuple[int, int]]:
         """[lo, hi) ranges covering the windows, split where they are far apart."""
@@ -181,19 +266,18 @@ class RackRollup:
             out += [r for r in await self.node_series(node, lo, hi) if r[0] in window_starts]
         return out
 
-    async def rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> dict[int, dict[str, float]]:
-        """Sums per window over all node points of ``rack`` in [lo_ns, hi_ns)."""
-        res_s = self.resolution_ns // NS_PER_S
+    async def rack_points(self, rack: str, lo_ns: int, hi_ns: int) -> dict[int, RackWindow]:
+        """The node points of ``rack`` per window in [lo_ns, hi_ns), as stored (one query)."""
         self.rack_queries += 1
-        rows = await self._sums(queries.rack_window_sums(self.store.measurement, rack, lo_ns, hi_ns, res_s))
-        windows: dict[int, dict[str, float]] = {}
-        for _tags, row in rows:
-            w = {key: float(row.get(key) or 0.0) for key in (*_SUMS, "nodes")}
-            w["e"] *= J_PER_KWH
-            w["f"] *= J_PER_KWH
-            w["ie"] *= J_PER_KWH
-            windows[int(row["time"])] = w
-        return windows
+        self.queries += 1
+        q = queries.rack_window_points(self.store.measurement, rack, lo_ns, hi_ns)
+        (result,) = await self.store.query(q)
+        return points_from_rows(series_rows(result))
+
+    async def rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> dict[int, dict[str, float]]:
+        """Sums per window over all node points of ``rack`` in [lo_ns, hi_ns), read back."""
+        return {t: w for t, points in (await self.rack_points(rack, lo_ns, hi_ns)).items()
+                if (w := rack_sums(points)) is not None}
 
     async def recompute(
         self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld | None = None,
@@ -232,26 +316,29 @@ class RackRollup:
             if held is not None:
                 self.held.read(held, fresh, read)
             windows, jobs = node_windows_from_series(series + fresh)
-            lines = node_lines(node, rack, zone, {t: w for t, w in windows.items() if t in window_starts})
-            lines += job_window_lines(node, rack, {k: w for k, w in jobs.items() if k[0] in window_starts})
-            if lines:
-                self._log_refused(node, lines, await self.store.write_lines(lines))
+            mine = {t: w for t, w in windows.items() if t in window_starts}
+            await self._write_node(node, rack, zone, mine,
+                                   job_window_lines(node, rack, {k: w for k, w in jobs.items()
+                                                                 if k[0] in window_starts}))
             if held is not None:
                 self.held.evict(held)
                 if self.settle_s > 0 and window_starts - read:
                     self._schedule_final(node, rack, zone, window_starts - read)
 
+    @property
+    def final_runs(self) -> int:
+        """Read-backs of node windows written from held state run so far."""
+        return self._final.runs
+
+    @property
+    def rack_final_runs(self) -> int:
+        """Read-backs of rack windows written from held state run so far."""
+        return self._rack_final.runs
+
     def _schedule_final(self, node: str, rack: str, zone: str, window_starts: set[int]) -> None:
         """Read these windows back once they have closed and ``settle_s`` after the last write from
         held state (see ``_final_wait_s``)."""
-        now = time.monotonic()
-        entry = self._final.get(node)
-        if entry is None:
-            entry = self._final[node] = (rack, zone, {})
-        entry[2].update(dict.fromkeys(window_starts, now))
-        if node not in self._final_handles:
-            wait = min(self._final_wait_s(t, now) for t in window_starts)
-            self._final_handles[node] = asyncio.get_running_loop().call_later(wait, self._start_final, node)
+        self._final.schedule(node, (rack, zone), window_starts)
 
     def _final_wait_s(self, window_ns: int, written: float) -> float:
         """Seconds until a window written from held state at ``written`` (monotonic) is read back:
@@ -261,37 +348,8 @@ class RackRollup:
         until_closed = (window_ns + self.resolution_ns - time.time_ns()) / NS_PER_S + self.settle_s
         return max(0.0, since_write, until_closed)
 
-    def _due_final(self, node: str, now: float | None) -> tuple[str, str, set[int]] | None:
-        """Take the node's windows that are due (all with ``now`` None)."""
-        entry = self._final.get(node)
-        if entry is None:
-            return None
-        rack, zone, last = entry
-        due = {t for t, at in last.items() if now is None or self._final_wait_s(t, at) <= 0}
-        for t in due:
-            del last[t]
-        if not last:
-            del self._final[node]
-        return (rack, zone, due) if due else None
-
-    def _start_final(self, node: str) -> None:
-        self._final_handles.pop(node, None)
-        due = self._due_final(node, time.monotonic())
-        entry = self._final.get(node)
-        if entry is not None:  # windows not yet due: look again when the first of them is
-            wait = max(0.05, min(self._final_wait_s(t, at) for t, at in entry[2].items()))
-            self._final_handles[node] = asyncio.get_running_loop().call_later(wait, self._start_final, node)
-        if due is not None:
-            task = asyncio.create_task(self._read_back(node, *due))
-            self._final_tasks.add(task)
-            task.add_done_callback(self._final_done)
-
-    def _final_done(self, task: asyncio.Task[None]) -> None:
-        self._final_tasks.discard(task)
-        self.final_runs += 1
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("reading node windows back failed (a later batch recomputes them): %s",
-                        task.exception())
+    async def _node_read_back(self, node: str, ctx: tuple[str, ...], window_starts: set[int]) -> None:
+        await self._read_back(node, ctx[0], ctx[1], window_starts)
 
     async def _read_back(self, node: str, rack: str, zone: str, window_starts: set[int]) -> None:
         """Rewrite node windows from the read-back, hold what was read, then recompute the rack's."""
@@ -308,10 +366,26 @@ class RackRollup:
                 self.held.read(held, fresh, window_starts)
                 self.held.evict(held)
             windows, jobs = node_windows_from_series(fresh)
-            lines = node_lines(node, rack, zone, windows) + job_window_lines(node, rack, jobs)
-            if lines:
-                self._log_refused(node, lines, await self.store.write_lines(lines))
+            await self._write_node(node, rack, zone, windows, job_window_lines(node, rack, jobs))
         await self._recompute_rack(rack, zone, window_starts)
+
+    async def _write_node(self, node: str, rack: str, zone: str, windows: dict[int, dict[str, float]],
+                          job_lines: list[str]) -> None:
+        """Write a node's ``node`` and ``job_window`` points, and tell the held racks which node points
+        are now stored (and which may or may not be, where the write failed or a point was refused)."""
+        lines = node_lines(node, rack, zone, windows) + job_lines
+        if not lines:
+            return
+        starts = sorted(windows)  # node_lines' order
+        try:
+            result = await self.store.write_lines(lines)
+        except BaseException:
+            self.racks.wrote(rack, (node, zone), {}, starts)
+            raise
+        self._log_refused(node, lines, result)
+        refused = {starts[i] for i in getattr(result, "rejected", {}) if i < len(starts)}
+        self.racks.wrote(rack, (node, zone),
+                         {t: node_point(windows[t]) for t in starts if t not in refused}, refused)
 
     @staticmethod
     def _log_refused(what: str, lines: list[str], result: Any) -> None:
@@ -342,26 +416,14 @@ class RackRollup:
             log.warning("settling rack windows failed (a later batch recomputes them): %s", task.exception())
 
     def pending_read_backs(self) -> int:
-        """Nodes whose held windows wait for their read-back, plus read-backs and rack settles running
-        or scheduled (0: nothing deferred is left)."""
-        return len(self._final) + len(self._final_tasks) + len(self._settle) + len(self._settle_tasks)
+        """Nodes and racks whose held windows wait for their read-back, plus read-backs and rack settles
+        running or scheduled (0: nothing deferred is left)."""
+        return len(self._final) + len(self._rack_final) + len(self._settle) + len(self._settle_tasks)
 
     async def close(self) -> None:
         """Run pending read-backs and settle recomputes now (best effort), so a stopping collector
         leaves them exact."""
-        for handle in self._final_handles.values():
-            handle.cancel()
-        self._final_handles.clear()
-        finals = [(node, due) for node in list(self._final) if (due := self._due_final(node, None))]
-        for k in range(0, len(finals), 16):  # 16 at a time: a large cluster stops in seconds
-            chunk = finals[k:k + 16]
-            results = await asyncio.gather(*(self._read_back(node, *due) for node, due in chunk),
-                                           return_exceptions=True)
-            for (node, _), result in zip(chunk, results, strict=True):
-                if isinstance(result, Exception):  # the store may be down at shutdown
-                    log.warning("node %r: final read-back of windows failed: %s", node, result)
-        if self._final_tasks:
-            await asyncio.gather(*self._final_tasks, return_exceptions=True)
+        await self._final.drain()
         for handle in self._settle_handles.values():
             handle.cancel()
         pending = list(self._settle.items())
@@ -374,6 +436,44 @@ class RackRollup:
                 log.warning("rack %r: final settle recompute failed: %s", rack, exc)
         if self._settle_tasks:
             await asyncio.gather(*self._settle_tasks, return_exceptions=True)
+        await self._rack_final.drain()
+
+    async def _read_rack(
+        self, rack: str, window_starts: set[int],
+    ) -> tuple[dict[int, RackWindow], set[int], dict[int, RackWindow]]:
+        """Read the rack's node points in these windows (one query per run); hold them where the rack is
+        held (collector/rack_state.py). Returns (windows, those now held, what was held of them before)."""
+        got: dict[int, RackWindow] = {}
+        kept: set[int] = set()
+        before: dict[int, RackWindow] = {}
+        for lo, hi in self._runs(window_starts):
+            read = self.racks.begin_read(rack, {t for t in window_starts if lo <= t < hi})
+            try:
+                found = await self.rack_points(rack, lo, hi)
+            except BaseException:
+                self.racks.abort_read(rack, read)
+                raise
+            run_got, run_kept, run_before = self.racks.end_read(rack, read, found)
+            got.update(run_got)
+            kept |= run_kept
+            before.update(run_before)
+        return got, kept, before
+
+    async def _rack_read_back(self, rack: str, ctx: tuple[str, ...], window_starts: set[int]) -> None:
+        """Rewrite rack windows written from held state from the store's node points, hold those, and
+        count the windows where they differ from what was held."""
+        (zone,) = ctx
+        async with self._rack_locks[rack]:
+            got, _, before = await self._read_rack(rack, window_starts)
+            for t, points in before.items():
+                if points != got[t]:
+                    self.rack_final_mismatches += 1
+                    log.info("rack %r: node points read back differ from held state (another replica or "
+                             "a rewrite wrote there); rack window rewritten from the store", rack)
+            windows = {t: w for t, points in got.items() if (w := rack_sums(points)) is not None}
+            lines = rack_lines(rack, zone, windows)
+            if lines:
+                self._log_refused(rack, lines, await self.store.write_lines(lines))
 
     async def _recompute_rack(
         self, rack: str, zone: str, window_starts: set[int], settle: bool = True
@@ -384,15 +484,26 @@ class RackRollup:
             return await asyncio.shield(queued[1])
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queued[rack] = (set(window_starts), future)
+        held_now: set[int] = set()
         try:
-            if settle and self.rack_delay_s > 0:  # debounce: nodes landing meanwhile share this one
+            # debounce (nodes landing meanwhile share this one), unless the rack is summed from held state
+            if settle and self.rack_delay_s > 0 and not self.racks.eligible(rack):
                 await asyncio.sleep(self.rack_delay_s)
             async with self._rack_locks[rack]:
                 todo, _ = self._queued.pop(rack)
-                lines: list[str] = []
-                for lo, hi in self._runs(todo):
-                    windows = await self.rack_windows(rack, lo, hi)
-                    lines += rack_lines(rack, zone, {t: w for t, w in windows.items() if t in todo})
+                points: dict[int, RackWindow] = {}
+                if self.racks.eligible(rack):
+                    for t in todo:
+                        window = self.racks.window(rack, t)
+                        if window is not None:
+                            points[t] = window
+                    held_now = set(points)
+                if todo - held_now:  # not held: read (and held from now on, where the rack may be)
+                    got, kept, _ = await self._read_rack(rack, todo - held_now)
+                    points.update(got)
+                    held_now |= kept
+                windows = {t: w for t, window in points.items() if (w := rack_sums(window)) is not None}
+                lines = rack_lines(rack, zone, windows)
                 if lines:
                     self._log_refused(rack, lines, await self.store.write_lines(lines))
         except BaseException as exc:
@@ -404,6 +515,10 @@ class RackRollup:
                 future.exception()  # marked retrieved; waiters re-raise it
             raise
         future.set_result(len(lines))
-        if settle and self.settle_s > 0:
-            self._schedule_settle(rack, zone, todo)  # every window this recompute covered
+        self.rack_held_windows += len(held_now)
+        if self.settle_s > 0:
+            if held_now:  # summed from held state: read back once after the window's end instead
+                self._rack_final.schedule(rack, (zone,), held_now)
+            if settle and todo - held_now:
+                self._schedule_settle(rack, zone, todo - held_now)  # every other window this one covered
         return len(lines)

@@ -210,6 +210,7 @@ async def _start_serving(
                         settle_s=config.accounting.replica_settle_s,
                         rack_delay_s=config.accounting.rack_delay_s)
     opened.append(rollup.close)
+    rollup.racks.configure(topology.rack_members())
     limits = Limits(
         max_future_ns=int(config.server.max_future_s * 1e9),
         max_power_w=config.server.max_power_w,

@@ -58,6 +58,16 @@ class Topology:
         self.auto_register = auto_register
         self.default = default
 
+    def rack_members(self) -> dict[str, frozenset[str]]:
+        """Each rack's configured nodes, for racks no auto-registered node can join (their nodes are
+        all known ahead; collector/rack_state.py)."""
+        members: dict[str, set[str]] = {}
+        for node, placement in self._nodes.items():
+            members.setdefault(placement.rack, set()).add(node)
+        if self.auto_register:
+            members.pop(self.default.rack, None)
+        return {rack: frozenset(nodes) for rack, nodes in members.items()}
+
     async def close(self) -> None:
         """Close the providers' HTTP sessions."""
         for provider in self.providers.values():

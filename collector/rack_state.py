@@ -1,0 +1,253 @@
+"""Held rack state: each node point of a rack's recent windows kept in memory, so a rack window is
+summed without an InfluxDB read.
+
+A ``rack`` point is the sum of the rack's ``node`` points in its window (one point per node series and
+window). Here a replica keeps, per rack and recent window, every node point of the rack exactly as
+stored (the floats of its fields, which ``repr`` in the line protocol round-trips), keyed by its series
+(node, zone), and ``rack_sums`` adds them up.
+
+**The order of the sum is ours, not InfluxDB's.** ``rack_sums`` adds the node points of a window in
+the order of their series key (node, then zone, as strings), for held points and points read back alike
+(``queries.rack_window_points`` reads the raw points, not InfluxDB's ``sum()``, whose order across
+series is the storage engine's and differs between InfluxDB 1.x, 2.x and 3.x). So a rack point written
+from held state is bit for bit what a read-back recompute writes, whatever the server.
+
+**Seeded by one read, then following this replica's writes.** The first recompute of a rack window that
+is not held reads the rack's node points in it (one query per run of windows) and holds them; after that
+every node point this replica writes (``RackRollup.recompute_node`` and its read-backs) replaces its
+series' value (``wrote``). Node points written while such a read is in flight are applied over its
+answer (they are later than anything the read saw, or equal to it). A node point whose write failed, was
+cancelled or was refused leaves the store's value unknown: its window is dropped (``wrote`` with
+``failed``) and read again at the next recompute, and a read in flight meanwhile does not hold it.
+
+**Only where nothing else writes the rack's node points.** A rack is *held* (``eligible``) only while
+every node configured in it (the topology's ``[[racks]]`` nodes) has an ingest stream open on this
+replica, and has had for at least ``settle_s`` (so the last batches a node sent to another replica
+before it moved here have landed). A rack that auto-registered nodes may join
+(``server.auto_register``, the default rack) or that has no configured nodes is never held. Whenever a
+stream of one of its nodes opens or closes, the rack's held windows are dropped. Unary ``Write``\\ s
+and revisits (collector/revisit.py) on this replica write node points through ``RackRollup``, so they
+are followed like any other write. Other racks use the read per recompute and the settle recompute
+``settle_s`` later, as before.
+
+What this cannot see (another replica's revisit of this rack's nodes, a stream a node left on another
+replica that is still writing) is caught by the final read-back: ``RackRollup`` reads every rack window
+it wrote from held state back once more after the window's end plus ``settle_s`` (and ``settle_s``
+after its last write), rewrites the rack point from the answer, holds the answer and counts the windows
+where it differed (``rack_final_mismatches``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gridwatt.collector.accounting import J_PER_KWH
+
+#: The summed float fields of a ``node`` point, in this order in ``NodePoint.sums``.
+NODE_FIELDS = ("it_energy_kwh", "facility_energy_kwh", "co2e_g", "estimated_co2e_g", "gpu_seconds",
+               "util_pct_s", "idle_s", "idle_energy_kwh")
+#: The rack sums (collector/rollup.py's keys) those fields add into, in the same order.
+_RACK_KEYS = ("e", "f", "c", "ce", "d", "u", "i", "ie")
+
+#: (node, zone): the tags that tell a rack's node series apart.
+SeriesKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class NodePoint:
+    """A stored ``node`` point's summed fields (None: absent) and its ``gpu_count`` (None: absent)."""
+
+    sums: tuple[float | None, ...]
+    gpu_count: int | None
+
+
+#: A rack's node points in one window, by series.
+RackWindow = dict[SeriesKey, NodePoint]
+
+
+def node_point(w: Mapping[str, float]) -> NodePoint:
+    """The fields of the ``node`` point written for node sums ``w`` (rollup's keys), as stored: the
+    same arithmetic as ``rollup._window_fields`` (pure)."""
+    return NodePoint((w["e"] / J_PER_KWH, w["f"] / J_PER_KWH, w["c"], w["ce"], w["d"], w["u"], w["i"],
+                      w["ie"] / J_PER_KWH), int(w["n"]))
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def points_from_rows(rows: Iterable[tuple[dict[str, str], dict[str, Any]]]) -> dict[int, RackWindow]:
+    """The answer of ``queries.rack_window_points`` (raw node points, grouped by series) per window."""
+    out: dict[int, RackWindow] = {}
+    for tags, row in rows:
+        count = row.get("gpu_count")
+        point = NodePoint(tuple(_number(row.get(name)) for name in NODE_FIELDS),
+                          None if count is None else int(count))
+        out.setdefault(int(row["time"]), {})[(tags.get("node", ""), tags.get("zone", ""))] = point
+    return out
+
+
+def rack_sums(window: RackWindow) -> dict[str, float] | None:
+    """The rack's sums over its node points in one window (pure): the floats added one by one in
+    series-key order (node, then zone); energies back in J; ``n`` the GPUs, ``nodes`` the points with a
+    ``gpu_count``. None for a window without node points (no rack point)."""
+    if not window:
+        return None
+    acc = [0.0] * len(_RACK_KEYS)
+    gpus = 0
+    nodes = 0
+    for key in sorted(window):
+        point = window[key]
+        for k, value in enumerate(point.sums):
+            if value is not None:
+                acc[k] += value
+        if point.gpu_count is not None:
+            gpus += point.gpu_count
+            nodes += 1
+    w = dict(zip(_RACK_KEYS, acc, strict=True))
+    w["e"] *= J_PER_KWH
+    w["f"] *= J_PER_KWH
+    w["ie"] *= J_PER_KWH
+    w["n"] = float(gpus)
+    w["nodes"] = float(nodes)
+    return w
+
+
+@dataclass
+class RackRead:
+    """A read of some of a rack's windows in flight: the node points written meanwhile, and the
+    windows whose writes failed meanwhile (not held from this read)."""
+
+    windows: set[int]
+    epoch: int
+    wrote: dict[int, RackWindow] = field(default_factory=dict)
+    failed: set[int] = field(default_factory=set)
+
+
+class HeldRacks:
+    """The held racks of this replica (see the module docstring); ``max_windows`` per rack."""
+
+    def __init__(self, settle_s: float, max_windows: int = 4) -> None:
+        self.settle_s = settle_s
+        self.max_windows = max_windows
+        self._members: dict[str, frozenset[str]] = {}
+        self._rack_of: dict[str, str] = {}
+        self._open: Counter[str] = Counter()
+        self._missing: dict[str, int] = {}
+        self._since: dict[str, float] = {}
+        self._epoch: Counter[str] = Counter()
+        self._windows: dict[str, dict[int, RackWindow]] = {}
+        self._reads: dict[str, list[RackRead]] = {}
+
+    def configure(self, members: Mapping[str, Iterable[str]]) -> None:
+        """The racks that may be held, each with its configured nodes (collector/topology.py)."""
+        self._members = {rack: frozenset(nodes) for rack, nodes in members.items() if nodes}
+        self._rack_of = {node: rack for rack, nodes in self._members.items() for node in nodes}
+        self._missing = {rack: sum(1 for n in nodes if not self._open[n])
+                         for rack, nodes in self._members.items()}
+        now = time.monotonic()
+        self._since = dict.fromkeys(self._members, now)
+        self._windows.clear()
+
+    def stream_opened(self, node: str) -> None:
+        """An ingest stream of ``node`` opened here: it may have written elsewhere until now."""
+        rack = self._rack_of.get(node)
+        if self._open[node] == 0 and rack is not None:
+            self._missing[rack] -= 1
+        self._open[node] += 1
+        if rack is not None:
+            self._changed(rack)
+
+    def stream_closed(self, node: str) -> None:
+        """An ingest stream of ``node`` ended here: it may write elsewhere from now on."""
+        if self._open[node] <= 0:
+            return
+        self._open[node] -= 1
+        if self._open[node] == 0:
+            del self._open[node]
+        rack = self._rack_of.get(node)
+        if rack is not None:
+            if node not in self._open:
+                self._missing[rack] += 1
+            self._changed(rack)
+
+    def _changed(self, rack: str) -> None:
+        self._since[rack] = time.monotonic()
+        self.drop(rack)
+
+    def drop(self, rack: str) -> None:
+        """Forget the rack's held windows; reads in flight do not hold what they find."""
+        self._windows.pop(rack, None)
+        self._epoch[rack] += 1
+
+    def eligible(self, rack: str) -> bool:
+        """Whether the rack's windows may be held: all its nodes stream here, for settle_s already."""
+        return (self._missing.get(rack, 1) == 0
+                and time.monotonic() - self._since[rack] >= self.settle_s)
+
+    def window(self, rack: str, window_ns: int) -> RackWindow | None:
+        """The held node points of a rack window (None: not held)."""
+        held = self._windows.get(rack)
+        return None if held is None else held.get(window_ns)
+
+    def held_windows(self, rack: str) -> int:
+        return len(self._windows.get(rack, {}))
+
+    def wrote(self, rack: str, key: SeriesKey, points: Mapping[int, NodePoint],
+              failed: Iterable[int] = ()) -> None:
+        """Follow this replica's write of a node's points (``failed``: windows whose point may or may
+        not be stored now)."""
+        held = self._windows.get(rack)
+        reads = self._reads.get(rack, ())
+        for t, point in points.items():
+            if held is not None and t in held:
+                held[t][key] = point
+            for read in reads:
+                if t in read.windows:
+                    read.wrote.setdefault(t, {})[key] = point
+        for t in failed:
+            if held is not None:
+                held.pop(t, None)
+            for read in reads:
+                read.failed.add(t)
+
+    def begin_read(self, rack: str, windows: set[int]) -> RackRead:
+        read = RackRead(set(windows), self._epoch[rack])
+        self._reads.setdefault(rack, []).append(read)
+        return read
+
+    def abort_read(self, rack: str, read: RackRead) -> None:
+        reads = self._reads.get(rack, [])
+        if read in reads:
+            reads.remove(read)
+        if not reads:
+            self._reads.pop(rack, None)
+
+    def end_read(
+        self, rack: str, read: RackRead, found: Mapping[int, RackWindow],
+    ) -> tuple[dict[int, RackWindow], set[int], dict[int, RackWindow]]:
+        """The windows read, with the node points written meanwhile over them; hold them where the rack
+        is eligible. Returns (windows, those now held, what was held of them before)."""
+        self.abort_read(rack, read)
+        got: dict[int, RackWindow] = {}
+        for t in read.windows:
+            window = dict(found.get(t, {}))
+            window.update(read.wrote.get(t, {}))
+            got[t] = window
+        before: dict[int, RackWindow] = {}
+        if read.epoch != self._epoch[rack] or not self.eligible(rack):
+            return got, set(), before
+        held = self._windows.setdefault(rack, {})
+        kept = read.windows - read.failed
+        for t in kept:
+            if t in held:
+                before[t] = held[t]
+            held[t] = dict(got[t])
+        if len(held) > self.max_windows:
+            for t in sorted(held)[:-self.max_windows]:
+                del held[t]
+        return got, kept & held.keys(), before
