@@ -2,10 +2,11 @@
 
 N nodes of 8 GPUs each send one batch of 8 one-second samples every second, in real time, each
 on its own gRPC stream, to a collector running in this process (so its held state and counters can
-be read), all nodes in one rack, against one local InfluxDB 1.x. InfluxDB's own request counters
-(``SHOW STATS``, httpd ``queryReq`` / ``writeReq``) and the CPU seconds of influxd and of this
-process (collector + load) give the cost per batch; the collector's counters say where the reads
-went (collector/node_state.py, collector/rollup.py).
+be read), all nodes in one auto-registered rack (or, with ``--nodes-per-rack``, in configured racks
+of that many nodes, which collector/rack_state.py holds), against one local InfluxDB 1.x. InfluxDB's
+own request counters (``SHOW STATS``, httpd ``queryReq`` / ``writeReq``) and the CPU seconds of
+influxd and of this process (collector + load) give the cost per batch; the collector's counters say
+where the reads went (collector/node_state.py, collector/rack_state.py, collector/rollup.py).
 
 Last line JSON: ``queries_per_batch``, ``writes_per_batch``, influxd and process CPU seconds per
 1,000 batches, ack p50/p99, and the collector's read counters.
@@ -53,6 +54,16 @@ def http_requests(url: str) -> tuple[int, int]:
     return int(row.get("queryReq", 0)), int(row.get("writeReq", 0))
 
 
+def rack_tables(nodes: int, per_rack: int) -> str:
+    """``[[racks]]`` of ``per_rack`` nodes (none with 0: every node auto-registered in one rack)."""
+    if per_rack <= 0:
+        return ""
+    return "".join(
+        f'[[racks]]\nname = "r{r}"\nzone = "Z"\npue = 1.2\nnodes = ['
+        + ", ".join(f'"n{i}"' for i in range(r * per_rack, min(nodes, (r + 1) * per_rack))) + "]\n"
+        for r in range((nodes + per_rack - 1) // per_rack))
+
+
 async def one_node(port: int, node: str, t0_ns: int, stop_s: float, latencies: list[float]) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = pb_grpc.IngestStub(channel).Stream()
@@ -82,7 +93,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             '[server]\ngrpc_listen = "127.0.0.1:0"\nhttp_listen = "127.0.0.1:0"\nauto_register = true\n'
             f'max_in_flight_batches = 4096\n[influxdb]\nurl = {toml_str(db.url)}\ndatabase = "reads"\n'
             '[accounting]\ndefault_zone = "Z"\ndefault_pue = 1.2\n'
-            '[[zones]]\nname = "Z"\nintensity = { kind = "constant", g_per_kwh = 350.0 }\n')
+            '[[zones]]\nname = "Z"\nintensity = { kind = "constant", g_per_kwh = 350.0 }\n'
+            + rack_tables(args.nodes, args.nodes_per_rack))
         collector = await start_collector(load_config(cfg, CollectorConfig))
         try:
             assert db.proc is not None
@@ -105,6 +117,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 "node_window_queries": rollup.node_queries,
                 "rack_window_queries": rollup.rack_queries,
                 "node_read_backs_after_settle": rollup.final_runs,
+                "rack_windows_from_held": rollup.rack_held_windows,
+                "rack_read_backs_after_settle": rollup.rack_final_runs,
+                "rack_settle_recomputes": rollup.settle_runs,
             }
         finally:
             await collector.stop(grace_s=1)
@@ -127,6 +142,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, default=100)
     p.add_argument("--seconds", type=int, default=20)
+    p.add_argument("--nodes-per-rack", type=int, default=0,
+                   help="configured racks of this many nodes (0: all auto-registered in one rack)")
     args = p.parse_args()
     print(json.dumps(asyncio.run(run(args))))
 

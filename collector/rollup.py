@@ -137,10 +137,18 @@ class _ReadBacks:
         entry = self.entries.get(key)
         if entry is None:
             entry = self.entries[key] = (ctx, {})
-        entry[1].update(dict.fromkeys(window_starts, now))
-        if key not in self.handles and entry[1]:
-            wait = min(self.wait_s(t, now) for t in entry[1])
-            self.handles[key] = asyncio.get_running_loop().call_later(wait, self._start, key)
+        fresh = dict.fromkeys(window_starts, now)
+        entry[1].update(fresh)
+        if not fresh:
+            return
+        loop = asyncio.get_running_loop()
+        wait = min(self.wait_s(t, now) for t in fresh)
+        handle = self.handles.get(key)
+        if handle is not None:
+            if handle.when() <= loop.time() + wait:
+                return
+            handle.cancel()  # a window due before the one the timer waits for (a late batch)
+        self.handles[key] = loop.call_later(wait, self._start, key)
 
     def due(self, key: str, now: float | None) -> tuple[tuple[str, ...], set[int]] | None:
         """Take the key's windows that are due (all with ``now`` None)."""
