@@ -302,8 +302,10 @@ class AccountingConfig(StrictModel):
     #: Recompute rack windows after each write. They are read back with InfluxQL, so turn this off
     #: for a write-only store (e.g. VictoriaMetrics' InfluxDB write endpoint).
     rack_windows: bool = True
-    #: Recompute each touched rack window once more this long after its recompute, so that with
-    #: several collector replicas the last write of a window is always a complete one. 0 disables.
+    #: Recompute each rack window read back once more this long after its recompute, and read each
+    #: window written from held node or rack state back this long after its last write and its end,
+    #: so that with several collector replicas the last write of a window is always a complete one;
+    #: a rack is held only this long after its nodes' streams last changed. 0 disables (one replica).
     replica_settle_s: float = Field(2.0, ge=0, le=300)
     #: A rack's windows are recomputed this long after the first batch that touched them asks, so
     #: the nodes of a rack whose batches land meanwhile share one read. Their acks wait for it, so it

@@ -8,14 +8,18 @@ After a batch of node N is stored:
    points' sums come from the node's held state (collector/node_state.py: kept in memory,
    equal to the read-back, see there why) where it holds the window, else from InfluxDB
    (one query, reading only N's points), which is then held;
-2. those windows of N's rack are recomputed from the rack's ``node`` points
-   (one small point per node and window) and written to ``rack``.
+2. those windows of N's rack are recomputed from the rack's ``node`` points (one small point
+   per node and window), added up in node order (``rack_state.rack_sums``), and written to
+   ``rack``. The node points come from the rack's held state (collector/rack_state.py: held
+   only while every node of the rack streams to this replica, seeded by one read of the window,
+   then following this replica's node writes) where it holds the window, else from InfluxDB
+   (one query of the raw node points).
 
 Both writes have deterministic tags and timestamps, so a resent batch, a late
 sample or a batch split differently all leave the same values. Recomputes of
-one node are serialised; recomputes of one rack are debounced and coalesced:
-the first request for a rack waits ``rack_delay_s`` (so the nodes of a rack that
-land in the same moment share one read), and windows queued while a recompute of
+one node are serialised; recomputes of one rack are coalesced (and, where the rack is
+read, debounced): the first request for a rack read waits ``rack_delay_s`` (so the nodes
+of a rack that land in the same moment share one read), and windows queued while a recompute of
 the rack runs are all covered by the next one, which starts only after their node
 points were written. A batch is acknowledged after its node and rack windows are
 written, so a crash never leaves a window of an acknowledged batch stale: the agent
@@ -24,13 +28,14 @@ resends what was not acknowledged, which recomputes the windows.
 With several collector replicas, nodes of one rack may be served by different
 replicas, and one replica's recompute of a rack window can read before another
 replica's node point lands yet write after that replica's (complete) recompute.
-So every recomputed rack window is recomputed once more ``settle_s`` later
+So every rack window recomputed from a read is recomputed once more ``settle_s`` later
 (coalesced per rack): the last write of a window then always reads every node
 point written before it, and the rack series converges to the exact sum. For the
-same reason every node window written from held state is read back once more
-``settle_s`` after the last batch touched it (one query per node and window, once
-the window has closed): another replica may have rewritten the node's points there
-(collector/revisit.py), which held state cannot see.
+same reason every window written from held state (node or rack) is read back once more
+``settle_s`` after the last batch touched it, once the window has closed (one query per
+node or rack and window): another replica may have rewritten the node's points there
+(collector/revisit.py), which held state cannot see. Rack windows summed from held state
+get no settle recompute.
 """
 
 from __future__ import annotations
