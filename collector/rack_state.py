@@ -118,6 +118,16 @@ def rack_sums(window: RackWindow) -> dict[str, float] | None:
 
 
 @dataclass
+class HeldWindow:
+    """A held rack window: its node points, a version that changes with them, and the version the
+    stored rack point was last written from (-1: none since held)."""
+
+    points: RackWindow
+    version: int = 0
+    written: int = -1
+
+
+@dataclass
 class RackRead:
     """A read of some of a rack's windows in flight: the node points written meanwhile, and the
     windows whose writes failed meanwhile (not held from this read)."""
@@ -140,7 +150,7 @@ class HeldRacks:
         self._missing: dict[str, int] = {}
         self._since: dict[str, float] = {}
         self._epoch: Counter[str] = Counter()
-        self._windows: dict[str, dict[int, RackWindow]] = {}
+        self._windows: dict[str, dict[int, HeldWindow]] = {}
         self._reads: dict[str, list[RackRead]] = {}
 
     def configure(self, members: Mapping[str, Iterable[str]]) -> None:
@@ -191,8 +201,19 @@ class HeldRacks:
 
     def window(self, rack: str, window_ns: int) -> RackWindow | None:
         """The held node points of a rack window (None: not held)."""
-        held = self._windows.get(rack)
-        return None if held is None else held.get(window_ns)
+        held = self.held(rack, window_ns)
+        return None if held is None else held.points
+
+    def held(self, rack: str, window_ns: int) -> HeldWindow | None:
+        windows = self._windows.get(rack)
+        return None if windows is None else windows.get(window_ns)
+
+    def written(self, rack: str, window_ns: int, version: int) -> None:
+        """The rack point of a held window was stored from its node points at ``version``: while they
+        do not change, writing it again would change nothing."""
+        held = self.held(rack, window_ns)
+        if held is not None:
+            held.written = version
 
     def held_windows(self, rack: str) -> int:
         return len(self._windows.get(rack, {}))
@@ -204,8 +225,10 @@ class HeldRacks:
         held = self._windows.get(rack)
         reads = self._reads.get(rack, ())
         for t, point in points.items():
-            if held is not None and t in held:
-                held[t][key] = point
+            window = None if held is None else held.get(t)
+            if window is not None and window.points.get(key) != point:
+                window.points[key] = point
+                window.version += 1
             for read in reads:
                 if t in read.windows:
                     read.wrote.setdefault(t, {})[key] = point
@@ -245,8 +268,8 @@ class HeldRacks:
         kept = read.windows - read.failed
         for t in kept:
             if t in held:
-                before[t] = held[t]
-            held[t] = dict(got[t])
+                before[t] = held[t].points
+            held[t] = HeldWindow(dict(got[t]))
         if len(held) > self.max_windows:
             for t in sorted(held)[:-self.max_windows]:
                 del held[t]

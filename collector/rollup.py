@@ -142,18 +142,12 @@ class _ReadBacks:
         entry = self.entries.get(key)
         if entry is None:
             entry = self.entries[key] = (ctx, {})
-        fresh = dict.fromkeys(window_starts, now)
-        entry[1].update(fresh)
-        if not fresh:
-            return
-        loop = asyncio.get_running_loop()
-        wait = min(self.wait_s(t, now) for t in fresh)
-        handle = self.handles.get(key)
-        if handle is not None:
-            if handle.when() <= loop.time() + wait:
-                return
-            handle.cancel()  # a window due before the one the timer waits for (a late batch)
-        self.handles[key] = loop.call_later(wait, self._start, key)
+        entry[1].update(dict.fromkeys(window_starts, now))
+        # one timer per key: a window written after it was set (a late batch) waits for it, and is read
+        # back with the windows then due (one query where they are close), not in a read of its own
+        if key not in self.handles and entry[1]:
+            wait = min(self.wait_s(t, now) for t in entry[1])
+            self.handles[key] = asyncio.get_running_loop().call_later(wait, self._start, key)
 
     def due(self, key: str, now: float | None) -> tuple[tuple[str, ...], set[int]] | None:
         """Take the key's windows that are due (all with ``now`` None)."""
@@ -478,15 +472,19 @@ class RackRollup:
         (zone,) = ctx
         async with self._rack_locks[rack]:
             got, _, before = await self._read_rack(rack, window_starts)
-            for t, points in before.items():
-                if points != got[t]:
+            for t, held_points in before.items():
+                if held_points != got[t]:
                     self.rack_final_mismatches += 1
                     log.info("rack %r: node points read back differ from held state (another replica or "
                              "a rewrite wrote there); rack window rewritten from the store", rack)
-            windows = {t: w for t, points in got.items() if (w := rack_sums(points)) is not None}
-            lines = rack_lines(rack, zone, windows)
-            if lines:
-                self._log_refused(rack, lines, await self.store.write_lines(lines))
+            points = {}
+            versions: dict[int, int] = {}
+            for t, window in got.items():
+                held = self.racks.held(rack, t)
+                points[t] = window if held is None else held.points
+                if held is not None:
+                    versions[t] = held.version
+            await self._write_rack(rack, zone, points, versions)
 
     async def _recompute_rack(
         self, rack: str, zone: str, window_starts: set[int], settle: bool = True
@@ -498,6 +496,8 @@ class RackRollup:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._queued[rack] = (set(window_starts), future)
         held_now: set[int] = set()
+        versions: dict[int, int] = {}
+        written = 0
         try:
             # debounce (nodes landing meanwhile share this one), unless the rack is summed from held state
             if settle and self.rack_delay_s > 0 and not self.racks.eligible(rack):
@@ -506,19 +506,21 @@ class RackRollup:
                 todo, _ = self._queued.pop(rack)
                 points: dict[int, RackWindow] = {}
                 if self.racks.eligible(rack):
-                    for t in todo:
-                        window = self.racks.window(rack, t)
-                        if window is not None:
-                            points[t] = window
-                    held_now = set(points)
+                    held_now = {t for t in todo if self.racks.held(rack, t) is not None}
                 if todo - held_now:  # not held: read (and held from now on, where the rack may be)
                     got, kept, _ = await self._read_rack(rack, todo - held_now)
                     points.update(got)
                     held_now |= kept
-                windows = {t: w for t, window in points.items() if (w := rack_sums(window)) is not None}
-                lines = rack_lines(rack, zone, windows)
-                if lines:
-                    self._log_refused(rack, lines, await self.store.write_lines(lines))
+                for t in sorted(held_now):
+                    held = self.racks.held(rack, t)
+                    if held is None:  # dropped while reading: what was read
+                        held_now.discard(t)
+                        continue
+                    points.pop(t, None)
+                    if held.written != held.version:  # else the stored rack point is this one already
+                        points[t] = held.points
+                        versions[t] = held.version
+                written = await self._write_rack(rack, zone, points, versions)
         except BaseException as exc:
             entry = self._queued.get(rack)
             if entry is not None and entry[1] is future:
@@ -527,11 +529,28 @@ class RackRollup:
                 future.set_exception(exc)
                 future.exception()  # marked retrieved; waiters re-raise it
             raise
-        future.set_result(len(lines))
+        future.set_result(written)
         self.rack_held_windows += len(held_now)
         if self.settle_s > 0:
-            if held_now:  # summed from held state: read back once after the window's end instead
-                self._rack_final.schedule(rack, (zone,), held_now)
+            if versions:  # written from held state: read back once after the window's end instead
+                self._rack_final.schedule(rack, (zone,), set(versions))
             if settle and todo - held_now:
                 self._schedule_settle(rack, zone, todo - held_now)  # every other window this one covered
+        return written
+
+    async def _write_rack(self, rack: str, zone: str, points: dict[int, RackWindow],
+                          versions: dict[int, int]) -> int:
+        """Write the rack points of these windows, and mark those of held windows (``versions``: the
+        version of their node points summed) as stored. Returns the points written."""
+        windows = {t: w for t, window in points.items() if (w := rack_sums(window)) is not None}
+        lines = rack_lines(rack, zone, windows)
+        if not lines:
+            return 0
+        result = await self.store.write_lines(lines)
+        self._log_refused(rack, lines, result)
+        starts = sorted(windows)  # rack_lines' order
+        refused = {starts[i] for i in getattr(result, "rejected", {})}
+        for t, version in versions.items():
+            if t not in refused:
+                self.racks.written(rack, t, version)
         return len(lines)

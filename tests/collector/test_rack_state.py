@@ -321,6 +321,14 @@ def test_held_racks_follow_writes_and_drop_what_they_cannot_know() -> None:
     racks.wrote("r1", ("b", "Z"), {T0: _pt(4.0)})
     window = racks.window("r1", T0)
     assert window is not None and window[("b", "Z")] == _pt(4.0)
+    # a version follows changes: the rack point is rewritten only where the node points changed
+    held = racks.held("r1", T0)
+    assert held is not None and held.written == -1
+    racks.written("r1", T0, held.version)
+    racks.wrote("r1", ("b", "Z"), {T0: _pt(4.0)})  # the same point again (a read-back, a resend)
+    assert held.written == held.version
+    racks.wrote("r1", ("b", "Z"), {T0: _pt(5.0)})
+    assert held.written == held.version - 1
     racks.wrote("r1", ("a", "Z"), {}, failed=[T0])
     assert racks.window("r1", T0) is None
     # at most max_windows per rack, the newest
