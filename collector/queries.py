@@ -48,6 +48,18 @@ def node_window_sums(m: Measurement, node: str, lo_ns: int, hi_ns: int, res_s: i
     )
 
 
+def nodes_window_sums(m: Measurement, nodes: list[str], lo_ns: int, hi_ns: int, res_s: int) -> str:
+    """``node_window_sums`` of several nodes in one query: per window, node, job and GPU."""
+    any_node = " OR ".join(f'"node" = {quote_string(n)}' for n in nodes)
+    return (
+        'SELECT sum("energy_j") AS e, sum("facility_energy_j") AS f, sum("co2e_g") AS c, '
+        'sum("estimated_co2e_g") AS ce, sum("gpu_s") AS d, sum("util_pct_s") AS u, sum("idle_s") AS i, '
+        f'sum("idle_energy_j") AS ie, max("end_ns") AS end_ns, {_last_who()} '
+        f'FROM {m(JOB)} WHERE ({any_node}) AND time >= {lo_ns} AND time < {hi_ns} '
+        f'GROUP BY time({res_s}s), "node", "job_id", "gpu" fill(none)'
+    )
+
+
 def _last_who() -> str:
     """The latest non-empty value of each who-ran-what field, named after it."""
     return ", ".join(f'last("{name}") AS "{name}"' for name in WHO_FIELDS)

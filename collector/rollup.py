@@ -41,6 +41,7 @@ get no settle recompute.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -227,6 +228,13 @@ class RackRollup:
         self.racks = HeldRacks(settle_s)
         #: node windows / rack windows written from held state, waiting for their final read-back
         self._final = _ReadBacks("node", self._final_wait_s, self._node_read_back)
+        #: node read-backs due together, per (rack, zone), read in one query per ``read_back_group``
+        #: nodes: node -> (windows, future)
+        self._read_back_queue: dict[tuple[str, str], dict[str, tuple[set[int], asyncio.Future[None]]]] = {}
+        self._read_back_flush: asyncio.TimerHandle | None = None
+        self.read_back_group = 16
+        self.read_back_gather_s = 0.2
+        self._read_back_tasks: set[asyncio.Task[None]] = set()
         self._rack_final = _ReadBacks("rack", self._final_wait_s, self._rack_read_back)
         #: read-backs of node windows written from held state that found other values
         self.final_mismatches = 0
@@ -356,25 +364,94 @@ class RackRollup:
         return max(0.0, since_write, until_closed)
 
     async def _node_read_back(self, node: str, ctx: tuple[str, ...], window_starts: set[int]) -> None:
-        await self._read_back(node, ctx[0], ctx[1], window_starts)
+        """A node's final read-back, read together with those of its rack's nodes due within
+        ``read_back_gather_s`` (one query for up to ``read_back_group`` nodes)."""
+        rack, zone = ctx
+        queue = self._read_back_queue.setdefault((rack, zone), {})
+        entry = queue.get(node)
+        if entry is not None:  # already waiting: these windows go along
+            entry[0].update(window_starts)
+            await asyncio.shield(entry[1])
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        queue[node] = (set(window_starts), future)
+        if self._read_back_flush is None:
+            self._read_back_flush = loop.call_later(self.read_back_gather_s, self._flush_read_backs)
+        await asyncio.shield(future)
+
+    def _flush_read_backs(self) -> None:
+        self._read_back_flush = None
+        queued, self._read_back_queue = self._read_back_queue, {}
+        for (rack, zone), nodes in queued.items():
+            names = sorted(nodes)
+            for k in range(0, len(names), self.read_back_group):
+                group = {n: nodes[n] for n in names[k:k + self.read_back_group]}
+                task = asyncio.create_task(self._read_back_group(rack, zone, group))
+                self._read_back_tasks.add(task)
+                task.add_done_callback(self._read_back_tasks.discard)
+
+    async def _read_back_group(self, rack: str, zone: str,
+                               group: dict[str, tuple[set[int], asyncio.Future[None]]]) -> None:
+        """Run one grouped read-back and answer its nodes' waiters."""
+        try:
+            await self._read_back_many(rack, zone, {n: windows for n, (windows, _) in group.items()})
+        except BaseException as exc:
+            for _, future in group.values():
+                if not future.done():
+                    future.set_exception(exc)
+                    future.exception()  # marked retrieved; the waiter re-raises it
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for _, future in group.values():
+            if not future.done():
+                future.set_result(None)
+
+    async def _read_back_many(self, rack: str, zone: str, nodes: dict[str, set[int]]) -> None:
+        """``_read_back`` of several nodes of one rack, with one query (per run of windows)."""
+        names = sorted(nodes)  # locks in one order: no deadlock with another group
+        union: set[int] = set().union(*nodes.values())
+        async with contextlib.AsyncExitStack() as stack:
+            for node in names:
+                await stack.enter_async_context(self._node_locks[node])
+            res_s = self.resolution_ns // NS_PER_S
+            rows_by_node: dict[str, list[tuple[dict[str, str], dict[str, Any]]]] = defaultdict(list)
+            for lo, hi in self._runs(union):
+                self.node_queries += 1
+                q = queries.nodes_window_sums(self.store.measurement, names, lo, hi, res_s)
+                for tags, row in await self._sums(q):
+                    rows_by_node[tags.get("node", "")].append((tags, row))
+            writes = []
+            for node in names:
+                fresh = [r for r in series_from_rows(rows_by_node.get(node, [])) if r[0] in nodes[node]]
+                writes.append(self._held_read_back(node, rack, zone, nodes[node], fresh))
+            await asyncio.gather(*writes)
+        await self._recompute_rack(rack, zone, union)
 
     async def _read_back(self, node: str, rack: str, zone: str, window_starts: set[int]) -> None:
         """Rewrite node windows from the read-back, hold what was read, then recompute the rack's."""
         async with self._node_locks[node]:
             fresh = await self._read_series(node, window_starts)
-            held = self.held.get(node)
-            if held is not None:
-                common = {t for t in window_starts if t in held.windows}  # not evicted since
-                mine = node_windows_from_series(held_series(held.windows, common))
-                if mine != node_windows_from_series([r for r in fresh if r[0] in common]):
-                    self.final_mismatches += 1
-                    log.info("node %r: windows read back differ from held state (another replica or a "
-                             "rewrite wrote there); rewritten from the store", node)
-                self.held.read(held, fresh, window_starts)
-                self.held.evict(held)
-            windows, jobs = node_windows_from_series(fresh)
-            await self._write_node(node, rack, zone, windows, job_window_lines(node, rack, jobs))
+            await self._held_read_back(node, rack, zone, window_starts, fresh)
         await self._recompute_rack(rack, zone, window_starts)
+
+    async def _held_read_back(self, node: str, rack: str, zone: str, window_starts: set[int],
+                              fresh: list[Series]) -> None:
+        """Compare the node windows read back (``fresh``) with held state, hold them and rewrite the
+        node's points from them (under the node's lock)."""
+        held = self.held.get(node)
+        if held is not None:
+            common = {t for t in window_starts if t in held.windows}  # not evicted since
+            mine = node_windows_from_series(held_series(held.windows, common))
+            if mine != node_windows_from_series([r for r in fresh if r[0] in common]):
+                self.final_mismatches += 1
+                log.info("node %r: windows read back differ from held state (another replica or a "
+                         "rewrite wrote there); rewritten from the store", node)
+            self.held.read(held, fresh, window_starts)
+            self.held.evict(held)
+        windows, jobs = node_windows_from_series(fresh)
+        await self._write_node(node, rack, zone, windows, job_window_lines(node, rack, jobs))
 
     async def _write_node(self, node: str, rack: str, zone: str, windows: dict[int, dict[str, float]],
                           job_lines: list[str]) -> None:

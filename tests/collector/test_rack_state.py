@@ -364,3 +364,28 @@ def test_rack_sums_add_in_node_order_and_count_nodes() -> None:
     w = rack_sums(window)
     assert w is not None and (w["n"], w["nodes"], w["c"]) == (24.0, 3.0, 3.0)
     assert rack_sums({}) is None
+
+
+async def test_node_read_backs_due_together_are_one_query(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str
+) -> None:
+    """The final read-backs of the node windows of a rack's nodes, due at once, are read in one query
+    (close() runs every pending one now) and leave exactly what a read-back recompute writes."""
+    async with running_collector(tmp_path, toml(influxdb, database, settle_s=60.0)) as c:
+        rollup = c.ingestor.rollup
+        streams = {n: Stream(c.grpc_port) for n in NODES}
+        for k, node in enumerate(NODES):
+            ack = await streams[node].send(pb.Batch(batch_id=1, node=node, gpu_samples=[
+                sample(g, T0 + 60 * NS * w, 10, 200.0 + 10 * k, [("job-0", 1.0, {})])
+                for w in range(2) for g in range(8)]))
+            assert ack.code == 0, ack.message
+        assert rollup.node_queries == 0  # node windows from held state, read back later
+        await rollup.close()
+        assert rollup.node_queries == 1  # 4 nodes, 2 windows: one query
+        assert (rollup.final_mismatches, rollup.pending_read_backs()) == (0, 0)
+        for s in streams.values():
+            await s.close()
+        before = snapshot(influxdb, database)
+        assert assert_racks_add_up_in_node_order(influxdb, database) == 2
+        await read_back_everything(c, list(NODES), {T0, T0 + 60 * NS})
+        assert snapshot(influxdb, database) == before
