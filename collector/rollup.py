@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -122,12 +123,15 @@ def job_window_lines(node: str, rack: str, jobs: dict[tuple[int, str], dict[str,
 class _ReadBacks:
     """Windows written from held state that wait for their final read-back, per key (a node or a
     rack) with its context (``ctx``: what ``run`` needs besides the key), each window with the
-    monotonic time of its last write; ``wait_s(window, written)``: seconds until it is due."""
+    monotonic time of its last write; ``wait_s(window, written, rack)``: seconds until it is due
+    (``rack_of(key, ctx)``: the rack, whose read-backs are spread apart from other racks')."""
 
-    def __init__(self, what: str, wait_s: Callable[[int, float], float],
+    def __init__(self, what: str, wait_s: Callable[[int, float, str], float],
+                 rack_of: Callable[[str, tuple[str, ...]], str],
                  run: Callable[[str, tuple[str, ...], set[int]], Coroutine[Any, Any, None]]) -> None:
         self.what = what
-        self.wait_s = wait_s
+        self._wait_s = wait_s
+        self.rack_of = rack_of
         self.run = run
         self.entries: dict[str, tuple[tuple[str, ...], dict[int, float]]] = {}
         self.handles: dict[str, asyncio.TimerHandle] = {}
@@ -147,7 +151,8 @@ class _ReadBacks:
         # one timer per key: a window written after it was set (a late batch) waits for it, and is read
         # back with the windows then due (one query where they are close), not in a read of its own
         if key not in self.handles and entry[1]:
-            wait = min(self.wait_s(t, now) for t in entry[1])
+            rack = self.rack_of(key, entry[0])
+            wait = min(self._wait_s(t, now, rack) for t in entry[1])
             self.handles[key] = asyncio.get_running_loop().call_later(wait, self._start, key)
 
     def due(self, key: str, now: float | None) -> tuple[tuple[str, ...], set[int]] | None:
@@ -156,7 +161,8 @@ class _ReadBacks:
         if entry is None:
             return None
         ctx, last = entry
-        due = {t for t, at in last.items() if now is None or self.wait_s(t, at) <= 0}
+        rack = self.rack_of(key, ctx)
+        due = {t for t, at in last.items() if now is None or self._wait_s(t, at, rack) <= 0}
         for t in due:
             del last[t]
         if not last:
@@ -168,7 +174,8 @@ class _ReadBacks:
         due = self.due(key, time.monotonic())
         entry = self.entries.get(key)
         if entry is not None:  # windows not yet due: look again when the first of them is
-            wait = max(0.05, min(self.wait_s(t, at) for t, at in entry[1].items()))
+            rack = self.rack_of(key, entry[0])
+            wait = max(0.05, min(self._wait_s(t, at, rack) for t, at in entry[1].items()))
             self.handles[key] = asyncio.get_running_loop().call_later(wait, self._start, key)
         if due is not None:
             task = asyncio.create_task(self.run(key, *due))
@@ -227,15 +234,18 @@ class RackRollup:
         #: held rack state (collector/rack_state.py); ``configure``d with the topology's racks
         self.racks = HeldRacks(settle_s)
         #: node windows / rack windows written from held state, waiting for their final read-back
-        self._final = _ReadBacks("node", self._final_wait_s, self._node_read_back)
+        self._final = _ReadBacks("node", self._final_wait_s, lambda _node, ctx: ctx[0], self._node_read_back)
         #: node read-backs due together, per (rack, zone), read in one query per ``read_back_group``
         #: nodes: node -> (windows, future)
         self._read_back_queue: dict[tuple[str, str], dict[str, tuple[set[int], asyncio.Future[None]]]] = {}
         self._read_back_flush: asyncio.TimerHandle | None = None
         self.read_back_group = 16
         self.read_back_gather_s = 0.2
+        #: read-backs of windows just closed start up to this long after window end + settle_s (per rack)
+        self.read_back_spread_s = min(10.0, resolution_s / 6)
         self._read_back_tasks: set[asyncio.Task[None]] = set()
-        self._rack_final = _ReadBacks("rack", self._final_wait_s, self._rack_read_back)
+        self._rack_final = _ReadBacks("rack", self._final_wait_s, lambda rack, _ctx: rack,
+                                      self._rack_read_back)
         #: read-backs of node windows written from held state that found other values
         self.final_mismatches = 0
         #: rack windows written from held state, and those whose final read-back found other node points
@@ -355,12 +365,16 @@ class RackRollup:
         held state (see ``_final_wait_s``)."""
         self._final.schedule(node, (rack, zone), window_starts)
 
-    def _final_wait_s(self, window_ns: int, written: float) -> float:
+    def _final_wait_s(self, window_ns: int, written: float, rack: str = "") -> float:
         """Seconds until a window written from held state at ``written`` (monotonic) is read back:
         ``settle_s`` after that write, and not before the window's end (sample time, on the wall
-        clock) plus ``settle_s``, so a window still filling in real time is read back once."""
+        clock) plus ``settle_s``, so a window still filling in real time is read back once. The
+        racks' read-backs of windows just closed are spread over ``read_back_spread_s`` (a fixed
+        offset per rack), so they do not all reach InfluxDB in the same moment."""
         since_write = self.settle_s - (time.monotonic() - written)
         until_closed = (window_ns + self.resolution_ns - time.time_ns()) / NS_PER_S + self.settle_s
+        if rack and self.read_back_spread_s > 0:
+            until_closed += zlib.crc32(rack.encode()) % 1000 / 1000 * self.read_back_spread_s
         return max(0.0, since_write, until_closed)
 
     async def _node_read_back(self, node: str, ctx: tuple[str, ...], window_starts: set[int]) -> None:

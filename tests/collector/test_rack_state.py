@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from gridwatt.collector.rack_state import HeldRacks, NodePoint, RackWindow, rack_sums
+from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.server import RunningCollector
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -389,3 +390,17 @@ async def test_node_read_backs_due_together_are_one_query(
         assert assert_racks_add_up_in_node_order(influxdb, database) == 2
         await read_back_everything(c, list(NODES), {T0, T0 + 60 * NS})
         assert snapshot(influxdb, database) == before
+
+
+def test_read_backs_of_just_closed_windows_are_spread_per_rack() -> None:
+    """Each rack's read-backs of a window just closed start at a fixed offset of its own (up to
+    read_back_spread_s after the window's end plus settle_s); long-closed windows do not wait."""
+    rollup = RackRollup(None, 60, settle_s=2.0)  # type: ignore[arg-type]
+    assert rollup.read_back_spread_s == 10.0
+    now = time.monotonic()
+    open_window = time.time_ns() // (60 * NS) * (60 * NS)
+    plain = rollup._final_wait_s(open_window, now)
+    waits = [rollup._final_wait_s(open_window, now, f"r{k}") for k in range(8)]
+    assert all(plain - 0.5 <= w <= plain + 10.5 for w in waits)
+    assert max(waits) - min(waits) > 1.0  # spread, not all at once
+    assert 1.0 < rollup._final_wait_s(T0, now, "r1") <= 2.0
