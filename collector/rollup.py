@@ -32,10 +32,11 @@ So every rack window recomputed from a read is recomputed once more ``settle_s``
 (coalesced per rack): the last write of a window then always reads every node
 point written before it, and the rack series converges to the exact sum. For the
 same reason every window written from held state (node or rack) is read back once more
-``settle_s`` after the last batch touched it, once the window has closed (one query per
-node or rack and window): another replica may have rewritten the node's points there
-(collector/revisit.py), which held state cannot see. Rack windows summed from held state
-get no settle recompute.
+``settle_s`` after the last batch touched it, once the window has closed: another replica
+may have rewritten the node's points there (collector/revisit.py), which held state cannot
+see. Rack windows summed from held state get no settle recompute. The node read-backs of a
+rack that come due together are one query (``_read_back_many``), and read-backs of windows
+just closed are spread per rack over ``read_back_spread_s``.
 """
 
 from __future__ import annotations
