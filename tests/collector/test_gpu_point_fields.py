@@ -98,10 +98,9 @@ async def _send(port: int, bs: list[pb.Batch]) -> list[tuple[int, str]]:
 
 
 def _toml(url: str, database: str, gpu_fields: str) -> str:
-    base = collector_toml(url, database, racks='[[racks]]\nname = "r1"\nzone = "Z"\npue = 1.2\n'
-                                              'nodes = ["n1", "n2"]\n')
-    return base.replace(f'database = "{database}"\n',
-                        f'database = "{database}"\ngpu_point_fields = "{gpu_fields}"\n')
+    return collector_toml(url, database, racks='[[racks]]\nname = "r1"\nzone = "Z"\npue = 1.2\n'
+                                                'nodes = ["n1", "n2"]\n',
+                          extra_influxdb=f'gpu_point_fields = "{gpu_fields}"\n')
 
 
 async def _run(tmp: Path, url: str, database: str, gpu_fields: str) -> dict[str, Any]:
