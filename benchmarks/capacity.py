@@ -206,7 +206,8 @@ def raw_rate(db: LocalInfluxDB, cfg: Path, nodes: int, args: argparse.Namespace)
             rows += sampler.take(src.read())
         n += len(rows)
         batch = pb.Batch(batch_id=1, node=node, gpu_samples=rows)
-        lines += prepare_batch(batch, placement, intensity, 60 * 10**9).lines
+        lines += prepare_batch(batch, placement, intensity, 60 * 10**9,
+                               gpu_fields=config.influxdb.gpu_point_fields).lines
     step = config.influxdb.write_batch_lines
     chunks = ["\n".join(lines[i : i + step]) for i in range(0, len(lines), step)]
     say(f"raw: {n} samples, {len(lines)} lines in {len(chunks)} requests")
@@ -242,6 +243,8 @@ def main() -> None:
     p.add_argument("--max-in-flight-batches", type=int, default=2048,
                    help="the collector's server.max_in_flight_batches (its default, 64, turns batches away "
                         "at a few hundred nodes: see README 'Sizing and scaling')")
+    p.add_argument("--gpu-point-fields", choices=("all", "accounting"), default="all",
+                   help="the collector's [influxdb] gpu_point_fields (the raw rate writes the same lines)")
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--address", "--prefix", "--folder", "--out"):
@@ -267,6 +270,7 @@ def main() -> None:
             f'[server]\ngrpc_listen = "127.0.0.1:{grpc_port}"\nhttp_listen = "127.0.0.1:{http_port}"\n'
             f'auto_register = true\nmax_in_flight_batches = {args.max_in_flight_batches}\n'
             f'[influxdb]\nurl = {toml_str(db.url)}\ndatabase = "e2e"\n'
+            f'gpu_point_fields = "{args.gpu_point_fields}"\n'
             '[accounting]\ndefault_zone = "Z"\ndefault_pue = 1.2\n'
             '[[zones]]\nname = "Z"\nintensity = { kind = "constant", g_per_kwh = 350.0 }\n'
             + rack_tables(args)
@@ -305,6 +309,7 @@ def main() -> None:
         "collector_cores_per_1000_samples_per_s": per_k(best["collector_cores"]) if best else None,
         "ack_p99_s": best["ack_p99_s"] if best else None,
         "linger_s": args.linger_s,
+        "gpu_point_fields": args.gpu_point_fields,
         "cpus": os.cpu_count(),
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         "steps": steps,
