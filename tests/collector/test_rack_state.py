@@ -16,9 +16,12 @@ from typing import Any
 
 import pytest
 
+from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.rack_state import HeldRacks, NodePoint, RackWindow, rack_sums
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.server import RunningCollector
+from gridwatt.collector.wiring import build_topology
+from gridwatt.configfile import load_config
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
 from tests.collector.helpers import running_collector
@@ -404,3 +407,28 @@ def test_read_backs_of_just_closed_windows_are_spread_per_rack() -> None:
     assert all(plain - 0.5 <= w <= plain + 10.5 for w in waits)
     assert max(waits) - min(waits) > 1.0  # spread, not all at once
     assert 1.0 < rollup._final_wait_s(T0, now, "r1") <= 2.0
+
+
+@pytest.mark.parametrize("auto_register", [False, True])
+def test_racks_auto_registered_nodes_may_join_are_never_held(tmp_path: Path, auto_register: bool) -> None:
+    """With auto-registration the default rack's members are not known ahead: it is left out (a
+    configured rack of the same name too); racks without configured nodes are left out."""
+    racks = ('[[racks]]\nname = "r1"\nzone = "Z"\npue = 1.3\nnodes = ["n1", "n2"]\n'
+             '[[racks]]\nname = "unassigned"\nzone = "Z"\npue = 1.3\nnodes = ["n3"]\n'
+             '[[racks]]\nname = "empty"\nzone = "Z"\npue = 1.3\nnodes = []\n')
+    cfg = tmp_path / "collector.toml"
+    cfg.write_text(collector_toml("http://127.0.0.1:1", "db", racks=racks)
+                   + '\n[accounting]\ndefault_rack = "unassigned"\n')
+    config = load_config(cfg, CollectorConfig)
+    config.server.auto_register = auto_register
+    topology = build_topology(config)
+    expected = {"r1": frozenset({"n1", "n2"})}
+    if not auto_register:
+        expected["unassigned"] = frozenset({"n3"})
+    assert topology.rack_members() == expected
+    held = HeldRacks(settle_s=0.0)
+    held.configure(topology.rack_members())
+    for node in ("n1", "n2", "n3"):
+        held.stream_opened(node)
+    assert held.eligible("r1") and held.eligible("unassigned") != auto_register
+    assert not held.eligible("empty")
