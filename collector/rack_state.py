@@ -136,6 +136,9 @@ class RackRead:
     epoch: int
     wrote: dict[int, RackWindow] = field(default_factory=dict)
     failed: set[int] = field(default_factory=set)
+    #: windows with a node point write in flight at some time during the read: the read may have
+    #: seen it before its writer did, so its answer is not compared with what was held
+    busy: set[int] = field(default_factory=set)
 
 
 class HeldRacks:
@@ -152,6 +155,7 @@ class HeldRacks:
         self._epoch: Counter[str] = Counter()
         self._windows: dict[str, dict[int, HeldWindow]] = {}
         self._reads: dict[str, list[RackRead]] = {}
+        self._writing: Counter[tuple[str, int]] = Counter()
 
     def configure(self, members: Mapping[str, Iterable[str]]) -> None:
         """The racks that may be held, each with its configured nodes (collector/topology.py)."""
@@ -238,8 +242,23 @@ class HeldRacks:
             for read in reads:
                 read.failed.add(t)
 
+    def begin_write(self, rack: str, windows: Iterable[int]) -> None:
+        """A write of node points of the rack in these windows starts (``end_write`` when it ended)."""
+        windows = list(windows)
+        for t in windows:
+            self._writing[(rack, t)] += 1
+        for read in self._reads.get(rack, ()):
+            read.busy.update(t for t in windows if t in read.windows)
+
+    def end_write(self, rack: str, windows: Iterable[int]) -> None:
+        for t in windows:
+            self._writing[(rack, t)] -= 1
+            if self._writing[(rack, t)] <= 0:
+                del self._writing[(rack, t)]
+
     def begin_read(self, rack: str, windows: set[int]) -> RackRead:
         read = RackRead(set(windows), self._epoch[rack])
+        read.busy = {t for t in windows if (rack, t) in self._writing}
         self._reads.setdefault(rack, []).append(read)
         return read
 
@@ -254,7 +273,8 @@ class HeldRacks:
         self, rack: str, read: RackRead, found: Mapping[int, RackWindow],
     ) -> tuple[dict[int, RackWindow], set[int], dict[int, RackWindow]]:
         """The windows read, with the node points written meanwhile over them; hold them where the rack
-        is eligible. Returns (windows, those now held, what was held of them before)."""
+        is eligible. Returns (windows, those now held, what was held of them before, where no node point
+        write was in flight during the read)."""
         self.abort_read(rack, read)
         got: dict[int, RackWindow] = {}
         for t in read.windows:
@@ -267,7 +287,7 @@ class HeldRacks:
         held = self._windows.setdefault(rack, {})
         kept = read.windows - read.failed
         for t in kept:
-            if t in held:
+            if t in held and t not in read.busy:
                 before[t] = held[t].points
             held[t] = HeldWindow(dict(got[t]))
         if len(held) > self.max_windows:

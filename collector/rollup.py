@@ -476,11 +476,14 @@ class RackRollup:
         if not lines:
             return
         starts = sorted(windows)  # node_lines' order
+        self.racks.begin_write(rack, starts)
         try:
             result = await self.store.write_lines(lines)
         except BaseException:
             self.racks.wrote(rack, (node, zone), {}, starts)
             raise
+        finally:
+            self.racks.end_write(rack, starts)
         self._log_refused(node, lines, result)
         refused = {starts[i] for i in getattr(result, "rejected", {}) if i < len(starts)}
         self.racks.wrote(rack, (node, zone),
@@ -603,6 +606,11 @@ class RackRollup:
                     got, kept, _ = await self._read_rack(rack, todo - held_now)
                     points.update(got)
                     held_now |= kept
+                dropped = {t for t in held_now if self.racks.held(rack, t) is None and t not in points}
+                if dropped:  # dropped while reading (a stream opened or closed, a write failed): read
+                    got, kept, _ = await self._read_rack(rack, dropped)
+                    points.update(got)
+                    held_now -= dropped - kept
                 for t in sorted(held_now):
                     held = self.racks.held(rack, t)
                     if held is None:  # dropped while reading: what was read

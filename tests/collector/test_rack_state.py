@@ -432,3 +432,26 @@ def test_racks_auto_registered_nodes_may_join_are_never_held(tmp_path: Path, aut
         held.stream_opened(node)
     assert held.eligible("r1") and held.eligible("unassigned") != auto_register
     assert not held.eligible("empty")
+
+
+def test_a_read_overlapping_a_write_in_flight_is_not_compared() -> None:
+    """A read may see a node point before its write returns: such a window is held from the read
+    (and the write's value goes over it), but not compared with what was held (no false mismatch)."""
+    racks = HeldRacks(settle_s=0.0)
+    racks.configure({"r1": ["a"]})
+    racks.stream_opened("a")
+    first = racks.begin_read("r1", {T0, T0 + 60 * NS})
+    racks.end_read("r1", first, {T0: {("a", "Z"): _pt(1.0)}, T0 + 60 * NS: {("a", "Z"): _pt(1.0)}})
+    racks.begin_write("r1", [T0])  # in flight while the next read runs, which already sees it
+    read = racks.begin_read("r1", {T0, T0 + 60 * NS})
+    _, kept, before = racks.end_read("r1", read, {T0: {("a", "Z"): _pt(2.0)},
+                                                  T0 + 60 * NS: {("a", "Z"): _pt(3.0)}})
+    racks.end_write("r1", [T0])
+    racks.wrote("r1", ("a", "Z"), {T0: _pt(2.0)})
+    assert kept == {T0, T0 + 60 * NS} and set(before) == {T0 + 60 * NS}  # only the quiet one compared
+    assert racks.window("r1", T0) == {("a", "Z"): _pt(2.0)}
+    # a write starting during the read makes its window busy too
+    read = racks.begin_read("r1", {T0})
+    racks.begin_write("r1", [T0])
+    racks.end_write("r1", [T0])
+    assert racks.end_read("r1", read, {T0: {("a", "Z"): _pt(2.0)}})[2] == {}
