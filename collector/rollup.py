@@ -249,7 +249,8 @@ class RackRollup:
                                       self._rack_read_back)
         #: read-backs of node windows written from held state that found other values
         self.final_mismatches = 0
-        #: rack windows written from held state, and those whose final read-back found other node points
+        #: rack windows a recompute found held (summed from held state, or already stored as they are),
+        #: and windows whose final read-back found node points other than those held
         self.rack_held_windows = 0
         self.rack_final_mismatches = 0
 
