@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated, steady_over
+from gridwatt.collector.batch_scan import UNATTRIBUTED, UNATTRIBUTED_INFO, BatchScan, ShareInfo, scan_batch
 from gridwatt.collector.intensity.base import IntensitySeries
 from gridwatt.collector.schema import (
     WHO_FIELDS,
@@ -32,7 +33,7 @@ from gridwatt.collector.topology import Placement
 from gridwatt.timeutil import NS_PER_S
 from gridwatt.v1 import telemetry_pb2 as pb
 
-UNATTRIBUTED = "unattributed"
+__all__ = ["UNATTRIBUTED", "JobPoint", "PreparedBatch", "host_lines", "prepare_batch", "sample_digest"]
 
 ENERGY_METHOD_NAMES = {
     pb.ENERGY_METHOD_UNSPECIFIED: "unspecified",
@@ -113,7 +114,7 @@ _any_estimated_memo: dict[int, tuple[object, bool]] = {}
 #: ``_MEMO_MAX`` entries each (then emptied).
 _MEMO_MAX = 100_000
 _tag_memo: dict[str, str] = {}
-_share_memo: dict[tuple[Any, ...], tuple[str, str, str, dict[str, str]]] = {}
+_share_memo: dict[tuple[str, ShareInfo], tuple[str, str, str, dict[str, str]]] = {}
 _jobs_field_memo: dict[str, str] = {}
 
 
@@ -143,17 +144,23 @@ def prepare_batch(
     intensity: IntensitySeries,
     resolution_ns: int,
     pue: StepSeries | None = None,
+    scan: BatchScan | None = None,
 ) -> PreparedBatch:
     """Account every GPU sample of the batch and render its gpu and job lines.
 
     ``pue``: the rack's PUE over the batch (from ``placement.pue_series``); default ``placement.pue``.
+    ``scan``: the batch's scan (collector/batch_scan.py, as ``validate_batch`` returns it), with the
+    samples' digests where already computed; default: scanned here.
 
     The hot path of ingest: when neither PUE nor intensity steps within the batch's span (the
     real-time case) each sample is two multiplications (accounting.steady_over); a job share of the
     whole GPU reuses the GPU line's numbers (``x * 1.0 == x``); repeated values are formatted once.
     The text is exactly what the straightforward rendering gives (tests/collector/test_cpu_golden.py).
     """
-    samples = batch.gpu_samples
+    if scan is None:
+        scan = scan_batch(batch)
+    samples = scan.samples
+    digests = scan.digests
     node_t = tag(batch.node)
     rack_t = tag(placement.rack)
     gpu_prefix = gpu_key_head(node_t, rack_t, tag(placement.zone))
@@ -166,9 +173,9 @@ def prepare_batch(
     ci = intensity.series
     any_estimated = _any_estimated(ci)
     steady = None
+    lo = scan.lo_ns
     if samples:
-        lo = min(s.start_ns for s in samples)
-        steady = steady_over(pue, ci, lo, max(s.end_ns for s in samples))
+        steady = steady_over(pue, ci, lo, scan.hi_ns)
     if steady is not None:
         steady_pue, steady_ci = steady
         steady_estimated = any_estimated and ci.is_estimated_at(lo)
@@ -180,8 +187,8 @@ def prepare_batch(
     windows: set[int] = set()
     total_e = total_c = total_est = 0.0
     tag_cache = _tag_memo
-    # (node/rack key tail, job id, alias, method, user, split estimated, account, partition,
-    # namespace, job name) → the job line's series key up to the GPU index, and its attribution fields
+    # (node/rack key tail, share info) → the job line's series key up to the GPU index, and its
+    # attribution fields
     share_cache = _share_memo
     jobs_fields = _jobs_field_memo
     # repr of values that repeat within a batch (PUE, intensity, duration, ...); never 0.0 / -0.0,
@@ -200,7 +207,7 @@ def prepare_batch(
     first_line: list[int] = []
     job_points: list[JobPoint] = []
     held_point = job_points.append
-    for s in samples:
+    for i, s in enumerate(samples):
         first_line.append(len(lines))
         start = s.start_ns
         end = s.end_ns
@@ -244,8 +251,17 @@ def prepare_batch(
         r_idle = repr_once(idle_s)
         r_pue = repr_once(eff_pue)
         r_ci = repr_once(eff_ci)
-        jobs = s.jobs
-        job_ids = ",".join([j.job_id for j in jobs])
+        fractions: list[float] = []
+        shares: list[tuple[tuple[str, str, str, dict[str, str]], float]] = []
+        for info, frac in scan.shares[i]:
+            fractions.append(frac)
+            key = (job_suffix, info)
+            head_how = share_cache.get(key)
+            if head_how is None:
+                _memo_room(share_cache)
+                head_how = share_cache[key] = _job_head(job_suffix, info, tag_cache)
+            shares.append((head_how, frac))
+        job_ids = ",".join([sh[0][2] for sh in shares])
         jobs_field = jobs_fields.get(job_ids)
         if jobs_field is None:
             _memo_room(jobs_fields)
@@ -259,27 +275,15 @@ def prepare_batch(
             f"{_ENERGY_METHOD_FIELDS.get(s.energy_method, _ENERGY_METHOD_OTHER)},"
             f"jobs={jobs_field},ef={ef},intensity_source={src},"
             f"intensity_estimated={estimated_flag},estimated_co2e_g={r_est},"
-            f"digest=\"{sample_digest(s)}\" {start}"
+            f"digest=\"{digests[i] if digests is not None else sample_digest(s)}\" {start}"
         )
-        fractions: list[float] = []
-        shares: list[tuple[tuple[str, str, str, dict[str, str]], float]] = []
-        for j in jobs:
-            frac = j.fraction
-            fractions.append(frac)
-            key = (job_suffix, j.job_id, j.alias, j.method, j.user, j.split_estimated, j.account,
-                   j.partition, j.namespace, j.job_name)
-            head_how = share_cache.get(key)
-            if head_how is None:
-                _memo_room(share_cache)
-                head_how = share_cache[key] = _job_head(key, tag_cache)
-            shares.append((head_how, frac))
         remaining = 1.0 - sum(fractions)
         if remaining > 1e-9:
-            key = (job_suffix, UNATTRIBUTED, "", pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False, "", "", "", "")
+            key = (job_suffix, UNATTRIBUTED_INFO)
             head_how = share_cache.get(key)
             if head_how is None:
                 _memo_room(share_cache)
-                head_how = share_cache[key] = _job_head(key, tag_cache)
+                head_how = share_cache[key] = _job_head(job_suffix, UNATTRIBUTED_INFO, tag_cache)
             shares.append((head_how, remaining))
         for (head, how, job_id, who_values), frac in shares:
             if frac == 1.0:  # the whole GPU: x * 1.0 is x, bit for bit, so the GPU line's text holds
@@ -307,10 +311,11 @@ def prepare_batch(
                          job_points)
 
 
-def _job_head(key: tuple[Any, ...], tag_cache: dict[str, str]) -> tuple[str, str, str, dict[str, str]]:
+def _job_head(job_suffix: str, info: ShareInfo,
+              tag_cache: dict[str, str]) -> tuple[str, str, str, dict[str, str]]:
     """(series key up to the GPU index, attribution fields, job id, non-empty who-fields) of a job
     share (see ``prepare_batch``; the who dict is shared by the share's JobPoints: read only)."""
-    job_suffix, job_id, alias, method, user, estimated, *who = key
+    job_id, alias, method, user, estimated, *who = info
     job_t = tag_cache.get(job_id)
     if job_t is None:
         _memo_room(tag_cache)
