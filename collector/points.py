@@ -53,10 +53,31 @@ ATTRIBUTION_NAMES: dict[int, str] = {
 }
 
 
+def _has_map_field(desc: Any, seen: set[str] | None = None) -> bool:
+    """Whether a message type (its descriptor) has a map field, itself or in any message type it contains."""
+    seen = set() if seen is None else seen
+    if desc.full_name in seen:
+        return False
+    seen.add(desc.full_name)
+    for f in desc.fields:
+        if f.message_type is not None and (f.message_type.GetOptions().map_entry
+                                           or _has_map_field(f.message_type, seen)):
+            return True
+    return False
+
+
+#: ``deterministic=True`` orders map entries and changes nothing else: without a map field in
+#: GpuSample, the plain serialization is the same bytes (tests/collector/test_batch_scan.py), cheaper.
+_DIGEST_DETERMINISTIC = _has_map_field(pb.GpuSample.DESCRIPTOR)
+_sha256 = hashlib.sha256
+
+
 def sample_digest(s: pb.GpuSample) -> str:
     """128-bit hex digest of a sample's values (its deterministic serialization): stored as the ``gpu``
     point's ``digest`` field, so an exact resend is told from a rewrite (collector/intervals.py)."""
-    return hashlib.sha256(s.SerializeToString(deterministic=True)).digest()[:16].hex()
+    if _DIGEST_DETERMINISTIC:
+        return _sha256(s.SerializeToString(deterministic=True)).digest()[:16].hex()
+    return _sha256(s.SerializeToString()).digest()[:16].hex()
 
 
 def _attribution_fields(method: int, user: str, split_estimated: bool, *who: str) -> str:
