@@ -216,18 +216,10 @@ def prepare_batch(
     # which are equal keys with different reprs
     reprs: dict[float, str] = {}
 
-    def repr_once(x: float) -> str:
-        """repr(x), formatted once per batch for values that repeat (zeros never cached)."""
-        if not x:
-            return repr(x)
-        r = reprs.get(x)
-        if r is None:
-            r = reprs[x] = repr(x)
-        return r
-
     first_line: list[int] = []
     job_points: list[JobPoint] = []
     held_point = job_points.append
+    last_start = None
     for i, s in enumerate(samples):
         first_line.append(len(lines))
         start = s.start_ns
@@ -268,10 +260,27 @@ def prepare_batch(
         r_est = repr(est_co2)
         r_util_s = repr(util_s)
         r_idle_e = repr(idle_e)
-        r_dur = repr_once(dur_s)
-        r_idle = repr_once(idle_s)
-        r_pue = repr_once(eff_pue)
-        r_ci = repr_once(eff_ci)
+        # repr formatted once per batch for these (inline: a call per value costs more than a lookup)
+        r_dur = reprs.get(dur_s)
+        if r_dur is None:
+            r_dur = repr(dur_s)
+            if dur_s:
+                reprs[dur_s] = r_dur
+        r_idle = reprs.get(idle_s)
+        if r_idle is None:
+            r_idle = repr(idle_s)
+            if idle_s:
+                reprs[idle_s] = r_idle
+        r_pue = reprs.get(eff_pue)
+        if r_pue is None:
+            r_pue = repr(eff_pue)
+            if eff_pue:
+                reprs[eff_pue] = r_pue
+        r_ci = reprs.get(eff_ci)
+        if r_ci is None:
+            r_ci = repr(eff_ci)
+            if eff_ci:
+                reprs[eff_ci] = r_ci
         fractions: list[float] = []
         shares: list[tuple[tuple[str, str, str, dict[str, str]], float]] = []
         for info, frac in scan.shares[i]:
@@ -327,7 +336,9 @@ def prepare_batch(
                 f"fraction={frac!r},end_ns={end}i,ef={ef}{how} {start}"
             )
             held_point(JobPoint(gpu, job_id, start, end, sums, who_values))
-        windows.add(start - start % resolution_ns)
+        if start != last_start:  # the GPUs of one interval share its start
+            windows.add(start - start % resolution_ns)
+            last_start = start
     return PreparedBatch(lines, windows, len(samples), total_e, total_c, total_est, first_line,
                          job_points)
 
