@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gridwatt.collector import batch_scan
 from gridwatt.collector.batch_scan import UNATTRIBUTED, scan_batch, share_info
 from gridwatt.collector.points import _has_map_field, sample_digest
+from gridwatt.collector.schema import _TAG_ESCAPES, tag
 from gridwatt.collector.validation import BatchRejected, validate_batch
 from gridwatt.v1 import telemetry_pb2 as pb
 from tests.collector.cpu_golden import GOLDEN, LIMITS, NOW_NS, T0, corpus, render
@@ -158,3 +159,10 @@ def test_digest_equals_the_deterministic_digest(sample: pb.GpuSample, unknown: l
     parsed = pb.GpuSample.FromString(raw)
     assert sample_digest(parsed) == old_digest(parsed)
     assert sample_digest(sample) == old_digest(sample)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(value=st.text(alphabet=st.sampled_from(list("ab1-_.,= \\\n\t\"é")), max_size=12))
+def test_tag_escapes_as_the_translation(value: str) -> None:
+    """schema.tag's fast path (no character to escape) gives what the translation gives."""
+    assert tag(value) == (value.translate(_TAG_ESCAPES) if value else "none")
