@@ -51,6 +51,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 
@@ -142,9 +143,12 @@ class MemoryStore:
 
     serving = True
     health_reason = ""
+    #: ``[influxdb] gpu_point_fields`` (``--gpu-point-fields``)
+    gpu_point_fields = "all"
 
     def __init__(self) -> None:
         self.lines = 0
+        self.config = SimpleNamespace(gpu_point_fields=MemoryStore.gpu_point_fields)
 
     async def write_lines(self, lines: list[str]) -> WriteResult:
         self.lines += len(lines)
@@ -242,8 +246,11 @@ def main() -> None:
     ap.add_argument("--linger-s", type=int, default=2, help="1-second intervals per batch (16 samples at 2)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-grpc", action="store_true", help="skip the gRPC stage")
+    ap.add_argument("--gpu-point-fields", choices=("all", "accounting"), default="all",
+                    help="[influxdb] gpu_point_fields of the collector (prepare and the handle stages)")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N cProfile entries")
     args = ap.parse_args()
+    MemoryStore.gpu_point_fields = args.gpu_point_fields
 
     with tempfile.TemporaryDirectory() as tmp_name:
         cfg = make_config(Path(tmp_name), args.nodes)
@@ -299,7 +306,7 @@ def main() -> None:
 
     def prepare() -> None:
         for b, p, (ci, pue) in zip(batches, placements, looked, strict=True):
-            prepare_batch(b, p, ci, resolution_ns, pue)  # type: ignore[arg-type]
+            prepare_batch(b, p, ci, resolution_ns, pue, args.gpu_point_fields)  # type: ignore[arg-type]
 
     firsts = [prepare_batch(b, p, ci, resolution_ns, pue).first_line  # type: ignore[arg-type]
               for b, p, (ci, pue) in zip(batches, placements, looked, strict=True)]

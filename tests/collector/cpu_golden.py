@@ -232,7 +232,7 @@ def render(scanned: bool = False) -> str:
         validate_host_samples(batch, LIMITS, NOW_NS)
         if scanned:
             scan.digests = [sample_digest(s) for s in scan.samples]
-        prepared = prepare_batch(batch, placement, ci, RESOLUTION_NS, pue, scan if scanned else None)
+        prepared = prepare_batch(batch, placement, ci, RESOLUTION_NS, pue, scan=scan if scanned else None)
         out.append(f"## batch {k} id {batch.batch_id} node {batch.node!r} rack {placement.rack!r} "
                    f"intensity {ci.source} pue {'default' if pue is None else 'given'}")
         out.extend(prepared.lines)
