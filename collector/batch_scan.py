@@ -26,9 +26,10 @@ Share = tuple[ShareInfo, float]
 UNATTRIBUTED_INFO: ShareInfo = (UNATTRIBUTED, "", pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False,
                                 "", "", "", "")
 
-#: Shares up to this many serialized bytes are memoized (a hostile share cannot fill memory).
-_MEMO_SHARE_BYTES = 2048
-_MEMO_MAX = 100_000
+#: Shares up to this many serialized bytes are memoized, at most ``MEMO_MAX`` of them (then the memo
+#: is emptied): a few MB at most, whatever a node sends. A typical share is about 100 bytes.
+MEMO_SHARE_BYTES = 512
+MEMO_MAX = 20_000
 _info_memo: dict[bytes, ShareInfo] = {}
 
 
@@ -39,8 +40,8 @@ def share_info(share: pb.JobShare) -> ShareInfo:
     if info is None:
         info = (share.job_id, share.alias, share.method, share.user, share.split_estimated, share.account,
                 share.partition, share.namespace, share.job_name)
-        if len(raw) <= _MEMO_SHARE_BYTES:
-            if len(_info_memo) >= _MEMO_MAX:
+        if len(raw) <= MEMO_SHARE_BYTES:
+            if len(_info_memo) >= MEMO_MAX:
                 _info_memo.clear()
             _info_memo[raw] = info
     return info

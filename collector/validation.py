@@ -6,7 +6,15 @@ import math
 import re
 from dataclasses import dataclass
 
-from gridwatt.collector.batch_scan import UNATTRIBUTED, BatchScan, Share, ShareInfo, share_info
+from gridwatt.collector.batch_scan import (
+    MEMO_MAX,
+    MEMO_SHARE_BYTES,
+    UNATTRIBUTED,
+    BatchScan,
+    Share,
+    ShareInfo,
+    share_info,
+)
 from gridwatt.names import name_problem, shown
 from gridwatt.timeutil import NS_PER_S, format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -75,7 +83,8 @@ def _name_problem(value: str) -> str | None:
     return problem
 
 
-#: Share infos (collector/batch_scan.py) whose alias and who-fields were found valid (bounded).
+#: Share infos (collector/batch_scan.py) whose alias and who-fields were found valid: those of at
+#: most MEMO_SHARE_BYTES characters, at most MEMO_MAX of them (then emptied).
 _VALID_SHARES: set[ShareInfo] = set()
 
 
@@ -206,9 +215,10 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
                 )
             if info not in _VALID_SHARES:
                 _check_share(i, s, share)
-                if len(_VALID_SHARES) >= _VALID_NAMES_MAX:
-                    _VALID_SHARES.clear()
-                _VALID_SHARES.add(info)
+                if sum(map(len, (job_id, *info[5:]))) + len(info[3]) <= MEMO_SHARE_BYTES:
+                    if len(_VALID_SHARES) >= MEMO_MAX:
+                        _VALID_SHARES.clear()
+                    _VALID_SHARES.add(info)
             total += fraction
             mine.append((info, fraction))
             if job_id != UNATTRIBUTED:
