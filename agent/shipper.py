@@ -285,6 +285,9 @@ class Shipper:
 
             reader = asyncio.create_task(read_acks())
             stopper = asyncio.create_task(stop.wait())
+            # The end of the ack stream or a stop wakes the loop wherever it naps (see _nap).
+            reader.add_done_callback(self._wake)
+            stopper.add_done_callback(self._wake)
 
             async def send(batch: pb.Batch, seqs: list[int]) -> bool:
                 """Write one batch; False if stopped first (a write can block on a frozen peer)."""
@@ -320,8 +323,9 @@ class Shipper:
                         slot_free.clear()
                         await self._wait_any(slot_free.wait(), reader, stopper)
                         continue
-                    rows = self.spool.read_after(last_seq, self.conn.batch_max_samples)
-                    if not rows:
+                    # Lingering counts the unsent rows; they are read once, when the batch goes.
+                    unsent = self.spool.pending_after(last_seq)
+                    if not unsent:
                         unsent_since = None  # the next sample starts a new linger
                         if self._ledger_only and time.monotonic() - last_sent >= self.ledger_report_s:
                             batch, _ = self._make_batch([])
@@ -329,15 +333,19 @@ class Shipper:
                                 self.stats.ledger_reports += 1
                             continue
                         self.new_data.clear()
-                        await self._wait_any(self.new_data.wait(), reader, stopper, timeout=1.0)
+                        await self._nap(1.0)
                         continue
                     if unsent_since is None:
                         unsent_since = time.monotonic()
-                    wait_s = lingering_s(len(rows), self.conn.batch_max_samples, self.conn.linger_s,
+                    wait_s = lingering_s(unsent, self.conn.batch_max_samples, self.conn.linger_s,
                                          time.monotonic() - unsent_since, self.flush.is_set())
                     if wait_s > 0:
                         self.new_data.clear()
-                        await self._wait_any(self.new_data.wait(), reader, stopper, timeout=wait_s)
+                        await self._nap(wait_s)
+                        continue
+                    rows = self.spool.read_after(last_seq, self.conn.batch_max_samples)
+                    if not rows:  # the count was high (rows acknowledged in an earlier session)
+                        last_seq = self.spool.last_seq
                         continue
                     unsent_since = None
                     last_seq = rows[-1][0]
@@ -374,6 +382,16 @@ class Shipper:
                 await self._wait_any(ack_seen.wait(), reader, timeout=left)
         except (TimeoutError, grpc.aio.AioRpcError, grpc.aio.UsageError, _Reconnect):
             return
+
+    def _wake(self, _: object = None) -> None:
+        self.new_data.set()
+
+    async def _nap(self, timeout_s: float) -> None:
+        """Wait until ``new_data`` is set (new samples, the end of the ack stream, a stop) or
+        ``timeout_s`` passed: one future and one timer, no task (this runs every interval)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self.new_data.wait()
 
     @staticmethod
     async def _wait_any(coro: object, *tasks: asyncio.Task[object], timeout: float | None = None) -> None:

@@ -166,6 +166,8 @@ class Spool:
         else:
             self._db = self._open(path)
         self._pending = self._count()
+        #: The highest sequence number ever given to a sample here; appends number from it.
+        self._last_seq = self._highest_seq()
 
     @staticmethod
     def _check(path: Path) -> str | None:
@@ -261,12 +263,32 @@ class Spool:
     def _count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM samples").fetchone()[0])
 
+    def _highest_seq(self) -> int:
+        """The largest seq the samples table holds or ever held (AUTOINCREMENT's own counter)."""
+        row = self._db.execute(
+            "SELECT max(coalesce((SELECT max(seq) FROM samples), 0), "
+            "coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'samples'), 0))"
+        ).fetchone()
+        return int(row[0])
+
     def _bump(self, name: str, by: float) -> None:
         self._db.execute("UPDATE ledger SET value = value + ? WHERE name = ?", (by, name))
 
     @property
     def pending(self) -> int:
         return self._pending
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the newest sample ever appended (0: none yet)."""
+        return self._last_seq
+
+    def pending_after(self, after_seq: int) -> int:
+        """How many pending samples have seq > ``after_seq``, without reading them: never fewer than
+        ``read_after`` finds, and exactly as many unless rows above ``after_seq`` were acknowledged or
+        rejected (seqs are given consecutively and eviction takes the oldest rows; a shipper only
+        acknowledges rows up to what it has read, so only a new session can see such holes)."""
+        return max(0, min(self._pending, self._last_seq - after_seq))
 
     def mark(self, name: str) -> int | None:
         """A value kept with the samples (e.g. how far a replay got), or None."""
@@ -280,17 +302,20 @@ class Spool:
 
         ``marks`` are written in the same transaction, so they never run ahead of the samples.
         """
-        rows = list(rows)
-        if not rows and not marks:
+        first = self._last_seq + 1
+        numbered = [(seq, *row) for seq, row in enumerate(rows, first)]
+        if not numbered and not marks:
             return 0
         db = self._db
         db.execute("BEGIN")
         try:
             for name, value in (marks or {}).items():
                 db.execute("INSERT OR REPLACE INTO marks(name, value) VALUES (?, ?)", (name, value))
-            db.executemany("INSERT INTO samples(start_ns, energy_j, payload) VALUES (?, ?, ?)", rows)
-            self._bump("sampled", len(rows))
-            over = self._pending + len(rows) - self.max_samples
+            db.executemany("INSERT INTO samples(seq, start_ns, energy_j, payload) VALUES (?, ?, ?, ?)",
+                           numbered)
+            self._bump("sampled", len(numbered))
+            evicted = 0
+            over = self._pending + len(numbered) - self.max_samples
             if over > 0:
                 cur = db.execute(
                     "SELECT count(*), coalesce(sum(energy_j), 0), min(seq), max(seq) FROM "
@@ -306,13 +331,14 @@ class Spool:
                     "the collector is told when it is reachable again",
                     self.max_samples, n, energy_j,
                 )
-                self._pending -= n
+                evicted = n
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._pending += len(rows)
-        return len(rows)
+        self._pending += len(numbered) - evicted
+        self._last_seq += len(numbered)
+        return len(numbered)
 
     def read_after(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` pending (seq, payload) rows with seq > after_seq, in order."""

@@ -158,3 +158,49 @@ def test_torn_wal_loses_only_uncommitted_transactions(tmp_path: Path) -> None:
     (crash2 / "spool.db-wal").write_bytes(b"\x00garbage" * 4096)
     again = Spool(crash2 / "spool.db")
     assert again.ledger().balanced
+
+
+# -- sequence numbers and the unsent count the shipper lingers on ----------------------------
+
+
+def test_seqs_are_consecutive_and_pending_after_counts_what_read_after_finds(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", max_samples=50)
+    spool.append(rows(20))
+    assert [s for s, _ in spool.read_after(0, 100)] == list(range(1, 21)) and spool.last_seq == 20
+
+    removed = [0]  # the highest seq acknowledged or rejected: exact from there on
+
+    def check() -> None:
+        for after in range(0, spool.last_seq + 3):
+            found = len(spool.read_after(after, 1000))
+            if after >= removed[0]:
+                assert spool.pending_after(after) == found, after
+            else:
+                assert spool.pending_after(after) >= found, after
+
+    check()
+    sent = spool.read_after(0, 12)
+    spool.acknowledge([s for s, _ in sent[:5]])  # 1-5 acknowledged, 6-12 in flight
+    spool.reject([9, 10], "bad")
+    removed[0] = 10
+    check()
+    assert spool.pending_after(6) == 13 and len(spool.read_after(6, 100)) == 12  # the hole at 9-10
+    spool.append(rows(45, start=20))  # 65 appended, 58 kept before eviction: the 8 oldest go
+    assert spool.last_seq == 65 and spool.ledger().evicted == 8 and spool.pending == 50
+    assert spool.read_after(0, 1)[0][0] == 16
+    check()
+    spool.close()
+    again = Spool(tmp_path / "s.db", max_samples=50)
+    assert again.last_seq == 65 and again.pending_after(0) == 50
+    spool = again
+    check()
+    spool.acknowledge([s for s, _ in spool.read_after(0, 1000)])  # all gone: numbering goes on
+    assert spool.pending == 0 and spool.pending_after(0) == 0
+    spool.close()
+    again = Spool(tmp_path / "s.db")
+    assert again.last_seq == 65
+    again.append(rows(2, start=65))
+    assert [(s, p) for s, p in again.read_after(0, 10)] == [(66, b"s65"), (67, b"s66")]
+    ledger = again.ledger()
+    assert (ledger.sampled, ledger.acknowledged, ledger.rejected, ledger.evicted, ledger.pending) == (
+        67, 5 + 50, 2, 8, 2) and ledger.balanced
