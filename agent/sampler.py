@@ -41,7 +41,7 @@ class _Template:
     what a sample costs to make.
     """
 
-    __slots__ = ("key", "sample", "over")
+    __slots__ = ("key", "over", "sample")
 
     def __init__(self, key: tuple[object, ...], sample: pb.GpuSample, over: int) -> None:
         #: (index, uuid, name, unsupported, shares as attributed) the template was built from.

@@ -168,6 +168,10 @@ class Spool:
         self._pending = self._count()
         #: The highest sequence number ever given to a sample here; appends number from it.
         self._last_seq = self._highest_seq()
+        #: The ledger's counters as committed (this spool is their only writer): ledger() reads no row.
+        self._counters = {str(k): float(v) for k, v in self._db.execute("SELECT name, value FROM ledger")}
+        #: Counter changes of the open transaction, applied to ``_counters`` once it commits.
+        self._staged: dict[str, float] = {}
 
     @staticmethod
     def _check(path: Path) -> str | None:
@@ -273,6 +277,17 @@ class Spool:
 
     def _bump(self, name: str, by: float) -> None:
         self._db.execute("UPDATE ledger SET value = value + ? WHERE name = ?", (by, name))
+        self._staged[name] = self._staged.get(name, 0.0) + by
+
+    def _commit(self) -> None:
+        self._db.execute("COMMIT")
+        for name, by in self._staged.items():
+            self._counters[name] += by
+        self._staged.clear()
+
+    def _rollback(self) -> None:
+        self._staged.clear()
+        self._db.execute("ROLLBACK")
 
     @property
     def pending(self) -> int:
@@ -332,9 +347,9 @@ class Spool:
                     self.max_samples, n, energy_j,
                 )
                 evicted = n
-            db.execute("COMMIT")
+            self._commit()
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
         self._pending += len(numbered) - evicted
         self._last_seq += len(numbered)
@@ -357,14 +372,18 @@ class Spool:
             return 0
         marks = ",".join("?" * len(seqs))
         self._db.execute("BEGIN")
-        self._db.execute(
-            f"INSERT OR IGNORE INTO rejected(seq, start_ns, energy_j, payload, reason, rejected_at_ns) "
-            f"SELECT seq, start_ns, energy_j, payload, ?, ? FROM samples WHERE seq IN ({marks})",
-            (reason, time.time_ns(), *seqs),
-        )
-        n = self._db.execute(f"DELETE FROM samples WHERE seq IN ({marks})", tuple(seqs)).rowcount
-        self._bump("rejected", n)
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute(
+                f"INSERT OR IGNORE INTO rejected(seq, start_ns, energy_j, payload, reason, rejected_at_ns) "
+                f"SELECT seq, start_ns, energy_j, payload, ?, ? FROM samples WHERE seq IN ({marks})",
+                (reason, time.time_ns(), *seqs),
+            )
+            n = self._db.execute(f"DELETE FROM samples WHERE seq IN ({marks})", tuple(seqs)).rowcount
+            self._bump("rejected", n)
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
         self._pending -= n
         return n
 
@@ -373,17 +392,21 @@ class Spool:
             return 0
         self._db.execute("BEGIN")
         n = 0
-        for i in range(0, len(seqs), 500):
-            chunk = tuple(seqs[i : i + 500])
-            marks = ",".join("?" * len(chunk))
-            n += self._db.execute(f"DELETE FROM samples WHERE seq IN ({marks})", chunk).rowcount
-        self._bump(counter, n)
-        self._db.execute("COMMIT")
+        try:
+            for i in range(0, len(seqs), 500):
+                chunk = tuple(seqs[i : i + 500])
+                marks = ",".join("?" * len(chunk))
+                n += self._db.execute(f"DELETE FROM samples WHERE seq IN ({marks})", chunk).rowcount
+            self._bump(counter, n)
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
         self._pending -= n
         return n
 
     def ledger(self) -> Ledger:
-        values = dict(self._db.execute("SELECT name, value FROM ledger").fetchall())
+        values = self._counters
         return Ledger(
             sampled=int(values["sampled"]),
             acknowledged=int(values["acknowledged"]),

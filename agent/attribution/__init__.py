@@ -132,7 +132,7 @@ class Attributor:
         pods = self._pods_holding(reading)
         if pods:
             return split_gpu(pods, process_util_pct)
-        on_gpu = self._processes_on_gpu(reading.pids)
+        on_gpu = self._processes_on_gpu(reading.pids) if reading.pids else None
         if on_gpu:
             return split_gpu(on_gpu, process_util_pct)
         if self._static_share is not None:

@@ -38,7 +38,8 @@ def test_readings_inside_and_across_steps(tmp_path: Path) -> None:
         (0, base, 300_000, 90.0, 40.0, (JobHint("jobA", 1.0, ann),)),
         (20, base + 6_000_000, 300_000, 90.0, 40.0, (JobHint("jobA", 1.0, ann),)),  # 300 W x 20 s
         # 5 s of jobA (300 W, 90 %, 40 %) and 15 s of jobB (100 W, 10 %, 5 %)
-        (40, base + 9_000_000, 200_000, 30.0, 13.75, (JobHint("jobA", 0.25, ann), JobHint("jobB", 0.75, bob))),
+        (40, base + 9_000_000, 200_000, 30.0, 13.75,
+         (JobHint("jobA", 0.25, ann), JobHint("jobB", 0.75, bob))),
         (60, "absent in the trace (switched off)"),  # absent at 60 s and just before it
         # 40-50 s at 200 W, absent (0 W, 0 %) 50-70 s, 70-80 s at 400 W; util over 60-80 s
         (80, base + 15_000_000, 400_000, 40.0, 15.0, (JobHint("jobC", 0.5, c),)),

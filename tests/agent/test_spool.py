@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gridwatt.agent.spool import Spool
+from gridwatt.agent.spool import Spool, peek_ledger
 from gridwatt.v1 import telemetry_pb2 as pb
 
 
@@ -204,3 +204,24 @@ def test_seqs_are_consecutive_and_pending_after_counts_what_read_after_finds(tmp
     ledger = again.ledger()
     assert (ledger.sampled, ledger.acknowledged, ledger.rejected, ledger.evicted, ledger.pending) == (
         67, 5 + 50, 2, 8, 2) and ledger.balanced
+
+
+def test_ledger_kept_in_memory_equals_the_committed_one(tmp_path: Path) -> None:
+    """ledger() reads no row: after every kind of change it equals what a reader of the file sees."""
+    path = tmp_path / "s.db"
+    spool = Spool(path, max_samples=30)
+    steps = [
+        lambda: spool.append(rows(20)),
+        lambda: spool.acknowledge([s for s, _ in spool.read_after(0, 7)]),
+        lambda: spool.reject([s for s, _ in spool.read_after(7, 3)], "bad"),
+        lambda: spool.append([(i, 0.25 * i, b"x") for i in range(25)]),  # 35 > 30: 5 oldest go (10 J each)
+        lambda: spool.acknowledge([1, 2, 3]),  # already gone: counts nothing
+    ]
+    for step in steps:
+        step()
+        assert spool.ledger() == peek_ledger(path)
+    ledger = spool.ledger()
+    assert (ledger.sampled, ledger.acknowledged, ledger.rejected, ledger.evicted, ledger.pending) == (
+        45, 7, 3, 5, 30) and ledger.evicted_energy_j == 50.0 and ledger.balanced
+    spool.close()
+    assert Spool(path).ledger() == ledger

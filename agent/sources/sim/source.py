@@ -91,7 +91,9 @@ class SimSource:
             cum = [0.0]
             for a, b in itertools.pairwise(steps):
                 cum.append(cum[-1] + a.power_w * (b.t_ns - a.t_ns) / 1e9)
-            hints = [(JobHint(s.job_id, 1.0, *s.who[1:]),) if s.job_id else () for s in steps]
+            hints: list[tuple[JobHint, ...]] = [
+                (JobHint(s.job_id, 1.0, *s.who[1:]),) if s.job_id else () for s in steps
+            ]
             self._gpus.append(
                 _SimGpu(index, _gpu_uuid(node, index), steps, [s.t_ns for s in steps], cum,
                         counter_offset_mj=1_000_000 * (index + 1), step_hints=hints)
