@@ -17,6 +17,7 @@ ledger is readable).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -317,20 +318,26 @@ class Spool:
 
         ``marks`` are written in the same transaction, so they never run ahead of the samples.
         """
-        first = self._last_seq + 1
-        numbered = [(seq, *row) for seq, row in enumerate(rows, first)]
-        if not numbered and not marks:
+        params: list[int | float | bytes] = []
+        seq = self._last_seq
+        for start_ns, energy_j, payload in rows:  # numbered here: seqs follow on without a gap
+            seq += 1
+            params += (seq, start_ns, energy_j, payload)
+        count = seq - self._last_seq
+        if not count and not marks:
             return 0
         db = self._db
         db.execute("BEGIN")
         try:
             for name, value in (marks or {}).items():
                 db.execute("INSERT OR REPLACE INTO marks(name, value) VALUES (?, ?)", (name, value))
-            db.executemany("INSERT INTO samples(seq, start_ns, energy_j, payload) VALUES (?, ?, ?, ?)",
-                           numbered)
-            self._bump("sampled", len(numbered))
+            # Many rows per INSERT: SQLite runs AUTOINCREMENT's bookkeeping once per statement.
+            for i in range(0, count, _INSERT_ROWS):
+                n = min(_INSERT_ROWS, count - i)
+                db.execute(_insert_sql(n), params[4 * i : 4 * (i + n)])
+            self._bump("sampled", count)
             evicted = 0
-            over = self._pending + len(numbered) - self.max_samples
+            over = self._pending + count - self.max_samples
             if over > 0:
                 cur = db.execute(
                     "SELECT count(*), coalesce(sum(energy_j), 0), min(seq), max(seq) FROM "
@@ -351,9 +358,9 @@ class Spool:
         except BaseException:
             self._rollback()
             raise
-        self._pending += len(numbered) - evicted
-        self._last_seq += len(numbered)
-        return len(numbered)
+        self._pending += count - evicted
+        self._last_seq = seq
+        return count
 
     def read_after(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` pending (seq, payload) rows with seq > after_seq, in order."""
@@ -393,6 +400,10 @@ class Spool:
         self._db.execute("BEGIN")
         n = 0
         try:
+            span = _as_range(seqs)
+            if span is not None:  # a batch as read: one range instead of one lookup per row
+                n = self._db.execute("DELETE FROM samples WHERE seq BETWEEN ? AND ?", span).rowcount
+                seqs = ()
             for i in range(0, len(seqs), 500):
                 chunk = tuple(seqs[i : i + 500])
                 marks = ",".join("?" * len(chunk))
@@ -420,6 +431,23 @@ class Spool:
 
     def close(self) -> None:
         self._db.close()
+
+
+#: Rows per INSERT statement (4 parameters each: within SQLite's oldest limit of 999).
+_INSERT_ROWS = 200
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(rows: int) -> str:
+    return "INSERT INTO samples(seq, start_ns, energy_j, payload) VALUES " + ",".join(["(?, ?, ?, ?)"] * rows)
+
+
+def _as_range(seqs: Sequence[int]) -> tuple[int, int] | None:
+    """(lowest, highest) when ``seqs`` are exactly the integers of that range (any order), else None."""
+    if len(seqs) < 2:
+        return None
+    lo, hi = min(seqs), max(seqs)
+    return (lo, hi) if hi - lo == len(seqs) - 1 and len(set(seqs)) == len(seqs) else None
 
 
 def peek_ledger(path: Path) -> Ledger:

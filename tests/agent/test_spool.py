@@ -225,3 +225,24 @@ def test_ledger_kept_in_memory_equals_the_committed_one(tmp_path: Path) -> None:
         45, 7, 3, 5, 30) and ledger.evicted_energy_j == 50.0 and ledger.balanced
     spool.close()
     assert Spool(path).ledger() == ledger
+
+
+def test_large_appends_and_acks_of_ranges_gaps_and_any_order(tmp_path: Path) -> None:
+    """Appends of more rows than one INSERT takes keep every row in order; acknowledging a range,
+    a set with a gap, an unordered set, duplicates, and seqs already gone counts exactly what went."""
+    spool = Spool(tmp_path / "s.db")
+    spool.append(rows(450))  # three INSERT statements (200 + 200 + 50)
+    spool.append(rows(1, start=450))
+    got = spool.read_after(0, 1000)
+    assert got == [(i + 1, f"s{i}".encode()) for i in range(451)]
+    assert spool.acknowledge(list(range(1, 101))) == 100  # a range
+    assert spool.acknowledge([101, 102, 104]) == 3  # a gap: 103 stays
+    assert spool.acknowledge([110, 108, 109, 107]) == 4  # a range in any order
+    assert spool.acknowledge([105, 105, 106]) == 2  # duplicates
+    assert spool.acknowledge([1, 2, 3, 200, 201]) == 2  # 1-3 are gone already
+    assert spool.acknowledge([300]) == 1
+    left = [s for s, _ in spool.read_after(0, 1000)]
+    assert left == [103] + list(range(111, 200)) + list(range(202, 300)) + list(range(301, 452))
+    ledger = spool.ledger()
+    assert (ledger.sampled, ledger.acknowledged, ledger.pending) == (451, 112, 339) and ledger.balanced
+    assert ledger == peek_ledger(tmp_path / "s.db")
