@@ -242,7 +242,7 @@ def test_large_appends_and_acks_of_ranges_gaps_and_any_order(tmp_path: Path) -> 
     assert spool.acknowledge([1, 2, 3, 200, 201]) == 2  # 1-3 are gone already
     assert spool.acknowledge([300]) == 1
     left = [s for s, _ in spool.read_after(0, 1000)]
-    assert left == [103] + list(range(111, 200)) + list(range(202, 300)) + list(range(301, 452))
+    assert left == [103, *range(111, 200), *range(202, 300), *range(301, 452)]
     ledger = spool.ledger()
     assert (ledger.sampled, ledger.acknowledged, ledger.pending) == (451, 112, 339) and ledger.balanced
     assert ledger == peek_ledger(tmp_path / "s.db")
