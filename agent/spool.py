@@ -34,9 +34,21 @@ from gridwatt.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("gridwatt.agent.spool")
 
+# Sequence numbers are given by the Spool itself, never reused: above every seq the table holds
+# and above the samples ever counted (the ledger's ``sampled``). Spools made before that declared
+# ``seq`` AUTOINCREMENT, which makes every INSERT twice as dear; an empty one is remade on open.
+_SAMPLES_TABLE = """
+CREATE TABLE samples (
+    seq INTEGER PRIMARY KEY,
+    start_ns INTEGER NOT NULL,
+    energy_j REAL NOT NULL,
+    payload BLOB NOT NULL
+)
+"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     start_ns INTEGER NOT NULL,
     energy_j REAL NOT NULL,
     payload BLOB NOT NULL
@@ -207,6 +219,7 @@ class Spool:
             db.executescript(_SCHEMA)
             for name in _COUNTERS:
                 db.execute("INSERT OR IGNORE INTO ledger(name, value) VALUES (?, 0)", (name,))
+            _drop_autoincrement_if_empty(db)
         except (sqlite3.Error, OSError) as exc:
             raise SpoolError(f"spool {path}: cannot open: {exc}") from None
         return db
@@ -269,12 +282,17 @@ class Spool:
         return int(self._db.execute("SELECT count(*) FROM samples").fetchone()[0])
 
     def _highest_seq(self) -> int:
-        """The largest seq the samples table holds or ever held (AUTOINCREMENT's own counter)."""
-        row = self._db.execute(
-            "SELECT max(coalesce((SELECT max(seq) FROM samples), 0), "
-            "coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'samples'), 0))"
-        ).fetchone()
-        return int(row[0])
+        """A seq no sample here ever had or will reuse: the largest the table holds, the samples
+        ever counted (every append numbers as many rows as it counts, from 1), and, for a spool made
+        with AUTOINCREMENT, that counter."""
+        db = self._db
+        highest = int(db.execute("SELECT coalesce(max(seq), 0) FROM samples").fetchone()[0])
+        highest = max(highest, int(db.execute(
+            "SELECT coalesce(max(value), 0) FROM ledger WHERE name = 'sampled'").fetchone()[0]))
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+            highest = max(highest, int(db.execute(
+                "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'samples'").fetchone()[0]))
+        return highest
 
     def _bump(self, name: str, by: float) -> None:
         self._db.execute("UPDATE ledger SET value = value + ? WHERE name = ?", (by, name))
@@ -431,6 +449,23 @@ class Spool:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _drop_autoincrement_if_empty(db: sqlite3.Connection) -> None:
+    """Remake an empty samples table declared AUTOINCREMENT (a spool made by an older agent) as a
+    plain one; the ledger's ``sampled`` keeps the numbering above every seq it gave."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'samples'").fetchone()
+    if row is None or "AUTOINCREMENT" not in str(row[0]).upper():
+        return
+    db.execute("BEGIN")
+    try:
+        if db.execute("SELECT 1 FROM samples LIMIT 1").fetchone() is None:
+            db.execute("DROP TABLE samples")
+            db.execute(_SAMPLES_TABLE)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 #: Rows per INSERT statement (4 parameters each: within SQLite's oldest limit of 999).

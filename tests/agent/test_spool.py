@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from gridwatt.agent.spool import Spool, peek_ledger
@@ -246,3 +247,61 @@ def test_large_appends_and_acks_of_ranges_gaps_and_any_order(tmp_path: Path) -> 
     ledger = spool.ledger()
     assert (ledger.sampled, ledger.acknowledged, ledger.pending) == (451, 112, 339) and ledger.balanced
     assert ledger == peek_ledger(tmp_path / "s.db")
+
+
+OLD_SCHEMA = """
+CREATE TABLE samples (seq INTEGER PRIMARY KEY AUTOINCREMENT, start_ns INTEGER NOT NULL,
+                      energy_j REAL NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE rejected (seq INTEGER PRIMARY KEY, start_ns INTEGER NOT NULL, energy_j REAL NOT NULL,
+                       payload BLOB NOT NULL, reason TEXT NOT NULL, rejected_at_ns INTEGER NOT NULL);
+CREATE TABLE ledger (name TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def old_spool(path: Path, appended: int, acked: int) -> None:
+    """A spool as an agent before this one left it: seq AUTOINCREMENT, ``acked`` oldest rows gone."""
+    db = sqlite3.connect(str(path), isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(OLD_SCHEMA)
+    counters = {"sampled": appended, "acknowledged": acked, "rejected": 0, "evicted": 0,
+                "evicted_energy_j": 0.0, "lost": 0, "quarantines": 0}
+    db.executemany("INSERT INTO ledger(name, value) VALUES (?, ?)", counters.items())
+    db.executemany("INSERT INTO samples(start_ns, energy_j, payload) VALUES (?, ?, ?)", rows(appended))
+    db.execute("DELETE FROM samples WHERE seq <= ?", (acked,))
+    db.close()
+
+
+def samples_sql(path: Path) -> str:
+    db = sqlite3.connect(str(path))
+    try:
+        return str(db.execute("SELECT sql FROM sqlite_master WHERE name = 'samples'").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_an_older_spool_keeps_its_rows_and_numbering_and_is_remade_once_empty(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old_spool(path, appended=30, acked=12)
+    spool = Spool(path)
+    assert "AUTOINCREMENT" in samples_sql(path)  # rows pending: left as it is
+    assert spool.last_seq == 30 and spool.pending == 18 and spool.pending_after(12) == 18
+    spool.append(rows(5, start=30))
+    got = spool.read_after(0, 100)
+    assert got == [(i + 1, f"s{i}".encode()) for i in range(12, 35)]
+    spool.acknowledge([s for s, _ in got])
+    spool.close()
+    again = Spool(path)  # empty now: remade without AUTOINCREMENT, numbering goes on
+    assert "AUTOINCREMENT" not in samples_sql(path)
+    assert again.last_seq == 35 and again.pending == 0
+    again.append(rows(2, start=35))
+    assert again.read_after(0, 10) == [(36, b"s35"), (37, b"s36")]
+    ledger = again.ledger()
+    assert (ledger.sampled, ledger.acknowledged, ledger.pending) == (37, 35, 2) and ledger.balanced
+    again.close()
+    empty = tmp_path / "empty-old.db"
+    old_spool(empty, appended=40, acked=40)
+    spool = Spool(empty)
+    assert "AUTOINCREMENT" not in samples_sql(empty) and spool.last_seq == 40
+    spool.append(rows(1))
+    assert spool.read_after(0, 10) == [(41, b"s0")]
