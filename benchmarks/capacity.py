@@ -206,7 +206,8 @@ def raw_rate(db: LocalInfluxDB, cfg: Path, nodes: int, args: argparse.Namespace)
             rows += sampler.take(src.read())
         n += len(rows)
         batch = pb.Batch(batch_id=1, node=node, gpu_samples=rows)
-        lines += prepare_batch(batch, placement, intensity, 60 * 10**9).lines
+        lines += prepare_batch(batch, placement, intensity, 60 * 10**9,
+                               gpu_fields=config.influxdb.gpu_point_fields).lines
     step = config.influxdb.write_batch_lines
     chunks = ["\n".join(lines[i : i + step]) for i in range(0, len(lines), step)]
     say(f"raw: {n} samples, {len(lines)} lines in {len(chunks)} requests")
@@ -229,6 +230,16 @@ def rack_tables(args: argparse.Namespace) -> str:
     return "".join(tables)
 
 
+def alert_tables(args: argparse.Namespace, folder: Path) -> str:
+    """``[alerts]`` with two rules (``--alerts``), or nothing."""
+    if args.alerts == "off":
+        return ""
+    state = toml_str(str(folder / "alerts-state.json"))
+    return (f'[alerts]\nstate_file = {state}\nevaluate = "{args.alerts}"\n'
+            '[[alerts.rules]]\nname = "rack-idle"\nscope = "rack"\nutil_below_pct = 10\nfor_s = 1800\n'
+            '[[alerts.rules]]\nname = "job-idle"\nscope = "job"\nutil_below_pct = 5\nfor_s = 1200\n')
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", default="25,50,100,200,400", help="ascending node counts to try")
@@ -242,6 +253,11 @@ def main() -> None:
     p.add_argument("--max-in-flight-batches", type=int, default=2048,
                    help="the collector's server.max_in_flight_batches (its default, 64, turns batches away "
                         "at a few hundred nodes: see README 'Sizing and scaling')")
+    p.add_argument("--gpu-point-fields", choices=("all", "accounting"), default="all",
+                   help="the collector's [influxdb] gpu_point_fields (the raw rate writes the same lines)")
+    p.add_argument("--alerts", choices=("off", "always", "elected"), default="off",
+                   help="run the collector with a rack-idle and a job-idle rule, evaluated by this "
+                        "replica (always) or through the lease election (elected: progress points per node)")
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--address", "--prefix", "--folder", "--out"):
@@ -267,9 +283,10 @@ def main() -> None:
             f'[server]\ngrpc_listen = "127.0.0.1:{grpc_port}"\nhttp_listen = "127.0.0.1:{http_port}"\n'
             f'auto_register = true\nmax_in_flight_batches = {args.max_in_flight_batches}\n'
             f'[influxdb]\nurl = {toml_str(db.url)}\ndatabase = "e2e"\n'
+            f'gpu_point_fields = "{args.gpu_point_fields}"\n'
             '[accounting]\ndefault_zone = "Z"\ndefault_pue = 1.2\n'
             '[[zones]]\nname = "Z"\nintensity = { kind = "constant", g_per_kwh = 350.0 }\n'
-            + rack_tables(args)
+            + rack_tables(args) + alert_tables(args, folder)
         )
         collector = CollectorProcess(cfg, grpc_port, http_port, log_path=folder / "collector.log").start()
         try:
@@ -305,6 +322,8 @@ def main() -> None:
         "collector_cores_per_1000_samples_per_s": per_k(best["collector_cores"]) if best else None,
         "ack_p99_s": best["ack_p99_s"] if best else None,
         "linger_s": args.linger_s,
+        "gpu_point_fields": args.gpu_point_fields,
+        "alerts": args.alerts,
         "cpus": os.cpu_count(),
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         "steps": steps,

@@ -159,6 +159,13 @@ class InfluxConfig(StrictModel):
     group_commit_linger_s: float = Field(0.0, ge=0, le=1.0)
     #: Bytes of line protocol per group (InfluxDB 1.x refuses bodies over max-body-size, 25 MB).
     group_commit_max_bytes: int = Field(10_000_000, ge=1024, le=1_000_000_000)
+    #: Fields of each ``gpu`` point: "all" (telemetry included: power, utilisation, memory,
+    #: temperature, idle time, PUE, intensity, jobs...) or "accounting" (energy, facility energy,
+    #: emissions, end, emission factor, digest: what gridwatt reads back). InfluxDB's write cost grows
+    #: with the fields stored; "accounting" roughly halves it (README "Sizing and scaling"). Job, node,
+    #: rack and job_window points, reports, alerts and dashboards are the same either way; the live
+    #: per-GPU figures stay on /metrics.
+    gpu_point_fields: Literal["all", "accounting"] = "all"
     #: Tries per write request for transient failures (5xx, 429, timeouts, connection errors)
     #: before the batch is answered UNAVAILABLE (the agent keeps it and resends).
     write_attempts: int = Field(4, ge=1, le=20)

@@ -302,7 +302,8 @@ class Ingestor:
                 raise BatchRejected(f"interval_conflict: {conflict}", "interval_conflict")
         intensity = await placement.intensity.series(lo, hi)
         pue = await placement.pue_series(lo, hi)
-        prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns, pue)
+        prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns, pue,
+                                 self.store.config.gpu_point_fields)
         # the ledger and host lines ride along after the samples' lines, in the same requests
         n_lines = len(prepared.lines)
         if held is not None:  # still set at the node's next batch if this write fails

@@ -105,6 +105,12 @@ class PreparedBatch:
 #: ``energy_method="…"`` as rendered, per enum value
 _ENERGY_METHOD_FIELDS = {k: f'energy_method="{v}"' for k, v in ENERGY_METHOD_NAMES.items()}
 _ENERGY_METHOD_OTHER = 'energy_method="unspecified"'
+#: The fields of a gpu point with ``[influxdb] gpu_point_fields = "accounting"``: what gridwatt itself
+#: reads back (interval check, re-accounting, alerts) plus facility energy and the emission factor.
+#: "all" adds duration, power, utilisation, memory, temperature, idle time, PUE, intensity, energy
+#: method, jobs, intensity source and flag (README "Data model in InfluxDB").
+ACCOUNTING_GPU_FIELDS = ("energy_j", "facility_energy_j", "co2e_g", "estimated_co2e_g", "end_ns", "ef",
+                         "digest")
 #: Series at least this long keep whether they have an estimated step (scanned once, not per batch).
 _LONG_SERIES = 64
 _any_estimated_memo: dict[int, tuple[object, bool]] = {}
@@ -143,8 +149,12 @@ def prepare_batch(
     intensity: IntensitySeries,
     resolution_ns: int,
     pue: StepSeries | None = None,
+    gpu_fields: str = "all",
 ) -> PreparedBatch:
     """Account every GPU sample of the batch and render its gpu and job lines.
+
+    ``gpu_fields``: ``"all"`` (the default) or ``"accounting"``: gpu points then carry only
+    :data:`ACCOUNTING_GPU_FIELDS` (``[influxdb] gpu_point_fields``; job points are the same either way).
 
     ``pue``: the rack's PUE over the batch (from ``placement.pue_series``); default ``placement.pue``.
 
@@ -197,6 +207,7 @@ def prepare_batch(
             r = reprs[x] = repr(x)
         return r
 
+    accounting_only = gpu_fields == "accounting"
     first_line: list[int] = []
     job_points: list[JobPoint] = []
     held_point = job_points.append
@@ -250,17 +261,23 @@ def prepare_batch(
         if jobs_field is None:
             _memo_room(jobs_fields)
             jobs_field = jobs_fields[job_ids] = string_field(job_ids)
-        append(
-            f"{gpu_prefix}{gpu},uuid={uuid} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
-            f"duration_s={r_dur},power_w={s.mean_power_w!r},util_pct={util!r},"
-            f"util_pct_s={r_util_s},mem_util_pct={s.mem_util_pct!r},"
-            f"mem_used_bytes={s.mem_used_bytes}i,temp_c={s.temp_c!r},idle_s={r_idle},"
-            f"idle_energy_j={r_idle_e},pue={r_pue},intensity_g_per_kwh={r_ci},end_ns={end}i,"
-            f"{_ENERGY_METHOD_FIELDS.get(s.energy_method, _ENERGY_METHOD_OTHER)},"
-            f"jobs={jobs_field},ef={ef},intensity_source={src},"
-            f"intensity_estimated={estimated_flag},estimated_co2e_g={r_est},"
-            f"digest=\"{sample_digest(s)}\" {start}"
-        )
+        if accounting_only:
+            append(
+                f"{gpu_prefix}{gpu},uuid={uuid} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
+                f"estimated_co2e_g={r_est},end_ns={end}i,ef={ef},digest=\"{sample_digest(s)}\" {start}"
+            )
+        else:
+            append(
+                f"{gpu_prefix}{gpu},uuid={uuid} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
+                f"duration_s={r_dur},power_w={s.mean_power_w!r},util_pct={util!r},"
+                f"util_pct_s={r_util_s},mem_util_pct={s.mem_util_pct!r},"
+                f"mem_used_bytes={s.mem_used_bytes}i,temp_c={s.temp_c!r},idle_s={r_idle},"
+                f"idle_energy_j={r_idle_e},pue={r_pue},intensity_g_per_kwh={r_ci},end_ns={end}i,"
+                f"{_ENERGY_METHOD_FIELDS.get(s.energy_method, _ENERGY_METHOD_OTHER)},"
+                f"jobs={jobs_field},ef={ef},intensity_source={src},"
+                f"intensity_estimated={estimated_flag},estimated_co2e_g={r_est},"
+                f"digest=\"{sample_digest(s)}\" {start}"
+            )
         fractions: list[float] = []
         shares: list[tuple[tuple[str, str, str, dict[str, str]], float]] = []
         for j in jobs:

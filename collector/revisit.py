@@ -296,11 +296,15 @@ class EstimateRevisor:
         eff_ci = co2 * J_PER_KWH / fac if fac > 0 else intensity.series.value_at(start)
         ef = string_field(intensity.factor_at(start))
         src = string_field(intensity.source_at(start))
-        lines.append(
-            f"{gpu_key(node, rack, zone, gpu, uuid)} "
-            f"co2e_g={co2!r},estimated_co2e_g={est!r},intensity_g_per_kwh={eff_ci!r},"
-            f"intensity_estimated={'true' if est > 0 else 'false'},intensity_source={src},ef={ef} {start}"
-        )
+        if self.store.config.gpu_point_fields == "accounting":  # the fields a gpu point has
+            lines.append(f"{gpu_key(node, rack, zone, gpu, uuid)} co2e_g={co2!r},estimated_co2e_g={est!r},"
+                         f"ef={ef} {start}")
+        else:
+            lines.append(
+                f"{gpu_key(node, rack, zone, gpu, uuid)} "
+                f"co2e_g={co2!r},estimated_co2e_g={est!r},intensity_g_per_kwh={eff_ci!r},"
+                f"intensity_estimated={'true' if est > 0 else 'false'},intensity_source={src},ef={ef} {start}"
+            )
         for job_id, job_rack, frac, alias in fractions.get((node, gpu, start), []):
             lines.append(  # the same series as the point's (its alias tag kept), so it overwrites
                 f"{job_key(job_id, node, job_rack, gpu, alias)} "

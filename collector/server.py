@@ -52,6 +52,10 @@ def server_options(config: CollectorConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 10_000),
         # grpcio only times out an unanswered ping after ping_timeout_ms (default 60 s)
         ("grpc.http2.ping_timeout_ms", 10_000),
+        # no BDP probing: HTTP/2 windows stay at their default, so calls refused before their body is
+        # read (no token, too large) cannot make the collector buffer megabytes per stream (peak RSS in
+        # tests/hostile/test_ingest_attacks.py's 60 MB messages: 91-288 MB with probing, 83-85 MB without)
+        ("grpc.http2.bdp_probe", 0),
         ("grpc.max_receive_message_length", config.server.max_message_bytes),
         ("grpc.max_send_message_length", config.server.max_message_bytes),
     ]

@@ -93,10 +93,11 @@ def collector_toml(
     zones: str = '[[zones]]\nname = "Z"\nintensity = { kind = "constant", g_per_kwh = 350.0 }\n',
     racks: str = '[[racks]]\nname = "r1"\nzone = "Z"\npue = 1.2\nnodes = ["n1"]\n',
     extra_server: str = "",
+    extra_influxdb: str = "",
 ) -> str:
     return (
         f'[server]\ngrpc_listen = "127.0.0.1:{grpc_port}"\nhttp_listen = "127.0.0.1:{http_port}"\n'
         f"{extra_server}\n"
-        f"[influxdb]\nurl = {toml_str(influx_url)}\ndatabase = {toml_str(database)}\n\n"
+        f"[influxdb]\nurl = {toml_str(influx_url)}\ndatabase = {toml_str(database)}\n{extra_influxdb}\n"
         f"{zones}\n{racks}\n"
     )

@@ -25,6 +25,7 @@ import grpc
 import pytest
 from aiohttp import web
 
+from gridwatt.collector.points import ACCOUNTING_GPU_FIELDS
 from gridwatt.collector.revisit import EstimateRevisor
 from gridwatt.collector.server import RunningCollector
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
@@ -74,7 +75,7 @@ async def api() -> AsyncIterator[tuple[GridServer, PastRange]]:
 
 
 def toml(tmp: Path, influx_url: str, database: str, api_url: str, chain: bool = True,
-         lookback_s: float = 3600.0, nodes: str = '"n1"') -> str:
+         lookback_s: float = 3600.0, nodes: str = '"n1"', gpu_fields: str = "all") -> str:
     key = tmp / "em.key"
     key.write_text("k-test\n")
     key.chmod(0o600)
@@ -89,6 +90,7 @@ def toml(tmp: Path, influx_url: str, database: str, api_url: str, chain: bool = 
         zones = f'[[zones]]\nname = "MISO"\n[zones.intensity]\n{em}'
     return collector_toml(
         influx_url, database, zones=zones,
+        extra_influxdb=f'gpu_point_fields = "{gpu_fields}"\n',
         racks=f'[[racks]]\nname = "r1"\nzone = "MISO"\npue = 1.2\nnodes = [{nodes}]\n',
         # the revisit runs only when a test calls run_once()
         extra_server=f"\n[accounting]\nestimate_revisit_s = 86400\nestimate_lookback_s = {lookback_s}\n",
@@ -125,12 +127,14 @@ def samples(node: str = "n1") -> list[pb.Batch]:
     return batches(node, sim_samples(node, 1, T8, 36000, 300.0, 60.0), 100)
 
 
+@pytest.mark.parametrize("gpu_fields", ["all", "accounting"])
 async def test_held_then_fallback_then_replaced_exact_under_resends(
-    tmp_path: Path, influxdb: LocalInfluxDB, database: str, api: tuple[GridServer, PastRange]
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str, api: tuple[GridServer, PastRange], gpu_fields: str
 ) -> None:
     server, handler = api
     bs = samples()
-    async with running_collector(tmp_path, toml(tmp_path, influxdb.url, database, server.base_url)) as c:
+    cfg = toml(tmp_path, influxdb.url, database, server.base_url, gpu_fields=gpu_fields)
+    async with running_collector(tmp_path, cfg) as c:
         assert await send(c, bs) == [0] * 6
         during = (await job(c))
         assert during["co2e_kg"] * 1000 == pytest.approx(OUTAGE_G, rel=1e-9)
@@ -171,6 +175,8 @@ async def test_held_then_fallback_then_replaced_exact_under_resends(
         pytest.approx(FULL_G, rel=1e-9), 0.0, 600)
     assert (first_row(node)["sum"], first_row(node)["sum_1"]) == (pytest.approx(FULL_G, rel=1e-9), 0.0)
     assert (first_row(jw)["sum"], first_row(jw)["sum_1"]) == (pytest.approx(FULL_G, rel=1e-9), 0.0)
+    (keys,) = influx_query(influxdb.url, database, "SHOW FIELD KEYS FROM gpu")
+    assert len(keys["series"][0]["values"]) == (22 if gpu_fields == "all" else len(ACCOUNTING_GPU_FIELDS))
 
 
 async def test_look_back_bound_leaves_old_estimates(
