@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 from gridwatt.agent.spool import Spool, peek_ledger
@@ -305,3 +307,30 @@ def test_an_older_spool_keeps_its_rows_and_numbering_and_is_remade_once_empty(tm
     assert "AUTOINCREMENT" not in samples_sql(empty) and spool.last_seq == 40
     spool.append(rows(1))
     assert spool.read_after(0, 10) == [(41, b"s0")]
+
+
+def test_a_killed_agent_leaves_every_unacknowledged_row_and_numbering_goes_on(tmp_path: Path) -> None:
+    """SIGKILL right after appends and acknowledgements (nothing closed): on reopen every row not
+    acknowledged is there, byte for byte, the ledger balances, and new rows number above the old."""
+    path = tmp_path / "s.db"
+    script = (
+        "import os, signal\n"
+        "from pathlib import Path\n"
+        "from gridwatt.agent.spool import Spool\n"
+        f"spool = Spool(Path({str(path)!r}))\n"
+        "for k in range(5):\n"
+        "    spool.append([(k * 8 + i, 1.5, b'p%d' % (k * 8 + i)) for i in range(8)])\n"
+        "spool.acknowledge(list(range(1, 17)))\n"  # the first two appends
+        "spool.acknowledge([20, 21])\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], check=False)
+    assert proc.returncode == -9
+    spool = Spool(path)
+    expected = [(s, b"p%d" % (s - 1)) for s in range(17, 41) if s not in (20, 21)]
+    assert spool.read_after(0, 100) == expected and spool.last_seq == 40
+    ledger = spool.ledger()
+    assert (ledger.sampled, ledger.acknowledged, ledger.pending) == (40, 18, 22) and ledger.balanced
+    assert ledger == peek_ledger(path)
+    spool.append(rows(1))
+    assert spool.read_after(40, 10) == [(41, b"s0")]
