@@ -21,6 +21,10 @@ Each stage is timed on its own over the same batches (CPU time of this process,
 * ``handle``     the whole ``Ingestor.handle`` (all of the above but parse, plus IngestStats and
   the node lock) with ``rack_windows`` off and a store that keeps the lines in memory (the
   InfluxDB write path and the rack rollups are measured by benchmarks/capacity.py)
+* ``held``       ``Ingestor.handle`` as the collector runs it by default: rack windows on (``RackRollup``
+  with held node state), the interval check on, against a store that keeps lines in memory and
+  answers every InfluxQL read empty (so each node's state is filled once, then held); the
+  rollups' own reads and read-backs (none here) are measured by benchmarks/capacity.py
 * ``grpc``       CPU time of this process while a child process streams the same batches over
   real gRPC (one stream per node, as agents do) to ``IngestService`` on that ``Ingestor``: gRPC
   receive, parse and ``handle``, and the Acks (``--no-grpc`` skips it)
@@ -47,6 +51,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 
@@ -57,6 +62,7 @@ from gridwatt.collector.ledger import LedgerBook
 from gridwatt.collector.live_metrics import LiveAccounts
 from gridwatt.collector.node_state import HeldNodes
 from gridwatt.collector.points import UNATTRIBUTED, host_lines, prepare_batch
+from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import WriteResult
 from gridwatt.collector.validation import Limits, validate_batch, validate_host_samples
 from gridwatt.collector.wiring import build_topology
@@ -137,9 +143,12 @@ class MemoryStore:
 
     serving = True
     health_reason = ""
+    #: ``[influxdb] gpu_point_fields`` (``--gpu-point-fields``)
+    gpu_point_fields = "all"
 
     def __init__(self) -> None:
         self.lines = 0
+        self.config = SimpleNamespace(gpu_point_fields=MemoryStore.gpu_point_fields)
 
     async def write_lines(self, lines: list[str]) -> WriteResult:
         self.lines += len(lines)
@@ -147,6 +156,19 @@ class MemoryStore:
 
     def retry_after_s(self) -> float:
         return 1.0
+
+
+class EmptyQueryStore(MemoryStore):
+    """A MemoryStore that answers every InfluxQL statement with no rows (nothing stored before)."""
+
+    def measurement(self, name: str) -> str:
+        return name
+
+    async def query(self, q: str, method: str = "GET") -> list[dict[str, object]]:
+        return [{} for _ in q.split(";")]
+
+    async def note_unreachable(self, reason: str) -> None:
+        raise AssertionError(reason)
 
 
 class NoRollup:
@@ -224,8 +246,11 @@ def main() -> None:
     ap.add_argument("--linger-s", type=int, default=2, help="1-second intervals per batch (16 samples at 2)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-grpc", action="store_true", help="skip the gRPC stage")
+    ap.add_argument("--gpu-point-fields", choices=("all", "accounting"), default="all",
+                    help="[influxdb] gpu_point_fields of the collector (prepare and the handle stages)")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N cProfile entries")
     args = ap.parse_args()
+    MemoryStore.gpu_point_fields = args.gpu_point_fields
 
     with tempfile.TemporaryDirectory() as tmp_name:
         cfg = make_config(Path(tmp_name), args.nodes)
@@ -281,7 +306,7 @@ def main() -> None:
 
     def prepare() -> None:
         for b, p, (ci, pue) in zip(batches, placements, looked, strict=True):
-            prepare_batch(b, p, ci, resolution_ns, pue)  # type: ignore[arg-type]
+            prepare_batch(b, p, ci, resolution_ns, pue, args.gpu_point_fields)  # type: ignore[arg-type]
 
     firsts = [prepare_batch(b, p, ci, resolution_ns, pue).first_line  # type: ignore[arg-type]
               for b, p, (ci, pue) in zip(batches, placements, looked, strict=True)]
@@ -313,10 +338,22 @@ def main() -> None:
     def handle() -> None:
         loop.run_until_complete(handle_all(new_ingestor()))
 
+    async def held_all() -> None:
+        store = EmptyQueryStore()
+        rollup = RackRollup(store, 60)  # type: ignore[arg-type]
+        ing = Ingestor(topology, store, rollup, limits, rack_windows=True,  # type: ignore[arg-type]
+                       bounds=NodeBounds(jobs=JobSeriesBudget(1_000_000), check_intervals=True))
+        ing.on_accounted = LiveAccounts().observe
+        await handle_all(ing)
+        await rollup.close()
+
+    def held() -> None:
+        loop.run_until_complete(held_all())
+
     # validation's future check uses the wall clock inside Ingestor: the samples are in 2022
     stages: dict[str, Callable[[], None]] = {
         "parse": parse, "validate": validate, "locate": locate, "bounds": bounds, "lookups": lookups,
-        "prepare": prepare, "side": side, "live": live, "handle": handle,
+        "prepare": prepare, "side": side, "live": live, "handle": handle, "held": held,
     }
     us: dict[str, float] = {}
     for name, fn in stages.items():

@@ -29,13 +29,14 @@ from google.protobuf.message import DecodeError
 
 from gridwatt import __version__
 from gridwatt.collector.auth import AuthError, Identity, NodeAuth
+from gridwatt.collector.batch_scan import BatchScan
 from gridwatt.collector.bounds import JobSeriesBudget, NodeSlots
 from gridwatt.collector.ingest_stats import IngestStats
 from gridwatt.collector.intensity.base import IntensityUnavailable
 from gridwatt.collector.intervals import first_conflict, stored_intervals
 from gridwatt.collector.ledger import LedgerBook
 from gridwatt.collector.node_state import NodeHeld
-from gridwatt.collector.points import UNATTRIBUTED, host_lines, prepare_batch, sample_digest
+from gridwatt.collector.points import host_lines, prepare_batch, sample_digest
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore, QueryError, StoreRejected, StoreUnavailable
 from gridwatt.collector.topology import Placement, Topology
@@ -105,7 +106,7 @@ class Ingestor:
         self.on_stored = on_stored
         #: called with (zone, start_ns, end_ns) after a batch accounted with estimated intensity is stored
         self.on_estimated = on_estimated
-        #: Called with (batch, placement, intensity, pue, first_line, refused lines) once stored.
+        #: Called with (batch, placement, intensity, pue, first_line, refused lines, scan) once stored.
         self.on_accounted: Callable[..., None] | None = None
         #: True while batches are turned away for overload; listeners hear every change.
         self.overloaded = False
@@ -213,7 +214,7 @@ class Ingestor:
 
     async def _process(self, batch: pb.Batch, n: int, hold: bool = True) -> _Outcome:
         try:
-            validate_batch(batch, self.limits, time.time_ns())
+            scan = validate_batch(batch, self.limits, time.time_ns())
             placement = self.topology.locate(batch.node)
             if placement is None:
                 return self._unknown_node(batch, n)
@@ -227,7 +228,7 @@ class Ingestor:
             if lock is None:
                 lock = self._node_locks[batch.node] = asyncio.Lock()
             async with lock:
-                outcome = await self._store_samples(batch, n, placement, side_lines, hold)
+                outcome = await self._store_samples(batch, n, placement, side_lines, scan, hold)
             if outcome.after is not None:  # the rack windows: the node's next batch need not wait
                 await outcome.after()
             return outcome
@@ -254,10 +255,10 @@ class Ingestor:
                                 self.store.retry_after_s())
 
     async def _store_samples(self, batch: pb.Batch, n: int, placement: Placement,
-                             side_lines: list[str], hold: bool = True) -> _Outcome:
+                             side_lines: list[str], scan: BatchScan, hold: bool = True) -> _Outcome:
         """Check the node's job budget and stored GPU time, then account and write (under the node lock)."""
         budget = self.bounds.jobs
-        job_ids = [j.job_id for s in batch.gpu_samples for j in s.jobs if j.job_id != UNATTRIBUTED]
+        job_ids = scan.job_ids
         new_jobs = budget.new_jobs(batch.node, job_ids)
         wait_s = budget.check(batch.node, new_jobs)
         if math.isinf(wait_s):
@@ -272,8 +273,8 @@ class Ingestor:
                 batch, n, "too_many_new_jobs",
                 f"too_many_new_jobs: this node introduced {budget.used(batch.node)} new job ids in the last "
                 f"hour (server.max_new_jobs_per_node_per_hour = {budget.per_hour}); resend later", wait_s)
-        lo = min(s.start_ns for s in batch.gpu_samples)
-        hi = max(s.end_ns for s in batch.gpu_samples)
+        lo, hi = scan.lo_ns, scan.hi_ns
+        samples = scan.samples
         held: NodeHeld | None = None  # the node's held state (collector/node_state.py)
         hold = hold and self.rack_windows
         if self.bounds.check_intervals or hold:
@@ -286,14 +287,14 @@ class Ingestor:
                 if hold:
                     held = await self.rollup.held.acquire(batch.node, lo, lookback)
                 if self.bounds.check_intervals:
-                    samples = list(batch.gpu_samples)
                     stored = held.interval_view(samples, lo, lookback) if held is not None else None
                     if stored is None:
                         self.rollup.held.interval_checks_read += 1
                         stored = await stored_intervals(self.store, batch.node, lo, hi, lookback)
                     else:
                         self.rollup.held.interval_checks_held += 1
-                    conflict = first_conflict(samples, [sample_digest(s) for s in samples], stored)
+                    scan.digests = [sample_digest(s) for s in samples]  # the gpu points store them too
+                    conflict = first_conflict(samples, scan.digests, stored)
             except QueryError as exc:
                 if "unreachable" in str(exc):  # down, as a failed write would find: health follows
                     await self.store.note_unreachable(str(exc))
@@ -303,7 +304,7 @@ class Ingestor:
         intensity = await placement.intensity.series(lo, hi)
         pue = await placement.pue_series(lo, hi)
         prepared = prepare_batch(batch, placement, intensity, self.rollup.resolution_ns, pue,
-                                 self.store.config.gpu_point_fields)
+                                 self.store.config.gpu_point_fields, scan)
         # the ledger and host lines ride along after the samples' lines, in the same requests
         n_lines = len(prepared.lines)
         if held is not None:  # still set at the node's next batch if this write fails
@@ -318,18 +319,19 @@ class Ingestor:
         if self.on_estimated is not None and prepared.estimated_co2e_g > 0:
             self.on_estimated(placement.zone, lo, hi)
         if self.on_accounted is not None:  # the live view on /metrics (collector/live_metrics.py)
-            self.on_accounted(batch, placement, intensity, pue, prepared.first_line, result.rejected)
+            self.on_accounted(batch, placement, intensity, pue, prepared.first_line, result.rejected, scan)
         after = None
         if self.rack_windows:
             await self.rollup.recompute_node(batch.node, placement.rack, placement.zone, prepared.windows,
-                                             None if result.rejected else held, batch.gpu_samples,
+                                             None if result.rejected else held, samples,
                                              prepared.job_points)
             # a batch may end part way through an interval's GPUs: the node has reported
             # completely only up to the earliest of its GPUs' latest ends
             latest: dict[int, int] = {}
-            for s in batch.gpu_samples:
-                if s.end_ns > latest.get(s.gpu_index, 0):
-                    latest[s.gpu_index] = s.end_ns
+            for s in samples:
+                end_ns = s.end_ns
+                if end_ns > latest.get(s.gpu_index, 0):
+                    latest[s.gpu_index] = end_ns
 
             async def after() -> None:
                 await self.rollup.recompute_rack(placement.rack, placement.zone, prepared.windows)

@@ -19,6 +19,7 @@ it opens a new stream, so between replicas the check holds as long as a node str
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gridwatt.collector import queries
@@ -68,35 +69,51 @@ def _same(s: pb.GpuSample, digest: str, stored: StoredInterval) -> bool:
     return stored.end_ns == s.end_ns and stored.energy_j == s.energy_j
 
 
-def first_conflict(samples: list[pb.GpuSample], digests: list[str], stored: StoredGpuTime) -> str | None:
-    """A description of the first sample that would account GPU time twice, or None."""
-    by_gpu: dict[int, list[int]] = defaultdict(list)
+def first_conflict(samples: Sequence[pb.GpuSample], digests: list[str], stored: StoredGpuTime) -> str | None:
+    """A description of the first sample that would account GPU time twice, or None.
+
+    Each GPU's samples are taken in (start, end, index) order; the description of a sample is
+    rendered only for the one returned.
+    """
+    by_gpu: dict[int, list[tuple[int, int, int]]] = {}
     for i, s in enumerate(samples):
-        by_gpu[s.gpu_index].append(i)
-    for gpu, idx in by_gpu.items():
-        idx.sort(key=lambda i: (samples[i].start_ns, samples[i].end_ns))
-        points = sorted(stored.inside.get(gpu, {}).values(), key=lambda p: p.start_ns)
+        gpu = s.gpu_index
+        item = (s.start_ns, s.end_ns, i)
+        mine = by_gpu.get(gpu)
+        if mine is None:
+            by_gpu[gpu] = [item]
+        else:
+            mine.append(item)
+    for gpu, items in by_gpu.items():
+        items.sort()
+        inside = stored.inside.get(gpu)
+        points = sorted(inside.values(), key=lambda p: p.start_ns) if inside else ()
         before = stored.end_before.get(gpu, 0)
-        prev: int | None = None
-        for i in idx:
-            s = samples[i]
-            where = f"gpu_samples[{i}] (gpu {gpu}, {s.start_ns}..{s.end_ns})"
+        prev: tuple[int, int, int] | None = None
+        for start, end, i in items:
             if prev is not None:
-                p = samples[prev]
-                if s.start_ns < p.end_ns and not (s.start_ns == p.start_ns and digests[i] == digests[prev]):
-                    return (f"{where} overlaps gpu_samples[{prev}] ({p.start_ns}..{p.end_ns}) "
+                p_start, p_end, p_i = prev
+                if start < p_end and not (start == p_start and digests[i] == digests[p_i]):
+                    return (f"{_where(i, gpu, start, end)} overlaps gpu_samples[{p_i}] ({p_start}..{p_end}) "
                             "of the same batch")
-            prev = i
-            if before > s.start_ns:
+            prev = (start, end, i)
+            if before > start:
+                where = _where(i, gpu, start, end)
                 return f"{where} overlaps a stored interval of this GPU that ends at {before}"
             for pt in points:
-                if pt.start_ns >= s.end_ns:
+                if pt.start_ns >= end:
                     break
-                if pt.start_ns == s.start_ns:
-                    if not _same(s, digests[i], pt):
+                if pt.start_ns == start:
+                    if not _same(samples[i], digests[i], pt):
+                        where = _where(i, gpu, start, end)
                         return (f"{where} repeats the start of a stored interval of this GPU with other "
                                 f"values (stored {pt.start_ns}..{pt.end_ns}, {pt.energy_j!r} J); "
                                 "a resend must be identical")
-                elif pt.end_ns > s.start_ns:
+                elif pt.end_ns > start:
+                    where = _where(i, gpu, start, end)
                     return f"{where} overlaps the stored interval {pt.start_ns}..{pt.end_ns} of this GPU"
     return None
+
+
+def _where(i: int, gpu: int, start_ns: int, end_ns: int) -> str:
+    return f"gpu_samples[{i}] (gpu {gpu}, {start_ns}..{end_ns})"

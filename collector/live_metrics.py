@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gridwatt.collector.accounting import J_PER_KWH, facility_and_emissions, steady_over
+from gridwatt.collector.batch_scan import BatchScan, scan_batch
 from gridwatt.timeutil import NS_PER_S
 from gridwatt.v1 import telemetry_pb2 as pb
 
@@ -43,9 +44,6 @@ if TYPE_CHECKING:
 
 PREFIX = "gridwatt_"
 UNATTRIBUTED = "unattributed"
-#: Whether the wire's JobShare carries an account (the label stays empty until it does).
-_ACCOUNT = "account"
-_HAS_ACCOUNT = _ACCOUNT in pb.JobShare.DESCRIPTOR.fields_by_name
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
@@ -173,8 +171,10 @@ class LiveAccounts:
         pue: StepSeries,
         first_line: list[int] | None = None,
         refused_lines: Collection[int] = (),
+        scan: BatchScan | None = None,
     ) -> None:
-        """Count the stored samples of ``batch`` (those with no line in ``refused_lines``)."""
+        """Count the stored samples of ``batch`` (those with no line in ``refused_lines``); ``scan``:
+        the batch's scan (collector/batch_scan.py), default: scanned here."""
         refused: set[int] = set()
         if refused_lines and first_line:
             refused = {bisect.bisect_right(first_line, line) - 1 for line in refused_lines}
@@ -182,11 +182,13 @@ class LiveAccounts:
         node, rack, zone = batch.node, placement.rack, placement.zone
         ci = intensity.series
         latest_end = -1
-        samples = batch.gpu_samples
+        if scan is None:
+            scan = scan_batch(batch)
+        samples = scan.samples
+        all_shares = scan.shares
         # PUE and intensity constant over the batch (the real-time case): the same two
         # multiplications facility_and_emissions makes for each sample (accounting.steady_over)
-        steady = (steady_over(pue, ci, min(s.start_ns for s in samples), max(s.end_ns for s in samples))
-                  if samples else None)
+        steady = steady_over(pue, ci, scan.lo_ns, scan.hi_ns) if samples else None
         for i, s in enumerate(samples):
             if i in refused:
                 continue
@@ -221,11 +223,8 @@ class LiveAccounts:
             if end_ns > latest_end:
                 latest_end = end_ns
             rest = 1.0
-            for share in s.jobs:
-                account = getattr(share, _ACCOUNT) if _HAS_ACCOUNT else ""
-                fraction = share.fraction
-                self._add_job(share.job_id, share.user, account, fraction,
-                              e, fac, co2, idle_e, dur_s, key, now)
+            for info, fraction in all_shares[i]:
+                self._add_job(info[0], info[3], info[5], fraction, e, fac, co2, idle_e, dur_s, key, now)
                 rest -= fraction
             if rest > 1e-9:
                 self._add_job(UNATTRIBUTED, "", "", rest, e, fac, co2, idle_e, dur_s, key, now)

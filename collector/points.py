@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gridwatt.collector.accounting import J_PER_KWH, emissions_with_estimated, steady_over
+from gridwatt.collector.batch_scan import UNATTRIBUTED, UNATTRIBUTED_INFO, BatchScan, ShareInfo, scan_batch
 from gridwatt.collector.intensity.base import IntensitySeries
 from gridwatt.collector.schema import (
     WHO_FIELDS,
@@ -32,7 +33,7 @@ from gridwatt.collector.topology import Placement
 from gridwatt.timeutil import NS_PER_S
 from gridwatt.v1 import telemetry_pb2 as pb
 
-UNATTRIBUTED = "unattributed"
+__all__ = ["UNATTRIBUTED", "JobPoint", "PreparedBatch", "host_lines", "prepare_batch", "sample_digest"]
 
 ENERGY_METHOD_NAMES = {
     pb.ENERGY_METHOD_UNSPECIFIED: "unspecified",
@@ -52,10 +53,31 @@ ATTRIBUTION_NAMES: dict[int, str] = {
 }
 
 
+def _has_map_field(desc: Any, seen: set[str] | None = None) -> bool:
+    """Whether a message type (its descriptor) has a map field, itself or in any message type it contains."""
+    seen = set() if seen is None else seen
+    if desc.full_name in seen:
+        return False
+    seen.add(desc.full_name)
+    for f in desc.fields:
+        if f.message_type is not None and (f.message_type.GetOptions().map_entry
+                                           or _has_map_field(f.message_type, seen)):
+            return True
+    return False
+
+
+#: ``deterministic=True`` orders map entries and changes nothing else: without a map field in
+#: GpuSample, the plain serialization is the same bytes (tests/collector/test_batch_scan.py), cheaper.
+_DIGEST_DETERMINISTIC = _has_map_field(pb.GpuSample.DESCRIPTOR)
+_sha256 = hashlib.sha256
+
+
 def sample_digest(s: pb.GpuSample) -> str:
     """128-bit hex digest of a sample's values (its deterministic serialization): stored as the ``gpu``
     point's ``digest`` field, so an exact resend is told from a rewrite (collector/intervals.py)."""
-    return hashlib.sha256(s.SerializeToString(deterministic=True)).digest()[:16].hex()
+    if _DIGEST_DETERMINISTIC:
+        return _sha256(s.SerializeToString(deterministic=True)).digest()[:16].hex()
+    return _sha256(s.SerializeToString()).digest()[:16].hex()
 
 
 def _attribution_fields(method: int, user: str, split_estimated: bool, *who: str) -> str:
@@ -119,7 +141,7 @@ _any_estimated_memo: dict[int, tuple[object, bool]] = {}
 #: ``_MEMO_MAX`` entries each (then emptied).
 _MEMO_MAX = 100_000
 _tag_memo: dict[str, str] = {}
-_share_memo: dict[tuple[Any, ...], tuple[str, str, str, dict[str, str]]] = {}
+_share_memo: dict[tuple[str, ShareInfo], tuple[str, str, str, dict[str, str]]] = {}
 _jobs_field_memo: dict[str, str] = {}
 
 
@@ -150,6 +172,7 @@ def prepare_batch(
     resolution_ns: int,
     pue: StepSeries | None = None,
     gpu_fields: str = "all",
+    scan: BatchScan | None = None,
 ) -> PreparedBatch:
     """Account every GPU sample of the batch and render its gpu and job lines.
 
@@ -157,13 +180,18 @@ def prepare_batch(
     :data:`ACCOUNTING_GPU_FIELDS` (``[influxdb] gpu_point_fields``; job points are the same either way).
 
     ``pue``: the rack's PUE over the batch (from ``placement.pue_series``); default ``placement.pue``.
+    ``scan``: the batch's scan (collector/batch_scan.py, as ``validate_batch`` returns it), with the
+    samples' digests where already computed; default: scanned here.
 
     The hot path of ingest: when neither PUE nor intensity steps within the batch's span (the
     real-time case) each sample is two multiplications (accounting.steady_over); a job share of the
     whole GPU reuses the GPU line's numbers (``x * 1.0 == x``); repeated values are formatted once.
     The text is exactly what the straightforward rendering gives (tests/collector/test_cpu_golden.py).
     """
-    samples = batch.gpu_samples
+    if scan is None:
+        scan = scan_batch(batch)
+    samples = scan.samples
+    digests = scan.digests
     node_t = tag(batch.node)
     rack_t = tag(placement.rack)
     gpu_prefix = gpu_key_head(node_t, rack_t, tag(placement.zone))
@@ -176,9 +204,9 @@ def prepare_batch(
     ci = intensity.series
     any_estimated = _any_estimated(ci)
     steady = None
+    lo = scan.lo_ns
     if samples:
-        lo = min(s.start_ns for s in samples)
-        steady = steady_over(pue, ci, lo, max(s.end_ns for s in samples))
+        steady = steady_over(pue, ci, lo, scan.hi_ns)
     if steady is not None:
         steady_pue, steady_ci = steady
         steady_estimated = any_estimated and ci.is_estimated_at(lo)
@@ -190,28 +218,20 @@ def prepare_batch(
     windows: set[int] = set()
     total_e = total_c = total_est = 0.0
     tag_cache = _tag_memo
-    # (node/rack key tail, job id, alias, method, user, split estimated, account, partition,
-    # namespace, job name) → the job line's series key up to the GPU index, and its attribution fields
+    # (node/rack key tail, share info) → the job line's series key up to the GPU index, and its
+    # attribution fields
     share_cache = _share_memo
     jobs_fields = _jobs_field_memo
     # repr of values that repeat within a batch (PUE, intensity, duration, ...); never 0.0 / -0.0,
     # which are equal keys with different reprs
     reprs: dict[float, str] = {}
 
-    def repr_once(x: float) -> str:
-        """repr(x), formatted once per batch for values that repeat (zeros never cached)."""
-        if not x:
-            return repr(x)
-        r = reprs.get(x)
-        if r is None:
-            r = reprs[x] = repr(x)
-        return r
-
     accounting_only = gpu_fields == "accounting"
     first_line: list[int] = []
     job_points: list[JobPoint] = []
     held_point = job_points.append
-    for s in samples:
+    last_start = None
+    for i, s in enumerate(samples):
         first_line.append(len(lines))
         start = s.start_ns
         end = s.end_ns
@@ -251,22 +271,49 @@ def prepare_batch(
         r_est = repr(est_co2)
         r_util_s = repr(util_s)
         r_idle_e = repr(idle_e)
-        r_dur = repr_once(dur_s)
-        r_idle = repr_once(idle_s)
-        r_pue = repr_once(eff_pue)
-        r_ci = repr_once(eff_ci)
-        jobs = s.jobs
-        job_ids = ",".join([j.job_id for j in jobs])
-        jobs_field = jobs_fields.get(job_ids)
-        if jobs_field is None:
-            _memo_room(jobs_fields)
-            jobs_field = jobs_fields[job_ids] = string_field(job_ids)
+        # repr formatted once per batch for these (inline: a call per value costs more than a lookup)
+        r_dur = reprs.get(dur_s)
+        if r_dur is None:
+            r_dur = repr(dur_s)
+            if dur_s:
+                reprs[dur_s] = r_dur
+        r_idle = reprs.get(idle_s)
+        if r_idle is None:
+            r_idle = repr(idle_s)
+            if idle_s:
+                reprs[idle_s] = r_idle
+        fractions: list[float] = []
+        shares: list[tuple[tuple[str, str, str, dict[str, str]], float]] = []
+        for info, frac in scan.shares[i]:
+            fractions.append(frac)
+            key = (job_suffix, info)
+            head_how = share_cache.get(key)
+            if head_how is None:
+                _memo_room(share_cache)
+                head_how = share_cache[key] = _job_head(job_suffix, info, tag_cache)
+            shares.append((head_how, frac))
+        digest = digests[i] if digests is not None else sample_digest(s)
         if accounting_only:
             append(
                 f"{gpu_prefix}{gpu},uuid={uuid} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
-                f"estimated_co2e_g={r_est},end_ns={end}i,ef={ef},digest=\"{sample_digest(s)}\" {start}"
+                f"estimated_co2e_g={r_est},end_ns={end}i,ef={ef},digest=\"{digest}\" {start}"
             )
         else:
+            job_ids = ",".join([sh[0][2] for sh in shares])
+            jobs_field = jobs_fields.get(job_ids)
+            if jobs_field is None:
+                _memo_room(jobs_fields)
+                jobs_field = jobs_fields[job_ids] = string_field(job_ids)
+            r_pue = reprs.get(eff_pue)
+            if r_pue is None:
+                r_pue = repr(eff_pue)
+                if eff_pue:
+                    reprs[eff_pue] = r_pue
+            r_ci = reprs.get(eff_ci)
+            if r_ci is None:
+                r_ci = repr(eff_ci)
+                if eff_ci:
+                    reprs[eff_ci] = r_ci
             append(
                 f"{gpu_prefix}{gpu},uuid={uuid} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
                 f"duration_s={r_dur},power_w={s.mean_power_w!r},util_pct={util!r},"
@@ -276,27 +323,15 @@ def prepare_batch(
                 f"{_ENERGY_METHOD_FIELDS.get(s.energy_method, _ENERGY_METHOD_OTHER)},"
                 f"jobs={jobs_field},ef={ef},intensity_source={src},"
                 f"intensity_estimated={estimated_flag},estimated_co2e_g={r_est},"
-                f"digest=\"{sample_digest(s)}\" {start}"
+                f"digest=\"{digest}\" {start}"
             )
-        fractions: list[float] = []
-        shares: list[tuple[tuple[str, str, str, dict[str, str]], float]] = []
-        for j in jobs:
-            frac = j.fraction
-            fractions.append(frac)
-            key = (job_suffix, j.job_id, j.alias, j.method, j.user, j.split_estimated, j.account,
-                   j.partition, j.namespace, j.job_name)
-            head_how = share_cache.get(key)
-            if head_how is None:
-                _memo_room(share_cache)
-                head_how = share_cache[key] = _job_head(key, tag_cache)
-            shares.append((head_how, frac))
         remaining = 1.0 - sum(fractions)
         if remaining > 1e-9:
-            key = (job_suffix, UNATTRIBUTED, "", pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False, "", "", "", "")
+            key = (job_suffix, UNATTRIBUTED_INFO)
             head_how = share_cache.get(key)
             if head_how is None:
                 _memo_room(share_cache)
-                head_how = share_cache[key] = _job_head(key, tag_cache)
+                head_how = share_cache[key] = _job_head(job_suffix, UNATTRIBUTED_INFO, tag_cache)
             shares.append((head_how, remaining))
         for (head, how, job_id, who_values), frac in shares:
             if frac == 1.0:  # the whole GPU: x * 1.0 is x, bit for bit, so the GPU line's text holds
@@ -319,15 +354,18 @@ def prepare_batch(
                 f"fraction={frac!r},end_ns={end}i,ef={ef}{how} {start}"
             )
             held_point(JobPoint(gpu, job_id, start, end, sums, who_values))
-        windows.add(start - start % resolution_ns)
+        if start != last_start:  # the GPUs of one interval share its start
+            windows.add(start - start % resolution_ns)
+            last_start = start
     return PreparedBatch(lines, windows, len(samples), total_e, total_c, total_est, first_line,
                          job_points)
 
 
-def _job_head(key: tuple[Any, ...], tag_cache: dict[str, str]) -> tuple[str, str, str, dict[str, str]]:
+def _job_head(job_suffix: str, info: ShareInfo,
+              tag_cache: dict[str, str]) -> tuple[str, str, str, dict[str, str]]:
     """(series key up to the GPU index, attribution fields, job id, non-empty who-fields) of a job
     share (see ``prepare_batch``; the who dict is shared by the share's JobPoints: read only)."""
-    job_suffix, job_id, alias, method, user, estimated, *who = key
+    job_id, alias, method, user, estimated, *who = info
     job_t = tag_cache.get(job_id)
     if job_t is None:
         _memo_room(tag_cache)

@@ -42,7 +42,12 @@ _TAG_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\\": "\\\\", 
 
 def tag(value: str) -> str:
     """Escape a tag key or value (commas, spaces, equals signs, backslashes)."""
-    return value.translate(_TAG_ESCAPES) if value else "none"
+    if not value:
+        return "none"
+    # most values need no escape: five substring tests cost a fifth of the translation
+    if "," in value or " " in value or "=" in value or "\\" in value or "\n" in value:
+        return value.translate(_TAG_ESCAPES)
+    return value
 
 
 def string_field(value: str) -> str:

@@ -21,6 +21,7 @@ from gridwatt.collector.auth import NodeAuth
 from gridwatt.collector.auth_interceptor import TokenInterceptor
 from gridwatt.collector.bounds import JobSeriesBudget, NodeSlots
 from gridwatt.collector.config import CollectorConfig, ServerConfig
+from gridwatt.collector.gc_tuning import tune_after_start
 from gridwatt.collector.http_guard import HttpGuard
 from gridwatt.collector.ingest import Ingestor, IngestService, NodeBounds
 from gridwatt.collector.job_index import JobIndex
@@ -328,6 +329,7 @@ def replica_id(config: CollectorConfig) -> str:
 async def serve(config: CollectorConfig) -> None:
     """Run until SIGINT/SIGTERM."""
     running = await start_collector(config)
+    tune_after_start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -6,6 +6,15 @@ import math
 import re
 from dataclasses import dataclass
 
+from gridwatt.collector.batch_scan import (
+    MEMO_MAX,
+    MEMO_SHARE_BYTES,
+    UNATTRIBUTED,
+    BatchScan,
+    Share,
+    ShareInfo,
+    share_info,
+)
 from gridwatt.names import name_problem, shown
 from gridwatt.timeutil import NS_PER_S, format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -74,8 +83,14 @@ def _name_problem(value: str) -> str | None:
     return problem
 
 
-def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
-    """Raise BatchRejected naming the first problem found.
+#: Share infos (collector/batch_scan.py) whose alias and who-fields were found valid: those of at
+#: most MEMO_SHARE_BYTES characters, at most MEMO_MAX of them (then emptied).
+_VALID_SHARES: set[ShareInfo] = set()
+
+
+def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
+    """Raise BatchRejected naming the first problem found; else the batch's scan (its samples and
+    shares read once, for the stages after this one: collector/batch_scan.py).
 
     The hot path of ingest: each sample's fields are read once, and the messages (with the
     sample's place, ``_where``) are built only for a sample that fails.
@@ -102,7 +117,13 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
     power_bound_finite = math.isfinite(max_power_w)
     temp_lo, temp_hi = TEMP_RANGE_C
     max_job_shares = limits.max_job_shares
-    for i, s in enumerate(samples):
+    sample_list = list(samples)
+    all_shares: list[list[Share]] = []
+    job_ids: list[str] = []
+    lo_ns = hi_ns = 0
+    if sample_list:
+        lo_ns, hi_ns = sample_list[0].start_ns, sample_list[0].end_ns
+    for i, s in enumerate(sample_list):
         e = s.energy_j
         if not math.isfinite(e):
             raise BatchRejected(f"{_where(i, s)}: field energy_j: value {e} is not a finite number")
@@ -130,6 +151,10 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
                 f"{_where(i, s)}: field start_ns: value {start_ns} is before "
                 f"{format_time_ns(min_time_ns)}"
             )
+        if start_ns < lo_ns:
+            lo_ns = start_ns
+        if end_ns > hi_ns:
+            hi_ns = end_ns
         duration_s = duration_ns / NS_PER_S
         power_w = e / duration_s
         if power_w > max_power_w:
@@ -162,6 +187,8 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
         if problem:
             raise BatchRejected(f"{_where(i, s)}: field gpu_uuid: {problem}")
         jobs = s.jobs
+        mine: list[Share] = []
+        all_shares.append(mine)
         if not jobs:
             continue
         if len(jobs) > max_job_shares:
@@ -171,7 +198,8 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
         total = 0.0
         seen: set[str] = set()
         for share in jobs:
-            job_id = share.job_id
+            info = share_info(share)
+            job_id = info[0]
             problem = _name_problem(job_id)
             if problem:
                 raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: {problem}")
@@ -185,16 +213,30 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> None:
                     f"{_where(i, s)}: field jobs.fraction: value {fraction} for job "
                     f"{shown(job_id)} is outside (0, 1]"
                 )
-            alias = share.alias
-            if alias and not SLURM_ALIAS.fullmatch(alias):
-                raise BatchRejected(f"{_where(i, s)}: field jobs.alias: {alias[:40]!r} is not "
-                                    "a Slurm array task (1234_7) or het component (1234+1) id")
-            for value in (share.user, share.account, share.partition, share.namespace, share.job_name):
-                if len(value) > MAX_WHO_CHARS or not value.isprintable():
-                    _check_who(i, s, share)  # names the first bad field
+            if info not in _VALID_SHARES:
+                _check_share(i, s, share)
+                if sum(map(len, (job_id, *info[5:]))) + len(info[3]) <= MEMO_SHARE_BYTES:
+                    if len(_VALID_SHARES) >= MEMO_MAX:
+                        _VALID_SHARES.clear()
+                    _VALID_SHARES.add(info)
             total += fraction
+            mine.append((info, fraction))
+            if job_id != UNATTRIBUTED:
+                job_ids.append(job_id)
         if total > 1.0 + 1e-6:
             raise BatchRejected(f"{_where(i, s)}: field jobs.fraction: shares sum to {total}, above 1")
+    return BatchScan(sample_list, all_shares, lo_ns, hi_ns, job_ids)
+
+
+def _check_share(i: int, s: pb.GpuSample, share: pb.JobShare) -> None:
+    """A share's alias and who-fields (pure in the share's info, so a valid info is remembered)."""
+    alias = share.alias
+    if alias and not SLURM_ALIAS.fullmatch(alias):
+        raise BatchRejected(f"{_where(i, s)}: field jobs.alias: {alias[:40]!r} is not "
+                            "a Slurm array task (1234_7) or het component (1234+1) id")
+    for value in (share.user, share.account, share.partition, share.namespace, share.job_name):
+        if len(value) > MAX_WHO_CHARS or not value.isprintable():
+            _check_who(i, s, share)  # names the first bad field
 
 
 #: Longest user, account, partition, namespace or job name a job share may carry.

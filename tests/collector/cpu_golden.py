@@ -22,7 +22,7 @@ from gridwatt.collector.intensity.base import IntensitySeries
 from gridwatt.collector.intensity.constant import ConstantIntensity
 from gridwatt.collector.ledger import LedgerBook
 from gridwatt.collector.live_metrics import LiveAccounts
-from gridwatt.collector.points import host_lines, prepare_batch
+from gridwatt.collector.points import host_lines, prepare_batch, sample_digest
 from gridwatt.collector.stepseries import StepSeries
 from gridwatt.collector.topology import Placement
 from gridwatt.collector.validation import BatchRejected, Limits, validate_batch, validate_host_samples
@@ -214,8 +214,10 @@ def bad_batches() -> list[pb.Batch]:
     return out
 
 
-def render() -> str:
-    """Everything the collector renders from the corpus, in one text."""
+def render(scanned: bool = False) -> str:
+    """Everything the collector renders from the corpus, in one text. ``scanned``: as ingest does it,
+    with the scan ``validate_batch`` returns and the digests computed beforehand (else each function
+    scans the batch itself)."""
     out: list[str] = []
     book = LedgerBook()
     clock_s = [1000.0]
@@ -226,9 +228,11 @@ def render() -> str:
         placement = places[k % len(places)]
         ci = cis[k % len(cis)]
         pue = placement.pue if k % 3 else None
-        validate_batch(batch, LIMITS, NOW_NS)
+        scan = validate_batch(batch, LIMITS, NOW_NS)
         validate_host_samples(batch, LIMITS, NOW_NS)
-        prepared = prepare_batch(batch, placement, ci, RESOLUTION_NS, pue)
+        if scanned:
+            scan.digests = [sample_digest(s) for s in scan.samples]
+        prepared = prepare_batch(batch, placement, ci, RESOLUTION_NS, pue, scan=scan if scanned else None)
         out.append(f"## batch {k} id {batch.batch_id} node {batch.node!r} rack {placement.rack!r} "
                    f"intensity {ci.source} pue {'default' if pue is None else 'given'}")
         out.extend(prepared.lines)
@@ -240,7 +244,8 @@ def render() -> str:
         out.extend(book.lines(batch, placement.rack))
         out.extend(host_lines(batch, placement))
         refused = {1, len(prepared.lines) - 1} if k % 11 == 5 else {}
-        live.observe(batch, placement, ci, pue or placement.pue, prepared.first_line, refused)
+        live.observe(batch, placement, ci, pue or placement.pue, prepared.first_line, refused,
+                     scan if scanned else None)
         clock_s[0] += 60.0
     out.append("## rejected")
     for batch in bad_batches():

@@ -1,0 +1,82 @@
+"""A batch's GPU samples and job shares read once, for every stage of ingest (pure; no I/O).
+
+Reading a field of a protobuf message (upb) costs a call, and ``sample.jobs`` makes a new container
+and new share objects at every pass. Ingest used to pass over each sample's shares five times
+(validation, the job budget, the gpu line's ``jobs`` field, the job lines, the live view). Here they
+are read once (``validate_batch`` builds the scan as it checks the batch; ``scan_batch`` without
+checks), each share as its :data:`ShareInfo` (every field but ``fraction``, memoized by the share's
+serialized bytes: equal bytes parse to equal shares, so the memo cannot mix two shares up) and its
+fraction, read from the message itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gridwatt.v1 import telemetry_pb2 as pb
+
+UNATTRIBUTED = "unattributed"
+
+#: (job_id, alias, method, user, split_estimated, account, partition, namespace, job_name)
+ShareInfo = tuple[str, str, int, str, bool, str, str, str, str]
+#: A share of a sample: its info and its fraction.
+Share = tuple[ShareInfo, float]
+
+#: The info of the unattributed rest of a GPU interval.
+UNATTRIBUTED_INFO: ShareInfo = (UNATTRIBUTED, "", pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False,
+                                "", "", "", "")
+
+#: Shares up to this many serialized bytes are memoized, at most ``MEMO_MAX`` of them (then the memo
+#: is emptied): a few MB at most, whatever a node sends. A typical share is about 100 bytes.
+MEMO_SHARE_BYTES = 512
+MEMO_MAX = 20_000
+_info_memo: dict[bytes, ShareInfo] = {}
+
+
+def share_info(share: pb.JobShare) -> ShareInfo:
+    """Every field of ``share`` but ``fraction`` (see the module docstring)."""
+    raw = share.SerializeToString()
+    info = _info_memo.get(raw)
+    if info is None:
+        info = (share.job_id, share.alias, share.method, share.user, share.split_estimated, share.account,
+                share.partition, share.namespace, share.job_name)
+        if len(raw) <= MEMO_SHARE_BYTES:
+            if len(_info_memo) >= MEMO_MAX:
+                _info_memo.clear()
+            _info_memo[raw] = info
+    return info
+
+
+@dataclass(slots=True)
+class BatchScan:
+    """A batch's GPU samples (the messages, in order) and their shares, read once."""
+
+    samples: list[pb.GpuSample]
+    #: per sample, its job shares in order
+    shares: list[list[Share]]
+    #: earliest start and latest end of the samples (0, 0 without samples)
+    lo_ns: int
+    hi_ns: int
+    #: the attributed job ids of all shares, in order (repeats kept): the job-series budget's input
+    job_ids: list[str]
+    #: each sample's digest (points.sample_digest), once computed
+    digests: list[str] | None = None
+
+
+def scan_batch(batch: pb.Batch) -> BatchScan:
+    """The scan of a batch, without checks (``validate_batch`` gives the same for a valid batch)."""
+    samples = list(batch.gpu_samples)
+    shares: list[list[Share]] = []
+    job_ids: list[str] = []
+    for s in samples:
+        mine: list[Share] = []
+        for share in s.jobs:
+            info = share_info(share)
+            mine.append((info, share.fraction))
+            if info[0] != UNATTRIBUTED:
+                job_ids.append(info[0])
+        shares.append(mine)
+    if not samples:
+        return BatchScan(samples, shares, 0, 0, job_ids)
+    return BatchScan(samples, shares, min([s.start_ns for s in samples]), max([s.end_ns for s in samples]),
+                     job_ids)
