@@ -9,16 +9,17 @@ next one uses the counter again. Energy is never negative.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gridwatt.agent.sources.base import GpuReading
 from gridwatt.timeutil import NS_PER_S
 from gridwatt.v1 import telemetry_pb2 as pb
 
 
-@dataclass(frozen=True, slots=True)
-class IntervalEnergy:
-    """Energy of one GPU over [start_ns, end_ns). Units: J; method is a pb.EnergyMethod."""
+class IntervalEnergy(NamedTuple):
+    """Energy of one GPU over [start_ns, end_ns). Units: J; method is a pb.EnergyMethod.
+
+    A NamedTuple (immutable, made once per GPU per interval: cheaper than a frozen dataclass)."""
 
     start_ns: int
     end_ns: int

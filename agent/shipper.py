@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -119,6 +120,28 @@ def ledger_proto(ledger: Ledger, at_ns: int) -> pb.SpoolLedger:
     )
 
 
+class NewData(asyncio.Event):
+    """``Shipper.new_data``: set by whoever appends to the spool, to wake the shipper.
+
+    While the shipper lingers on a batch that cannot be full yet, ``set()`` has nothing to tell it
+    (the linger's own timer wakes it), so it is let through only when ``wanted()`` says the wait
+    should end: at 1 Hz that spares the shipper one wake-up per interval. ``ring()`` always wakes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: None: every set() wakes; else a test that is False while a wake-up would change nothing.
+        self.wanted: Callable[[], bool] | None = None
+
+    def set(self) -> None:
+        if self.wanted is None or self.wanted():
+            super().set()
+
+    def ring(self, _: object = None) -> None:
+        """Wake the shipper whatever it waits for (timers, the end of a stream, a stop)."""
+        super().set()
+
+
 class Shipper:
     """See the module docstring."""
 
@@ -135,7 +158,7 @@ class Shipper:
         #: Called with (seconds from send to ack, samples) for every stored batch (benchmarks).
         self.on_ack = on_ack
         self._sent_at: dict[int, float] = {}
-        self.new_data = asyncio.Event()
+        self.new_data = NewData()
         #: Set when the agent stops or drains: spooled samples go out without lingering.
         self.flush = asyncio.Event()
         self.acked = asyncio.Event()
@@ -285,6 +308,9 @@ class Shipper:
 
             reader = asyncio.create_task(read_acks())
             stopper = asyncio.create_task(stop.wait())
+            # The end of the ack stream or a stop wakes the loop wherever it waits (see _nap).
+            reader.add_done_callback(self.new_data.ring)
+            stopper.add_done_callback(self.new_data.ring)
 
             async def send(batch: pb.Batch, seqs: list[int]) -> bool:
                 """Write one batch; False if stopped first (a write can block on a frozen peer)."""
@@ -293,7 +319,10 @@ class Shipper:
                 if self.on_ack is not None:
                     self._sent_at[batch.batch_id] = time.monotonic()
                 writer = asyncio.ensure_future(call.write(batch))
-                await asyncio.wait([writer, reader, stopper], return_when=asyncio.FIRST_COMPLETED)
+                writer.add_done_callback(self.new_data.ring)
+                while not (writer.done() or reader.done() or stopper.done()):
+                    self.new_data.clear()
+                    await self.new_data.wait()
                 if not writer.done():
                     writer.cancel()
                     if reader.done():
@@ -320,8 +349,9 @@ class Shipper:
                         slot_free.clear()
                         await self._wait_any(slot_free.wait(), reader, stopper)
                         continue
-                    rows = self.spool.read_after(last_seq, self.conn.batch_max_samples)
-                    if not rows:
+                    # Lingering counts the unsent rows; they are read once, when the batch goes.
+                    unsent = self.spool.pending_after(last_seq)
+                    if not unsent:
                         unsent_since = None  # the next sample starts a new linger
                         if self._ledger_only and time.monotonic() - last_sent >= self.ledger_report_s:
                             batch, _ = self._make_batch([])
@@ -329,15 +359,23 @@ class Shipper:
                                 self.stats.ledger_reports += 1
                             continue
                         self.new_data.clear()
-                        await self._wait_any(self.new_data.wait(), reader, stopper, timeout=1.0)
+                        await self._nap(1.0)
                         continue
                     if unsent_since is None:
                         unsent_since = time.monotonic()
-                    wait_s = lingering_s(len(rows), self.conn.batch_max_samples, self.conn.linger_s,
+                    wait_s = lingering_s(unsent, self.conn.batch_max_samples, self.conn.linger_s,
                                          time.monotonic() - unsent_since, self.flush.is_set())
                     if wait_s > 0:
                         self.new_data.clear()
-                        await self._wait_any(self.new_data.wait(), reader, stopper, timeout=wait_s)
+                        self.new_data.wanted = functools.partial(self._linger_ends, last_seq)
+                        try:
+                            await self._nap(wait_s)
+                        finally:
+                            self.new_data.wanted = None
+                        continue
+                    rows = self.spool.read_after(last_seq, self.conn.batch_max_samples)
+                    if not rows:  # the count was high (rows acknowledged in an earlier session)
+                        last_seq = self.spool.last_seq
                         continue
                     unsent_since = None
                     last_seq = rows[-1][0]
@@ -374,6 +412,19 @@ class Shipper:
                 await self._wait_any(ack_seen.wait(), reader, timeout=left)
         except (TimeoutError, grpc.aio.AioRpcError, grpc.aio.UsageError, _Reconnect):
             return
+
+    def _linger_ends(self, after_seq: int) -> bool:
+        """True once new samples fill a batch (or the agent flushes): a lingering shipper sends now."""
+        return self.spool.pending_after(after_seq) >= self.conn.batch_max_samples or self.flush.is_set()
+
+    async def _nap(self, timeout_s: float) -> None:
+        """Wait until ``new_data`` is set (new samples, the end of the ack stream, a stop) or
+        ``timeout_s`` passed: one future and one timer, no task, no exception (this runs often)."""
+        timer = asyncio.get_running_loop().call_later(timeout_s, self.new_data.ring)
+        try:
+            await self.new_data.wait()
+        finally:
+            timer.cancel()
 
     @staticmethod
     async def _wait_any(coro: object, *tasks: asyncio.Task[object], timeout: float | None = None) -> None:

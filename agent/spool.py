@@ -17,6 +17,7 @@ ledger is readable).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -33,9 +34,21 @@ from gridwatt.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("gridwatt.agent.spool")
 
+# Sequence numbers are given by the Spool itself, never reused: above every seq the table holds
+# and above the samples ever counted (the ledger's ``sampled``). Spools made before that declared
+# ``seq`` AUTOINCREMENT, which makes every INSERT twice as dear; an empty one is remade on open.
+_SAMPLES_TABLE = """
+CREATE TABLE samples (
+    seq INTEGER PRIMARY KEY,
+    start_ns INTEGER NOT NULL,
+    energy_j REAL NOT NULL,
+    payload BLOB NOT NULL
+)
+"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     start_ns INTEGER NOT NULL,
     energy_j REAL NOT NULL,
     payload BLOB NOT NULL
@@ -166,6 +179,12 @@ class Spool:
         else:
             self._db = self._open(path)
         self._pending = self._count()
+        #: The highest sequence number ever given to a sample here; appends number from it.
+        self._last_seq = self._highest_seq()
+        #: The ledger's counters as committed (this spool is their only writer): ledger() reads no row.
+        self._counters = {str(k): float(v) for k, v in self._db.execute("SELECT name, value FROM ledger")}
+        #: Counter changes of the open transaction, applied to ``_counters`` once it commits.
+        self._staged: dict[str, float] = {}
 
     @staticmethod
     def _check(path: Path) -> str | None:
@@ -200,6 +219,7 @@ class Spool:
             db.executescript(_SCHEMA)
             for name in _COUNTERS:
                 db.execute("INSERT OR IGNORE INTO ledger(name, value) VALUES (?, 0)", (name,))
+            _drop_autoincrement_if_empty(db)
         except (sqlite3.Error, OSError) as exc:
             raise SpoolError(f"spool {path}: cannot open: {exc}") from None
         return db
@@ -261,12 +281,48 @@ class Spool:
     def _count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM samples").fetchone()[0])
 
+    def _highest_seq(self) -> int:
+        """A seq no sample here ever had or will reuse: the largest the table holds, the samples
+        ever counted (every append numbers as many rows as it counts, from 1), and, for a spool made
+        with AUTOINCREMENT, that counter."""
+        db = self._db
+        highest = int(db.execute("SELECT coalesce(max(seq), 0) FROM samples").fetchone()[0])
+        highest = max(highest, int(db.execute(
+            "SELECT coalesce(max(value), 0) FROM ledger WHERE name = 'sampled'").fetchone()[0]))
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+            highest = max(highest, int(db.execute(
+                "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'samples'").fetchone()[0]))
+        return highest
+
     def _bump(self, name: str, by: float) -> None:
         self._db.execute("UPDATE ledger SET value = value + ? WHERE name = ?", (by, name))
+        self._staged[name] = self._staged.get(name, 0.0) + by
+
+    def _commit(self) -> None:
+        self._db.execute("COMMIT")
+        for name, by in self._staged.items():
+            self._counters[name] += by
+        self._staged.clear()
+
+    def _rollback(self) -> None:
+        self._staged.clear()
+        self._db.execute("ROLLBACK")
 
     @property
     def pending(self) -> int:
         return self._pending
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the newest sample ever appended (0: none yet)."""
+        return self._last_seq
+
+    def pending_after(self, after_seq: int) -> int:
+        """How many pending samples have seq > ``after_seq``, without reading them: never fewer than
+        ``read_after`` finds, and exactly as many unless rows above ``after_seq`` were acknowledged or
+        rejected (seqs are given consecutively and eviction takes the oldest rows; a shipper only
+        acknowledges rows up to what it has read, so only a new session can see such holes)."""
+        return max(0, min(self._pending, self._last_seq - after_seq))
 
     def mark(self, name: str) -> int | None:
         """A value kept with the samples (e.g. how far a replay got), or None."""
@@ -280,17 +336,26 @@ class Spool:
 
         ``marks`` are written in the same transaction, so they never run ahead of the samples.
         """
-        rows = list(rows)
-        if not rows and not marks:
+        params: list[int | float | bytes] = []
+        seq = self._last_seq
+        for start_ns, energy_j, payload in rows:  # numbered here: seqs follow on without a gap
+            seq += 1
+            params += (seq, start_ns, energy_j, payload)
+        count = seq - self._last_seq
+        if not count and not marks:
             return 0
         db = self._db
         db.execute("BEGIN")
         try:
             for name, value in (marks or {}).items():
                 db.execute("INSERT OR REPLACE INTO marks(name, value) VALUES (?, ?)", (name, value))
-            db.executemany("INSERT INTO samples(start_ns, energy_j, payload) VALUES (?, ?, ?)", rows)
-            self._bump("sampled", len(rows))
-            over = self._pending + len(rows) - self.max_samples
+            # Many rows per INSERT: SQLite runs AUTOINCREMENT's bookkeeping once per statement.
+            for i in range(0, count, _INSERT_ROWS):
+                n = min(_INSERT_ROWS, count - i)
+                db.execute(_insert_sql(n), params[4 * i : 4 * (i + n)])
+            self._bump("sampled", count)
+            evicted = 0
+            over = self._pending + count - self.max_samples
             if over > 0:
                 cur = db.execute(
                     "SELECT count(*), coalesce(sum(energy_j), 0), min(seq), max(seq) FROM "
@@ -306,13 +371,14 @@ class Spool:
                     "the collector is told when it is reachable again",
                     self.max_samples, n, energy_j,
                 )
-                self._pending -= n
-            db.execute("COMMIT")
+                evicted = n
+            self._commit()
         except BaseException:
-            db.execute("ROLLBACK")
+            self._rollback()
             raise
-        self._pending += len(rows)
-        return len(rows)
+        self._pending += count - evicted
+        self._last_seq = seq
+        return count
 
     def read_after(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` pending (seq, payload) rows with seq > after_seq, in order."""
@@ -331,14 +397,18 @@ class Spool:
             return 0
         marks = ",".join("?" * len(seqs))
         self._db.execute("BEGIN")
-        self._db.execute(
-            f"INSERT OR IGNORE INTO rejected(seq, start_ns, energy_j, payload, reason, rejected_at_ns) "
-            f"SELECT seq, start_ns, energy_j, payload, ?, ? FROM samples WHERE seq IN ({marks})",
-            (reason, time.time_ns(), *seqs),
-        )
-        n = self._db.execute(f"DELETE FROM samples WHERE seq IN ({marks})", tuple(seqs)).rowcount
-        self._bump("rejected", n)
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute(
+                f"INSERT OR IGNORE INTO rejected(seq, start_ns, energy_j, payload, reason, rejected_at_ns) "
+                f"SELECT seq, start_ns, energy_j, payload, ?, ? FROM samples WHERE seq IN ({marks})",
+                (reason, time.time_ns(), *seqs),
+            )
+            n = self._db.execute(f"DELETE FROM samples WHERE seq IN ({marks})", tuple(seqs)).rowcount
+            self._bump("rejected", n)
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
         self._pending -= n
         return n
 
@@ -347,17 +417,25 @@ class Spool:
             return 0
         self._db.execute("BEGIN")
         n = 0
-        for i in range(0, len(seqs), 500):
-            chunk = tuple(seqs[i : i + 500])
-            marks = ",".join("?" * len(chunk))
-            n += self._db.execute(f"DELETE FROM samples WHERE seq IN ({marks})", chunk).rowcount
-        self._bump(counter, n)
-        self._db.execute("COMMIT")
+        try:
+            span = _as_range(seqs)
+            if span is not None:  # a batch as read: one range instead of one lookup per row
+                n = self._db.execute("DELETE FROM samples WHERE seq BETWEEN ? AND ?", span).rowcount
+                seqs = ()
+            for i in range(0, len(seqs), 500):
+                chunk = tuple(seqs[i : i + 500])
+                marks = ",".join("?" * len(chunk))
+                n += self._db.execute(f"DELETE FROM samples WHERE seq IN ({marks})", chunk).rowcount
+            self._bump(counter, n)
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
         self._pending -= n
         return n
 
     def ledger(self) -> Ledger:
-        values = dict(self._db.execute("SELECT name, value FROM ledger").fetchall())
+        values = self._counters
         return Ledger(
             sampled=int(values["sampled"]),
             acknowledged=int(values["acknowledged"]),
@@ -371,6 +449,40 @@ class Spool:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _drop_autoincrement_if_empty(db: sqlite3.Connection) -> None:
+    """Remake an empty samples table declared AUTOINCREMENT (a spool made by an older agent) as a
+    plain one; the ledger's ``sampled`` keeps the numbering above every seq it gave."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'samples'").fetchone()
+    if row is None or "AUTOINCREMENT" not in str(row[0]).upper():
+        return
+    db.execute("BEGIN")
+    try:
+        if db.execute("SELECT 1 FROM samples LIMIT 1").fetchone() is None:
+            db.execute("DROP TABLE samples")
+            db.execute(_SAMPLES_TABLE)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+#: Rows per INSERT statement (4 parameters each: within SQLite's oldest limit of 999).
+_INSERT_ROWS = 200
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(rows: int) -> str:
+    return "INSERT INTO samples(seq, start_ns, energy_j, payload) VALUES " + ",".join(["(?, ?, ?, ?)"] * rows)
+
+
+def _as_range(seqs: Sequence[int]) -> tuple[int, int] | None:
+    """(lowest, highest) when ``seqs`` are exactly the integers of that range (any order), else None."""
+    if len(seqs) < 2:
+        return None
+    lo, hi = min(seqs), max(seqs)
+    return (lo, hi) if hi - lo == len(seqs) - 1 and len(set(seqs)) == len(seqs) else None
 
 
 def peek_ledger(path: Path) -> Ledger:

@@ -36,7 +36,7 @@ from gridwatt.agent.attribution.share import (
     split_gpu,
 )
 from gridwatt.agent.attribution.slurm import SlurmProcess, slurm_process
-from gridwatt.agent.sources.base import GpuReading
+from gridwatt.agent.sources.base import GpuReading, JobHint
 
 __all__ = [
     "METHOD_JOB_MAPPING",
@@ -77,6 +77,9 @@ class Attributor:
     is dropped when the pid leaves every GPU's latest reading.
     """
 
+    #: Distinct job hints remembered with their shares; the memo is cleared when it grows past this.
+    HINT_MEMO_MAX = 1024
+
     def __init__(
         self,
         static_job_id: str | None = None,
@@ -103,6 +106,10 @@ class Attributor:
         self._users: dict[int, str] = {}
         self._pid_jobs: dict[int, ProcessJob | None] = {}
         self._pids_by_gpu: dict[int, frozenset[int]] = {}
+        #: One share object for every interval attributed to the static job id (None: no static id).
+        self._static_share = (JobShareInfo(self.static_job_id, 1.0, METHOD_STATIC)
+                              if self.static_job_id else None)
+        self._hint_shares: dict[tuple[JobHint, ...], tuple[JobShareInfo, ...]] = {}
 
     def attribute(
         self, reading: GpuReading, process_util_pct: Mapping[int, float] | None = None
@@ -112,13 +119,10 @@ class Attributor:
         ``process_util_pct`` maps pid -> SM utilisation (percent 0-100) over the
         interval, from ``nvmlDeviceGetProcessUtilization``; it splits a shared GPU.
         """
-        self._track_pids(reading)
+        if reading.pids or self._pids_by_gpu.get(reading.index):
+            self._track_pids(reading)
         if reading.jobs:
-            return [
-                JobShareInfo(h.job_id, h.fraction, METHOD_TRACE, h.user, False, account=h.account,
-                             partition=h.partition, namespace=h.namespace, job_name=h.job_name)
-                for h in reading.jobs
-            ]
+            return self._trace_shares(reading.jobs)
         if self.job_mapping_dir is not None:
             mapped = mapped_jobs(self.job_mapping_dir, reading.index)
             if not mapped and GPU_UUID.fullmatch(reading.uuid):  # a prolog that got UUIDs from Slurm
@@ -128,12 +132,25 @@ class Attributor:
         pods = self._pods_holding(reading)
         if pods:
             return split_gpu(pods, process_util_pct)
-        on_gpu = self._processes_on_gpu(reading.pids)
+        on_gpu = self._processes_on_gpu(reading.pids) if reading.pids else None
         if on_gpu:
             return split_gpu(on_gpu, process_util_pct)
-        if self.static_job_id:
-            return [JobShareInfo(self.static_job_id, 1.0, METHOD_STATIC)]
+        if self._static_share is not None:
+            return [self._static_share]
         return []
+
+    def _trace_shares(self, hints: tuple[JobHint, ...]) -> list[JobShareInfo]:
+        """The shares of the jobs a source names (memoized: a trace repeats the same hints)."""
+        shares = self._hint_shares.get(hints)
+        if shares is None:
+            if len(self._hint_shares) >= self.HINT_MEMO_MAX:
+                self._hint_shares.clear()
+            shares = self._hint_shares[hints] = tuple(
+                JobShareInfo(h.job_id, h.fraction, METHOD_TRACE, h.user, False, account=h.account,
+                             partition=h.partition, namespace=h.namespace, job_name=h.job_name)
+                for h in hints
+            )
+        return list(shares)
 
     def process_job(self, pid: int) -> ProcessJob | None:
         """The job of process ``pid`` (Slurm first, then Kubernetes), or None; cached."""

@@ -7,8 +7,8 @@ readings of a GPU into one interval sample, the same way for every source.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 
 class SourceError(Exception):
@@ -40,11 +40,13 @@ class JobHint:
     job_name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class GpuReading:
-    """One GPU at one instant. None means the GPU does not support that field."""
+class GpuReading(NamedTuple):
+    """One GPU at one instant. None means the GPU does not support that field.
 
-    index: int
+    Immutable; a NamedTuple because every GPU makes one per interval (a frozen dataclass of this
+    many fields costs three times as much to make)."""
+
+    index: int  # type: ignore[assignment]  # the GPU index; shadows tuple.index (unused here)
     uuid: str
     name: str
     t_ns: int
@@ -72,7 +74,7 @@ class GpuReading:
     #: Jobs the source itself names for the interval ending now (the simulated trace does).
     jobs: tuple[JobHint, ...] = ()
     #: Names of fields the GPU did not support in this reading, e.g. ("energy_counter",).
-    unsupported: tuple[str, ...] = field(default=())
+    unsupported: tuple[str, ...] = ()
     #: A fault seen on this GPU (e.g. "gpu_lost"); the reading carries no values then.
     fault: str = ""
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 from gridwatt.agent.config import CollectorConnection
-from gridwatt.agent.shipper import Shipper
+from gridwatt.agent.shipper import NewData, Shipper
 from gridwatt.agent.spool import Spool
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from tests.collector.helpers import running_collector, sim_samples
@@ -44,3 +45,68 @@ async def test_damaged_payload_is_set_aside_and_the_rest_delivered(
     assert (row["count"], row["sum"]) == (20, 20 * 6000.0)
     reason = spool._db.execute("SELECT reason FROM rejected").fetchall()
     assert reason == [("spooled payload is damaged and does not parse",)]
+
+
+def test_new_data_wakes_a_lingering_shipper_only_when_it_matters() -> None:
+    """NewData.set() is let through only when ``wanted`` says so; ring() always wakes."""
+
+    async def check() -> None:
+        bell = NewData()
+        bell.set()
+        assert bell.is_set()  # no linger: every set() wakes
+        bell.clear()
+        full = [False]
+        bell.wanted = lambda: full[0]
+        bell.set()
+        assert not bell.is_set()  # the batch cannot be full yet: nothing to tell the shipper
+        full[0] = True
+        bell.set()
+        assert bell.is_set()
+        bell.clear()
+        full[0] = False
+        bell.ring()
+        assert bell.is_set()
+
+    asyncio.run(check())
+
+
+async def test_a_full_batch_and_a_flush_end_the_linger(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str
+) -> None:
+    """With a linger that never ends by itself, samples go out only because 16 fill a batch, and
+    then because the agent flushes: the shipper must be woken by new samples while it lingers."""
+    samples = sim_samples("n1", 8, T0, 4, 100.0, 1.0)  # 4 intervals of 8 GPUs, 100 J each
+    rows = [(s.start_ns, s.energy_j, s.SerializeToString()) for s in samples]
+    spool = Spool(tmp_path / "spool.db")
+    async with running_collector(tmp_path, collector_toml(influxdb.url, database)) as c:
+        conn = CollectorConnection(address=f"127.0.0.1:{c.grpc_port}", batch_max_samples=16)
+        shipper = Shipper("n1", spool, conn.model_copy(update={"linger_s": 10.0**6}))
+        stop = asyncio.Event()
+        task = asyncio.create_task(shipper.run(stop))
+
+        async def until(cond: Callable[[], bool]) -> None:
+            while not cond():
+                await asyncio.sleep(0.02)
+
+        spool.append(rows[:8])
+        shipper.new_data.set()
+        await until(lambda: shipper.new_data.wanted is not None)  # lingering on 8 of 16
+        assert spool.pending == 8 and shipper.stats.batches_acked == 0
+        spool.append(rows[8:16])
+        shipper.new_data.set()  # 16: a full batch
+        await until(lambda: spool.pending == 0)
+        assert shipper.stats.batches_acked == 1
+        spool.append(rows[16:24])
+        shipper.new_data.set()
+        await until(lambda: shipper.new_data.wanted is not None)
+        assert spool.pending == 8
+        shipper.flush.set()
+        shipper.new_data.set()
+        await until(lambda: spool.pending == 0)
+        assert shipper.stats.batches_acked == 2
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+    ledger = spool.ledger()
+    assert (ledger.sampled, ledger.acknowledged, ledger.pending) == (24, 24, 0) and ledger.balanced
+    row = first_row(influx_query(influxdb.url, database, "SELECT count(energy_j), sum(energy_j) FROM gpu")[0])
+    assert (row["count"], row["sum"]) == (24, 24 * 100.0)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
-from gridwatt.agent.spool import Spool
+from gridwatt.agent.spool import Spool, peek_ledger
 from gridwatt.v1 import telemetry_pb2 as pb
 
 
@@ -158,3 +161,176 @@ def test_torn_wal_loses_only_uncommitted_transactions(tmp_path: Path) -> None:
     (crash2 / "spool.db-wal").write_bytes(b"\x00garbage" * 4096)
     again = Spool(crash2 / "spool.db")
     assert again.ledger().balanced
+
+
+# -- sequence numbers and the unsent count the shipper lingers on ----------------------------
+
+
+def test_seqs_are_consecutive_and_pending_after_counts_what_read_after_finds(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", max_samples=50)
+    spool.append(rows(20))
+    assert [s for s, _ in spool.read_after(0, 100)] == list(range(1, 21)) and spool.last_seq == 20
+
+    removed = [0]  # the highest seq acknowledged or rejected: exact from there on
+
+    def check() -> None:
+        for after in range(0, spool.last_seq + 3):
+            found = len(spool.read_after(after, 1000))
+            if after >= removed[0]:
+                assert spool.pending_after(after) == found, after
+            else:
+                assert spool.pending_after(after) >= found, after
+
+    check()
+    sent = spool.read_after(0, 12)
+    spool.acknowledge([s for s, _ in sent[:5]])  # 1-5 acknowledged, 6-12 in flight
+    spool.reject([9, 10], "bad")
+    removed[0] = 10
+    check()
+    assert spool.pending_after(6) == 13 and len(spool.read_after(6, 100)) == 12  # the hole at 9-10
+    spool.append(rows(45, start=20))  # 65 appended, 58 kept before eviction: the 8 oldest go
+    assert spool.last_seq == 65 and spool.ledger().evicted == 8 and spool.pending == 50
+    assert spool.read_after(0, 1)[0][0] == 16
+    check()
+    spool.close()
+    again = Spool(tmp_path / "s.db", max_samples=50)
+    assert again.last_seq == 65 and again.pending_after(0) == 50
+    spool = again
+    check()
+    spool.acknowledge([s for s, _ in spool.read_after(0, 1000)])  # all gone: numbering goes on
+    assert spool.pending == 0 and spool.pending_after(0) == 0
+    spool.close()
+    again = Spool(tmp_path / "s.db")
+    assert again.last_seq == 65
+    again.append(rows(2, start=65))
+    assert [(s, p) for s, p in again.read_after(0, 10)] == [(66, b"s65"), (67, b"s66")]
+    ledger = again.ledger()
+    assert (ledger.sampled, ledger.acknowledged, ledger.rejected, ledger.evicted, ledger.pending) == (
+        67, 5 + 50, 2, 8, 2) and ledger.balanced
+
+
+def test_ledger_kept_in_memory_equals_the_committed_one(tmp_path: Path) -> None:
+    """ledger() reads no row: after every kind of change it equals what a reader of the file sees."""
+    path = tmp_path / "s.db"
+    spool = Spool(path, max_samples=30)
+    steps = [
+        lambda: spool.append(rows(20)),
+        lambda: spool.acknowledge([s for s, _ in spool.read_after(0, 7)]),
+        lambda: spool.reject([s for s, _ in spool.read_after(7, 3)], "bad"),
+        lambda: spool.append([(i, 0.25 * i, b"x") for i in range(25)]),  # 35 > 30: 5 oldest go (10 J each)
+        lambda: spool.acknowledge([1, 2, 3]),  # already gone: counts nothing
+    ]
+    for step in steps:
+        step()
+        assert spool.ledger() == peek_ledger(path)
+    ledger = spool.ledger()
+    assert (ledger.sampled, ledger.acknowledged, ledger.rejected, ledger.evicted, ledger.pending) == (
+        45, 7, 3, 5, 30) and ledger.evicted_energy_j == 50.0 and ledger.balanced
+    spool.close()
+    assert Spool(path).ledger() == ledger
+
+
+def test_large_appends_and_acks_of_ranges_gaps_and_any_order(tmp_path: Path) -> None:
+    """Appends of more rows than one INSERT takes keep every row in order; acknowledging a range,
+    a set with a gap, an unordered set, duplicates, and seqs already gone counts exactly what went."""
+    spool = Spool(tmp_path / "s.db")
+    spool.append(rows(450))  # three INSERT statements (200 + 200 + 50)
+    spool.append(rows(1, start=450))
+    got = spool.read_after(0, 1000)
+    assert got == [(i + 1, f"s{i}".encode()) for i in range(451)]
+    assert spool.acknowledge(list(range(1, 101))) == 100  # a range
+    assert spool.acknowledge([101, 102, 104]) == 3  # a gap: 103 stays
+    assert spool.acknowledge([110, 108, 109, 107]) == 4  # a range in any order
+    assert spool.acknowledge([105, 105, 106]) == 2  # duplicates
+    assert spool.acknowledge([1, 2, 3, 200, 201]) == 2  # 1-3 are gone already
+    assert spool.acknowledge([300]) == 1
+    left = [s for s, _ in spool.read_after(0, 1000)]
+    assert left == [103, *range(111, 200), *range(202, 300), *range(301, 452)]
+    ledger = spool.ledger()
+    assert (ledger.sampled, ledger.acknowledged, ledger.pending) == (451, 112, 339) and ledger.balanced
+    assert ledger == peek_ledger(tmp_path / "s.db")
+
+
+OLD_SCHEMA = """
+CREATE TABLE samples (seq INTEGER PRIMARY KEY AUTOINCREMENT, start_ns INTEGER NOT NULL,
+                      energy_j REAL NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE rejected (seq INTEGER PRIMARY KEY, start_ns INTEGER NOT NULL, energy_j REAL NOT NULL,
+                       payload BLOB NOT NULL, reason TEXT NOT NULL, rejected_at_ns INTEGER NOT NULL);
+CREATE TABLE ledger (name TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def old_spool(path: Path, appended: int, acked: int) -> None:
+    """A spool as an agent before this one left it: seq AUTOINCREMENT, ``acked`` oldest rows gone."""
+    db = sqlite3.connect(str(path), isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(OLD_SCHEMA)
+    counters = {"sampled": appended, "acknowledged": acked, "rejected": 0, "evicted": 0,
+                "evicted_energy_j": 0.0, "lost": 0, "quarantines": 0}
+    db.executemany("INSERT INTO ledger(name, value) VALUES (?, ?)", counters.items())
+    db.executemany("INSERT INTO samples(start_ns, energy_j, payload) VALUES (?, ?, ?)", rows(appended))
+    db.execute("DELETE FROM samples WHERE seq <= ?", (acked,))
+    db.close()
+
+
+def samples_sql(path: Path) -> str:
+    db = sqlite3.connect(str(path))
+    try:
+        return str(db.execute("SELECT sql FROM sqlite_master WHERE name = 'samples'").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_an_older_spool_keeps_its_rows_and_numbering_and_is_remade_once_empty(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old_spool(path, appended=30, acked=12)
+    spool = Spool(path)
+    assert "AUTOINCREMENT" in samples_sql(path)  # rows pending: left as it is
+    assert spool.last_seq == 30 and spool.pending == 18 and spool.pending_after(12) == 18
+    spool.append(rows(5, start=30))
+    got = spool.read_after(0, 100)
+    assert got == [(i + 1, f"s{i}".encode()) for i in range(12, 35)]
+    spool.acknowledge([s for s, _ in got])
+    spool.close()
+    again = Spool(path)  # empty now: remade without AUTOINCREMENT, numbering goes on
+    assert "AUTOINCREMENT" not in samples_sql(path)
+    assert again.last_seq == 35 and again.pending == 0
+    again.append(rows(2, start=35))
+    assert again.read_after(0, 10) == [(36, b"s35"), (37, b"s36")]
+    ledger = again.ledger()
+    assert (ledger.sampled, ledger.acknowledged, ledger.pending) == (37, 35, 2) and ledger.balanced
+    again.close()
+    empty = tmp_path / "empty-old.db"
+    old_spool(empty, appended=40, acked=40)
+    spool = Spool(empty)
+    assert "AUTOINCREMENT" not in samples_sql(empty) and spool.last_seq == 40
+    spool.append(rows(1))
+    assert spool.read_after(0, 10) == [(41, b"s0")]
+
+
+def test_a_killed_agent_leaves_every_unacknowledged_row_and_numbering_goes_on(tmp_path: Path) -> None:
+    """SIGKILL right after appends and acknowledgements (nothing closed): on reopen every row not
+    acknowledged is there, byte for byte, the ledger balances, and new rows number above the old."""
+    path = tmp_path / "s.db"
+    script = (
+        "import os, signal\n"
+        "from pathlib import Path\n"
+        "from gridwatt.agent.spool import Spool\n"
+        f"spool = Spool(Path({str(path)!r}))\n"
+        "for k in range(5):\n"
+        "    spool.append([(k * 8 + i, 1.5, b'p%d' % (k * 8 + i)) for i in range(8)])\n"
+        "spool.acknowledge(list(range(1, 17)))\n"  # the first two appends
+        "spool.acknowledge([20, 21])\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], check=False)
+    assert proc.returncode == -9
+    spool = Spool(path)
+    expected = [(s, b"p%d" % (s - 1)) for s in range(17, 41) if s not in (20, 21)]
+    assert spool.read_after(0, 100) == expected and spool.last_seq == 40
+    ledger = spool.ledger()
+    assert (ledger.sampled, ledger.acknowledged, ledger.pending) == (40, 18, 22) and ledger.balanced
+    assert ledger == peek_ledger(path)
+    spool.append(rows(1))
+    assert spool.read_after(40, 10) == [(41, b"s0")]

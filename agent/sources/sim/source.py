@@ -13,7 +13,7 @@ import itertools
 import time
 import uuid
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import Field
 
@@ -48,6 +48,8 @@ class _SimGpu:
     step_times: list[int]
     cum_energy_j: list[float]  # energy from trace start to each step's start
     counter_offset_mj: int
+    #: Each step's jobs as a reading names them for an interval inside that one step.
+    step_hints: list[tuple[JobHint, ...]] = field(default_factory=list)
 
 
 def _gpu_uuid(node: str, index: int) -> str:
@@ -89,9 +91,12 @@ class SimSource:
             cum = [0.0]
             for a, b in itertools.pairwise(steps):
                 cum.append(cum[-1] + a.power_w * (b.t_ns - a.t_ns) / 1e9)
+            hints: list[tuple[JobHint, ...]] = [
+                (JobHint(s.job_id, 1.0, *s.who[1:]),) if s.job_id else () for s in steps
+            ]
             self._gpus.append(
                 _SimGpu(index, _gpu_uuid(node, index), steps, [s.t_ns for s in steps], cum,
-                        counter_offset_mj=1_000_000 * (index + 1))
+                        counter_offset_mj=1_000_000 * (index + 1), step_hints=hints)
             )
         self._now_ns: int | None = None
         self._first_read_ns = self.start_ns
@@ -154,19 +159,33 @@ class SimSource:
         prev = self._now_ns
         now = self._first_read_ns if prev is None else min(prev + self.interval_ns, self.end_ns)
         self._now_ns = now
+        t0 = prev if prev is not None else now
         readings = []
         for gpu in self._gpus:
-            step = gpu.steps[self._step_index(gpu, now)]
+            times = gpu.step_times
+            i = max(bisect_right(times, now) - 1, 0)
+            step = gpu.steps[i]
             # Absent at ``now`` and just before it: no reading. A GPU that leaves at ``now`` still ends
             # its last interval here, and one that comes back at ``now`` starts its first one here.
-            before = gpu.steps[self._step_index(gpu, now - 1)] if now > self.start_ns else step
+            if now > self.start_ns and times[i] >= now and i > 0:  # a step starts at ``now``
+                before = gpu.steps[self._step_index(gpu, now - 1)]
+            else:
+                before = step
             if step.absent and before.absent:
                 readings.append(GpuReading(index=gpu.index, uuid=gpu.uuid, name=self.gpu_name, t_ns=now,
                                            energy_mj=None, power_mw=None,
                                            fault="absent in the trace (switched off)"))
                 continue
-            util, mem_util, jobs = self._means(gpu, prev if prev is not None else now, now)
-            energy_mj = gpu.counter_offset_mj + round(self._energy_j(gpu, now) * 1000)
+            if t0 < now and times[i] <= t0:
+                # The interval lies inside one step: _means' single piece of weight 1.0.
+                util, mem_util, hints = step.util_pct + 0.0, step.mem_util_pct + 0.0, gpu.step_hints[i]
+            elif t0 >= now:
+                util, mem_util, hints = step.util_pct, step.mem_util_pct, gpu.step_hints[i]
+            else:
+                util, mem_util, jobs = self._means(gpu, t0, now)
+                hints = tuple(JobHint(who[0], share, *who[1:]) for who, share in sorted(jobs.items()))
+            energy_j = gpu.cum_energy_j[i] + step.power_w * (now - times[i]) / 1e9
+            energy_mj = gpu.counter_offset_mj + round(energy_j * 1000)
             readings.append(
                 GpuReading(
                     index=gpu.index,
@@ -182,7 +201,7 @@ class SimSource:
                     mem_total_bytes=self.mem_total_bytes,
                     temp_c=step.temp_c,
                     power_limit_mw=400_000 if step.power_w <= 400 else 700_000,
-                    jobs=tuple(JobHint(who[0], share, *who[1:]) for who, share in sorted(jobs.items())),
+                    jobs=hints,
                     unsupported=() if self.energy_counter else ("energy_counter",),
                 )
             )
