@@ -56,7 +56,7 @@ def main() -> None:
                 worker = argparse.Namespace(
                     address=collector.grpc_address, prefix="n", first=0, count=args.nodes, gpus=args.gpus,
                     interval_s=args.interval_s, linger_s=args.linger_s, warmup=args.warmup,
-                    seconds=args.seconds, folder=str(spools),
+                    seconds=args.seconds, folder=str(spools), in_phase=False,
                 )
                 prof = cProfile.Profile() if args.profile else None
                 wall0 = time.monotonic()

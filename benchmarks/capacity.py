@@ -4,6 +4,9 @@ Each simulated node is the agent's own code: a synthetic sim source read every i
 the agent's Sampler, its SQLite Spool and its Shipper (gRPC stream, ``linger_s`` batching, acks).
 To fit a small machine, many nodes run inside a few worker processes (``--workers``), each node with
 its own spool and gRPC channel. One ``gridwatt-collector`` process and one InfluxDB 1.x take them.
+Real agents start at different times, so their ticks and lingers are spread: the simulated nodes start
+in 40 groups spread over max(interval, linger); ``--in-phase`` starts them all at once (every node
+samples and ships in the same instant: a worst case).
 
 For each N in ``--nodes`` (ascending) the run warms up, then measures ``--seconds`` (≥ 60): the ack
 latency of every batch (send → ack), the samples acknowledged, and the backlog (samples spooled but
@@ -51,6 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import count_samples, cpu_s, post_raw
 
 ACK_P99_LIMIT_S = 2.0
+#: Simulated nodes start in this many groups spread over max(interval, linger) (see run_nodes).
+PHASES = 40
 #: The raw rate is measured over at least this many samples.
 RAW_MIN_SAMPLES = 200_000
 
@@ -112,21 +117,30 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
         nodes.append((src, Sampler(Attributor(f"job-{i % 7}"), idle_below_pct=5), spool, shipper))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(sh.run(stop)) for _, _, _, sh in nodes]
-    backlog: dict[str, int] = {}
-    next_tick = time.monotonic()
-    cpu_at_start = 0.0
-    while time.monotonic() < window[1]:
-        for src, sampler, spool, shipper in nodes:
-            samples = sampler.take(src.read())
-            if samples:
-                spool.append([(s.start_ns, s.energy_j, s.SerializeToString()) for s in samples])
-                shipper.new_data.set()
-        now = time.monotonic()
-        if "start" not in backlog and now >= window[0]:
-            backlog["start"] = sum(sp.pending for _, _, sp, _ in nodes)
-            cpu_at_start = time.process_time()
-        next_tick += args.interval_s
-        await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+    # Real agents start at different times, so their sampling ticks and lingers are spread out; the
+    # nodes here start in PHASES groups spread over max(interval, linger) (--in-phase: all at once).
+    spread_s = 0.0 if args.in_phase else max(args.interval_s, args.linger_s)
+    groups: dict[int, list[Any]] = {}
+    for i, node_parts in zip(range(args.first, args.first + args.count), nodes, strict=True):
+        groups.setdefault(i % PHASES, []).append(node_parts)
+
+    async def drive(offset_s: float, group: list[Any]) -> None:
+        await asyncio.sleep(offset_s)
+        next_tick = time.monotonic()
+        while time.monotonic() < window[1]:
+            for src, sampler, spool, shipper in group:
+                samples = sampler.take(src.read())
+                if samples:
+                    spool.append([(s.start_ns, s.energy_j, s.SerializeToString()) for s in samples])
+                    shipper.new_data.set()
+            next_tick += args.interval_s
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+
+    drivers = [asyncio.create_task(drive(spread_s * k / PHASES, g)) for k, g in groups.items()]
+    await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+    backlog = {"start": sum(sp.pending for _, _, sp, _ in nodes)}
+    cpu_at_start = time.process_time()
+    await asyncio.gather(*drivers)
     backlog["end"] = sum(sp.pending for _, _, sp, _ in nodes)
     cpu_in_window_s = time.process_time() - cpu_at_start
     stop.set()
@@ -154,6 +168,7 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
                "--interval-s", str(args.interval_s), "--linger-s", str(args.linger_s),
                "--warmup", str(args.warmup), "--seconds", str(args.seconds),
                "--folder", str(folder / prefix), "--out", str(out)]
+        cmd += ["--in-phase"] if args.in_phase else []
         (folder / prefix).mkdir(parents=True, exist_ok=True)
         procs.append((subprocess.Popen(cmd), out))
     time.sleep(args.warmup)
@@ -255,6 +270,9 @@ def main() -> None:
                         "at a few hundred nodes: see README 'Sizing and scaling')")
     p.add_argument("--gpu-point-fields", choices=("all", "accounting"), default="all",
                    help="the collector's [influxdb] gpu_point_fields (the raw rate writes the same lines)")
+    p.add_argument("--in-phase", action="store_true",
+                   help="start every node at once, so all sample and ship in step (a worst case; real "
+                        "agents start at different times)")
     p.add_argument("--alerts", choices=("off", "always", "elected"), default="off",
                    help="run the collector with a rack-idle and a job-idle rule, evaluated by this "
                         "replica (always) or through the lease election (elected: progress points per node)")
@@ -324,6 +342,7 @@ def main() -> None:
         "linger_s": args.linger_s,
         "gpu_point_fields": args.gpu_point_fields,
         "alerts": args.alerts,
+        "in_phase": args.in_phase,
         "cpus": os.cpu_count(),
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         "steps": steps,
