@@ -243,7 +243,7 @@ class RackRollup:
         self.read_back_group = 16
         self.read_back_gather_s = 0.2
         #: read-backs of windows just closed start up to this long after window end + settle_s (per rack)
-        self.read_back_spread_s = min(10.0, resolution_s / 6)
+        self.read_back_spread_s = resolution_s / 2
         self._read_back_tasks: set[asyncio.Task[None]] = set()
         self._rack_final = _ReadBacks("rack", self._final_wait_s, lambda rack, _ctx: rack,
                                       self._rack_read_back)
