@@ -277,16 +277,6 @@ class RackRollup:
         rows = await self._sums(queries.node_window_sums(self.store.measurement, node, lo_ns, hi_ns, res_s))
         return series_from_rows(rows)
 
-    async def node_windows(
-        self, node: str, lo_ns: int, hi_ns: int
-    ) -> tuple[dict[int, dict[str, float]], dict[tuple[int, str], dict[str, Any]]]:
-        """Sums per window over all job points of ``node`` in [lo_ns, hi_ns): per node, and per job.
-
-        The job points of a GPU interval share out its whole energy (``unattributed`` included),
-        so their sums are the node's; ``gpu_s`` adds up to the GPUs' seconds.
-        """
-        return node_windows_from_series(await self.node_series(node, lo_ns, hi_ns))
-
     async def _read_series(self, node: str, window_starts: set[int]) -> list[Series]:
         out: list[Series] = []
         for lo, hi in self._runs(window_starts):
