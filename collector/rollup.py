@@ -68,6 +68,7 @@ from gridwatt.collector.rack_state import (
     points_from_rows,
     rack_sums,
 )
+from gridwatt.collector.read_back_plan import plan_read_backs
 from gridwatt.collector.schema import WHO_FIELDS, job_window_key, node_key, rack_key, string_field
 from gridwatt.collector.store import InfluxStore, series_rows
 from gridwatt.timeutil import NS_PER_S
@@ -423,11 +424,14 @@ class RackRollup:
                 await stack.enter_async_context(self._node_locks[node])
             res_s = self.resolution_ns // NS_PER_S
             rows_by_node: dict[str, list[tuple[dict[str, str], dict[str, Any]]]] = defaultdict(list)
-            for lo, hi in self._runs(union):
+            for plan in plan_read_backs(nodes, self._runs):  # each node over its own runs only
                 self.node_queries += 1
-                q = queries.nodes_window_sums(self.store.measurement, names, lo, hi, res_s)
+                q = queries.nodes_window_sums(self.store.measurement, sorted(plan.take), plan.lo_ns,
+                                              plan.hi_ns, res_s)
                 for tags, row in await self._sums(q):
-                    rows_by_node[tags.get("node", "")].append((tags, row))
+                    node = tags.get("node", "")
+                    if plan.takes(node, int(row["time"])):
+                        rows_by_node[node].append((tags, row))
             writes = []
             for node in names:
                 fresh = [r for r in series_from_rows(rows_by_node.get(node, [])) if r[0] in nodes[node]]

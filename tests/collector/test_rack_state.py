@@ -395,6 +395,33 @@ async def test_node_read_backs_due_together_are_one_query(
         assert snapshot(influxdb, database) == before
 
 
+async def test_node_read_backs_of_a_backfill_read_each_node_over_its_own_windows(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str
+) -> None:
+    """Nodes due at different windows together (a backfill: n1, n2 at windows 0-1, n3, n4 at 2-3) are
+    read in one query per run of windows, each naming only the nodes due there (a read over the union
+    named all four over four windows), and leave exactly what a read-back recompute writes."""
+    async with running_collector(tmp_path, toml(influxdb, database, settle_s=60.0)) as c:
+        rollup = c.ingestor.rollup
+        streams = {n: Stream(c.grpc_port) for n in NODES}
+        for k, node in enumerate(NODES):
+            first = 0 if k < 2 else 2
+            ack = await streams[node].send(pb.Batch(batch_id=1, node=node, gpu_samples=[
+                sample(g, T0 + 60 * NS * w, 10, 200.0 + 10 * k, [("job-0", 1.0, {})])
+                for w in (first, first + 1) for g in range(8)]))
+            assert ack.code == 0, ack.message
+        assert rollup.node_queries == 0
+        await rollup.close()
+        assert rollup.node_queries == 2  # (n1, n2) over windows 0-1, (n3, n4) over 2-3
+        assert (rollup.final_mismatches, rollup.pending_read_backs()) == (0, 0)
+        for s in streams.values():
+            await s.close()
+        before = snapshot(influxdb, database)
+        assert assert_racks_add_up_in_node_order(influxdb, database) == 4
+        await read_back_everything(c, list(NODES), {T0 + 60 * NS * w for w in range(4)})
+        assert snapshot(influxdb, database) == before
+
+
 def test_read_backs_of_just_closed_windows_are_spread_per_rack() -> None:
     """Each rack's read-backs of a window just closed start at a fixed offset of its own (up to
     read_back_spread_s after the window's end plus settle_s); long-closed windows do not wait."""
