@@ -282,16 +282,30 @@ def prepare_batch(
             r_idle = repr(idle_s)
             if idle_s:
                 reprs[idle_s] = r_idle
-        fractions: list[float] = []
         shares: list[tuple[tuple[str, str, str, dict[str, str]], float]] = []
-        for info, frac in scan.shares[i]:
-            fractions.append(frac)
+        sample_shares = scan.shares[i]
+        if len(sample_shares) == 1:  # one job (usual): its id is the jobs field, 1 - fraction the rest
+            info, frac = sample_shares[0]
             key = (job_suffix, info)
             head_how = share_cache.get(key)
             if head_how is None:
                 _memo_room(share_cache)
                 head_how = share_cache[key] = _job_head(job_suffix, info, tag_cache)
             shares.append((head_how, frac))
+            job_ids = head_how[2]
+            remaining = 1.0 - frac
+        else:
+            fractions: list[float] = []
+            for info, frac in sample_shares:
+                fractions.append(frac)
+                key = (job_suffix, info)
+                head_how = share_cache.get(key)
+                if head_how is None:
+                    _memo_room(share_cache)
+                    head_how = share_cache[key] = _job_head(job_suffix, info, tag_cache)
+                shares.append((head_how, frac))
+            job_ids = ",".join([sh[0][2] for sh in shares])
+            remaining = 1.0 - sum(fractions)
         digest = digests[i] if digests is not None else sample_digest(s)
         if accounting_only:
             append(
@@ -299,7 +313,6 @@ def prepare_batch(
                 f"estimated_co2e_g={r_est},end_ns={end}i,ef={ef},digest=\"{digest}\" {start}"
             )
         else:
-            job_ids = ",".join([sh[0][2] for sh in shares])
             jobs_field = jobs_fields.get(job_ids)
             if jobs_field is None:
                 _memo_room(jobs_fields)
@@ -325,7 +338,6 @@ def prepare_batch(
                 f"intensity_estimated={estimated_flag},estimated_co2e_g={r_est},"
                 f"digest=\"{digest}\" {start}"
             )
-        remaining = 1.0 - sum(fractions)
         if remaining > 1e-9:
             key = (job_suffix, UNATTRIBUTED_INFO)
             head_how = share_cache.get(key)
