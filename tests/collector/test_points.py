@@ -55,3 +55,31 @@ def test_points_record_source_factor_and_estimated_and_unattributed_share() -> N
     assert 'attribution="slurm",user="alice",split_estimated=true ' in job_lines[0]
     assert 'attribution="none" ' in job_lines[1] and "split_estimated" not in job_lines[1]
     assert out.windows == {0, H}
+
+
+def test_jobs_field_and_unattributed_rest_for_one_two_and_whole_gpu_shares() -> None:
+    """The ``jobs`` field and the unattributed rest, by hand: one share of 0.75 (rest 0.25 = 1 - 0.75
+    exactly), one share of the whole GPU (no rest), two shares (ids joined in order, rest 1 - 0.6)."""
+    placement = Placement("r1", "Z", StepSeries.constant(1.0), ConstantIntensity(100.0))
+    ci = IntensitySeries(StepSeries.constant(100.0), "constant", "lifecycle")
+
+    def sample(k: int, *shares: tuple[str, float]) -> pb.GpuSample:
+        return pb.GpuSample(gpu_index=k, start_ns=0, end_ns=10 * 10**9, energy_j=1000.0,
+                            jobs=[pb.JobShare(job_id=j, fraction=f) for j, f in shares])
+
+    batch = pb.Batch(node="n1", gpu_samples=[sample(0, ("a", 0.75)), sample(1, ("b", 1.0)),
+                                             sample(2, ("c", 0.4), ("d", 0.2))])
+    out = prepare_batch(batch, placement, ci, 60 * 10**9)
+    gpu_lines = [line for line in out.lines if line.startswith("gpu,")]
+    assert [line.split(',jobs="')[1].split('"')[0] for line in gpu_lines] == ["a", "b", "c,d"]
+    job = [(line.split(",")[1], line.split(" ")[1].split(",")[0], line.split("fraction=")[1].split(",")[0])
+           for line in out.lines if line.startswith("job,")]
+    assert job == [
+        ("job_id=a", "energy_j=750.0", "0.75"), ("job_id=unattributed", "energy_j=250.0", "0.25"),
+        ("job_id=b", "energy_j=1000.0", "1.0"),
+        ("job_id=c", "energy_j=400.0", "0.4"), ("job_id=d", "energy_j=200.0", "0.2"),
+        ("job_id=unattributed", f"energy_j={1000.0 * (1.0 - (0.4 + 0.2))!r}", repr(1.0 - (0.4 + 0.2))),
+    ]
+    assert out.first_line == [0, 3, 5]
+    assert [(p.gpu, p.job_id) for p in out.job_points] == [("0", "a"), ("0", "unattributed"), ("1", "b"),
+                                                          ("2", "c"), ("2", "d"), ("2", "unattributed")]
