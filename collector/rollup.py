@@ -48,6 +48,7 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from gridwatt.collector import queries
@@ -69,10 +70,21 @@ from gridwatt.collector.rack_state import (
     rack_sums,
 )
 from gridwatt.collector.schema import WHO_FIELDS, job_window_key, node_key, rack_key, string_field
-from gridwatt.collector.store import InfluxStore, series_rows
+from gridwatt.collector.store import InfluxStore, WriteResult, series_rows
 from gridwatt.timeutil import NS_PER_S
 
 log = logging.getLogger("gridwatt.collector.rollup")
+
+
+@dataclass
+class OneWrite:
+    """What ``RackRollup.write_batch`` did: the store's answer for the batch's own lines, and whether
+    the node windows (``node_done``) and the rack windows (``rack_done``) went in the same write."""
+
+    result: WriteResult
+    node_done: bool
+    rack_done: bool
+
 
 def _window_fields(w: dict[str, float]) -> str:
     """Fields of node and rack points from sums (e, f, ie in J; c, ce in g; d gpu-s; u util×s; i s; n GPUs).
@@ -253,6 +265,10 @@ class RackRollup:
         #: and windows whose final read-back found node points other than those held
         self.rack_held_windows = 0
         self.rack_final_mismatches = 0
+        #: batches whose node and job_window points (and rack points too) went in the batch's own
+        #: write (write_batch)
+        self.one_writes = 0
+        self.rack_one_writes = 0
 
     def _runs(self, window_starts: set[int]) -> list[tuple[int, int]]:
         """[lo, hi) ranges covering the windows, split where they are far apart."""
@@ -314,6 +330,82 @@ class RackRollup:
     async def recompute_rack(self, rack: str, zone: str, window_starts: set[int]) -> int:
         """Recompute the rack's windows (debounced, coalesced); returns rack points written."""
         return await self._recompute_rack(rack, zone, window_starts) if window_starts else 0
+
+    async def write_batch(
+        self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld,
+        samples: Iterable[Any], points: list[JobPoint], lines: list[str],
+    ) -> OneWrite:
+        """Write a streamed batch's ``lines`` together with the node, ``job_window`` and (where the rack
+        is held and free) ``rack`` points they make, in one store write: the ack then waits for one
+        write instead of three in a row (see the module docstring, "One write per batch").
+
+        Where held state cannot say what the windows will be without a read, the lines are written
+        alone and ``node_done`` is False: the caller then recomputes as before (``recompute_node``,
+        then ``recompute_rack``); ``rack_done`` False: the caller recomputes the rack's windows."""
+        async with self._node_locks[node]:
+            follow = self.held.follow(held, points, window_starts) if held.valid else None
+            if follow is None:
+                return OneWrite(await self.store.write_lines(lines), False, False)
+            windows, jobs = node_windows_from_series(held_series(follow, window_starts))
+            if windows.keys() != window_starts:  # every touched window has job points; else as before
+                return OneWrite(await self.store.write_lines(lines), False, False)
+            node_part = node_lines(node, rack, zone, windows)
+            job_part = job_window_lines(node, rack, jobs)
+            rack_lock = self._rack_locks[rack]
+            rack_points: dict[int, RackWindow] = {}
+            if self.racks.eligible(rack) and not rack_lock.locked() and rack not in self._queued:
+                await rack_lock.acquire()
+                key = (node, zone)
+                for t in sorted(window_starts):
+                    window = self.racks.window(rack, t)
+                    if window is None:  # not held (or dropped meanwhile): the rack is recomputed after
+                        rack_points.clear()
+                        break
+                    rack_points[t] = {**window, key: node_point(windows[t])}
+                if not rack_points:
+                    rack_lock.release()
+            try:
+                rack_windows = {t: w for t, p in rack_points.items() if (w := rack_sums(p)) is not None}
+                rack_part = rack_lines(rack, zone, rack_windows)
+                extra = node_part + job_part + rack_part
+                starts = sorted(windows)  # node_lines' order
+                self.racks.begin_write(rack, starts)
+                try:
+                    result = await self.store.write_lines(lines + extra)
+                except BaseException:
+                    self.racks.wrote(rack, (node, zone), {}, starts)
+                    raise
+                finally:
+                    self.racks.end_write(rack, starts)
+                n = len(lines)
+                mine = WriteResult(lines=n, retries=result.retries,
+                                   rejected={i: why for i, why in result.rejected.items() if i < n})
+                refused = {i - n: why for i, why in result.rejected.items() if i >= n}
+                if refused:
+                    self._log_refused(node, extra, WriteResult(rejected=refused))
+                bad_nodes = {starts[i] for i in refused if i < len(starts)}
+                self.racks.wrote(rack, (node, zone),
+                                 {t: node_point(windows[t]) for t in starts if t not in bad_nodes}, bad_nodes)
+                if mine.rejected or not held.valid:  # the windows written are not the store's: as before
+                    return OneWrite(mine, False, False)
+                self.held.commit(held, samples, points, follow)
+                self.one_writes += 1
+                if self.settle_s > 0:
+                    self._schedule_final(node, rack, zone, window_starts)
+                if not rack_points or refused:
+                    return OneWrite(mine, True, False)
+                for t, written in rack_points.items():  # stored as summed, while no other node wrote since
+                    held_window = self.racks.held(rack, t)
+                    if held_window is not None and held_window.points == written:
+                        self.racks.written(rack, t, held_window.version)
+                self.rack_held_windows += len(rack_points)
+                self.rack_one_writes += 1
+                if self.settle_s > 0:
+                    self._rack_final.schedule(rack, (zone,), set(rack_points))
+                return OneWrite(mine, True, True)
+            finally:
+                if rack_points:
+                    rack_lock.release()
 
     async def recompute_node(
         self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld | None = None,
