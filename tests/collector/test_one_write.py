@@ -1,0 +1,187 @@
+"""One store write per streamed batch (``RackRollup.write_batch``), against a real InfluxDB.
+
+A batch of a held node in a held rack goes to InfluxDB in one write request that carries its gpu and
+job lines, the node and job_window points they make and the rack point: counted by a front
+(tests/influx_front.py) that forwards to the real server. The windows stored that way must be bit for
+bit what a read-back recompute writes, the ack must wait for that write, and where InfluxDB refuses a
+sample's line or a window's line, the windows end up as the read-back says (as before one write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from gridwatt.collector.node_state import HeldNodes, NodeHeld, add_point
+from gridwatt.collector.points import JobPoint
+from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.v1 import telemetry_pb2 as pb
+from tests.collector.helpers import running_collector
+from tests.collector.test_node_state import Stream, sample, snapshot
+from tests.collector.test_rack_state import assert_racks_add_up_in_node_order, read_back_everything
+from tests.conftest import collector_toml, influx_query
+from tests.influx_front import InfluxFront
+
+NS = 1_000_000_000
+J_PER_KWH = 3.6e6
+#: Sample time: three hours ago, on a whole minute (the windows are 60 s).
+T0 = (time.time_ns() - 3 * 3600 * NS) // (60 * NS) * (60 * NS)
+NODES = ("n1", "n2", "n3", "n4")
+RACK = '[[racks]]\nname = "r1"\nzone = "Z"\npue = 1.3\nnodes = ["n1", "n2", "n3", "n4"]\n'
+POWER_W = {"n1": 300.0, "n2": 310.0, "n3": 320.0, "n4": 330.0}
+JOB = [("job-0", 1.0, {"user": "alice"})]
+
+
+def toml(url: str, database: str) -> str:
+    return collector_toml(url, database, racks=RACK) + "\n[accounting]\nreplica_settle_s = 0\n"
+
+
+def second(node: str, k: int, who: bool = True) -> pb.Batch:
+    """Second k of a node: 8 GPUs, one 1-s sample each, all of job-0 (run by alice, with ``who``)."""
+    shares = JOB if who else [("job-0", 1.0, {})]
+    return pb.Batch(batch_id=k + 1, node=node,
+                    gpu_samples=[sample(g, T0 + k * NS, 1, POWER_W[node], shares) for g in range(8)])
+
+
+def measurements(body: str) -> list[str]:
+    return sorted(line.split(",", 1)[0] for line in body.splitlines())
+
+
+async def test_a_streamed_batch_is_one_write_with_its_windows_and_they_equal_the_read_back(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str
+) -> None:
+    async with InfluxFront(influxdb.url) as front, running_collector(
+        tmp_path, toml(front.url, database)
+    ) as c:
+        rollup = c.ingestor.rollup
+        streams = {n: Stream(c.grpc_port) for n in NODES}
+        for node in NODES:  # streams open, windows T0 held (the rack's read once all four stream here)
+            ack = await streams[node].send(second(node, 0))
+            assert ack.code == 0, ack.message
+        assert rollup.racks.eligible("r1") and rollup.rack_queries == 4
+        front.writes.clear()
+        one, rack_one = rollup.one_writes, rollup.rack_one_writes
+        for k in range(1, 6):
+            for node in NODES:  # one at a time: each finds the rack free
+                ack = await streams[node].send(second(node, k))
+                assert (ack.code, ack.stored_samples) == (0, 8), ack.message
+        # 20 batches, 20 write requests, each: 8 gpu + 8 job lines, its node, job_window and rack point
+        assert len(front.writes) == 20
+        assert {tuple(measurements(w.body)) for w in front.writes} == {
+            tuple(sorted(["gpu"] * 8 + ["job"] * 8 + ["job_window", "node", "rack"]))}
+        assert (rollup.one_writes - one, rollup.rack_one_writes - rack_one) == (20, 20)
+        assert (rollup.rack_queries, rollup.node_queries) == (4, 0)  # nothing read meanwhile
+        for s in streams.values():
+            await s.close()
+        # the rack point: the stored node points added in node order (the test's own sum), and the
+        # hand-computed energy: 8 GPUs x 6 s x each node's power
+        assert assert_racks_add_up_in_node_order(influxdb, database) == 1
+        (rack,) = influx_query(influxdb.url, database, "SELECT it_energy_kwh, gpu_count, nodes FROM rack")
+        [[t, kwh, gpus, nodes]] = rack["series"][0]["values"]
+        assert (t, gpus, nodes) == (T0, 32, 4)
+        assert kwh * J_PER_KWH == pytest.approx(8 * 6 * sum(POWER_W.values()), rel=1e-12)
+        before = snapshot(influxdb, database)
+        await read_back_everything(c, list(NODES), {T0})
+        assert snapshot(influxdb, database) == before  # node, job_window and rack: every field, bit for bit
+
+
+async def test_the_ack_waits_for_the_one_write(tmp_path: Path, database: str) -> None:
+    with LocalInfluxDB(tmp_path / "influx") as db:
+        toml_text = toml(db.url, database)
+        async with running_collector(tmp_path, toml_text) as c:
+            rollup = c.ingestor.rollup
+            streams = {n: Stream(c.grpc_port) for n in NODES}
+            for node in NODES:
+                assert (await streams[node].send(second(node, 0))).code == 0
+            one = rollup.rack_one_writes
+            db.pause()  # InfluxDB answers nothing: the write hangs in flight
+            try:
+                send = asyncio.ensure_future(streams["n1"].send(second("n1", 1)))
+                deadline = time.monotonic() + 30
+                while c.store.group is not None and c.store.group.in_flight == 0:
+                    assert time.monotonic() < deadline, "the write never started"
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0.5)
+                assert not send.done()  # no ack before the samples and their windows are stored
+            finally:
+                db.resume()
+            ack = await send
+            assert (ack.code, ack.stored_samples, rollup.rack_one_writes - one) == (0, 8, 1)
+            (rack,) = influx_query(db.url, database, "SELECT it_energy_kwh FROM rack")
+            assert rack["series"][0]["values"][0][1] * J_PER_KWH == pytest.approx(
+                8 * (2 * 300.0 + 310.0 + 320.0 + 330.0), rel=1e-12)
+            for s in streams.values():
+                await s.close()
+
+
+async def test_a_refused_sample_line_in_the_one_write_leaves_the_windows_as_the_read_back(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str
+) -> None:
+    """GPU 3's job point of n1's second 1 names a user, and InfluxDB already holds ``user`` as an
+    integer field of ``job`` in that shard: it refuses that line alone (field type conflict). That
+    sample is rejected, the others stored, and the windows written in the same request (which
+    counted it) are recomputed from the store before the ack."""
+    async with running_collector(tmp_path, toml(influxdb.url, database)) as c:
+        streams = {n: Stream(c.grpc_port) for n in NODES}
+        for node in NODES:
+            assert (await streams[node].send(second(node, 0, who=False))).code == 0
+        await c.store.write_lines([f"job,gpu=0,job_id=other,node=zz,rack=zz user=1i {T0}"])
+        batch = second("n1", 1, who=False)
+        batch.gpu_samples[3].jobs[0].user = "alice"
+        ack = await streams["n1"].send(batch)
+        assert (ack.code, ack.stored_samples) == (3, 7), ack.message  # INVALID_ARGUMENT, 7 stored
+        assert "refused 1 of 8 samples" in ack.message
+        one = c.ingestor.rollup.rack_one_writes
+        assert (await streams["n2"].send(second("n2", 1, who=False))).code == 0
+        assert c.ingestor.rollup.rack_one_writes == one + 1  # the rack is summed from held state again
+        for s in streams.values():
+            await s.close()
+        before = snapshot(influxdb, database)
+        await read_back_everything(c, list(NODES), {T0})
+        assert snapshot(influxdb, database) == before
+        (node, rack) = influx_query(influxdb.url, database, "SELECT gpu_seconds FROM node WHERE node = 'n1'; "
+                                    "SELECT gpu_seconds FROM rack")
+        # n1: 8 GPU-seconds of second 0 and the 7 stored job points of second 1; the rack adds n2's 16
+        # and n3's and n4's 8 each
+        assert node["series"][0]["values"] == [[T0, 15.0]]
+        assert rack["series"][0]["values"] == [[T0, 47.0]]
+
+
+def test_follow_is_what_wrote_holds_after_the_write() -> None:
+    """``follow`` (before the write) gives exactly the windows ``wrote`` holds after it, and leaves the
+    held state untouched; where ``wrote`` would read a window back, ``follow`` says None."""
+    res = 60 * NS
+    nodes = HeldNodes(store=None, resolution_ns=res)  # type: ignore[arg-type]
+
+    def point(gpu: str, job: str, start_s: int, e: float) -> JobPoint:
+        return JobPoint(gpu, job, T0 + start_s * NS, T0 + (start_s + 1) * NS, (e,) * 8, {"user": job})
+
+    def held() -> NodeHeld:
+        h = NodeHeld(known_from_ns=T0, latest_start_ns=None, horizon_ns=0, gpu_max_end={})
+        h.windows[T0] = {}
+        for p in (point("0", "a", 0, 1.5), point("1", "a", 0, 2.25)):
+            assert add_point(h.windows[T0], p)
+        return h
+
+    batch = [point("0", "a", 1, 0.1), point("0", "a", 2, 0.2), point("1", "b", 1, 3.0),
+             point("0", "a", 61, 7.0)]
+    h1, h2 = held(), held()
+
+    def copy(h: NodeHeld) -> dict[int, dict[tuple[str, str], tuple[list[float], int, dict[str, str]]]]:
+        return {t: {k: (list(s.sums), s.end_ns, dict(s.who)) for k, s in w.items()}
+                for t, w in h.windows.items()}
+
+    before = copy(h1)
+    follow = nodes.follow(h1, batch, {T0, T0 + res})
+    assert follow is not None
+    assert copy(h1) == before  # untouched
+    assert nodes.wrote(h2, [], batch, {T0, T0 + res}) == set()
+    assert {t: {k: (s.sums, s.end_ns, s.who) for k, s in w.items()} for t, w in follow.items()} == {
+        t: {k: (s.sums, s.end_ns, s.who) for k, s in w.items()} for t, w in h2.windows.items()}
+    assert follow[T0][("0", "a")].sums == [1.5 + 0.1 + 0.2] * 8
+    # a resend of a point already held, and a window not known: a read is needed
+    assert nodes.follow(h1, [point("0", "a", 0, 1.5)], {T0}) is None
+    assert nodes.follow(h1, [point("0", "a", -60, 1.0)], {T0 - res}) is None
