@@ -434,6 +434,19 @@ class RackRollup:
                 if self.settle_s > 0 and window_starts - read:
                     self._schedule_final(node, rack, zone, window_starts - read)
 
+    def counters(self) -> dict[str, int]:
+        """Counters for /metrics (collector/metrics.py): ``name:label`` -> value."""
+        return {
+            "rollup_queries:node": self.node_queries, "rollup_queries:rack": self.rack_queries,
+            "rollup_queries:fill": self.held.queries,
+            "rollup_queries:interval": self.held.interval_checks_read,
+            "rollup_read_backs:node": self.final_runs, "rollup_read_backs:rack": self.rack_final_runs,
+            "rollup_read_back_mismatches:node": self.final_mismatches,
+            "rollup_read_back_mismatches:rack": self.rack_final_mismatches,
+            "rollup_settle_recomputes": self.settle_runs,
+            "rollup_one_writes:node": self.one_writes, "rollup_one_writes:rack": self.rack_one_writes,
+        }
+
     @property
     def final_runs(self) -> int:
         """Read-backs of node windows written from held state run so far."""

@@ -20,6 +20,7 @@ from gridwatt.collector.points import JobPoint
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
 from tests.collector.helpers import running_collector
+from tests.collector.test_metrics import scrape, v
 from tests.collector.test_node_state import Stream, sample, snapshot
 from tests.collector.test_rack_state import assert_racks_add_up_in_node_order, read_back_everything
 from tests.conftest import collector_toml, influx_query
@@ -74,6 +75,12 @@ async def test_a_streamed_batch_is_one_write_with_its_windows_and_they_equal_the
             tuple(sorted(["gpu"] * 8 + ["job"] * 8 + ["job_window", "node", "rack"]))}
         assert (rollup.one_writes - one, rollup.rack_one_writes - rack_one) == (20, 20)
         assert (rollup.rack_queries, rollup.node_queries) == (4, 0)  # nothing read meanwhile
+        _, metrics = await scrape(c.http_port or 0)  # the same counters on /metrics
+        assert (v(metrics, "rollup_one_writes_total", windows="node"),
+                v(metrics, "rollup_one_writes_total", windows="rack")) == (one + 20, rack_one + 20)
+        queries = {kind: v(metrics, "rollup_queries_total", kind=kind) for kind in ("rack", "node", "fill")}
+        assert queries == {"rack": 4, "node": 0, "fill": 4}
+        assert v(metrics, "rollup_read_back_mismatches_total", kind="node") == 0
         for s in streams.values():
             await s.close()
         # the rack point: the stored node points added in node order (the test's own sum), and the
