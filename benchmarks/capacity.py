@@ -83,6 +83,23 @@ def influxd_rates(before: dict[str, float], after: dict[str, float], seconds: fl
             "write_busy_s_per_s": per_s("writeReqDurationNs", 1e9)}
 
 
+#: Collector counters reported per step (their increase inside the measured window, per second)
+COLLECTOR_COUNTERS = ("gridwatt_collector_rollup_", "gridwatt_collector_influxdb_group_writes_total",
+                      "gridwatt_collector_batches_deferred_total")
+
+
+def collector_counters(url: str) -> dict[str, float]:
+    """The collector's rollup and group-commit counters from its ``/metrics`` (name{labels} -> value)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(COLLECTOR_COUNTERS) and "_total" in line:
+            name, _, value = line.rpartition(" ")
+            out[name.removeprefix("gridwatt_collector_")] = float(value)
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -154,7 +171,7 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
 # --- driver ---------------------------------------------------------------------------------------
 
 def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, prefix: str,
-             pids: dict[str, int], influx_url: str) -> dict[str, Any]:
+             pids: dict[str, int], influx_url: str, collector_url: str) -> dict[str, Any]:
     """One N: worker processes run the nodes; returns the step's figures."""
     per = -(-nodes // args.workers)
     procs = []
@@ -174,9 +191,11 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
     time.sleep(args.warmup)
     cpu0 = {k: cpu_s(pid) for k, pid in pids.items()}
     http0 = influxd_http_stats(influx_url)
+    own0 = collector_counters(collector_url)
     time.sleep(args.seconds)
     cpu1 = {k: cpu_s(pid) for k, pid in pids.items()}
     http1 = influxd_http_stats(influx_url)
+    own1 = collector_counters(collector_url)
     results = []
     for proc, out in procs:
         if proc.wait(timeout=args.seconds + 120) != 0:
@@ -196,6 +215,8 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
         "collector_cores": round((cpu1["collector"] - cpu0["collector"]) / args.seconds, 3),
         "loadgen_cores": round(sum(r["cpu_s"] for r in results) / args.seconds, 3),
         "influxd": influxd_rates(http0, http1, args.seconds),
+        "collector_per_s": {k: round((v - own0.get(k, 0.0)) / args.seconds, 2) for k, v in own1.items()
+                            if v != own0.get(k, 0.0)},
     }
     step["ok"] = bool(latencies) and step["ack_p99_s"] < ACK_P99_LIMIT_S and growth <= 2 * offered
     return step
@@ -313,7 +334,8 @@ def main() -> None:
             for k, nodes in enumerate(int(x) for x in args.nodes.split(",")):
                 say(f"step {k}: {nodes} nodes x {args.gpus} GPUs at {1 / args.interval_s:g} Hz, "
                     f"linger {args.linger_s} s, {args.warmup:g} s warm-up + {args.seconds:g} s")
-                step = run_step(collector.grpc_address, nodes, args, spools, f"s{k}", pids, db.url)
+                step = run_step(collector.grpc_address, nodes, args, spools, f"s{k}", pids, db.url,
+                                collector.http_url)
                 say(json.dumps(step))
                 steps.append(step)
                 if not step["ok"]:
