@@ -315,7 +315,7 @@ class Ingestor:
             one = await self.rollup.write_batch(
                 batch.node, placement.rack, placement.zone, prepared.windows, held, samples,
                 prepared.job_points, prepared.lines + side_lines)
-            result, node_done, rack_done = one.result, one.node_done, one.rack_done
+            result, node_done, rack_done = one.result, True, one.rack_done
         else:
             result = await self.store.write_lines(prepared.lines + side_lines)
         retried = result.retries > 0

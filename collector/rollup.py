@@ -79,10 +79,9 @@ log = logging.getLogger("gridwatt.collector.rollup")
 @dataclass
 class OneWrite:
     """What ``RackRollup.write_batch`` did: the store's answer for the batch's own lines, and whether
-    the node windows (``node_done``) and the rack windows (``rack_done``) went in the same write."""
+    the rack's windows are written too (else the caller recomputes them)."""
 
     result: WriteResult
-    node_done: bool
     rack_done: bool
 
 
@@ -340,15 +339,21 @@ class RackRollup:
         write instead of three in a row (see the module docstring, "One write per batch").
 
         Where held state cannot say what the windows will be without a read, the lines are written
-        alone and ``node_done`` is False: the caller then recomputes as before (``recompute_node``,
-        then ``recompute_rack``); ``rack_done`` False: the caller recomputes the rack's windows."""
+        alone and the node's windows recomputed after them as before (``recompute_node``); where the
+        store refused some of the batch's lines, the windows are read back and written again. All
+        under the node's lock, so a final read-back never sees the batch's job points before held
+        state does. ``rack_done`` False: the caller recomputes the rack's windows (``recompute_rack``)."""
         async with self._node_locks[node]:
             follow = self.held.follow(held, points, window_starts) if held.valid else None
-            if follow is None:
-                return OneWrite(await self.store.write_lines(lines), False, False)
-            windows, jobs = node_windows_from_series(held_series(follow, window_starts))
-            if windows.keys() != window_starts:  # every touched window has job points; else as before
-                return OneWrite(await self.store.write_lines(lines), False, False)
+            windows: dict[int, dict[str, float]] = {}
+            jobs: dict[tuple[int, str], dict[str, Any]] = {}
+            if follow is not None:
+                windows, jobs = node_windows_from_series(held_series(follow, window_starts))
+            if follow is None or windows.keys() != window_starts:  # (every touched window has job points)
+                result = await self.store.write_lines(lines)
+                await self._recompute_node_locked(node, rack, zone, window_starts,
+                                                  None if result.rejected else held, samples, points)
+                return OneWrite(result, False)
             node_part = node_lines(node, rack, zone, windows)
             job_part = job_window_lines(node, rack, jobs)
             rack_lock = self._rack_locks[rack]
@@ -386,14 +391,15 @@ class RackRollup:
                 bad_nodes = {starts[i] for i in refused if i < len(starts)}
                 self.racks.wrote(rack, (node, zone),
                                  {t: node_point(windows[t]) for t in starts if t not in bad_nodes}, bad_nodes)
-                if mine.rejected or not held.valid:  # the windows written are not the store's: as before
-                    return OneWrite(mine, False, False)
+                if mine.rejected or not held.valid:  # the windows written may not be the store's: read
+                    await self._recompute_node_locked(node, rack, zone, window_starts, None, samples, points)
+                    return OneWrite(mine, False)
                 self.held.commit(held, samples, points, follow)
                 self.one_writes += 1
                 if self.settle_s > 0:
                     self._schedule_final(node, rack, zone, window_starts)
                 if not rack_points or refused:
-                    return OneWrite(mine, True, False)
+                    return OneWrite(mine, False)
                 for t, written in rack_points.items():  # stored as summed, while no other node wrote since
                     held_window = self.racks.held(rack, t)
                     if held_window is not None and held_window.points == written:
@@ -402,7 +408,7 @@ class RackRollup:
                 self.rack_one_writes += 1
                 if self.settle_s > 0:
                     self._rack_final.schedule(rack, (zone,), set(rack_points))
-                return OneWrite(mine, True, True)
+                return OneWrite(mine, True)
             finally:
                 if rack_points:
                     rack_lock.release()
@@ -415,24 +421,31 @@ class RackRollup:
         if not window_starts:
             return
         async with self._node_locks[node]:
-            if held is None or not held.valid:
-                self.held.drop(node)
-                held, read = None, set(window_starts)
-            else:
-                read = self.held.wrote(held, samples, points or [], window_starts)
-            series = held_series(held.windows, window_starts - read) if held is not None else []
-            fresh = await self._read_series(node, read) if read else []
-            if held is not None:
-                self.held.read(held, fresh, read)
-            windows, jobs = node_windows_from_series(series + fresh)
-            mine = {t: w for t, w in windows.items() if t in window_starts}
-            await self._write_node(node, rack, zone, mine,
-                                   job_window_lines(node, rack, {k: w for k, w in jobs.items()
-                                                                 if k[0] in window_starts}))
-            if held is not None:
-                self.held.evict(held)
-                if self.settle_s > 0 and window_starts - read:
-                    self._schedule_final(node, rack, zone, window_starts - read)
+            await self._recompute_node_locked(node, rack, zone, window_starts, held, samples, points)
+
+    async def _recompute_node_locked(
+        self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld | None,
+        samples: Iterable[Any], points: list[JobPoint] | None,
+    ) -> None:
+        """``recompute_node`` with the node's lock held."""
+        if held is None or not held.valid:
+            self.held.drop(node)
+            held, read = None, set(window_starts)
+        else:
+            read = self.held.wrote(held, samples, points or [], window_starts)
+        series = held_series(held.windows, window_starts - read) if held is not None else []
+        fresh = await self._read_series(node, read) if read else []
+        if held is not None:
+            self.held.read(held, fresh, read)
+        windows, jobs = node_windows_from_series(series + fresh)
+        mine = {t: w for t, w in windows.items() if t in window_starts}
+        await self._write_node(node, rack, zone, mine,
+                               job_window_lines(node, rack, {k: w for k, w in jobs.items()
+                                                             if k[0] in window_starts}))
+        if held is not None:
+            self.held.evict(held)
+            if self.settle_s > 0 and window_starts - read:
+                self._schedule_final(node, rack, zone, window_starts - read)
 
     def counters(self) -> dict[str, int]:
         """Counters for /metrics (collector/metrics.py): ``name:label`` -> value."""
