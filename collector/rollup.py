@@ -268,6 +268,12 @@ class RackRollup:
         #: write (write_batch)
         self.one_writes = 0
         self.rack_one_writes = 0
+        #: a held rack's next window is read (and held) up to this long before it starts on the wall
+        #: clock (a fixed offset per rack within it, at least 1 s), off the ack path; 0: not at all
+        self.prefetch_lead_s = min(10.0, resolution_s / 4)
+        self._prefetch: dict[tuple[str, int], asyncio.TimerHandle | asyncio.Task[None]] = {}
+        #: next-window reads made ahead (also counted in rack_queries)
+        self.rack_prefetches = 0
 
     def _runs(self, window_starts: set[int]) -> list[tuple[int, int]]:
         """[lo, hi) ranges covering the windows, split where they are far apart."""
@@ -406,6 +412,7 @@ class RackRollup:
                         self.racks.written(rack, t, held_window.version)
                 self.rack_held_windows += len(rack_points)
                 self.rack_one_writes += 1
+                self._schedule_prefetch(rack, zone, max(rack_points))
                 if self.settle_s > 0:
                     self._rack_final.schedule(rack, (zone,), set(rack_points))
                 return OneWrite(mine, True)
@@ -447,6 +454,38 @@ class RackRollup:
             if self.settle_s > 0 and window_starts - read:
                 self._schedule_final(node, rack, zone, window_starts - read)
 
+    def _schedule_prefetch(self, rack: str, zone: str, window_ns: int) -> None:
+        """Read the held rack's next window ahead, before it starts on the wall clock, so that the
+        first batches of the window find it held (one write each) instead of all waiting, in the
+        same moment, for one read per rack. Only while that window is still to come: sample time
+        far behind the wall clock (a backfill) is read when touched, as before."""
+        nxt = window_ns + self.resolution_ns
+        if self.prefetch_lead_s <= 0 or (rack, nxt) in self._prefetch or self.racks.held(rack, nxt):
+            return
+        until_s = (nxt - time.time_ns()) / NS_PER_S
+        lead_s = 1.0 + zlib.crc32(rack.encode()) % 1000 / 1000 * max(0.0, self.prefetch_lead_s - 1.0)
+        if until_s <= 0 or until_s > 2 * self.resolution_ns / NS_PER_S:
+            return
+        self._prefetch[(rack, nxt)] = asyncio.get_running_loop().call_later(
+            max(0.0, until_s - lead_s), self._start_prefetch, rack, zone, nxt)
+
+    def _start_prefetch(self, rack: str, zone: str, window_ns: int) -> None:
+        task = asyncio.create_task(self._prefetch_window(rack, window_ns))
+        self._prefetch[(rack, window_ns)] = task
+        task.add_done_callback(lambda t: self._prefetched(rack, window_ns, t))
+
+    async def _prefetch_window(self, rack: str, window_ns: int) -> None:
+        async with self._rack_locks[rack]:
+            if self.racks.eligible(rack) and self.racks.held(rack, window_ns) is None:
+                self.rack_prefetches += 1
+                await self._read_rack(rack, {window_ns})
+
+    def _prefetched(self, rack: str, window_ns: int, task: asyncio.Task[None]) -> None:
+        if self._prefetch.get((rack, window_ns)) is task:
+            del self._prefetch[(rack, window_ns)]
+        if not task.cancelled() and task.exception() is not None:  # the batches will read it
+            log.info("rack %r: reading the next window ahead failed: %s", rack, task.exception())
+
     def counters(self) -> dict[str, int]:
         """Counters for /metrics (collector/metrics.py): ``name:label`` -> value."""
         return {
@@ -458,6 +497,7 @@ class RackRollup:
             "rollup_read_back_mismatches:rack": self.rack_final_mismatches,
             "rollup_settle_recomputes": self.settle_runs,
             "rollup_one_writes:node": self.one_writes, "rollup_one_writes:rack": self.rack_one_writes,
+            "rollup_queries:rack_ahead": self.rack_prefetches,
         }
 
     @property
@@ -634,6 +674,9 @@ class RackRollup:
     async def close(self) -> None:
         """Run pending read-backs and settle recomputes now (best effort), so a stopping collector
         leaves them exact."""
+        for ahead in self._prefetch.values():  # reads ahead are for batches yet to come: none now
+            ahead.cancel()
+        self._prefetch.clear()
         await self._final.drain()
         for handle in self._settle_handles.values():
             handle.cancel()
@@ -740,6 +783,8 @@ class RackRollup:
             raise
         future.set_result(written)
         self.rack_held_windows += len(held_now)
+        if versions:
+            self._schedule_prefetch(rack, zone, max(versions))
         if self.settle_s > 0:
             if versions:  # written from held state: read back once after the window's end instead
                 self._rack_final.schedule(rack, (zone,), set(versions))
