@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,51 @@ def test_follow_is_what_wrote_holds_after_the_write() -> None:
     # a resend of a point already held, and a window not known: a read is needed
     assert nodes.follow(h1, [point("0", "a", 0, 1.5)], {T0}) is None
     assert nodes.follow(h1, [point("0", "a", -60, 1.0)], {T0 - res}) is None
+
+
+async def test_a_held_racks_next_window_is_read_ahead_and_its_first_batches_take_one_write(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str
+) -> None:
+    """Real time (samples of the current minute): once a held rack's window is written, its next one
+    is read before it starts, so the next window's first batches find it held: no read on their way."""
+    s0 = time.time_ns() - 2 * NS
+    w = s0 - s0 % (60 * NS)
+
+    def batch(node: str, start_ns: int) -> pb.Batch:
+        return pb.Batch(batch_id=start_ns // NS, node=node, gpu_samples=[
+            sample(g, start_ns, 1, POWER_W[node], [("job-0", 1.0, {})]) for g in range(8)])
+
+    async with running_collector(tmp_path, toml(influxdb.url, database)) as c:
+        rollup = c.ingestor.rollup
+        # the read ahead starts at once: r1's offset within the lead is beyond the next window's start
+        share = zlib.crc32(b"r1") % 1000 / 1000
+        rollup.prefetch_lead_s = 1.0 + 200.0 / share
+        streams = {n: Stream(c.grpc_port) for n in NODES}
+        for node in NODES:
+            assert (await streams[node].send(batch(node, s0))).code == 0
+        # three reads while the rack is not held (its last stream not yet open), one that holds w,
+        # then the read ahead of w + 60 s
+        deadline = time.monotonic() + 30
+        while rollup.racks.held("r1", w + 60 * NS) is None:
+            assert time.monotonic() < deadline, "the next window was never read ahead"
+            await asyncio.sleep(0.02)
+        assert (rollup.rack_queries, rollup.rack_prefetches) == (5, 1)
+        one = rollup.rack_one_writes
+        for node in NODES:
+            ack = await streams[node].send(batch(node, w + 60 * NS))
+            assert ack.code == 0, ack.message
+        assert rollup.rack_one_writes == one + 4  # each with its rack point, none read on the way
+        while rollup.racks.held("r1", w + 120 * NS) is None:  # and w + 120 s is read ahead in turn
+            assert time.monotonic() < deadline, "the window after was never read ahead"
+            await asyncio.sleep(0.02)
+        assert (rollup.rack_queries, rollup.rack_prefetches) == (6, 2)
+        for s in streams.values():
+            await s.close()
+        assert assert_racks_add_up_in_node_order(influxdb, database) == 2
+        (rack,) = influx_query(influxdb.url, database, "SELECT it_energy_kwh, gpu_count FROM rack")
+        assert [(t, gpus) for t, _, gpus in rack["series"][0]["values"]] == [(w, 32), (w + 60 * NS, 32)]
+        assert rack["series"][0]["values"][1][1] * J_PER_KWH == pytest.approx(8 * sum(POWER_W.values()),
+                                                                              rel=1e-12)
+        before = snapshot(influxdb, database)
+        await read_back_everything(c, list(NODES), {w, w + 60 * NS})
+        assert snapshot(influxdb, database) == before
