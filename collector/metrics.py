@@ -103,7 +103,8 @@ def _counters(unit: str, received: int, stored: int, rejected: dict[str, int],
 #: (``RackRollup.counters``) are ``name`` or ``name:label value``.
 ROLLUP_FAMILIES: dict[str, tuple[str, str]] = {
     "rollup_queries": ("InfluxQL reads made for windows and held state, by kind (node: a node's job "
-                       "points, rack: a rack's node points, fill: a node's held state, interval: the "
+                       "points, rack: a rack's node points, rack_ahead: those of them reading a held "
+                       "rack's next window ahead, fill: a node's held state, interval: the "
                        "one-GPU-second check).", "kind"),
     "rollup_read_backs": ("Final read-backs run of windows written from held state, by kind.", "kind"),
     "rollup_read_back_mismatches": ("Final read-backs that found other values than those held "
