@@ -309,13 +309,15 @@ class Ingestor:
         n_lines = len(prepared.lines)
         if held is not None:  # still set at the node's next batch if this write fails
             held.writing = True
-        node_done = rack_done = False
+        # held: one write, the batch's lines with the node, job_window (and rack) points they make,
+        # or the lines then the node's windows, under the rollup's node lock (RackRollup.write_batch)
+        node_done = held is not None and self.rack_windows
+        rack_done = False
         if held is not None and self.rack_windows:
-            # one write: the batch's lines with the node, job_window and rack points they make
             one = await self.rollup.write_batch(
                 batch.node, placement.rack, placement.zone, prepared.windows, held, samples,
                 prepared.job_points, prepared.lines + side_lines)
-            result, node_done, rack_done = one.result, True, one.rack_done
+            result, rack_done = one.result, one.rack_done
         else:
             result = await self.store.write_lines(prepared.lines + side_lines)
         retried = result.retries > 0

@@ -15,7 +15,12 @@ After a batch of node N is stored:
    then following this replica's node writes) where it holds the window, else from InfluxDB
    (one query of the raw node points).
 
-Both writes have deterministic tags and timestamps, so a resent batch, a late
+For a streamed batch of a held node, 1 and 2 need no read: the node, job_window and (where the rack is
+held and no other write of its points is in flight) rack points are computed before the batch is
+written and go in the same store write as its samples (``write_batch``; collector/README.md "One write
+per streamed batch"). Where they cannot, the batch is written first and they follow as above.
+
+All these writes have deterministic tags and timestamps, so a resent batch, a late
 sample or a batch split differently all leave the same values. Recomputes of
 one node are serialised; recomputes of one rack are coalesced (and, where the rack is
 read, debounced): the first request for a rack read waits ``rack_delay_s`` (so the nodes
