@@ -54,6 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import count_samples, cpu_s, post_raw
 
 ACK_P99_LIMIT_S = 2.0
+#: Acks slower than this are counted per second of the minute (where in the window the tail is).
+SLOW_ACK_S = 1.0
 #: Simulated nodes start in this many groups spread over max(interval, linger) (see run_nodes).
 PHASES = 40
 #: The raw rate is measured over at least this many samples.
@@ -117,11 +119,14 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
     window = (t_start + args.warmup, t_start + args.warmup + args.seconds)
     latencies: list[float] = []
     acked = [0]
+    slow = [0] * 60  # acks slower than SLOW_ACK_S, by the wall clock's second of the minute
 
     def on_ack(latency_s: float, samples: int) -> None:
         if window[0] <= time.monotonic() < window[1]:
             latencies.append(latency_s)
             acked[0] += samples
+            if latency_s > SLOW_ACK_S:
+                slow[int(time.time()) % 60] += 1
 
     nodes = []
     start_ns = time.time_ns()
@@ -165,7 +170,7 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
     for _, _, spool, _ in nodes:
         spool.close()
     return {"latencies": latencies, "acked": acked[0], "backlog_start": backlog.get("start", 0),
-            "backlog_end": backlog["end"], "cpu_s": cpu_in_window_s}
+            "backlog_end": backlog["end"], "cpu_s": cpu_in_window_s, "slow": slow}
 
 
 # --- driver ---------------------------------------------------------------------------------------
@@ -218,6 +223,11 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
         "collector_per_s": {k: round((v - own0.get(k, 0.0)) / args.seconds, 2) for k, v in own1.items()
                             if v != own0.get(k, 0.0)},
     }
+    slow = [sum(r.get("slow", [0] * 60)[k] for r in results) for k in range(60)]
+    # where the slow acks fall in the minute (windows are a minute): the 5 busiest seconds
+    busiest = sorted(range(60), key=lambda k: -slow[k])[:5]
+    step["slow_acks"] = {"over_s": SLOW_ACK_S, "count": sum(slow),
+                         "top_seconds_of_minute": {k: slow[k] for k in busiest if slow[k]}}
     step["ok"] = bool(latencies) and step["ack_p99_s"] < ACK_P99_LIMIT_S and growth <= 2 * offered
     return step
 
