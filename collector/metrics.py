@@ -109,6 +109,8 @@ ROLLUP_FAMILIES: dict[str, tuple[str, str]] = {
     "rollup_read_backs": ("Final read-backs run of windows written from held state, by kind.", "kind"),
     "rollup_read_back_mismatches": ("Final read-backs that found other values than those held "
                                     "(another replica or a rewrite wrote there), by kind.", "kind"),
+    "rollup_read_backs_again": ("Nodes a read-back read again under their lock: their windows changed "
+                                "during its first read (made without the lock).", ""),
     "rollup_settle_recomputes": ("Rack windows recomputed once more replica_settle_s after a read.", ""),
     "rollup_one_writes": ("Batches whose node windows (windows=node), and also rack windows "
                           "(windows=rack), were written in the batch's own store write.", "windows"),

@@ -137,6 +137,33 @@ def job_window_lines(node: str, rack: str, jobs: dict[tuple[int, str], dict[str,
     ]
 
 
+class _Changes:
+    """One node's changes of its windows under its lock: a number bumped by each, the number at each
+    window's latest change (the latest ``KEEP`` windows), and the highest number of those forgotten.
+    A read-back reads without the node's lock, then, under it, reads again the nodes whose windows
+    changed meanwhile (``since``), so what it holds and writes is never older than a change it missed."""
+
+    KEEP = 64
+    __slots__ = ("forgotten", "last", "seq")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.last: dict[int, int] = {}
+        self.forgotten = 0
+
+    def bump(self, window_starts: Iterable[int]) -> None:
+        self.seq += 1
+        for t in window_starts:
+            self.last[t] = self.seq
+        if len(self.last) > self.KEEP:
+            for t in sorted(self.last)[:len(self.last) - self.KEEP]:
+                self.forgotten = max(self.forgotten, self.last.pop(t))
+
+    def since(self, window_starts: Iterable[int], seq: int) -> bool:
+        """Whether any of these windows changed after the change numbered ``seq``."""
+        return any(self.last.get(t, self.forgotten) > seq for t in window_starts)
+
+
 class _ReadBacks:
     """Windows written from held state that wait for their final read-back, per key (a node or a
     rack) with its context (``ctx``: what ``run`` needs besides the key), each window with the
@@ -240,6 +267,10 @@ class RackRollup:
         self.resolution_ns = resolution_s * NS_PER_S
         self.max_gap_windows = max_gap_windows
         self._node_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        #: per node, the changes of its windows made under its lock (read-backs read without it)
+        self._changes: dict[str, _Changes] = defaultdict(_Changes)
+        #: nodes a read-back read again under their lock (their windows changed during its first read)
+        self.read_backs_again = 0
         self._rack_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._queued: dict[str, tuple[set[int], asyncio.Future[int]]] = {}
         #: InfluxQL requests made: all of them, and those reading node and rack windows
@@ -355,75 +386,88 @@ class RackRollup:
         under the node's lock, so a final read-back never sees the batch's job points before held
         state does. ``rack_done`` False: the caller recomputes the rack's windows (``recompute_rack``)."""
         async with self._node_locks[node]:
-            follow = self.held.follow(held, points, window_starts) if held.valid else None
-            windows: dict[int, dict[str, float]] = {}
-            jobs: dict[tuple[int, str], dict[str, Any]] = {}
-            if follow is not None:
-                windows, jobs = node_windows_from_series(held_series(follow, window_starts))
-            if follow is None or windows.keys() != window_starts:  # (every touched window has job points)
-                result = await self.store.write_lines(lines)
-                await self._recompute_node_locked(node, rack, zone, window_starts,
-                                                  None if result.rejected else held, samples, points)
-                return OneWrite(result, False)
-            node_part = node_lines(node, rack, zone, windows)
-            job_part = job_window_lines(node, rack, jobs)
-            rack_lock = self._rack_locks[rack]
-            rack_points: dict[int, RackWindow] = {}
-            if self.racks.eligible(rack) and not rack_lock.locked() and rack not in self._queued:
-                await rack_lock.acquire()
-                key = (node, zone)
-                for t in sorted(window_starts):
-                    window = self.racks.window(rack, t)
-                    if window is None:  # not held (or dropped meanwhile): the rack is recomputed after
-                        rack_points.clear()
-                        break
-                    rack_points[t] = {**window, key: node_point(windows[t])}
-                if not rack_points:
-                    rack_lock.release()
+            changes = self._changes[node]
+            changes.bump(window_starts)  # before and after: a read-back reading meanwhile reads again
             try:
-                rack_windows = {t: w for t, p in rack_points.items() if (w := rack_sums(p)) is not None}
-                rack_part = rack_lines(rack, zone, rack_windows)
-                extra = node_part + job_part + rack_part
-                starts = sorted(windows)  # node_lines' order
-                self.racks.begin_write(rack, starts)
-                try:
-                    result = await self.store.write_lines(lines + extra)
-                except BaseException:
-                    self.racks.wrote(rack, (node, zone), {}, starts)
-                    raise
-                finally:
-                    self.racks.end_write(rack, starts)
-                n = len(lines)
-                mine = WriteResult(lines=n, retries=result.retries,
-                                   rejected={i: why for i, why in result.rejected.items() if i < n})
-                refused = {i - n: why for i, why in result.rejected.items() if i >= n}
-                if refused:
-                    self._log_refused(node, extra, WriteResult(rejected=refused))
-                bad_nodes = {starts[i] for i in refused if i < len(starts)}
-                self.racks.wrote(rack, (node, zone),
-                                 {t: node_point(windows[t]) for t in starts if t not in bad_nodes}, bad_nodes)
-                if mine.rejected or not held.valid:  # the windows written may not be the store's: read
-                    await self._recompute_node_locked(node, rack, zone, window_starts, None, samples, points)
-                    return OneWrite(mine, False)
-                self.held.commit(held, samples, points, follow)
-                self.one_writes += 1
-                if self.settle_s > 0:
-                    self._schedule_final(node, rack, zone, window_starts)
-                if not rack_points or refused:
-                    return OneWrite(mine, False)
-                for t, written in rack_points.items():  # stored as summed, while no other node wrote since
-                    held_window = self.racks.held(rack, t)
-                    if held_window is not None and held_window.points == written:
-                        self.racks.written(rack, t, held_window.version)
-                self.rack_held_windows += len(rack_points)
-                self.rack_one_writes += 1
-                self._schedule_prefetch(rack, zone, max(rack_points))
-                if self.settle_s > 0:
-                    self._rack_final.schedule(rack, (zone,), set(rack_points))
-                return OneWrite(mine, True)
+                return await self._write_batch_locked(node, rack, zone, window_starts, held, samples, points,
+                                                      lines)
             finally:
-                if rack_points:
-                    rack_lock.release()
+                changes.bump(window_starts)
+
+    async def _write_batch_locked(
+        self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld,
+        samples: Iterable[Any], points: list[JobPoint], lines: list[str],
+    ) -> OneWrite:
+        """``write_batch`` with the node's lock held."""
+        follow = self.held.follow(held, points, window_starts) if held.valid else None
+        windows: dict[int, dict[str, float]] = {}
+        jobs: dict[tuple[int, str], dict[str, Any]] = {}
+        if follow is not None:
+            windows, jobs = node_windows_from_series(held_series(follow, window_starts))
+        if follow is None or windows.keys() != window_starts:  # (every touched window has job points)
+            result = await self.store.write_lines(lines)
+            await self._recompute_node_locked(node, rack, zone, window_starts,
+                                              None if result.rejected else held, samples, points)
+            return OneWrite(result, False)
+        node_part = node_lines(node, rack, zone, windows)
+        job_part = job_window_lines(node, rack, jobs)
+        rack_lock = self._rack_locks[rack]
+        rack_points: dict[int, RackWindow] = {}
+        if self.racks.eligible(rack) and not rack_lock.locked() and rack not in self._queued:
+            await rack_lock.acquire()
+            key = (node, zone)
+            for t in sorted(window_starts):
+                window = self.racks.window(rack, t)
+                if window is None:  # not held (or dropped meanwhile): the rack is recomputed after
+                    rack_points.clear()
+                    break
+                rack_points[t] = {**window, key: node_point(windows[t])}
+            if not rack_points:
+                rack_lock.release()
+        try:
+            rack_windows = {t: w for t, p in rack_points.items() if (w := rack_sums(p)) is not None}
+            rack_part = rack_lines(rack, zone, rack_windows)
+            extra = node_part + job_part + rack_part
+            starts = sorted(windows)  # node_lines' order
+            self.racks.begin_write(rack, starts)
+            try:
+                result = await self.store.write_lines(lines + extra)
+            except BaseException:
+                self.racks.wrote(rack, (node, zone), {}, starts)
+                raise
+            finally:
+                self.racks.end_write(rack, starts)
+            n = len(lines)
+            mine = WriteResult(lines=n, retries=result.retries,
+                               rejected={i: why for i, why in result.rejected.items() if i < n})
+            refused = {i - n: why for i, why in result.rejected.items() if i >= n}
+            if refused:
+                self._log_refused(node, extra, WriteResult(rejected=refused))
+            bad_nodes = {starts[i] for i in refused if i < len(starts)}
+            self.racks.wrote(rack, (node, zone),
+                             {t: node_point(windows[t]) for t in starts if t not in bad_nodes}, bad_nodes)
+            if mine.rejected or not held.valid:  # the windows written may not be the store's: read
+                await self._recompute_node_locked(node, rack, zone, window_starts, None, samples, points)
+                return OneWrite(mine, False)
+            self.held.commit(held, samples, points, follow)
+            self.one_writes += 1
+            if self.settle_s > 0:
+                self._schedule_final(node, rack, zone, window_starts)
+            if not rack_points or refused:
+                return OneWrite(mine, False)
+            for t, written in rack_points.items():  # stored as summed, while no other node wrote since
+                held_window = self.racks.held(rack, t)
+                if held_window is not None and held_window.points == written:
+                    self.racks.written(rack, t, held_window.version)
+            self.rack_held_windows += len(rack_points)
+            self.rack_one_writes += 1
+            self._schedule_prefetch(rack, zone, max(rack_points))
+            if self.settle_s > 0:
+                self._rack_final.schedule(rack, (zone,), set(rack_points))
+            return OneWrite(mine, True)
+        finally:
+            if rack_points:
+                rack_lock.release()
 
     async def recompute_node(
         self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld | None = None,
@@ -440,6 +484,17 @@ class RackRollup:
         samples: Iterable[Any], points: list[JobPoint] | None,
     ) -> None:
         """``recompute_node`` with the node's lock held."""
+        changes = self._changes[node]
+        changes.bump(window_starts)  # before and after: a read-back reading meanwhile reads again
+        try:
+            await self._recompute_node_body(node, rack, zone, window_starts, held, samples, points)
+        finally:
+            changes.bump(window_starts)
+
+    async def _recompute_node_body(
+        self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld | None,
+        samples: Iterable[Any], points: list[JobPoint] | None,
+    ) -> None:
         if held is None or not held.valid:
             self.held.drop(node)
             held, read = None, set(window_starts)
@@ -503,6 +558,7 @@ class RackRollup:
             "rollup_settle_recomputes": self.settle_runs,
             "rollup_one_writes:node": self.one_writes, "rollup_one_writes:rack": self.rack_one_writes,
             "rollup_queries:rack_ahead": self.rack_prefetches,
+            "rollup_read_backs_again": self.read_backs_again,
         }
 
     @property
@@ -581,22 +637,40 @@ class RackRollup:
         """``_read_back`` of several nodes of one rack, with one query (per run of windows)."""
         names = sorted(nodes)  # locks in one order: no deadlock with another group
         union: set[int] = set().union(*nodes.values())
+        # read without the nodes' locks (their batches go on meanwhile); then, under them, read again
+        # only the nodes whose windows changed during that read (rare: a batch for a closed window)
+        seqs = {node: self._changes[node].seq for node in names}
+        rows_by_node = await self._read_node_rows(nodes)
         async with contextlib.AsyncExitStack() as stack:
             for node in names:
                 await stack.enter_async_context(self._node_locks[node])
-            res_s = self.resolution_ns // NS_PER_S
-            rows_by_node: dict[str, list[tuple[dict[str, str], dict[str, Any]]]] = defaultdict(list)
-            for lo, hi in self._runs(union):
-                self.node_queries += 1
-                q = queries.nodes_window_sums(self.store.measurement, names, lo, hi, res_s)
-                for tags, row in await self._sums(q):
-                    rows_by_node[tags.get("node", "")].append((tags, row))
+            changed = {node: nodes[node] for node in names
+                       if self._changes[node].since(nodes[node], seqs[node])}
+            if changed:
+                self.read_backs_again += len(changed)
+                rows_by_node.update({node: [] for node in changed})
+                rows_by_node.update(await self._read_node_rows(changed))
             writes = []
             for node in names:
                 fresh = [r for r in series_from_rows(rows_by_node.get(node, [])) if r[0] in nodes[node]]
                 writes.append(self._held_read_back(node, rack, zone, nodes[node], fresh))
             await asyncio.gather(*writes)
         await self._recompute_rack(rack, zone, union)
+
+    async def _read_node_rows(
+        self, nodes: dict[str, set[int]],
+    ) -> dict[str, list[tuple[dict[str, str], dict[str, Any]]]]:
+        """The ``job`` sums of these nodes' windows (one query per run of windows), rows per node."""
+        names = sorted(nodes)
+        union: set[int] = set().union(*nodes.values())
+        res_s = self.resolution_ns // NS_PER_S
+        rows_by_node: dict[str, list[tuple[dict[str, str], dict[str, Any]]]] = defaultdict(list)
+        for lo, hi in self._runs(union):
+            self.node_queries += 1
+            q = queries.nodes_window_sums(self.store.measurement, names, lo, hi, res_s)
+            for tags, row in await self._sums(q):
+                rows_by_node[tags.get("node", "")].append((tags, row))
+        return rows_by_node
 
     async def _read_back(self, node: str, rack: str, zone: str, window_starts: set[int]) -> None:
         """Rewrite node windows from the read-back, hold what was read, then recompute the rack's."""
@@ -609,6 +683,15 @@ class RackRollup:
                               fresh: list[Series]) -> None:
         """Compare the node windows read back (``fresh``) with held state, hold them and rewrite the
         node's points from them (under the node's lock)."""
+        changes = self._changes[node]
+        changes.bump(window_starts)  # before and after: a read-back reading meanwhile reads again
+        try:
+            await self._held_read_back_locked(node, rack, zone, window_starts, fresh)
+        finally:
+            changes.bump(window_starts)
+
+    async def _held_read_back_locked(self, node: str, rack: str, zone: str, window_starts: set[int],
+                                     fresh: list[Series]) -> None:
         held = self.held.get(node)
         if held is not None:
             common = {t for t in window_starts if t in held.windows}  # not evicted since

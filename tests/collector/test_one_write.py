@@ -13,11 +13,13 @@ import asyncio
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gridwatt.collector.node_state import HeldNodes, NodeHeld, add_point
 from gridwatt.collector.points import JobPoint
+from gridwatt.collector.rollup import _Changes
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
 from tests.collector.helpers import running_collector
@@ -239,3 +241,56 @@ async def test_a_held_racks_next_window_is_read_ahead_and_its_first_batches_take
         before = snapshot(influxdb, database)
         await read_back_everything(c, list(NODES), {w, w + 60 * NS})
         assert snapshot(influxdb, database) == before
+
+
+async def test_a_read_back_reads_again_where_the_node_wrote_during_its_read(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str
+) -> None:
+    """A final read-back reads without the node's lock (its batches go on meanwhile). A batch of the
+    node lands in the window between that read and the read-back taking the lock: the read-back reads
+    that node again under its lock, so what it holds and writes has the batch (else the node window
+    would lose its 1,000 J)."""
+    text = collector_toml(influxdb.url, database, racks=RACK) + "\n[accounting]\nreplica_settle_s = 0.3\n"
+    async with running_collector(tmp_path, text) as c:
+        rollup = c.ingestor.rollup
+        stream = Stream(c.grpc_port)
+        job = [("job-0", 1.0, {})]
+        ack = await stream.send(pb.Batch(batch_id=1, node="n1", gpu_samples=[sample(0, T0, 10, 300.0, job)]))
+        assert ack.code == 0, ack.message
+        reads: list[dict[str, set[int]]] = []
+        read = rollup._read_node_rows
+
+        async def read_then_a_batch_lands(nodes: dict[str, set[int]]) -> Any:
+            reads.append(dict(nodes))
+            rows = await read(nodes)
+            if len(reads) == 1:  # stored before the read-back takes the node's lock
+                late = pb.Batch(batch_id=2, node="n1", gpu_samples=[sample(0, T0 + 10 * NS, 10, 100.0, job)])
+                assert (await stream.send(late)).code == 0
+            return rows
+
+        rollup._read_node_rows = read_then_a_batch_lands  # type: ignore[method-assign]
+        deadline = time.monotonic() + 30
+        while len(reads) < 2 or rollup.pending_read_backs():
+            assert time.monotonic() < deadline, "the read-backs never ran"
+            await asyncio.sleep(0.05)
+        assert reads == [{"n1": {T0}}] * 3  # the read, n1 read again under its lock, the late batch's own
+        assert (rollup.read_backs_again, rollup.final_mismatches) == (1, 0)
+        await stream.close()
+        (node,) = influx_query(influxdb.url, database, "SELECT it_energy_kwh FROM node")
+        assert node["series"][0]["values"] == [[T0, pytest.approx((3000.0 + 1000.0) / J_PER_KWH, rel=1e-12)]]
+        before = snapshot(influxdb, database)
+        await read_back_everything(c, ["n1"], {T0})
+        assert snapshot(influxdb, database) == before
+
+
+def test_changes_say_whether_a_window_changed_since_and_forgotten_ones_did() -> None:
+    changes = _Changes()
+    changes.bump([T0])
+    seq = changes.seq
+    assert not changes.since([T0, T0 + 60 * NS], seq)
+    changes.bump([T0 + 60 * NS])
+    assert changes.since([T0 + 60 * NS], seq) and not changes.since([T0], seq)
+    for k in range(2, 2 + _Changes.KEEP):  # T0 and T0 + 60 s are forgotten: said changed (read again)
+        changes.bump([T0 + k * 60 * NS])
+    assert T0 not in changes.last and changes.since([T0], seq)
+    assert not changes.since([T0], changes.seq)
