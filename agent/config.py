@@ -131,6 +131,9 @@ class AgentConfig(StrictModel):
     #: An interval whose GPU utilisation is below this counts as idle.
     idle_below_pct: float = Field(5.0, ge=0, le=100)
     spool_path: ConfigPath = Path("/var/lib/gridwatt/spool.db")
+    #: Where the agent writes how far the collector has stored what it read (agent/acked.py; the
+    #: Slurm epilog waits on it). Default: beside the spool, named like it with ".acked".
+    acked_path: ConfigPath | None = None
     #: Bound of the spool; default 24 h of 8 GPUs at 1 Hz. When full, the oldest samples are
     #: evicted (logged, counted in the ledger and reported to the collector).
     spool_max_samples: int = Field(24 * 3600 * 8, ge=100)
@@ -141,4 +144,8 @@ class AgentConfig(StrictModel):
     attribution: AttributionConfig = AttributionConfig()
     host: HostConfig = HostConfig()
     collector: CollectorConnection = CollectorConnection()
+
+    def acked_file(self) -> Path:
+        """``acked_path``, or the spool's path with the suffix ``.acked``."""
+        return self.acked_path or self.spool_path.with_suffix(".acked")
 

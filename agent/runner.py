@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gridwatt.agent.acked import AckedThrough
 from gridwatt.agent.attribution import Attributor
 from gridwatt.agent.attribution.podresources import KubeletGpuMap
 from gridwatt.agent.config import AgentConfig
@@ -145,6 +146,8 @@ class _AgentLoop:
         self.host = HostSampler(config.host.proc_root, config.host.powercap_root) if host_on else None
         self.host_meter = HostMeter()
         self.spool = Spool(config.spool_path, config.spool_max_samples)
+        #: How far the collector stored what was read (a live agent only: a replay has no epilog).
+        self.acked_through = AckedThrough(self.spool, None if replay else config.acked_file())
         self.shipper = Shipper(config.node, self.spool, config.collector,
                                ledger_report_s=config.ledger_report_s)
         self.notifier = Notifier()  # a no-op unless NOTIFY_SOCKET is set (systemd Type=notify)
@@ -219,6 +222,7 @@ class _AgentLoop:
 
     def _sample_once(self) -> None:
         """Read the source (and the host), spool what it gives and wake the shipper."""
+        tick_ns = time.time_ns()  # before the GPUs are read and their jobs looked up
         samples = self.sampler.take(self.source.read())
         rows = [(s.start_ns, s.energy_j, s.SerializeToString()) for s in samples]
         if self.host is not None:
@@ -231,6 +235,8 @@ class _AgentLoop:
             self.spool.append(rows)
         if rows:
             self.shipper.new_data.set()
+        if not self.replay:
+            self.acked_through.tick(tick_ns)
 
     async def _hold_back(self) -> None:
         """Backpressure: a replay never outruns the collector so far that the spool evicts."""

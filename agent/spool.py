@@ -185,6 +185,8 @@ class Spool:
         self._counters = {str(k): float(v) for k, v in self._db.execute("SELECT name, value FROM ledger")}
         #: Counter changes of the open transaction, applied to ``_counters`` once it commits.
         self._staged: dict[str, float] = {}
+        #: Called after rows left the spool as acknowledged or rejected (agent/acked.py listens).
+        self.on_rows_left: Callable[[], None] | None = None
 
     @staticmethod
     def _check(path: Path) -> str | None:
@@ -317,6 +319,13 @@ class Spool:
         """The sequence number of the newest sample ever appended (0: none yet)."""
         return self._last_seq
 
+    def lowest_pending_seq(self) -> int | None:
+        """The oldest pending sample's sequence number; None when nothing is pending."""
+        if self._pending <= 0:
+            return None
+        row = self._db.execute("SELECT min(seq) FROM samples").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def pending_after(self, after_seq: int) -> int:
         """How many pending samples have seq > ``after_seq``, without reading them: never fewer than
         ``read_after`` finds, and exactly as many unless rows above ``after_seq`` were acknowledged or
@@ -410,6 +419,8 @@ class Spool:
             self._rollback()
             raise
         self._pending -= n
+        if self.on_rows_left is not None:
+            self.on_rows_left()
         return n
 
     def _remove(self, seqs: Sequence[int], counter: str) -> int:
@@ -432,6 +443,8 @@ class Spool:
             self._rollback()
             raise
         self._pending -= n
+        if self.on_rows_left is not None:
+            self.on_rows_left()
         return n
 
     def ledger(self) -> Ledger:

@@ -70,8 +70,13 @@ class Config:
     collector_url: str = "http://127.0.0.1:8080"
     #: The longest the epilog waits for the agent's flush and the collector's report, in total.
     report_timeout_s: float = 5.0
-    #: The agent's sampling interval (agent.toml interval_s): after unmapping, the epilog waits this
-    #: long (plus 0.5 s) for the agent's last attributed interval before it fetches the final report.
+    #: The agent's acked file (agent.toml acked_path; by default its spool_path with ".acked"):
+    #: how far the collector has stored what the agent read. The epilog waits on it, so the
+    #: final report holds every interval of the job. "" (or an agent that writes none): the
+    #: fixed wait below.
+    agent_acked_file: str = "/var/lib/gridwatt/spool.acked"
+    #: The agent's sampling interval (agent.toml interval_s): without the acked file, the epilog
+    #: waits this long (plus 0.5 s) after unmapping for the agent's last attributed interval.
     agent_interval_s: float = 1.0
     #: Each Slurm command (scontrol, sacctmgr) gets at most this long.
     slurm_command_timeout_s: float = 5.0
@@ -91,6 +96,7 @@ class Config:
 
 _FIELDS: dict[str, type] = {
     "mapping_dir": str, "collector_url": str, "report_timeout_s": float, "agent_interval_s": float,
+    "agent_acked_file": str,
     "slurm_command_timeout_s": float, "summary_to_output": bool, "admin_comment": str,
     "log_file": str, "scontrol": str, "sacctmgr": str, "slurm_env": dict, "prolog_asks_slurm": bool,
 }
@@ -436,6 +442,29 @@ def wait_for_report(cfg: Config, job_id: str, ended_ns: int, deadline: float) ->
                    f"gave up after {cfg.report_timeout_s:g} s")
 
 
+def read_acked(path: Path) -> int | None:
+    """The agent's acked-through time (ns since the epoch; agent/acked.py writes it), or None."""
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read(64)
+        value = int(text.strip() or b"x")
+    except (OSError, ValueError):
+        return None
+    return value if 0 <= value < 1 << 63 else None
+
+
+def wait_acked(path: Path, through_ns: int, deadline: float) -> bool:
+    """Poll until the agent's acked file reaches ``through_ns``: everything it read from then on
+    is stored. False when the deadline passes first."""
+    while True:
+        acked = read_acked(path)
+        if acked is not None and acked >= through_ns:
+            return True
+        if time.monotonic() + 0.05 >= deadline:
+            return False
+        time.sleep(0.05)
+
+
 def _energy(kwh: float) -> str:
     if kwh >= 1:
         return f"{kwh:.{2 if kwh < 10 else 1 if kwh < 100 else 0}f} kWh"
@@ -555,13 +584,35 @@ def epilog(cfg: Config, env: Mapping[str, str], log: Log) -> None:
         unmap()
 
 
+def final_report(cfg: Config, job_id: str, acked: Path, ended_ns: int, deadline: float,
+                 unmap: Callable[[], None]) -> tuple[dict[str, Any], bool]:
+    """The job's report once the agent's acked file shows it complete: (report, complete).
+
+    The agent reads a GPU, then looks up its job in the mapping, so: once what it read after the
+    job's end is stored, the interval holding the end is stored as the job's; unmap; once what it
+    read after the unmapping is stored, no interval of the job is still on its way.
+    """
+    complete = wait_acked(acked, ended_ns, deadline)
+    unmap()
+    unmapped_ns = time.time_ns()
+    complete = wait_acked(acked, unmapped_ns, deadline) and complete
+    gave_up = "" if complete else f"; gave up after {cfg.report_timeout_s:g} s"
+    try:
+        report = fetch_report(cfg, job_id, max(0.5, deadline - time.monotonic()))
+    except NoReport as exc:
+        raise NoReport(f"{exc}{gave_up}") from None
+    if report is None:
+        raise NoReport(f"collector {cfg.collector_url} has no samples of job {job_id}{gave_up}")
+    return report, complete
+
+
 def report_job(cfg: Config, job: Job, ended_ns: int, deadline: float, log: Log,
                unmap: Callable[[], None]) -> None:
     """On the job's batch host only: the summary into AdminComment and the job's output.
 
     Order: wait until the agent's samples reach the job's end (the mapping still names the job, so
-    the interval holding the end is the job's), unmap, give the agent one interval to store what it
-    read before the unmapping, then fetch the final report.
+    the interval holding the end is the job's), unmap, wait until what the agent read before the
+    unmapping is stored (its acked file; without one, one interval), then fetch the final report.
     """
     if not job.gpus:
         return
@@ -570,16 +621,22 @@ def report_job(cfg: Config, job: Job, ended_ns: int, deadline: float, log: Log,
         return  # another node of the job reports it (one summary per job)
     if job.alias == job.job_id:  # slurmd 22.05 gives an epilog no SLURM_ARRAY_*/SLURM_HET_* variables
         job = dataclasses.replace(job, alias=alias_of(info, job.job_id))
+    acked = Path(cfg.agent_acked_file) if cfg.agent_acked_file else None
     try:
-        report, complete = wait_for_report(cfg, job.job_id, ended_ns, deadline)
-        unmap()
-        if complete:
-            time.sleep(max(0.0, min(cfg.agent_interval_s + 0.5, deadline - time.monotonic())))
-            with contextlib.suppress(NoReport):
-                report = fetch_report(cfg, job.job_id, max(0.5, deadline - time.monotonic())) or report
+        if acked is not None and read_acked(acked) is not None:
+            report, complete = final_report(cfg, job.job_id, acked, ended_ns, deadline, unmap)
+            waited = f"waited on {acked}"
+        else:  # no acked file: the report's end, then a fixed wait for the last interval
+            waited = f"no acked file at {acked}: waited {cfg.agent_interval_s + 0.5:g} s"
+            report, complete = wait_for_report(cfg, job.job_id, ended_ns, deadline)
+            unmap()
+            if complete:
+                time.sleep(max(0.0, min(cfg.agent_interval_s + 0.5, deadline - time.monotonic())))
+                with contextlib.suppress(NoReport):
+                    report = fetch_report(cfg, job.job_id, max(0.5, deadline - time.monotonic())) or report
         line = summary_line(report, complete)
         keys = ("facility_energy_kwh", "co2e_kg", "gpu_count", "mean_util_pct", "it_energy_kwh", "end_ns")
-        log(f"job {job.alias}: {line} report {json.dumps({k: report.get(k) for k in keys})}")
+        log(f"job {job.alias}: {line} ({waited}) report {json.dumps({k: report.get(k) for k in keys})}")
     except NoReport as exc:
         unmap()
         line = f"gridwatt: no report yet ({exc}); later: gridwatt job {job.alias}"

@@ -10,6 +10,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -222,3 +223,26 @@ def test_epilog_without_a_collector_cleans_up_and_says_why(tmp_path: Path) -> No
 
 def test_the_example_config_is_the_defaults() -> None:
     assert gs.load_config(REPO / "deploy" / "slurm" / "slurm.example.toml") == gs.Config()
+
+
+def test_epilog_waits_on_the_acked_file_within_its_bound(tmp_path: Path) -> None:
+    """An agent that stopped storing (its acked file stays in the past) holds the epilog no longer
+    than report_timeout_s; it says it gave up, and the mapping is gone."""
+    from gridwatt.demo_harness.influxdb import free_port
+
+    folder, acked = tmp_path / "map", tmp_path / "spool.acked"
+    acked.write_text("1000\n")
+    cfg = gs.Config(mapping_dir=folder, collector_url=f"http://127.0.0.1:{free_port()}", report_timeout_s=1.0,
+                    agent_acked_file=str(acked), log_file=str(tmp_path / "log"))
+    gs.prolog(cfg, env("78", "0"), gs.Log(cfg, "prolog"))
+    unmapped: list[int] = []
+
+    def unmap() -> None:
+        unmapped.append(time.time_ns())
+        gs.unmap_job(folder, "78")
+
+    started = time.monotonic()
+    with pytest.raises(gs.NoReport, match=r"unreachable: .*; gave up after 1 s$"):
+        gs.final_report(cfg, "78", acked, time.time_ns(), started + cfg.report_timeout_s, unmap)
+    assert len(unmapped) == 1 and not (folder / "0").exists()
+    assert gs.wait_acked(acked, 1000, time.monotonic()) and not gs.wait_acked(acked, 1001, time.monotonic())

@@ -137,7 +137,7 @@ def stack(influxdb: LocalInfluxDB, tmp_path_factory: pytest.TempPathFactory) -> 
     slurm_cfg.write_text(
         f"mapping_dir = {toml_str(mapping_dir)}\ncollector_url = \"http://127.0.0.1:{http_port}\"\n"
         f"report_timeout_s = {REPORT_TIMEOUT_S}\nagent_interval_s = {INTERVAL_S}\n"
-        f"log_file = {toml_str(epilog_log)}\n"
+        f"agent_acked_file = {toml_str(tmp / 'spool.acked')}\nlog_file = {toml_str(epilog_log)}\n"
     )
     alerts = (
         "[accounting]\nrack_resolution_s = 1\n"
@@ -226,15 +226,18 @@ def check_job(
     seen = {int(m.group(1)) for line in stack.output(job_id, name)
             if (m := re.fullmatch(r"map (\d+) (.*)", line)) and job_id in m.group(2).split()}
     assert seen == gpus
-    # its output ends with the summary line, which matches the report (at the printed precision;
-    # the report may hold a last interval stored after the epilog read it: up to 1 of ~16 per GPU)
+    # its output ends with the summary line, which matches the report at the printed precision (3
+    # significant digits): the epilog waited on the agent's acked file, so it saw every interval
     last = stack.output(job_id, name)[-1]
     kwh, kg, n, util = parse_summary(last)
     assert n == len(gpus)
-    assert kwh == pytest.approx(report["facility_energy_kwh"], rel=0.08)
-    assert kg == pytest.approx(report["co2e_kg"], rel=0.08)
+    assert kwh == pytest.approx(report["facility_energy_kwh"], rel=0.006)
+    assert kg == pytest.approx(report["co2e_kg"], rel=0.006)
     assert kg * 1000 / kwh == pytest.approx(CI, rel=0.02)
-    assert util == pytest.approx(report["mean_util_pct"], abs=3)
+    assert util == pytest.approx(report["mean_util_pct"], abs=0.51)  # printed as a whole number
+    who = re.escape(alias or job_id)
+    epilog_said = stack.epilog_log.read_text()
+    assert re.search(rf"epilog: job {who}: gridwatt: .* \(waited on .*spool\.acked\) report", epilog_said)
     # ... and Slurm's accounting shows the same line as the job's AdminComment (lower-cased: Slurm
     # 22.05's sacctmgr lower-cases every value it sets on a job)
     # (an array task by its array id: "sacct -j <raw id of the array's own record>" lists every task)
