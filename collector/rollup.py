@@ -289,8 +289,9 @@ class RackRollup:
         self._read_back_flush: asyncio.TimerHandle | None = None
         self.read_back_group = 16
         self.read_back_gather_s = 0.2
-        #: read-backs of windows just closed start up to this long after window end + settle_s (per rack)
-        self.read_back_spread_s = resolution_s / 2
+        #: read-backs of windows just closed start up to this long after window end + settle_s (per rack):
+        #: most of a window, so each second of it carries few (their queries read whole windows)
+        self.read_back_spread_s = resolution_s * 0.9
         self._read_back_tasks: set[asyncio.Task[None]] = set()
         self._rack_final = _ReadBacks("rack", self._final_wait_s, lambda rack, _ctx: rack,
                                       self._rack_read_back)
