@@ -54,6 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest import count_samples, cpu_s, post_raw
 
 ACK_P99_LIMIT_S = 2.0
+#: Acks slower than this are counted per second of the minute (where in the window the tail is).
+SLOW_ACK_S = 1.0
 #: Simulated nodes start in this many groups spread over max(interval, linger) (see run_nodes).
 PHASES = 40
 #: The raw rate is measured over at least this many samples.
@@ -83,6 +85,23 @@ def influxd_rates(before: dict[str, float], after: dict[str, float], seconds: fl
             "write_busy_s_per_s": per_s("writeReqDurationNs", 1e9)}
 
 
+#: Collector counters reported per step (their increase inside the measured window, per second)
+COLLECTOR_COUNTERS = ("gridwatt_collector_rollup_", "gridwatt_collector_influxdb_group_writes_total",
+                      "gridwatt_collector_batches_deferred_total")
+
+
+def collector_counters(url: str) -> dict[str, float]:
+    """The collector's rollup and group-commit counters from its ``/metrics`` (name{labels} -> value)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(COLLECTOR_COUNTERS) and "_total" in line:
+            name, _, value = line.rpartition(" ")
+            out[name.removeprefix("gridwatt_collector_")] = float(value)
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -100,11 +119,14 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
     window = (t_start + args.warmup, t_start + args.warmup + args.seconds)
     latencies: list[float] = []
     acked = [0]
+    slow = [0] * 60  # acks slower than SLOW_ACK_S, by the wall clock's second of the minute
 
     def on_ack(latency_s: float, samples: int) -> None:
         if window[0] <= time.monotonic() < window[1]:
             latencies.append(latency_s)
             acked[0] += samples
+            if latency_s > SLOW_ACK_S:
+                slow[int(time.time()) % 60] += 1
 
     nodes = []
     start_ns = time.time_ns()
@@ -148,13 +170,13 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
     for _, _, spool, _ in nodes:
         spool.close()
     return {"latencies": latencies, "acked": acked[0], "backlog_start": backlog.get("start", 0),
-            "backlog_end": backlog["end"], "cpu_s": cpu_in_window_s}
+            "backlog_end": backlog["end"], "cpu_s": cpu_in_window_s, "slow": slow}
 
 
 # --- driver ---------------------------------------------------------------------------------------
 
 def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, prefix: str,
-             pids: dict[str, int], influx_url: str) -> dict[str, Any]:
+             pids: dict[str, int], influx_url: str, collector_url: str) -> dict[str, Any]:
     """One N: worker processes run the nodes; returns the step's figures."""
     per = -(-nodes // args.workers)
     procs = []
@@ -174,9 +196,11 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
     time.sleep(args.warmup)
     cpu0 = {k: cpu_s(pid) for k, pid in pids.items()}
     http0 = influxd_http_stats(influx_url)
+    own0 = collector_counters(collector_url)
     time.sleep(args.seconds)
     cpu1 = {k: cpu_s(pid) for k, pid in pids.items()}
     http1 = influxd_http_stats(influx_url)
+    own1 = collector_counters(collector_url)
     results = []
     for proc, out in procs:
         if proc.wait(timeout=args.seconds + 120) != 0:
@@ -196,7 +220,14 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
         "collector_cores": round((cpu1["collector"] - cpu0["collector"]) / args.seconds, 3),
         "loadgen_cores": round(sum(r["cpu_s"] for r in results) / args.seconds, 3),
         "influxd": influxd_rates(http0, http1, args.seconds),
+        "collector_per_s": {k: round((v - own0.get(k, 0.0)) / args.seconds, 2) for k, v in own1.items()
+                            if v != own0.get(k, 0.0)},
     }
+    slow = [sum(r.get("slow", [0] * 60)[k] for r in results) for k in range(60)]
+    # where the slow acks fall in the minute (windows are a minute): the 5 busiest seconds
+    busiest = sorted(range(60), key=lambda k: -slow[k])[:5]
+    step["slow_acks"] = {"over_s": SLOW_ACK_S, "count": sum(slow),
+                         "top_seconds_of_minute": {k: slow[k] for k in busiest if slow[k]}}
     step["ok"] = bool(latencies) and step["ack_p99_s"] < ACK_P99_LIMIT_S and growth <= 2 * offered
     return step
 
@@ -313,7 +344,8 @@ def main() -> None:
             for k, nodes in enumerate(int(x) for x in args.nodes.split(",")):
                 say(f"step {k}: {nodes} nodes x {args.gpus} GPUs at {1 / args.interval_s:g} Hz, "
                     f"linger {args.linger_s} s, {args.warmup:g} s warm-up + {args.seconds:g} s")
-                step = run_step(collector.grpc_address, nodes, args, spools, f"s{k}", pids, db.url)
+                step = run_step(collector.grpc_address, nodes, args, spools, f"s{k}", pids, db.url,
+                                collector.http_url)
                 say(json.dumps(step))
                 steps.append(step)
                 if not step["ok"]:

@@ -309,7 +309,17 @@ class Ingestor:
         n_lines = len(prepared.lines)
         if held is not None:  # still set at the node's next batch if this write fails
             held.writing = True
-        result = await self.store.write_lines(prepared.lines + side_lines)
+        # held: one write, the batch's lines with the node, job_window (and rack) points they make,
+        # or the lines then the node's windows, under the rollup's node lock (RackRollup.write_batch)
+        node_done = held is not None and self.rack_windows
+        rack_done = False
+        if held is not None and self.rack_windows:
+            one = await self.rollup.write_batch(
+                batch.node, placement.rack, placement.zone, prepared.windows, held, samples,
+                prepared.job_points, prepared.lines + side_lines)
+            result, rack_done = one.result, one.rack_done
+        else:
+            result = await self.store.write_lines(prepared.lines + side_lines)
         retried = result.retries > 0
         for index, (status, reason) in list(result.rejected.items()):
             if index >= n_lines:  # a ledger or host line: logged, never costs the samples
@@ -322,9 +332,10 @@ class Ingestor:
             self.on_accounted(batch, placement, intensity, pue, prepared.first_line, result.rejected, scan)
         after = None
         if self.rack_windows:
-            await self.rollup.recompute_node(batch.node, placement.rack, placement.zone, prepared.windows,
-                                             None if result.rejected else held, samples,
-                                             prepared.job_points)
+            if not node_done:
+                await self.rollup.recompute_node(batch.node, placement.rack, placement.zone, prepared.windows,
+                                                 None if result.rejected else held, samples,
+                                                 prepared.job_points)
             # a batch may end part way through an interval's GPUs: the node has reported
             # completely only up to the earliest of its GPUs' latest ends
             latest: dict[int, int] = {}
@@ -334,7 +345,8 @@ class Ingestor:
                     latest[s.gpu_index] = end_ns
 
             async def after() -> None:
-                await self.rollup.recompute_rack(placement.rack, placement.zone, prepared.windows)
+                if not rack_done:
+                    await self.rollup.recompute_rack(placement.rack, placement.zone, prepared.windows)
                 if self.on_stored is not None:
                     self.on_stored(batch.node, placement.rack, min(prepared.windows), min(latest.values()))
         budget.admit(batch.node, job_ids, new_jobs)

@@ -99,6 +99,48 @@ def _counters(unit: str, received: int, stored: int, rejected: dict[str, int],
     yield dfr
 
 
+#: The window rollup's counters on /metrics: name -> (help, label name); the rollup's keys
+#: (``RackRollup.counters``) are ``name`` or ``name:label value``.
+ROLLUP_FAMILIES: dict[str, tuple[str, str]] = {
+    "rollup_queries": ("InfluxQL reads made for windows and held state, by kind (node: a node's job "
+                       "points, rack: a rack's node points, rack_ahead: those of them reading a held "
+                       "rack's next window ahead, fill: a node's held state, interval: the "
+                       "one-GPU-second check).", "kind"),
+    "rollup_read_backs": ("Final read-backs run of windows written from held state, by kind.", "kind"),
+    "rollup_read_back_mismatches": ("Final read-backs that found other values than those held "
+                                    "(another replica or a rewrite wrote there), by kind.", "kind"),
+    "rollup_read_backs_again": ("Nodes a read-back read again under their lock: their windows changed "
+                                "during its first read (made without the lock).", ""),
+    "rollup_settle_recomputes": ("Rack windows recomputed once more replica_settle_s after a read.", ""),
+    "rollup_one_writes": ("Batches whose node windows (windows=node), and also rack windows "
+                          "(windows=rack), were written in the batch's own store write.", "windows"),
+}
+
+
+class _RollupCollector(Collector):
+    """Exports the window rollup's counters (collector/rollup.py ``RackRollup.counters``) at scrape time."""
+
+    def __init__(self, counters: Callable[[], dict[str, int]], pending: Callable[[], int]) -> None:
+        self._counters = counters
+        self._pending = pending
+
+    def collect(self) -> Iterable[Metric]:
+        values = self._counters()
+        for name, (text, label) in ROLLUP_FAMILIES.items():
+            family = CounterMetricFamily(PREFIX + name, text, labels=[label] if label else None)
+            for key, value in sorted(values.items()):
+                base, _, label_value = key.partition(":")
+                if base == name:
+                    family.add_metric([label_value] if label else [], value)
+            yield family
+        yield GaugeMetricFamily(PREFIX + "rollup_pending_read_backs",
+                                "Nodes and racks whose windows wait for their final read-back, plus "
+                                "read-backs and settle recomputes scheduled or running.", self._pending())
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
 class StoreMetrics:
     """What the InfluxDB store reports: latency, retries, splits, health, alarms."""
 
@@ -151,6 +193,7 @@ class CollectorMetrics(StoreMetrics):
     def __init__(self) -> None:
         super().__init__(CollectorRegistry())
         self._ledger: _LedgerCollector | None = None
+        self._rollup: _RollupCollector | None = None
         #: Accounted energy and carbon (collector/live_metrics.py), appended to the exposition.
         self.live: LiveView | None = None
 
@@ -159,6 +202,12 @@ class CollectorMetrics(StoreMetrics):
         if self._ledger is None:
             self._ledger = _LedgerCollector(stats, streams)
             self.registry.register(self._ledger)
+
+    def bind_rollup(self, counters: Callable[[], dict[str, int]], pending: Callable[[], int]) -> None:
+        """Export the window rollup's counters (once)."""
+        if self._rollup is None:
+            self._rollup = _RollupCollector(counters, pending)
+            self.registry.register(self._rollup)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this collector and of the process-wide registry."""

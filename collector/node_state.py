@@ -262,6 +262,49 @@ class HeldNodes:
             held.latest_start_ns = latest
         return unknown
 
+    def follow(self, held: NodeHeld, points: list[JobPoint],
+               window_starts: set[int]) -> dict[int, WindowSeries] | None:
+        """The touched windows as they will be once this batch's job ``points`` are stored, computed
+        before the write (``held`` itself is untouched): what ``wrote`` would hold afterwards. None
+        where that needs a read (a window not known, a point that does not follow its series, a
+        window over the bounds): then the batch is written first and ``wrote`` follows it, as before."""
+        res = self.resolution_ns
+        out: dict[int, WindowSeries] = {}
+        for t in window_starts:
+            if not held.known(t):
+                return None
+            out[t] = dict(held.windows.get(t, {}))
+        fresh: set[tuple[int, str, str]] = set()  # series copied (or new) in ``out``: ours to change
+        for p in points:
+            t = p.start_ns - p.start_ns % res
+            window = out.get(t)
+            if window is None:
+                return None
+            key = (p.gpu, p.job_id)
+            s = window.get(key)
+            if s is not None and (t, *key) not in fresh:
+                window[key] = SeriesSums(s.sums, s.end_ns, dict(s.who))  # add_point replaces sums
+            fresh.add((t, *key))
+            if not add_point(window, p) or len(window) > self.max_series_per_window:
+                return None
+        return out
+
+    def commit(self, held: NodeHeld, samples: Iterable[Any], points: list[JobPoint],
+               windows: dict[int, WindowSeries]) -> None:
+        """Hold what ``follow`` computed, now that the batch and those windows are stored."""
+        held.writing = False
+        ends = held.gpu_max_end
+        for s in samples:
+            if s.end_ns > ends.get(s.gpu_index, 0):
+                ends[s.gpu_index] = s.end_ns
+        if not held.valid:
+            return
+        held.windows.update(windows)
+        latest = max((p.start_ns for p in points), default=None)
+        if latest is not None and (held.latest_start_ns is None or latest > held.latest_start_ns):
+            held.latest_start_ns = latest
+        self._evict(held)
+
     def read(self, held: NodeHeld, series: list[Series], window_starts: set[int]) -> None:
         """Hold windows just read back whole (after this replica's writes to them)."""
         if not held.valid:

@@ -177,7 +177,9 @@ def prepare_batch(
     """Account every GPU sample of the batch and render its gpu and job lines.
 
     ``gpu_fields``: ``"all"`` (the default) or ``"accounting"``: gpu points then carry only
-    :data:`ACCOUNTING_GPU_FIELDS` (``[influxdb] gpu_point_fields``; job points are the same either way).
+    :data:`ACCOUNTING_GPU_FIELDS` (``[influxdb] gpu_point_fields``), and a job point of a whole GPU
+    leaves out ``fraction=1.0`` (an absent fraction is 1.0: collector/revisit.py); job points are
+    otherwise the same either way.
 
     ``pue``: the rack's PUE over the batch (from ``placement.pue_series``); default ``placement.pue``.
     ``scan``: the batch's scan (collector/batch_scan.py, as ``validate_batch`` returns it), with the
@@ -227,6 +229,8 @@ def prepare_batch(
     reprs: dict[float, str] = {}
 
     accounting_only = gpu_fields == "accounting"
+    # a job share of the whole GPU: ``fraction=1.0``, left out with "accounting" (absent means 1.0)
+    whole = "" if accounting_only else "fraction=1.0,"
     first_line: list[int] = []
     job_points: list[JobPoint] = []
     held_point = job_points.append
@@ -350,7 +354,7 @@ def prepare_batch(
                 append(
                     f"{head}{gpu} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
                     f"estimated_co2e_g={r_est},gpu_s={r_dur},util_pct_s={r_util_s},idle_s={r_idle},"
-                    f"idle_energy_j={r_idle_e},fraction=1.0,end_ns={end}i,ef={ef}{how} {start}"
+                    f"idle_energy_j={r_idle_e},{whole}end_ns={end}i,ef={ef}{how} {start}"
                 )
                 held_point(JobPoint(gpu, job_id, start, end,
                                     (e, fac, co2, est_co2, dur_s, util_s, idle_s, idle_e), who_values))

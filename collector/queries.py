@@ -237,9 +237,10 @@ def estimated_gpu_points(m: Measurement, zone: str, lo_ns: int, hi_ns: int) -> s
 
 
 def estimated_job_fractions(m: Measurement, racks: Iterable[str], lo_ns: int, hi_ns: int) -> str:
-    """The racks' job points with estimated emissions in [lo_ns, hi_ns): their fractions, by series."""
+    """The racks' job points with estimated emissions in [lo_ns, hi_ns): their fractions, by series
+    (``fraction`` null where the point leaves it out: a whole GPU, ``gpu_point_fields = "accounting"``)."""
     return (
-        f'SELECT "fraction" FROM {m(JOB)} WHERE (' + _any_rack(racks)
+        f'SELECT "fraction", "estimated_co2e_g" FROM {m(JOB)} WHERE (' + _any_rack(racks)
         + f') AND "estimated_co2e_g" > 0 AND time >= {lo_ns} AND time < {hi_ns} '
         'GROUP BY "job_id", "node", "rack", "gpu", "alias"'
     )

@@ -235,8 +235,10 @@ class EstimateRevisor:
         fractions: dict[tuple[str, str, int], list[tuple[str, str, float, str]]] = {}
         for tags, row in series_rows(job_res):
             key = (tags.get("node", ""), tags.get("gpu", ""), int(row["time"]))
+            fraction = row.get("fraction")  # absent: a whole GPU (gpu_point_fields = "accounting")
             fractions.setdefault(key, []).append((tags.get("job_id", ""), tags.get("rack", ""),
-                                                  float(row.get("fraction") or 0.0), tags.get("alias", "")))
+                                                  1.0 if fraction is None else float(fraction),
+                                                  tags.get("alias", "")))
         has_est = any(intensity.series.estimated)
         pues: dict[str, StepSeries | None] = {}
         lines: list[str] = []

@@ -15,7 +15,12 @@ After a batch of node N is stored:
    then following this replica's node writes) where it holds the window, else from InfluxDB
    (one query of the raw node points).
 
-Both writes have deterministic tags and timestamps, so a resent batch, a late
+For a streamed batch of a held node, 1 and 2 need no read: the node, job_window and (where the rack is
+held and no other write of its points is in flight) rack points are computed before the batch is
+written and go in the same store write as its samples (``write_batch``; collector/README.md "One write
+per streamed batch"). Where they cannot, the batch is written first and they follow as above.
+
+All these writes have deterministic tags and timestamps, so a resent batch, a late
 sample or a batch split differently all leave the same values. Recomputes of
 one node are serialised; recomputes of one rack are coalesced (and, where the rack is
 read, debounced): the first request for a rack read waits ``rack_delay_s`` (so the nodes
@@ -48,6 +53,7 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from gridwatt.collector import queries
@@ -70,10 +76,20 @@ from gridwatt.collector.rack_state import (
 )
 from gridwatt.collector.read_back_plan import plan_read_backs
 from gridwatt.collector.schema import WHO_FIELDS, job_window_key, node_key, rack_key, string_field
-from gridwatt.collector.store import InfluxStore, series_rows
+from gridwatt.collector.store import InfluxStore, WriteResult, series_rows
 from gridwatt.timeutil import NS_PER_S
 
 log = logging.getLogger("gridwatt.collector.rollup")
+
+
+@dataclass
+class OneWrite:
+    """What ``RackRollup.write_batch`` did: the store's answer for the batch's own lines, and whether
+    the rack's windows are written too (else the caller recomputes them)."""
+
+    result: WriteResult
+    rack_done: bool
+
 
 def _window_fields(w: dict[str, float]) -> str:
     """Fields of node and rack points from sums (e, f, ie in J; c, ce in g; d gpu-s; u util×s; i s; n GPUs).
@@ -120,6 +136,33 @@ def job_window_lines(node: str, rack: str, jobs: dict[tuple[int, str], dict[str,
         f"idle_energy_j={w['ie']!r},gpu_count={int(w['n'])}i,end_ns={int(w['end_ns'])}i{_who_fields(w)} {t}"
         for (t, job), w in sorted(jobs.items())
     ]
+
+
+class _Changes:
+    """One node's changes of its windows under its lock: a number bumped by each, the number at each
+    window's latest change (the latest ``KEEP`` windows), and the highest number of those forgotten.
+    A read-back reads without the node's lock, then, under it, reads again the nodes whose windows
+    changed meanwhile (``since``), so what it holds and writes is never older than a change it missed."""
+
+    KEEP = 64
+    __slots__ = ("forgotten", "last", "seq")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.last: dict[int, int] = {}
+        self.forgotten = 0
+
+    def bump(self, window_starts: Iterable[int]) -> None:
+        self.seq += 1
+        for t in window_starts:
+            self.last[t] = self.seq
+        if len(self.last) > self.KEEP:
+            for t in sorted(self.last)[:len(self.last) - self.KEEP]:
+                self.forgotten = max(self.forgotten, self.last.pop(t))
+
+    def since(self, window_starts: Iterable[int], seq: int) -> bool:
+        """Whether any of these windows changed after the change numbered ``seq``."""
+        return any(self.last.get(t, self.forgotten) > seq for t in window_starts)
 
 
 class _ReadBacks:
@@ -225,6 +268,10 @@ class RackRollup:
         self.resolution_ns = resolution_s * NS_PER_S
         self.max_gap_windows = max_gap_windows
         self._node_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        #: per node, the changes of its windows made under its lock (read-backs read without it)
+        self._changes: dict[str, _Changes] = defaultdict(_Changes)
+        #: nodes a read-back read again under their lock (their windows changed during its first read)
+        self.read_backs_again = 0
         self._rack_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._queued: dict[str, tuple[set[int], asyncio.Future[int]]] = {}
         #: InfluxQL requests made: all of them, and those reading node and rack windows
@@ -243,8 +290,9 @@ class RackRollup:
         self._read_back_flush: asyncio.TimerHandle | None = None
         self.read_back_group = 16
         self.read_back_gather_s = 0.2
-        #: read-backs of windows just closed start up to this long after window end + settle_s (per rack)
-        self.read_back_spread_s = resolution_s / 2
+        #: read-backs of windows just closed start up to this long after window end + settle_s (per rack):
+        #: most of a window, so each second of it carries few (their queries read whole windows)
+        self.read_back_spread_s = resolution_s * 0.9
         self._read_back_tasks: set[asyncio.Task[None]] = set()
         self._rack_final = _ReadBacks("rack", self._final_wait_s, lambda rack, _ctx: rack,
                                       self._rack_read_back)
@@ -254,6 +302,16 @@ class RackRollup:
         #: and windows whose final read-back found node points other than those held
         self.rack_held_windows = 0
         self.rack_final_mismatches = 0
+        #: batches whose node and job_window points (and rack points too) went in the batch's own
+        #: write (write_batch)
+        self.one_writes = 0
+        self.rack_one_writes = 0
+        #: a held rack's next window is read (and held) up to this long before it starts on the wall
+        #: clock (a fixed offset per rack within it, at least 1 s), off the ack path; 0: not at all
+        self.prefetch_lead_s = min(10.0, resolution_s / 4)
+        self._prefetch: dict[tuple[str, int], asyncio.TimerHandle | asyncio.Task[None]] = {}
+        #: next-window reads made ahead (also counted in rack_queries)
+        self.rack_prefetches = 0
 
     def _runs(self, window_starts: set[int]) -> list[tuple[int, int]]:
         """[lo, hi) ranges covering the windows, split where they are far apart."""
@@ -316,6 +374,103 @@ class RackRollup:
         """Recompute the rack's windows (debounced, coalesced); returns rack points written."""
         return await self._recompute_rack(rack, zone, window_starts) if window_starts else 0
 
+    async def write_batch(
+        self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld,
+        samples: Iterable[Any], points: list[JobPoint], lines: list[str],
+    ) -> OneWrite:
+        """Write a streamed batch's ``lines`` together with the node, ``job_window`` and (where the rack
+        is held and free) ``rack`` points they make, in one store write: the ack then waits for one
+        write instead of three in a row (see the module docstring, "One write per batch").
+
+        Where held state cannot say what the windows will be without a read, the lines are written
+        alone and the node's windows recomputed after them as before (``recompute_node``); where the
+        store refused some of the batch's lines, the windows are read back and written again. All
+        under the node's lock, so a final read-back never sees the batch's job points before held
+        state does. ``rack_done`` False: the caller recomputes the rack's windows (``recompute_rack``)."""
+        async with self._node_locks[node]:
+            changes = self._changes[node]
+            changes.bump(window_starts)  # before and after: a read-back reading meanwhile reads again
+            try:
+                return await self._write_batch_locked(node, rack, zone, window_starts, held, samples, points,
+                                                      lines)
+            finally:
+                changes.bump(window_starts)
+
+    async def _write_batch_locked(
+        self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld,
+        samples: Iterable[Any], points: list[JobPoint], lines: list[str],
+    ) -> OneWrite:
+        """``write_batch`` with the node's lock held."""
+        follow = self.held.follow(held, points, window_starts) if held.valid else None
+        windows: dict[int, dict[str, float]] = {}
+        jobs: dict[tuple[int, str], dict[str, Any]] = {}
+        if follow is not None:
+            windows, jobs = node_windows_from_series(held_series(follow, window_starts))
+        if follow is None or windows.keys() != window_starts:  # (every touched window has job points)
+            result = await self.store.write_lines(lines)
+            await self._recompute_node_locked(node, rack, zone, window_starts,
+                                              None if result.rejected else held, samples, points)
+            return OneWrite(result, False)
+        node_part = node_lines(node, rack, zone, windows)
+        job_part = job_window_lines(node, rack, jobs)
+        rack_lock = self._rack_locks[rack]
+        rack_points: dict[int, RackWindow] = {}
+        if self.racks.eligible(rack) and not rack_lock.locked() and rack not in self._queued:
+            await rack_lock.acquire()
+            key = (node, zone)
+            for t in sorted(window_starts):
+                window = self.racks.window(rack, t)
+                if window is None:  # not held (or dropped meanwhile): the rack is recomputed after
+                    rack_points.clear()
+                    break
+                rack_points[t] = {**window, key: node_point(windows[t])}
+            if not rack_points:
+                rack_lock.release()
+        try:
+            rack_windows = {t: w for t, p in rack_points.items() if (w := rack_sums(p)) is not None}
+            rack_part = rack_lines(rack, zone, rack_windows)
+            extra = node_part + job_part + rack_part
+            starts = sorted(windows)  # node_lines' order
+            self.racks.begin_write(rack, starts)
+            try:
+                result = await self.store.write_lines(lines + extra)
+            except BaseException:
+                self.racks.wrote(rack, (node, zone), {}, starts)
+                raise
+            finally:
+                self.racks.end_write(rack, starts)
+            n = len(lines)
+            mine = WriteResult(lines=n, retries=result.retries,
+                               rejected={i: why for i, why in result.rejected.items() if i < n})
+            refused = {i - n: why for i, why in result.rejected.items() if i >= n}
+            if refused:
+                self._log_refused(node, extra, WriteResult(rejected=refused))
+            bad_nodes = {starts[i] for i in refused if i < len(starts)}
+            self.racks.wrote(rack, (node, zone),
+                             {t: node_point(windows[t]) for t in starts if t not in bad_nodes}, bad_nodes)
+            if mine.rejected or not held.valid:  # the windows written may not be the store's: read
+                await self._recompute_node_locked(node, rack, zone, window_starts, None, samples, points)
+                return OneWrite(mine, False)
+            self.held.commit(held, samples, points, follow)
+            self.one_writes += 1
+            if self.settle_s > 0:
+                self._schedule_final(node, rack, zone, window_starts)
+            if not rack_points or refused:
+                return OneWrite(mine, False)
+            for t, written in rack_points.items():  # stored as summed, while no other node wrote since
+                held_window = self.racks.held(rack, t)
+                if held_window is not None and held_window.points == written:
+                    self.racks.written(rack, t, held_window.version)
+            self.rack_held_windows += len(rack_points)
+            self.rack_one_writes += 1
+            self._schedule_prefetch(rack, zone, max(rack_points))
+            if self.settle_s > 0:
+                self._rack_final.schedule(rack, (zone,), set(rack_points))
+            return OneWrite(mine, True)
+        finally:
+            if rack_points:
+                rack_lock.release()
+
     async def recompute_node(
         self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld | None = None,
         samples: Iterable[Any] = (), points: list[JobPoint] | None = None,
@@ -324,24 +479,89 @@ class RackRollup:
         if not window_starts:
             return
         async with self._node_locks[node]:
-            if held is None or not held.valid:
-                self.held.drop(node)
-                held, read = None, set(window_starts)
-            else:
-                read = self.held.wrote(held, samples, points or [], window_starts)
-            series = held_series(held.windows, window_starts - read) if held is not None else []
-            fresh = await self._read_series(node, read) if read else []
-            if held is not None:
-                self.held.read(held, fresh, read)
-            windows, jobs = node_windows_from_series(series + fresh)
-            mine = {t: w for t, w in windows.items() if t in window_starts}
-            await self._write_node(node, rack, zone, mine,
-                                   job_window_lines(node, rack, {k: w for k, w in jobs.items()
-                                                                 if k[0] in window_starts}))
-            if held is not None:
-                self.held.evict(held)
-                if self.settle_s > 0 and window_starts - read:
-                    self._schedule_final(node, rack, zone, window_starts - read)
+            await self._recompute_node_locked(node, rack, zone, window_starts, held, samples, points)
+
+    async def _recompute_node_locked(
+        self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld | None,
+        samples: Iterable[Any], points: list[JobPoint] | None,
+    ) -> None:
+        """``recompute_node`` with the node's lock held."""
+        changes = self._changes[node]
+        changes.bump(window_starts)  # before and after: a read-back reading meanwhile reads again
+        try:
+            await self._recompute_node_body(node, rack, zone, window_starts, held, samples, points)
+        finally:
+            changes.bump(window_starts)
+
+    async def _recompute_node_body(
+        self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld | None,
+        samples: Iterable[Any], points: list[JobPoint] | None,
+    ) -> None:
+        if held is None or not held.valid:
+            self.held.drop(node)
+            held, read = None, set(window_starts)
+        else:
+            read = self.held.wrote(held, samples, points or [], window_starts)
+        series = held_series(held.windows, window_starts - read) if held is not None else []
+        fresh = await self._read_series(node, read) if read else []
+        if held is not None:
+            self.held.read(held, fresh, read)
+        windows, jobs = node_windows_from_series(series + fresh)
+        mine = {t: w for t, w in windows.items() if t in window_starts}
+        await self._write_node(node, rack, zone, mine,
+                               job_window_lines(node, rack, {k: w for k, w in jobs.items()
+                                                             if k[0] in window_starts}))
+        if held is not None:
+            self.held.evict(held)
+            if self.settle_s > 0 and window_starts - read:
+                self._schedule_final(node, rack, zone, window_starts - read)
+
+    def _schedule_prefetch(self, rack: str, zone: str, window_ns: int) -> None:
+        """Read the held rack's next window ahead, before it starts on the wall clock, so that the
+        first batches of the window find it held (one write each) instead of all waiting, in the
+        same moment, for one read per rack. Only while that window is still to come: sample time
+        far behind the wall clock (a backfill) is read when touched, as before."""
+        nxt = window_ns + self.resolution_ns
+        if self.prefetch_lead_s <= 0 or (rack, nxt) in self._prefetch or self.racks.held(rack, nxt):
+            return
+        until_s = (nxt - time.time_ns()) / NS_PER_S
+        lead_s = 1.0 + zlib.crc32(rack.encode()) % 1000 / 1000 * max(0.0, self.prefetch_lead_s - 1.0)
+        if until_s <= 0 or until_s > 2 * self.resolution_ns / NS_PER_S:
+            return
+        self._prefetch[(rack, nxt)] = asyncio.get_running_loop().call_later(
+            max(0.0, until_s - lead_s), self._start_prefetch, rack, zone, nxt)
+
+    def _start_prefetch(self, rack: str, zone: str, window_ns: int) -> None:
+        task = asyncio.create_task(self._prefetch_window(rack, window_ns))
+        self._prefetch[(rack, window_ns)] = task
+        task.add_done_callback(lambda t: self._prefetched(rack, window_ns, t))
+
+    async def _prefetch_window(self, rack: str, window_ns: int) -> None:
+        async with self._rack_locks[rack]:
+            if self.racks.eligible(rack) and self.racks.held(rack, window_ns) is None:
+                self.rack_prefetches += 1
+                await self._read_rack(rack, {window_ns})
+
+    def _prefetched(self, rack: str, window_ns: int, task: asyncio.Task[None]) -> None:
+        if self._prefetch.get((rack, window_ns)) is task:
+            del self._prefetch[(rack, window_ns)]
+        if not task.cancelled() and task.exception() is not None:  # the batches will read it
+            log.info("rack %r: reading the next window ahead failed: %s", rack, task.exception())
+
+    def counters(self) -> dict[str, int]:
+        """Counters for /metrics (collector/metrics.py): ``name:label`` -> value."""
+        return {
+            "rollup_queries:node": self.node_queries, "rollup_queries:rack": self.rack_queries,
+            "rollup_queries:fill": self.held.queries,
+            "rollup_queries:interval": self.held.interval_checks_read,
+            "rollup_read_backs:node": self.final_runs, "rollup_read_backs:rack": self.rack_final_runs,
+            "rollup_read_back_mismatches:node": self.final_mismatches,
+            "rollup_read_back_mismatches:rack": self.rack_final_mismatches,
+            "rollup_settle_recomputes": self.settle_runs,
+            "rollup_one_writes:node": self.one_writes, "rollup_one_writes:rack": self.rack_one_writes,
+            "rollup_queries:rack_ahead": self.rack_prefetches,
+            "rollup_read_backs_again": self.read_backs_again,
+        }
 
     @property
     def final_runs(self) -> int:
@@ -416,28 +636,45 @@ class RackRollup:
                 future.set_result(None)
 
     async def _read_back_many(self, rack: str, zone: str, nodes: dict[str, set[int]]) -> None:
-        """``_read_back`` of several nodes of one rack, with one query (per run of windows)."""
+        """``_read_back`` of several nodes of one rack, nodes due at the same runs of windows in one query."""
         names = sorted(nodes)  # locks in one order: no deadlock with another group
         union: set[int] = set().union(*nodes.values())
+        # read without the nodes' locks (their batches go on meanwhile); then, under them, read again
+        # only the nodes whose windows changed during that read (rare: a batch for a closed window)
+        seqs = {node: self._changes[node].seq for node in names}
+        rows_by_node = await self._read_node_rows(nodes)
         async with contextlib.AsyncExitStack() as stack:
             for node in names:
                 await stack.enter_async_context(self._node_locks[node])
-            res_s = self.resolution_ns // NS_PER_S
-            rows_by_node: dict[str, list[tuple[dict[str, str], dict[str, Any]]]] = defaultdict(list)
-            for plan in plan_read_backs(nodes, self._runs):  # each node over its own runs only
-                self.node_queries += 1
-                q = queries.nodes_window_sums(self.store.measurement, sorted(plan.take), plan.lo_ns,
-                                              plan.hi_ns, res_s)
-                for tags, row in await self._sums(q):
-                    node = tags.get("node", "")
-                    if plan.takes(node, int(row["time"])):
-                        rows_by_node[node].append((tags, row))
+            changed = {node: nodes[node] for node in names
+                       if self._changes[node].since(nodes[node], seqs[node])}
+            if changed:
+                self.read_backs_again += len(changed)
+                rows_by_node.update({node: [] for node in changed})
+                rows_by_node.update(await self._read_node_rows(changed))
             writes = []
             for node in names:
                 fresh = [r for r in series_from_rows(rows_by_node.get(node, [])) if r[0] in nodes[node]]
                 writes.append(self._held_read_back(node, rack, zone, nodes[node], fresh))
             await asyncio.gather(*writes)
         await self._recompute_rack(rack, zone, union)
+
+    async def _read_node_rows(
+        self, nodes: dict[str, set[int]],
+    ) -> dict[str, list[tuple[dict[str, str], dict[str, Any]]]]:
+        """The ``job`` sums of these nodes' windows, rows per node: each node read over its own runs of
+        windows only, nodes with the same runs in one query (collector/read_back_plan.py)."""
+        res_s = self.resolution_ns // NS_PER_S
+        rows_by_node: dict[str, list[tuple[dict[str, str], dict[str, Any]]]] = defaultdict(list)
+        for plan in plan_read_backs(nodes, self._runs):
+            self.node_queries += 1
+            q = queries.nodes_window_sums(self.store.measurement, sorted(plan.take), plan.lo_ns, plan.hi_ns,
+                                          res_s)
+            for tags, row in await self._sums(q):
+                node = tags.get("node", "")
+                if plan.takes(node, int(row["time"])):
+                    rows_by_node[node].append((tags, row))
+        return rows_by_node
 
     async def _read_back(self, node: str, rack: str, zone: str, window_starts: set[int]) -> None:
         """Rewrite node windows from the read-back, hold what was read, then recompute the rack's."""
@@ -450,6 +687,15 @@ class RackRollup:
                               fresh: list[Series]) -> None:
         """Compare the node windows read back (``fresh``) with held state, hold them and rewrite the
         node's points from them (under the node's lock)."""
+        changes = self._changes[node]
+        changes.bump(window_starts)  # before and after: a read-back reading meanwhile reads again
+        try:
+            await self._held_read_back_locked(node, rack, zone, window_starts, fresh)
+        finally:
+            changes.bump(window_starts)
+
+    async def _held_read_back_locked(self, node: str, rack: str, zone: str, window_starts: set[int],
+                                     fresh: list[Series]) -> None:
         held = self.held.get(node)
         if held is not None:
             common = {t for t in window_starts if t in held.windows}  # not evicted since
@@ -520,6 +766,9 @@ class RackRollup:
     async def close(self) -> None:
         """Run pending read-backs and settle recomputes now (best effort), so a stopping collector
         leaves them exact."""
+        for ahead in self._prefetch.values():  # reads ahead are for batches yet to come: none now
+            ahead.cancel()
+        self._prefetch.clear()
         await self._final.drain()
         for handle in self._settle_handles.values():
             handle.cancel()
@@ -626,6 +875,8 @@ class RackRollup:
             raise
         future.set_result(written)
         self.rack_held_windows += len(held_now)
+        if versions:
+            self._schedule_prefetch(rack, zone, max(versions))
         if self.settle_s > 0:
             if versions:  # written from held state: read back once after the window's end instead
                 self._rack_final.schedule(rack, (zone,), set(versions))

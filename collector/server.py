@@ -269,6 +269,7 @@ async def _start_serving(
     opened.append(lambda: server.stop(0))
     ingest_service = IngestService(ingestor, auth, max_streams_per_node=config.server.max_streams_per_node)
     metrics.bind_ledger(lambda: ingestor.stats, lambda: ingest_service.connected_streams)
+    metrics.bind_rollup(ingestor.rollup.counters, ingestor.rollup.pending_read_backs)
     server.add_generic_rpc_handlers((ingest_service.handler(),))
     health_servicer = await _health_service(store, ingestor, server)
     read_auth = ReadAuth.from_config(config.reads)

@@ -1,7 +1,8 @@
 """``[influxdb] gpu_point_fields = "accounting"``: gpu points keep only the accounting fields.
 
 Everything gridwatt computes (job, node, rack and job_window points, reports, the interval check)
-must be the same as with "all"; only the gpu points' telemetry fields are left out.
+must be the same as with "all"; only the gpu points' telemetry fields are left out, and the
+``fraction`` of a job point that has its GPU whole (an absent fraction is 1.0).
 """
 
 from __future__ import annotations
@@ -66,10 +67,15 @@ def test_accounting_gpu_points_keep_exactly_the_accounting_fields_with_the_same_
     assert lean.job_points == full.job_points
     assert (lean.it_energy_j, lean.co2e_g, lean.estimated_co2e_g) == (
         full.it_energy_j, full.co2e_g, full.estimated_co2e_g)
-    gpu_lines = 0
+    gpu_lines = whole = 0
     for a, b in zip(full.lines, lean.lines, strict=True):
         if not a.startswith("gpu,"):
-            assert b == a  # job points are the same text
+            # job points are the same text, but a whole GPU's leaves out fraction=1.0
+            if ",fraction=1.0," in a:
+                whole += 1
+                assert b == a.replace(",fraction=1.0,", ",")
+            else:
+                assert b == a
             continue
         gpu_lines += 1
         key_a, fields_a, ts_a = fields(a)
@@ -78,7 +84,7 @@ def test_accounting_gpu_points_keep_exactly_the_accounting_fields_with_the_same_
         assert tuple(fields_b) == ACCOUNTING_GPU_FIELDS
         assert fields_b == {k: fields_a[k] for k in ACCOUNTING_GPU_FIELDS}
         assert len(fields_a) == 22  # the telemetry is only in the full point
-    assert gpu_lines == 5
+    assert (gpu_lines, whole) == (5, 3)  # j1 on GPU 0 twice, and GPU 2's unattributed second
     # hand-computed: GPU 1, hour 1 (estimated 200 g/kWh): 99 J x 1.5 = 148.5 J; x 200 / 3.6e6 g
     _, last, _ = fields(lean.lines[lean.first_line[4]])
     assert (float(last["facility_energy_j"]), float(last["co2e_g"]), float(last["estimated_co2e_g"])) == (
@@ -143,9 +149,18 @@ async def test_everything_but_gpu_telemetry_is_the_same_end_to_end(
     assert lean["reports"] == full["reports"]
     assert lean["reports"]["job-1"]["gpu_hours"] == pytest.approx(4 * 600 / 3600, rel=1e-12)
     assert lean["racks"] == full["racks"]
-    *same_a, keys_a, gpu_a = full["stored"]
-    *same_b, keys_b, gpu_b = lean["stored"]
-    assert same_b == same_a  # node, rack, job_window and job points, bit for bit
+    *same_a, job_a, keys_a, gpu_a = full["stored"]
+    *same_b, job_b, keys_b, gpu_b = lean["stored"]
+    assert same_b == same_a  # node, rack and job_window points, bit for bit
+    # job points: bit for bit, but those of a whole GPU have no fraction (1.0 with "all")
+    def rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+        return [dict(zip(series["columns"], row, strict=True)) for series in res["series"]
+                for row in series["values"]]
+
+    rows_a, rows_b = rows(job_a), rows(job_b)
+    assert [r.pop("fraction") for r in rows_a] == [1.0] * len(rows_a)  # these jobs have their GPUs whole
+    assert "fraction" not in {k for r in rows_b for k in r}  # no job point of the database has one
+    assert rows_b == rows_a
     assert gpu_b == gpu_a  # and the gpu points' accounting: 2 nodes x 4 GPUs x 60 points
     assert gpu_b["series"][0]["values"][0][3] == 480
     assert sorted(v[0] for v in keys_b["series"][0]["values"]) == sorted(ACCOUNTING_GPU_FIELDS)
