@@ -636,7 +636,7 @@ class RackRollup:
                 future.set_result(None)
 
     async def _read_back_many(self, rack: str, zone: str, nodes: dict[str, set[int]]) -> None:
-        """``_read_back`` of several nodes of one rack, nodes due at the same runs of windows in one query."""
+        """The final read-back of several nodes of one rack (nodes due at the same windows: one query)."""
         names = sorted(nodes)  # locks in one order: no deadlock with another group
         union: set[int] = set().union(*nodes.values())
         # read without the nodes' locks (their batches go on meanwhile); then, under them, read again
@@ -675,13 +675,6 @@ class RackRollup:
                 if plan.takes(node, int(row["time"])):
                     rows_by_node[node].append((tags, row))
         return rows_by_node
-
-    async def _read_back(self, node: str, rack: str, zone: str, window_starts: set[int]) -> None:
-        """Rewrite node windows from the read-back, hold what was read, then recompute the rack's."""
-        async with self._node_locks[node]:
-            fresh = await self._read_series(node, window_starts)
-            await self._held_read_back(node, rack, zone, window_starts, fresh)
-        await self._recompute_rack(rack, zone, window_starts)
 
     async def _held_read_back(self, node: str, rack: str, zone: str, window_starts: set[int],
                               fresh: list[Series]) -> None:
