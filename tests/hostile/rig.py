@@ -157,6 +157,23 @@ class AttackRig:
         if limit:
             assert report.ack_p99_s < float(limit), report
 
+    def open_streams(self) -> int:
+        """Agent streams the collector counts as open now (its /metrics gauge)."""
+        with urllib.request.urlopen(f"{self.collector.http_url}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        for line in text.splitlines():
+            if line.startswith("gridwatt_collector_agent_streams "):
+                return int(float(line.split()[1]))
+        raise AssertionError("no gridwatt_collector_agent_streams on /metrics")
+
+    def wait_streams_at_most(self, count: int, timeout_s: float = 60.0) -> None:
+        """Until the collector has let go of every stream but ``count`` (a closed stream's handler
+        ends a moment after its client saw the last ack)."""
+        deadline = time.monotonic() + timeout_s
+        while (now := self.open_streams()) > count:
+            assert time.monotonic() < deadline, f"{now} streams still open after {timeout_s:g} s"
+            time.sleep(0.05)
+
     def _poll_healthz(self, report: AttackReport, stop: threading.Event) -> None:
         while not stop.is_set():
             t0 = time.monotonic()
