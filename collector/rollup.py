@@ -139,30 +139,44 @@ def job_window_lines(node: str, rack: str, jobs: dict[tuple[int, str], dict[str,
 
 
 class _Changes:
-    """One node's changes of its windows under its lock: a number bumped by each, the number at each
-    window's latest change (the latest ``KEEP`` windows), and the highest number of those forgotten.
-    A read-back reads without the node's lock, then, under it, reads again the nodes whose windows
-    changed meanwhile (``since``), so what it holds and writes is never older than a change it missed."""
+    """One node's changes of its windows under its lock, as seen by the read-backs reading it without
+    the lock: each such read ``watch``es its windows first, every change (``bump``, made before and
+    after each write under the lock) marks the watches it touches, and ``unwatch`` says whether the
+    read's windows changed meanwhile (then it reads again under the lock, so what it holds and writes is
+    never older than a change it missed). Nothing is kept for windows no read watches: a backfill
+    writing window after window costs nothing here, and its read-backs of older windows are not read
+    twice."""
 
-    KEEP = 64
-    __slots__ = ("forgotten", "last", "seq")
+    __slots__ = ("watches",)
 
     def __init__(self) -> None:
-        self.seq = 0
-        self.last: dict[int, int] = {}
-        self.forgotten = 0
+        #: the windows of each read in flight, and whether a change touched them
+        self.watches: list[_Watch] = []
 
     def bump(self, window_starts: Iterable[int]) -> None:
-        self.seq += 1
-        for t in window_starts:
-            self.last[t] = self.seq
-        if len(self.last) > self.KEEP:
-            for t in sorted(self.last)[:len(self.last) - self.KEEP]:
-                self.forgotten = max(self.forgotten, self.last.pop(t))
+        if not self.watches:
+            return
+        touched = set(window_starts)
+        for w in self.watches:
+            if not w.changed and not w.windows.isdisjoint(touched):
+                w.changed = True
 
-    def since(self, window_starts: Iterable[int], seq: int) -> bool:
-        """Whether any of these windows changed after the change numbered ``seq``."""
-        return any(self.last.get(t, self.forgotten) > seq for t in window_starts)
+    def watch(self, window_starts: Iterable[int]) -> _Watch:
+        w = _Watch(set(window_starts))
+        self.watches.append(w)
+        return w
+
+    def unwatch(self, w: _Watch) -> bool:
+        """Stop watching; whether any of the watched windows changed since ``watch``."""
+        with contextlib.suppress(ValueError):
+            self.watches.remove(w)
+        return w.changed
+
+
+@dataclass(slots=True)
+class _Watch:
+    windows: set[int]
+    changed: bool = False
 
 
 class _ReadBacks:
@@ -641,13 +655,17 @@ class RackRollup:
         union: set[int] = set().union(*nodes.values())
         # read without the nodes' locks (their batches go on meanwhile); then, under them, read again
         # only the nodes whose windows changed during that read (rare: a batch for a closed window)
-        seqs = {node: self._changes[node].seq for node in names}
-        rows_by_node = await self._read_node_rows(nodes)
+        watches = {node: self._changes[node].watch(nodes[node]) for node in names}
+        try:
+            rows_by_node = await self._read_node_rows(nodes)
+        except BaseException:
+            for node in names:
+                self._changes[node].unwatch(watches[node])
+            raise
         async with contextlib.AsyncExitStack() as stack:
             for node in names:
                 await stack.enter_async_context(self._node_locks[node])
-            changed = {node: nodes[node] for node in names
-                       if self._changes[node].since(nodes[node], seqs[node])}
+            changed = {node: nodes[node] for node in names if self._changes[node].unwatch(watches[node])}
             if changed:
                 self.read_backs_again += len(changed)
                 rows_by_node.update({node: [] for node in changed})

@@ -286,14 +286,17 @@ async def test_a_read_back_reads_again_where_the_node_wrote_during_its_read(
         assert snapshot(influxdb, database) == before
 
 
-def test_changes_say_whether_a_window_changed_since_and_forgotten_ones_did() -> None:
+def test_changes_say_whether_a_watched_window_changed_and_keep_nothing_unwatched() -> None:
     changes = _Changes()
-    changes.bump([T0])
-    seq = changes.seq
-    assert not changes.since([T0, T0 + 60 * NS], seq)
-    changes.bump([T0 + 60 * NS])
-    assert changes.since([T0 + 60 * NS], seq) and not changes.since([T0], seq)
-    for k in range(2, 2 + _Changes.KEEP):  # T0 and T0 + 60 s are forgotten: said changed (read again)
+    changes.bump([T0])  # no read watches: nothing kept
+    assert changes.watches == []
+    first = changes.watch([T0, T0 + 60 * NS])
+    other = changes.watch([T0 + 120 * NS])
+    for k in range(3, 3 + 200):  # a backfill writing later windows: no change of the watched ones
         changes.bump([T0 + k * 60 * NS])
-    assert T0 not in changes.last and changes.since([T0], seq)
-    assert not changes.since([T0], changes.seq)
+    changes.bump([T0 + 60 * NS])
+    assert changes.unwatch(first) and not changes.unwatch(other)
+    assert changes.watches == []
+    again = changes.watch([T0])
+    changes.bump([T0 + 60 * NS])
+    assert not changes.unwatch(again)
