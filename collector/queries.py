@@ -60,6 +60,19 @@ def nodes_window_sums(m: Measurement, nodes: list[str], lo_ns: int, hi_ns: int, 
     )
 
 
+def nodes_stored_windows(m: Measurement, nodes: list[str], rack: str, lo_ns: int, hi_ns: int,
+                         node_fields: Iterable[str], job_window_fields: Iterable[str]) -> str:
+    """Two statements: the stored ``node`` points (per node and zone) and ``job_window`` points (per
+    node and job) of these nodes in ``rack`` in [lo_ns, hi_ns), raw, with the fields named."""
+    any_node = " OR ".join(f'"node" = {quote_string(n)}' for n in nodes)
+    where = f'WHERE ({any_node}) AND "rack" = {quote_string(rack)} AND time >= {lo_ns} AND time < {hi_ns}'
+    return (
+        f'SELECT {", ".join(map(quote_ident, node_fields))} FROM {m(NODE)} {where} GROUP BY "node", "zone"; '
+        f'SELECT {", ".join(map(quote_ident, job_window_fields))} FROM {m(JOB_WINDOW)} {where} '
+        'GROUP BY "node", "job_id"'
+    )
+
+
 def _last_who() -> str:
     """The latest non-empty value of each who-ran-what field, named after it."""
     return ", ".join(f'last("{name}") AS "{name}"' for name in WHO_FIELDS)

@@ -52,8 +52,8 @@ import logging
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from gridwatt.collector import queries
@@ -91,21 +91,42 @@ class OneWrite:
     rack_done: bool
 
 
-def _window_fields(w: dict[str, float]) -> str:
-    """Fields of node and rack points from sums (e, f, ie in J; c, ce in g; d gpu-s; u util×s; i s; n GPUs).
+def window_field_values(w: dict[str, float]) -> dict[str, float | int]:
+    """Fields of node and rack points from sums (e, f, ie in J; c, ce in g; d gpu-s; u util×s; i s; n GPUs),
+    as written (``gpu_count`` an integer field, the others floats; pure).
 
-    ``ce`` is the part of the emissions resting on estimated or held intensity."""
+    ``estimated_co2e_g`` is the part of the emissions resting on estimated or held intensity."""
     e, f, c, d = w["e"], w["f"], w["c"], w["d"]
     pue = f / e if e > 0 else 0.0
     intensity = c * J_PER_KWH / f if f > 0 else 0.0
     mean_util = w["u"] / d if d > 0 else 0.0
-    return (
-        f"it_energy_kwh={e / J_PER_KWH!r},facility_energy_kwh={f / J_PER_KWH!r},co2e_g={c!r},"
-        f"co2e_kg={c / 1000!r},estimated_co2e_g={w['ce']!r},pue={pue!r},"
-        f"intensity_g_per_kwh={intensity!r},gpu_count={int(w['n'])}i,"
-        f"gpu_seconds={d!r},util_pct_s={w['u']!r},mean_util_pct={mean_util!r},idle_s={w['i']!r},"
-        f"idle_energy_kwh={w['ie'] / J_PER_KWH!r}"
-    )
+    return {
+        "it_energy_kwh": e / J_PER_KWH, "facility_energy_kwh": f / J_PER_KWH, "co2e_g": c,
+        "co2e_kg": c / 1000, "estimated_co2e_g": w["ce"], "pue": pue, "intensity_g_per_kwh": intensity,
+        "gpu_count": int(w["n"]), "gpu_seconds": d, "util_pct_s": w["u"], "mean_util_pct": mean_util,
+        "idle_s": w["i"], "idle_energy_kwh": w["ie"] / J_PER_KWH,
+    }
+
+
+#: The integer fields of node, rack and job_window points (every other number is a float field).
+INT_FIELDS = frozenset(("gpu_count", "end_ns", "nodes"))
+
+
+def _line_fields(fields: Mapping[str, float | int | str]) -> str:
+    """Line protocol fields: strings quoted, ``INT_FIELDS`` with ``i``, floats by ``repr`` (round-trips
+    exactly)."""
+    return ",".join(
+        f"{k}={string_field(v)}" if isinstance(v, str) else f"{k}={v}i" if k in INT_FIELDS else f"{k}={v!r}"
+        for k, v in fields.items())
+
+
+def _window_fields(w: dict[str, float]) -> str:
+    """``window_field_values`` in line protocol."""
+    return _line_fields(window_field_values(w))
+
+
+#: Who ran a job (string fields of ``job`` points), carried into its ``job_window`` points.
+WHO = WHO_FIELDS
 
 
 def node_lines(node: str, rack: str, zone: str, windows: dict[int, dict[str, float]]) -> list[str]:
@@ -120,22 +141,24 @@ def rack_lines(rack: str, zone: str, windows: dict[int, dict[str, float]]) -> li
     return [f"{prefix}{_window_fields(w)},nodes={int(w['nodes'])}i {t}" for t, w in sorted(windows.items())]
 
 
-#: Who ran a job (string fields of ``job`` points), carried into its ``job_window`` points.
-WHO = WHO_FIELDS
-
-
-def _who_fields(w: dict[str, Any]) -> str:
-    return "".join(f",{name}={string_field(w[name])}" for name in WHO if w.get(name))
+def job_window_field_values(w: dict[str, Any]) -> dict[str, float | int | str]:
+    """Fields of a ``job_window`` point from one job's sums on one node in one window, and who ran it,
+    as written (pure)."""
+    out: dict[str, float | int | str] = {
+        "energy_j": w["e"], "facility_energy_j": w["f"], "co2e_g": w["c"], "estimated_co2e_g": w["ce"],
+        "gpu_s": w["d"], "util_pct_s": w["u"], "idle_s": w["i"], "idle_energy_j": w["ie"],
+        "gpu_count": int(w["n"]), "end_ns": int(w["end_ns"]),
+    }
+    for name in WHO:
+        if w.get(name):
+            out[name] = str(w[name])
+    return out
 
 
 def job_window_lines(node: str, rack: str, jobs: dict[tuple[int, str], dict[str, Any]]) -> list[str]:
     """``job_window`` points (pure): one job's sums on one node in one window, and who ran it."""
-    return [
-        f"{job_window_key(job, node, rack)} energy_j={w['e']!r},facility_energy_j={w['f']!r},"
-        f"co2e_g={w['c']!r},estimated_co2e_g={w['ce']!r},gpu_s={w['d']!r},util_pct_s={w['u']!r},idle_s={w['i']!r},"
-        f"idle_energy_j={w['ie']!r},gpu_count={int(w['n'])}i,end_ns={int(w['end_ns'])}i{_who_fields(w)} {t}"
-        for (t, job), w in sorted(jobs.items())
-    ]
+    return [f"{job_window_key(job, node, rack)} {_line_fields(job_window_field_values(w))} {t}"
+            for (t, job), w in sorted(jobs.items())]
 
 
 class _Changes:
@@ -265,6 +288,54 @@ class _ReadBacks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
+#: The fields of a ``node`` point and of a ``job_window`` point a read-back compares with what it would
+#: write (``window_field_values``, ``job_window_field_values``).
+_ONES = dict.fromkeys(("e", "f", "c", "ce", "d", "u", "i", "ie", "n", "end_ns"), 1.0)
+NODE_POINT_FIELDS = tuple(window_field_values(_ONES))
+JOB_WINDOW_FIELDS = (*job_window_field_values(_ONES), *WHO)
+
+
+@dataclass
+class _Stored:
+    """One node's stored points in the windows a read-back read: ``node`` points by window start and
+    ``job_window`` points by (window start, job id), as InfluxDB answered (field name -> value)."""
+
+    nodes: dict[int, dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class _NodeRead:
+    """What a read-back read, per node: the rows of the job sums, and the stored points."""
+
+    rows: dict[str, list[tuple[dict[str, str], dict[str, Any]]]] = field(
+        default_factory=lambda: defaultdict(list))
+    stored: dict[str, _Stored] = field(default_factory=lambda: defaultdict(_Stored))
+
+    def forget(self, node: str) -> None:
+        self.rows.pop(node, None)
+        self.stored.pop(node, None)
+
+    def update(self, other: _NodeRead) -> None:
+        self.rows.update(other.rows)
+        self.stored.update(other.stored)
+
+
+def _stored_equal(fields: Mapping[str, float | int | str], row: dict[str, Any] | None) -> bool:
+    """Whether a stored point (``row``; None: none) already has every field value that writing
+    ``fields`` would store (other fields it may have stay either way; pure)."""
+    if row is None:
+        return False
+    for name, value in fields.items():
+        got = row.get(name)
+        if isinstance(value, str):
+            if got != value.replace("\n", " "):  # string_field's newline
+                return False
+        elif got is None or isinstance(got, (str, bool)) or got != value:
+            return False
+    return True
+
+
 class RackRollup:
     """See the module docstring."""
 
@@ -286,6 +357,9 @@ class RackRollup:
         self._changes: dict[str, _Changes] = defaultdict(_Changes)
         #: nodes a read-back read again under their lock (their windows changed during its first read)
         self.read_backs_again = 0
+        #: node and job_window points final read-backs rewrote (the stored ones differed) / left (equal)
+        self.read_back_rewrites = 0
+        self.read_back_kept = 0
         self._rack_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._queued: dict[str, tuple[set[int], asyncio.Future[int]]] = {}
         #: InfluxQL requests made: all of them, and those reading node and rack windows
@@ -652,12 +726,11 @@ class RackRollup:
     async def _read_back_many(self, rack: str, zone: str, nodes: dict[str, set[int]]) -> None:
         """The final read-back of several nodes of one rack (nodes due at the same windows: one query)."""
         names = sorted(nodes)  # locks in one order: no deadlock with another group
-        union: set[int] = set().union(*nodes.values())
         # read without the nodes' locks (their batches go on meanwhile); then, under them, read again
         # only the nodes whose windows changed during that read (rare: a batch for a closed window)
         watches = {node: self._changes[node].watch(nodes[node]) for node in names}
         try:
-            rows_by_node = await self._read_node_rows(nodes)
+            read = await self._read_node_rows(nodes, rack, zone)
         except BaseException:
             for node in names:
                 self._changes[node].unwatch(watches[node])
@@ -668,45 +741,61 @@ class RackRollup:
             changed = {node: nodes[node] for node in names if self._changes[node].unwatch(watches[node])}
             if changed:
                 self.read_backs_again += len(changed)
-                rows_by_node.update({node: [] for node in changed})
-                rows_by_node.update(await self._read_node_rows(changed))
+                for node in changed:
+                    read.forget(node)
+                read.update(await self._read_node_rows(changed, rack, zone))
             writes = []
             for node in names:
-                fresh = [r for r in series_from_rows(rows_by_node.get(node, [])) if r[0] in nodes[node]]
-                writes.append(self._held_read_back(node, rack, zone, nodes[node], fresh))
-            await asyncio.gather(*writes)
-        await self._recompute_rack(rack, zone, union)
+                fresh = [r for r in series_from_rows(read.rows.get(node, [])) if r[0] in nodes[node]]
+                writes.append(self._held_read_back(node, rack, zone, nodes[node], fresh,
+                                                   read.stored.get(node, _Stored())))
+            moved = set().union(*await asyncio.gather(*writes))
+        if moved:
+            await self._recompute_rack(rack, zone, moved)
 
-    async def _read_node_rows(
-        self, nodes: dict[str, set[int]],
-    ) -> dict[str, list[tuple[dict[str, str], dict[str, Any]]]]:
-        """The ``job`` sums of these nodes' windows, rows per node: each node read over its own runs of
-        windows only, nodes with the same runs in one query (collector/read_back_plan.py)."""
+    async def _read_node_rows(self, nodes: dict[str, set[int]], rack: str, zone: str) -> _NodeRead:
+        """The ``job`` sums of these nodes' windows, rows per node, and their stored ``node`` and
+        ``job_window`` points there (in the same request, read after the sums): each node read over its
+        own runs of windows only, nodes with the same runs in one query (collector/read_back_plan.py)."""
         res_s = self.resolution_ns // NS_PER_S
-        rows_by_node: dict[str, list[tuple[dict[str, str], dict[str, Any]]]] = defaultdict(list)
+        out = _NodeRead()
         for plan in plan_read_backs(nodes, self._runs):
             self.node_queries += 1
-            q = queries.nodes_window_sums(self.store.measurement, sorted(plan.take), plan.lo_ns, plan.hi_ns,
-                                          res_s)
-            for tags, row in await self._sums(q):
+            self.queries += 1
+            names = sorted(plan.take)
+            m = self.store.measurement
+            q = (queries.nodes_window_sums(m, names, plan.lo_ns, plan.hi_ns, res_s) + "; "
+                 + queries.nodes_stored_windows(m, names, rack, plan.lo_ns, plan.hi_ns, NODE_POINT_FIELDS,
+                                                JOB_WINDOW_FIELDS))
+            sums, node_points, job_windows = await self.store.query(q)
+            for tags, row in series_rows(sums):
                 node = tags.get("node", "")
                 if plan.takes(node, int(row["time"])):
-                    rows_by_node[node].append((tags, row))
-        return rows_by_node
+                    out.rows[node].append((tags, row))
+            for tags, row in series_rows(node_points):
+                node, t = tags.get("node", ""), int(row["time"])
+                if tags.get("zone", "") == zone and plan.takes(node, t):
+                    out.stored[node].nodes[t] = row
+            for tags, row in series_rows(job_windows):
+                node, t = tags.get("node", ""), int(row["time"])
+                if plan.takes(node, t):
+                    out.stored[node].jobs[(t, tags.get("job_id", ""))] = row
+        return out
 
     async def _held_read_back(self, node: str, rack: str, zone: str, window_starts: set[int],
-                              fresh: list[Series]) -> None:
+                              fresh: list[Series], stored: _Stored) -> set[int]:
         """Compare the node windows read back (``fresh``) with held state, hold them and rewrite the
-        node's points from them (under the node's lock)."""
+        node's points from them where the stored ones differ (under the node's lock). Returns the windows
+        whose rack point must be recomputed."""
         changes = self._changes[node]
         changes.bump(window_starts)  # before and after: a read-back reading meanwhile reads again
         try:
-            await self._held_read_back_locked(node, rack, zone, window_starts, fresh)
+            return await self._held_read_back_locked(node, rack, zone, window_starts, fresh, stored)
         finally:
             changes.bump(window_starts)
 
     async def _held_read_back_locked(self, node: str, rack: str, zone: str, window_starts: set[int],
-                                     fresh: list[Series]) -> None:
+                                     fresh: list[Series], stored: _Stored) -> set[int]:
         held = self.held.get(node)
         if held is not None:
             common = {t for t in window_starts if t in held.windows}  # not evicted since
@@ -718,7 +807,24 @@ class RackRollup:
             self.held.read(held, fresh, window_starts)
             self.held.evict(held)
         windows, jobs = node_windows_from_series(fresh)
-        await self._write_node(node, rack, zone, windows, job_window_lines(node, rack, jobs))
+        # Rewrite only the points stored otherwise: the stored ones were read after the sums, so leaving
+        # an equal point is this rewrite landing at that read (see collector/README.md, "Read-backs that
+        # rewrite only what differs"). Never compared with held state: another replica may have written
+        # an incomplete point after ours.
+        node_changed = {t: w for t, w in windows.items()
+                        if not _stored_equal(window_field_values(w), stored.nodes.get(t))}
+        job_changed = {k: w for k, w in jobs.items()
+                       if not _stored_equal(job_window_field_values(w), stored.jobs.get(k))}
+        self.read_back_rewrites += len(node_changed) + len(job_changed)
+        self.read_back_kept += len(windows) - len(node_changed) + len(jobs) - len(job_changed)
+        same = {t: node_point(w) for t, w in windows.items() if t not in node_changed}
+        # a held rack window holding another value of this node point than the store's: its rack point too
+        moved = {t for t, p in same.items()
+                 if (window := self.racks.window(rack, t)) is not None and window.get((node, zone)) != p}
+        if same:
+            self.racks.wrote(rack, (node, zone), same)
+        await self._write_node(node, rack, zone, node_changed, job_window_lines(node, rack, job_changed))
+        return moved | set(node_changed)
 
     async def _write_node(self, node: str, rack: str, zone: str, windows: dict[int, dict[str, float]],
                           job_lines: list[str]) -> None:

@@ -263,9 +263,9 @@ async def test_a_read_back_reads_again_where_the_node_wrote_during_its_read(
         reads: list[dict[str, set[int]]] = []
         read = rollup._read_node_rows
 
-        async def read_then_a_batch_lands(nodes: dict[str, set[int]]) -> Any:
+        async def read_then_a_batch_lands(nodes: dict[str, set[int]], *where: str) -> Any:
             reads.append(dict(nodes))
-            rows = await read(nodes)
+            rows = await read(nodes, *where)
             if len(reads) == 1:  # stored before the read-back takes the node's lock
                 late = pb.Batch(batch_id=2, node="n1", gpu_samples=[sample(0, T0 + 10 * NS, 10, 100.0, job)])
                 assert (await stream.send(late)).code == 0
