@@ -113,8 +113,6 @@ async def test_a_stale_point_written_elsewhere_after_ours_is_rewritten_with_its_
         await settled(c)
         for s in streams.values():
             await s.close()
-        assert rollup.final_mismatches == 0  # held state was right all along
-        assert rollup.read_back_rewrites == 1  # the stale point, and only it
         node, job_window = influx_query(
             influxdb.url, database,
             "SELECT it_energy_kwh, gpu_count FROM node WHERE node = 'n1' GROUP BY node; "
@@ -125,6 +123,8 @@ async def test_a_stale_point_written_elsewhere_after_ours_is_rewritten_with_its_
         assert (t, energy_j, gpus, user) == (T0, pytest.approx(n1_j, rel=1e-12), 8, "alice")
         assert facility_j == pytest.approx(1.5 * n1_j, rel=1e-12)
         assert assert_racks_add_up_in_node_order(influxdb, database) == 1
+        assert rollup.final_mismatches == 0  # held state was right all along
+        assert rollup.read_back_rewrites == 1  # the stale point, and only it
         (rack,) = influx_query(influxdb.url, database, "SELECT it_energy_kwh, gpu_count FROM rack")
         [[t, kwh, gpus]] = rack["series"][0]["values"]
         assert (t, kwh * J_PER_KWH, gpus) == (T0, pytest.approx(n1_j + 8 * 10 * 200.0, rel=1e-12), 16)
