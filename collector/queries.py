@@ -136,6 +136,14 @@ def rack_window_points(m: Measurement, rack: str, lo_ns: int, hi_ns: int) -> str
     )
 
 
+def rack_stored_points(m: Measurement, rack: str, zone: str, lo_ns: int, hi_ns: int,
+                       fields: Iterable[str]) -> str:
+    """The ``rack`` points of ``rack`` in ``zone`` in [lo_ns, hi_ns), raw, with the fields named."""
+    return (f'SELECT {", ".join(map(quote_ident, fields))} FROM {m(RACK)} '
+            f'WHERE "rack" = {quote_string(rack)} AND "zone" = {quote_string(zone)} '
+            f'AND time >= {lo_ns} AND time < {hi_ns}')
+
+
 # -- reports (jobs.py, racks.py, web/pages.py) ---------------------------------------------------
 
 def job_report(m: Measurement, job_id: str) -> str:

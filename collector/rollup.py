@@ -135,6 +135,11 @@ def node_lines(node: str, rack: str, zone: str, windows: dict[int, dict[str, flo
     return [f"{prefix}{_window_fields(w)} {t}" for t, w in sorted(windows.items())]
 
 
+def rack_field_values(w: dict[str, float]) -> dict[str, float | int]:
+    """Fields of a ``rack`` point from rack sums, as written (pure)."""
+    return {**window_field_values(w), "nodes": int(w["nodes"])}
+
+
 def rack_lines(rack: str, zone: str, windows: dict[int, dict[str, float]]) -> list[str]:
     """``rack`` points (pure); ``nodes`` is the number of nodes that reported in the window."""
     prefix = rack_key(rack, zone) + " "
@@ -292,6 +297,7 @@ class _ReadBacks:
 #: write (``window_field_values``, ``job_window_field_values``).
 _ONES = dict.fromkeys(("e", "f", "c", "ce", "d", "u", "i", "ie", "n", "end_ns"), 1.0)
 NODE_POINT_FIELDS = tuple(window_field_values(_ONES))
+RACK_POINT_FIELDS = tuple(rack_field_values({**_ONES, "nodes": 1.0}))
 JOB_WINDOW_FIELDS = (*job_window_field_values(_ONES), *WHO)
 
 
@@ -360,6 +366,8 @@ class RackRollup:
         #: node and job_window points final read-backs rewrote (the stored ones differed) / left (equal)
         self.read_back_rewrites = 0
         self.read_back_kept = 0
+        #: rack points not written because the store had them already (read in the same request)
+        self.rack_writes_kept = 0
         self._rack_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._queued: dict[str, tuple[set[int], asyncio.Future[int]]] = {}
         #: InfluxQL requests made: all of them, and those reading node and rack windows
@@ -437,6 +445,18 @@ class RackRollup:
         q = queries.rack_window_points(self.store.measurement, rack, lo_ns, hi_ns)
         (result,) = await self.store.query(q)
         return points_from_rows(series_rows(result))
+
+    async def _rack_points_stored(self, rack: str, zone: str, lo_ns: int, hi_ns: int,
+                                  ) -> tuple[dict[int, RackWindow], dict[int, dict[str, Any]]]:
+        """``rack_points``, and the rack's own stored points there, read after them in the same request
+        (window -> field values)."""
+        self.rack_queries += 1
+        self.queries += 1
+        m = self.store.measurement
+        q = (queries.rack_window_points(m, rack, lo_ns, hi_ns) + "; "
+             + queries.rack_stored_points(m, rack, zone, lo_ns, hi_ns, RACK_POINT_FIELDS))
+        nodes, racks = await self.store.query(q)
+        return points_from_rows(series_rows(nodes)), {int(row["time"]): row for _, row in series_rows(racks)}
 
     async def rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> dict[int, dict[str, float]]:
         """Sums per window over all node points of ``rack`` in [lo_ns, hi_ns), read back."""
@@ -902,17 +922,23 @@ class RackRollup:
         await self._rack_final.drain()
 
     async def _read_rack(
-        self, rack: str, window_starts: set[int],
+        self, rack: str, window_starts: set[int], zone: str | None = None,
+        stored: dict[int, dict[str, Any]] | None = None,
     ) -> tuple[dict[int, RackWindow], set[int], dict[int, RackWindow]]:
         """Read the rack's node points in these windows (one query per run); hold them where the rack is
-        held (collector/rack_state.py). Returns (windows, those now held, what was held of them before)."""
+        held (collector/rack_state.py). Returns (windows, those now held, what was held of them before).
+        With ``stored`` (and ``zone``), the rack points stored there too, read after the node points."""
         got: dict[int, RackWindow] = {}
         kept: set[int] = set()
         before: dict[int, RackWindow] = {}
         for lo, hi in self._runs(window_starts):
             read = self.racks.begin_read(rack, {t for t in window_starts if lo <= t < hi})
             try:
-                found = await self.rack_points(rack, lo, hi)
+                if stored is not None and zone is not None:
+                    found, stored_run = await self._rack_points_stored(rack, zone, lo, hi)
+                    stored.update(stored_run)
+                else:
+                    found = await self.rack_points(rack, lo, hi)
             except BaseException:
                 self.racks.abort_read(rack, read)
                 raise
@@ -927,7 +953,8 @@ class RackRollup:
         count the windows where they differ from what was held."""
         (zone,) = ctx
         async with self._rack_locks[rack]:
-            got, _, before = await self._read_rack(rack, window_starts)
+            stored: dict[int, dict[str, Any]] = {}
+            got, _, before = await self._read_rack(rack, window_starts, zone, stored)
             for t, held_points in before.items():
                 if held_points != got[t]:
                     self.rack_final_mismatches += 1
@@ -940,7 +967,7 @@ class RackRollup:
                 points[t] = window if held is None else held.points
                 if held is not None:
                     versions[t] = held.version
-            await self._write_rack(rack, zone, points, versions)
+            await self._write_rack(rack, zone, points, versions, stored)
 
     async def _recompute_rack(
         self, rack: str, zone: str, window_starts: set[int], settle: bool = True
@@ -961,10 +988,11 @@ class RackRollup:
             async with self._rack_locks[rack]:
                 todo, _ = self._queued.pop(rack)
                 points: dict[int, RackWindow] = {}
+                stored: dict[int, dict[str, Any]] = {}
                 if self.racks.eligible(rack):
                     held_now = {t for t in todo if self.racks.held(rack, t) is not None}
                 if todo - held_now:  # not held: read (and held from now on, where the rack may be)
-                    got, kept, _ = await self._read_rack(rack, todo - held_now)
+                    got, kept, _ = await self._read_rack(rack, todo - held_now, zone, stored)
                     points.update(got)
                     held_now |= kept
                 dropped = {t for t in held_now if self.racks.held(rack, t) is None and t not in points}
@@ -981,7 +1009,7 @@ class RackRollup:
                     if held.written != held.version:  # else the stored rack point is this one already
                         points[t] = held.points
                         versions[t] = held.version
-                written = await self._write_rack(rack, zone, points, versions)
+                written = await self._write_rack(rack, zone, points, versions, stored)
         except BaseException as exc:
             entry = self._queued.get(rack)
             if entry is not None and entry[1] is future:
@@ -1002,10 +1030,19 @@ class RackRollup:
         return written
 
     async def _write_rack(self, rack: str, zone: str, points: dict[int, RackWindow],
-                          versions: dict[int, int]) -> int:
+                          versions: dict[int, int], stored: dict[int, dict[str, Any]] | None = None) -> int:
         """Write the rack points of these windows, and mark those of held windows (``versions``: the
-        version of their node points summed) as stored. Returns the points written."""
+        version of their node points summed) as stored. Returns the points written. A window whose rack
+        point is ``stored`` (read after its node points, under the rack's lock) with exactly these values
+        is not written again: that is this write landing at that read."""
         windows = {t: w for t, window in points.items() if (w := rack_sums(window)) is not None}
+        if stored:
+            same = {t for t, w in windows.items() if _stored_equal(rack_field_values(w), stored.get(t))}
+            self.rack_writes_kept += len(same)
+            for t in same:
+                del windows[t]
+                if t in versions:
+                    self.racks.written(rack, t, versions[t])
         lines = rack_lines(rack, zone, windows)
         if not lines:
             return 0
