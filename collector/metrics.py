@@ -111,6 +111,12 @@ ROLLUP_FAMILIES: dict[str, tuple[str, str]] = {
                                     "(another replica or a rewrite wrote there), by kind.", "kind"),
     "rollup_read_backs_again": ("Nodes a read-back read again under their lock: their windows changed "
                                 "during its first read (made without the lock).", ""),
+    "rollup_points_kept": ("Window points a read-back or recompute found stored with the very values it "
+                           "would write, and so did not write again, by kind (node: node and job_window "
+                           "points of final node read-backs, rack: rack points).", "kind"),
+    "rollup_points_rewritten": ("Node and job_window points final node read-backs wrote again: the stored "
+                                "ones differed from the job points' sums (another replica or a rewrite "
+                                "wrote there after this replica's last write).", ""),
     "rollup_settle_recomputes": ("Rack windows recomputed once more replica_settle_s after a read.", ""),
     "rollup_one_writes": ("Batches whose node windows (windows=node), and also rack windows "
                           "(windows=rack), were written in the batch's own store write.", "windows"),

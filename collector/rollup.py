@@ -41,7 +41,9 @@ same reason every window written from held state (node or rack) is read back onc
 may have rewritten the node's points there (collector/revisit.py), which held state cannot
 see. Rack windows summed from held state get no settle recompute. The node read-backs of a
 rack that come due together are one query (``_read_back_many``), and read-backs of windows
-just closed are spread per rack over ``read_back_spread_s``.
+just closed are spread per rack over ``read_back_spread_s``. A read-back (and a rack recompute from a
+read) reads the stored points it would write in the same request, after the sums, and writes only
+those that differ (collector/README.md, "Read-backs that rewrite only what differs").
 """
 
 from __future__ import annotations
@@ -669,6 +671,8 @@ class RackRollup:
             "rollup_one_writes:node": self.one_writes, "rollup_one_writes:rack": self.rack_one_writes,
             "rollup_queries:rack_ahead": self.rack_prefetches,
             "rollup_read_backs_again": self.read_backs_again,
+            "rollup_points_kept:node": self.read_back_kept, "rollup_points_kept:rack": self.rack_writes_kept,
+            "rollup_points_rewritten": self.read_back_rewrites,
         }
 
     @property

@@ -19,6 +19,7 @@ import pytest
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
 from tests.collector.helpers import running_collector
+from tests.collector.test_metrics import scrape, v
 from tests.collector.test_node_state import Stream, sample, snapshot
 from tests.collector.test_rack_state import assert_racks_add_up_in_node_order, read_back_everything, settled
 from tests.conftest import collector_toml, influx_query
@@ -76,6 +77,9 @@ async def test_a_read_back_that_finds_the_stored_points_right_writes_none(
         # 2 nodes x 2 windows: a node and a job_window point each, all found right, none rewritten
         assert (rollup.read_back_kept, rollup.read_back_rewrites) == (8, 0)
         assert all(measurements(w.body) <= {"rack"} for w in front.writes[acked:])  # rack settles only
+        _, metrics = await scrape(c.http_port or 0)
+        assert (v(metrics, "rollup_points_kept_total", kind="node"),
+                v(metrics, "rollup_points_rewritten_total")) == (8, 0)
         assert assert_racks_add_up_in_node_order(influxdb, database) == 2
         (node,) = influx_query(influxdb.url, database,
                                "SELECT it_energy_kwh FROM node WHERE node = 'n1' GROUP BY node")
