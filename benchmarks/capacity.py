@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -102,6 +103,50 @@ def collector_counters(url: str) -> dict[str, float]:
     return out
 
 
+#: /debug/vars sections the trace keeps (summed over shards), and the Go runtime's GC counters
+TRACE_SECTIONS = ("tsm1_engine", "tsm1_cache", "tsm1_wal", "tsm1_filestore", "httpd", "runtime")
+
+
+def influxd_trace_vars(url: str) -> dict[str, float]:
+    """influxd's storage, HTTP and runtime counters (``/debug/vars``), summed per section over shards."""
+    with urllib.request.urlopen(f"{url}/debug/vars", timeout=10) as resp:
+        stats = json.load(resp)
+    out: dict[str, float] = {}
+    for value in stats.values():
+        if isinstance(value, dict) and value.get("name") in TRACE_SECTIONS:
+            for k, v in value["values"].items():
+                if isinstance(v, (int, float)):
+                    key = f"{value['name']}.{k}"
+                    out[key] = out.get(key, 0.0) + float(v)
+    return out
+
+
+class Tracer(threading.Thread):
+    """``--trace``: once a second, influxd's ``/debug/vars`` counters, the time the collector takes to
+    answer ``/healthz`` (its event loop's lag), and both processes' CPU, as JSON lines in a file."""
+
+    def __init__(self, path: Path, influx_url: str, collector_url: str, pids: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.path, self.influx_url, self.collector_url, self.pids = path, influx_url, collector_url, pids
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with self.path.open("a") as out:
+            while not self.halt.wait(1.0 - time.time() % 1.0):
+                row: dict[str, Any] = {"t": round(time.time(), 3)}
+                t0 = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(f"{self.collector_url}/healthz", timeout=10) as resp:
+                        resp.read()
+                    row["healthz_s"] = round(time.perf_counter() - t0, 4)
+                    row["influxd"] = influxd_trace_vars(self.influx_url)
+                    row["cpu_s"] = {k: cpu_s(pid) for k, pid in self.pids.items()}
+                except (OSError, ValueError) as exc:
+                    row["error"] = str(exc)
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -120,13 +165,19 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
     latencies: list[float] = []
     acked = [0]
     slow = [0] * 60  # acks slower than SLOW_ACK_S, by the wall clock's second of the minute
+    by_second: dict[int, list[float]] = {}  # epoch second of the ack -> [acks, slow acks, max latency]
 
     def on_ack(latency_s: float, samples: int) -> None:
         if window[0] <= time.monotonic() < window[1]:
             latencies.append(latency_s)
             acked[0] += samples
+            now_s = int(time.time())
+            sec = by_second.setdefault(now_s, [0, 0, 0.0])
+            sec[0] += 1
+            sec[2] = max(sec[2], latency_s)
             if latency_s > SLOW_ACK_S:
-                slow[int(time.time()) % 60] += 1
+                slow[now_s % 60] += 1
+                sec[1] += 1
 
     nodes = []
     start_ns = time.time_ns()
@@ -170,7 +221,8 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
     for _, _, spool, _ in nodes:
         spool.close()
     return {"latencies": latencies, "acked": acked[0], "backlog_start": backlog.get("start", 0),
-            "backlog_end": backlog["end"], "cpu_s": cpu_in_window_s, "slow": slow}
+            "backlog_end": backlog["end"], "cpu_s": cpu_in_window_s, "slow": slow,
+            "by_second": by_second}
 
 
 # --- driver ---------------------------------------------------------------------------------------
@@ -228,6 +280,16 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
     busiest = sorted(range(60), key=lambda k: -slow[k])[:5]
     step["slow_acks"] = {"over_s": SLOW_ACK_S, "count": sum(slow),
                          "top_seconds_of_minute": {k: slow[k] for k in busiest if slow[k]}}
+    if args.trace:
+        acks: dict[str, list[float]] = {}
+        for r in results:
+            for sec, (n, n_slow, worst) in r.get("by_second", {}).items():
+                a = acks.setdefault(sec, [0, 0, 0.0])
+                a[0] += n
+                a[1] += n_slow
+                a[2] = max(a[2], worst)
+        with Path(args.trace).open("a") as trace_file:
+            trace_file.write(json.dumps({"step": nodes, "acks_by_second": acks}) + "\n")
     step["ok"] = bool(latencies) and step["ack_p99_s"] < ACK_P99_LIMIT_S and growth <= 2 * offered
     return step
 
@@ -307,6 +369,8 @@ def main() -> None:
     p.add_argument("--alerts", choices=("off", "always", "elected"), default="off",
                    help="run the collector with a rack-idle and a job-idle rule, evaluated by this "
                         "replica (always) or through the lease election (elected: progress points per node)")
+    p.add_argument("--trace", default="", help="append a per-second trace (influxd /debug/vars, the "
+                   "collector's /healthz latency, CPU; acks per second) to this JSON-lines file")
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--address", "--prefix", "--folder", "--out"):
@@ -341,6 +405,9 @@ def main() -> None:
         try:
             assert db.proc is not None and collector.proc is not None
             pids = {"influxd": db.proc.pid, "collector": collector.proc.pid}
+            tracer = Tracer(Path(args.trace), db.url, collector.http_url, pids) if args.trace else None
+            if tracer is not None:
+                tracer.start()
             for k, nodes in enumerate(int(x) for x in args.nodes.split(",")):
                 say(f"step {k}: {nodes} nodes x {args.gpus} GPUs at {1 / args.interval_s:g} Hz, "
                     f"linger {args.linger_s} s, {args.warmup:g} s warm-up + {args.seconds:g} s")
@@ -352,6 +419,9 @@ def main() -> None:
                     break
                 best = step
         finally:
+            if tracer is not None:
+                tracer.halt.set()
+                tracer.join()
             collector.stop()
         # enough lines to measure InfluxDB's rate rather than one request's latency
         per_node = args.gpus * args.seconds / args.interval_s
