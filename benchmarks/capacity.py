@@ -165,14 +165,15 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
     latencies: list[float] = []
     acked = [0]
     slow = [0] * 60  # acks slower than SLOW_ACK_S, by the wall clock's second of the minute
-    by_second: dict[int, list[float]] = {}  # epoch second of the ack -> [acks, slow acks, max latency]
+    #: epoch second -> [acks, slow acks, max ack latency, this process's max event-loop lag (--trace)]
+    by_second: dict[int, list[float]] = {}
 
     def on_ack(latency_s: float, samples: int) -> None:
         if window[0] <= time.monotonic() < window[1]:
             latencies.append(latency_s)
             acked[0] += samples
             now_s = int(time.time())
-            sec = by_second.setdefault(now_s, [0, 0, 0.0])
+            sec = by_second.setdefault(now_s, [0, 0, 0.0, 0.0])
             sec[0] += 1
             sec[2] = max(sec[2], latency_s)
             if latency_s > SLOW_ACK_S:
@@ -210,10 +211,22 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
 
     drivers = [asyncio.create_task(drive(spread_s * k / PHASES, g)) for k, g in groups.items()]
+
+    async def watch_lag(step_s: float = 0.05) -> None:
+        """The worker's own event-loop lag (a late ack may be this process's, not the collector's)."""
+        while time.monotonic() < window[1]:
+            t0 = time.monotonic()
+            await asyncio.sleep(step_s)
+            sec = by_second.setdefault(int(time.time()), [0, 0, 0.0, 0.0])
+            sec[3] = max(sec[3], time.monotonic() - t0 - step_s)
+
+    lag_task = asyncio.create_task(watch_lag()) if args.trace else None
     await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
     backlog = {"start": sum(sp.pending for _, _, sp, _ in nodes)}
     cpu_at_start = time.process_time()
     await asyncio.gather(*drivers)
+    if lag_task is not None:
+        await lag_task
     backlog["end"] = sum(sp.pending for _, _, sp, _ in nodes)
     cpu_in_window_s = time.process_time() - cpu_at_start
     stop.set()
@@ -242,6 +255,7 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
                "--interval-s", str(args.interval_s), "--linger-s", str(args.linger_s),
                "--warmup", str(args.warmup), "--seconds", str(args.seconds),
                "--folder", str(folder / prefix), "--out", str(out)]
+        cmd += ["--trace", args.trace] if args.trace else []
         cmd += ["--in-phase"] if args.in_phase else []
         (folder / prefix).mkdir(parents=True, exist_ok=True)
         procs.append((subprocess.Popen(cmd), out))
@@ -283,11 +297,12 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
     if args.trace:
         acks: dict[str, list[float]] = {}
         for r in results:
-            for sec, (n, n_slow, worst) in r.get("by_second", {}).items():
-                a = acks.setdefault(sec, [0, 0, 0.0])
+            for sec, (n, n_slow, worst, lag) in r.get("by_second", {}).items():
+                a = acks.setdefault(sec, [0, 0, 0.0, 0.0])
                 a[0] += n
                 a[1] += n_slow
                 a[2] = max(a[2], worst)
+                a[3] = max(a[3], lag)
         with Path(args.trace).open("a") as trace_file:
             trace_file.write(json.dumps({"step": nodes, "acks_by_second": acks}) + "\n")
     step["ok"] = bool(latencies) and step["ack_p99_s"] < ACK_P99_LIMIT_S and growth <= 2 * offered
@@ -371,6 +386,9 @@ def main() -> None:
                         "replica (always) or through the lease election (elected: progress points per node)")
     p.add_argument("--trace", default="", help="append a per-second trace (influxd /debug/vars, the "
                    "collector's /healthz latency, CPU; acks per second) to this JSON-lines file")
+    p.add_argument("--influxd-data", action="append", default=[], metavar="KEY=VALUE",
+                   help='an extra [data] setting of the InfluxDB under test, VALUE in TOML '
+                        '(e.g. wal-fsync-delay=\'"100ms"\'); repeatable')
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--address", "--prefix", "--folder", "--out"):
@@ -389,7 +407,8 @@ def main() -> None:
     spools = Path(tempfile.mkdtemp(prefix="gridwatt-capacity-spools-", dir=shm if shm.is_dir() else None))
     steps: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
-    with LocalInfluxDB(data_dir=folder / "influxdb") as db:
+    data_settings = dict(kv.split("=", 1) for kv in args.influxd_data)
+    with LocalInfluxDB(data_dir=folder / "influxdb", data_settings=data_settings) as db:
         grpc_port, http_port = new_collector_ports()
         cfg = folder / "collector.toml"
         cfg.write_text(

@@ -61,8 +61,11 @@ class LocalInfluxDB:
     """
 
     def __init__(self, data_dir: Path | None = None, port: int | None = None, *,
-                 auth_enabled: bool = False, max_body_size: int = 0) -> None:
+                 auth_enabled: bool = False, max_body_size: int = 0,
+                 data_settings: dict[str, str] | None = None) -> None:
         self.auth_enabled = auth_enabled
+        #: extra ``[data]`` settings, as TOML values (e.g. ``{"wal-fsync-delay": '"100ms"'}``)
+        self.data_settings = dict(data_settings or {})
         self.max_body_size = max_body_size
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="gridwatt-influxdb-"))
@@ -77,6 +80,7 @@ class LocalInfluxDB:
     def _write_config(self) -> Path:
         d = self.data_dir
         conf = d / "influxdb.conf"
+        extra_data = "".join(f"  {k} = {v}\n" for k, v in self.data_settings.items())
         conf.write_text(
             f"""reporting-disabled = true
 bind-address = "127.0.0.1:{self.rpc_port}"
@@ -89,7 +93,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   query-log-enabled = false
   trace-logging-enabled = false
   cache-snapshot-write-cold-duration = "10s"
-[coordinator]
+{extra_data}[coordinator]
   log-queries-after = "0s"
 [retention]
   enabled = false
