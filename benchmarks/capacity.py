@@ -389,6 +389,8 @@ def main() -> None:
     p.add_argument("--influxd-data", action="append", default=[], metavar="KEY=VALUE",
                    help='an extra [data] setting of the InfluxDB under test, VALUE in TOML '
                         '(e.g. wal-fsync-delay=\'"100ms"\'); repeatable')
+    p.add_argument("--influxd-gogc", type=int, default=None,
+                   help="GOGC of the InfluxDB under test (default: the environment's, else Go's 100)")
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--address", "--prefix", "--folder", "--out"):
@@ -408,7 +410,8 @@ def main() -> None:
     steps: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     data_settings = dict(kv.split("=", 1) for kv in args.influxd_data)
-    with LocalInfluxDB(data_dir=folder / "influxdb", data_settings=data_settings) as db:
+    with LocalInfluxDB(data_dir=folder / "influxdb", data_settings=data_settings,
+                       gogc=args.influxd_gogc) as db:
         grpc_port, http_port = new_collector_ports()
         cfg = folder / "collector.toml"
         cfg.write_text(

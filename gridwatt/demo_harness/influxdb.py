@@ -7,6 +7,7 @@ Run ``python -m gridwatt.demo_harness.influxdb`` to get one for manual experimen
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -62,10 +63,12 @@ class LocalInfluxDB:
 
     def __init__(self, data_dir: Path | None = None, port: int | None = None, *,
                  auth_enabled: bool = False, max_body_size: int = 0,
-                 data_settings: dict[str, str] | None = None) -> None:
+                 data_settings: dict[str, str] | None = None, gogc: int | None = None) -> None:
         self.auth_enabled = auth_enabled
         #: extra ``[data]`` settings, as TOML values (e.g. ``{"wal-fsync-delay": '"100ms"'}``)
         self.data_settings = dict(data_settings or {})
+        #: the Go runtime's GOGC for influxd (None: the environment's, else Go's default 100)
+        self.gogc = gogc
         self.max_body_size = max_body_size
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="gridwatt-influxdb-"))
@@ -123,8 +126,10 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self._write_config()
         log = (self.data_dir / "influxd.log").open("ab")
+        env = None if self.gogc is None else {**os.environ, "GOGC": str(self.gogc)}
         self.proc = subprocess.Popen(
-            [influxd, "-config", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [influxd, "-config", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
         )
         log_path = self.data_dir / "influxd.log"
         if wait_until_answering(self.proc, f"{self.url}/ping", 204, timeout_s, f"influxd (see {log_path})"):
