@@ -16,9 +16,10 @@ After a batch of node N is stored:
    (one query of the raw node points).
 
 For a streamed batch of a held node, 1 and 2 need no read: the node, job_window and (where the rack is
-held and no other write of its points is in flight) rack points are computed before the batch is
-written and go in the same store write as its samples (``write_batch``; collector/README.md "One write
-per streamed batch"). Where they cannot, the batch is written first and they follow as above.
+held) rack points are computed before the batch is written and go in the same store write as its
+samples (``write_batch``; collector/README.md "One write per streamed batch"). Batches that find their
+held rack busy write together in its next turn (``_run_turn``: one write, one rack point). Where they
+cannot, the batch is written first and they follow as above.
 
 All these writes have deterministic tags and timestamps, so a resent batch, a late
 sample or a batch split differently all leave the same values. Recomputes of
