@@ -47,7 +47,7 @@ from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.points import prepare_batch
 from gridwatt.collector.wiring import build_topology
 from gridwatt.configfile import load_config
-from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import INFLUXD_GOGC, LocalInfluxDB
 from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, toml_str
 from gridwatt.v1 import telemetry_pb2 as pb
 
@@ -389,8 +389,8 @@ def main() -> None:
     p.add_argument("--influxd-data", action="append", default=[], metavar="KEY=VALUE",
                    help='an extra [data] setting of the InfluxDB under test, VALUE in TOML '
                         '(e.g. wal-fsync-delay=\'"100ms"\'); repeatable')
-    p.add_argument("--influxd-gogc", type=int, default=None,
-                   help="GOGC of the InfluxDB under test (default: the environment's, else Go's 100)")
+    p.add_argument("--influxd-gogc", type=int, default=INFLUXD_GOGC,
+                   help=f"influxd's GOGC (default {INFLUXD_GOGC}, the harness's; Go's own is 100)")
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--address", "--prefix", "--folder", "--out"):

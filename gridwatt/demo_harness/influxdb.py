@@ -25,6 +25,14 @@ INFLUXD_HINT = (
 )
 
 
+#: GOGC of the harness's influxd. Go's default (100) collects whenever the heap has doubled; at 10,000
+#: GPUs at 1 Hz (benchmarks/capacity.py) that took about a fifth of influxd's CPU (its own pprof
+#: profile: gcBgMarkWorker and the mark assists of its write handlers). 400 collects a quarter as
+#: often for a larger heap (1.2 GB -> about 2 GB there); the README "Sizing and scaling" says how an
+#: operator sets it (``GOGC=400`` in /etc/default/influxdb, which the Debian unit reads).
+INFLUXD_GOGC = 400
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -63,7 +71,7 @@ class LocalInfluxDB:
 
     def __init__(self, data_dir: Path | None = None, port: int | None = None, *,
                  auth_enabled: bool = False, max_body_size: int = 0,
-                 data_settings: dict[str, str] | None = None, gogc: int | None = None) -> None:
+                 data_settings: dict[str, str] | None = None, gogc: int | None = INFLUXD_GOGC) -> None:
         self.auth_enabled = auth_enabled
         #: extra ``[data]`` settings, as TOML values (e.g. ``{"wal-fsync-delay": '"100ms"'}``)
         self.data_settings = dict(data_settings or {})
