@@ -521,8 +521,8 @@ class RackRollup:
             if window is None:  # dropped meanwhile: no rack point here, the members recompute the rack
                 rack_points.clear()
                 break
-            mine = {m.key: node_point(m.windows[t]) for m in members if t in m.windows}
-            rack_points[t] = {**window, **mine}
+            theirs = {m.key: node_point(m.windows[t]) for m in members if t in m.windows}
+            rack_points[t] = {**window, **theirs}
         rack_windows = {t: w for t, p in rack_points.items() if (w := rack_sums(p)) is not None}
         lines: list[str] = []
         spans: list[tuple[int, int]] = []
