@@ -351,3 +351,49 @@ async def test_batches_that_find_their_rack_busy_share_one_write_with_its_rack_p
             before = snapshot(db, database)
             await read_back_everything(c, list(NODES), {T0})
             assert snapshot(db, database) == before
+
+
+async def test_a_refused_sample_line_in_a_rack_turn_leaves_node_and_rack_as_the_read_back(
+    tmp_path: Path, database: str
+) -> None:
+    """As the test above, but InfluxDB refuses one job line of n3's batch in the turn (``user`` is an
+    integer field of ``job`` already): n3's 7 other samples are stored, its windows are read back and
+    rewritten, and the rack recomputed, before its ack; the rack point the turn wrote (with n3's
+    8 GPU-seconds) ends up as n3's 7: 16 + 16 + 15 + 16 GPU-seconds, equal to a read-back."""
+    with LocalInfluxDB(tmp_path / "influx") as db:
+        async with InfluxFront(db.url) as front, running_collector(tmp_path, toml(front.url, database)) as c:
+            rollup = c.ingestor.rollup
+            streams = {n: Stream(c.grpc_port) for n in NODES}
+            for node in NODES:
+                assert (await streams[node].send(second(node, 0, who=False))).code == 0
+            await c.store.write_lines([f"job,gpu=0,job_id=other,node=zz,rack=zz user=1i {T0}"])
+            front.writes.clear()
+            one = rollup.rack_one_writes
+            bad = second("n3", 1, who=False)
+            bad.gpu_samples[3].jobs[0].user = "alice"
+            db.pause()
+            try:
+                sends = [asyncio.ensure_future(streams["n1"].send(second("n1", 1, who=False)))]
+                deadline = time.monotonic() + 30
+                while len(front.writes) < 1:
+                    assert time.monotonic() < deadline, "n1's write never started"
+                    await asyncio.sleep(0.02)
+                batches = {n: bad if n == "n3" else second(n, 1, who=False) for n in NODES[1:]}
+                sends += [asyncio.ensure_future(streams[n].send(b)) for n, b in batches.items()]
+                while sum(len(turn.members) for turn in rollup._turns.values()) < 3:
+                    assert time.monotonic() < deadline, "the other batches never joined the rack's turn"
+                    await asyncio.sleep(0.02)
+            finally:
+                db.resume()
+            acks = await asyncio.gather(*sends)
+            assert [(a.code, a.stored_samples) for a in acks] == [(0, 8), (0, 8), (3, 7), (0, 8)]
+            assert rollup.rack_one_writes - one == 4  # the turn stored its rack point; n3 recomputed it
+            for s in streams.values():
+                await s.close()
+            (node, rack) = influx_query(db.url, database, "SELECT gpu_seconds FROM node WHERE node = 'n3'; "
+                                        "SELECT gpu_seconds FROM rack")
+            assert node["series"][0]["values"] == [[T0, 15.0]]
+            assert rack["series"][0]["values"] == [[T0, 63.0]]
+            before = snapshot(db, database)
+            await read_back_everything(c, list(NODES), {T0})
+            assert snapshot(db, database) == before
