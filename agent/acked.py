@@ -13,30 +13,17 @@ The file holds one decimal integer (ns since the epoch) and a newline; it is rep
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections import deque
 from pathlib import Path
 
 from gridwatt.agent.spool import Spool
+from gridwatt.atomic_file import replace_file
 
 log = logging.getLogger("gridwatt.agent.acked")
 
 #: Ticks remembered while their rows are pending. Dropping the oldest loses only intermediate
 #: values: a later tick that leaves still moves the mark past them (sequence numbers only grow).
 MAX_TICKS = 4096
-
-
-def write_acked_file(path: Path, acked_through_ns: int) -> None:
-    """Replace ``path`` with ``acked_through_ns`` (mode 0600: the agent's user and root read it)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(f"{acked_through_ns}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class AckedThrough:
@@ -74,7 +61,7 @@ class AckedThrough:
         if self.path is None:
             return
         try:
-            write_acked_file(self.path, self.acked_through_ns)
+            replace_file(self.path, f"{self.acked_through_ns}\n", sync=False)
         except OSError as exc:
             if not self._write_failed:
                 log.warning("cannot write %s (%s); a Slurm epilog waiting on it falls back to a "

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gridwatt.atomic_file import replace_file
 from gridwatt.resources import deploy_file
 
 UNIT_NAME = "gridwatt-agent.service"
@@ -313,7 +314,7 @@ class Installer:
                 if gid is None:
                     self.out(f"! group {opts.user} not found in {self.path('/etc/group')}: "
                              f"{self.config_path} stays root:root 0640, unreadable by the service")
-                write_private_file(self.config_path, self.render_config(), 0o640, 0, gid)
+                replace_file(self.config_path, self.render_config(), mode=0o640, owner=(0, gid or 0))
 
             self._do(f"write {self.config_path} from the example (root:{opts.user} 0640, atomically): "
                      "edit node and [collector]", write_config)
@@ -381,28 +382,6 @@ class Installer:
         etc = self.config_path.parent
         if opts.purge and etc.exists() and not any(etc.iterdir()):
             self._do(f"remove the empty {etc}", lambda: _rmdir(etc))
-
-
-def write_private_file(path: Path, text: str, mode: int, uid: int, gid: int | None) -> None:
-    """Write ``path`` atomically with its final mode and owner: a temporary file in the same folder is
-    created with ``mode`` (whatever the umask), chowned (when root), synced, and renamed over ``path``.
-    No moment exists at which the content is readable with a wider mode or another owner."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        if os.geteuid() == 0:
-            os.fchown(fd, uid, gid if gid is not None else 0)
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", closefd=False) as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
 
 
 def _rmdir(path: Path) -> None:

@@ -8,12 +8,11 @@ re-emits those events on restart (at-least-once delivery; webhook receivers can 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gridwatt.atomic_file import replace_file
 from gridwatt.collector.alerts.engine import AlertEngine
 from gridwatt.collector.alerts.rules import AlertRule
 from gridwatt.collector.alerts.store import AlertStore
@@ -23,38 +22,13 @@ class AlertStateError(Exception):
     """The state file exists but cannot be used; the message names the file and reason."""
 
 
-def atomic_write_text(path: Path | str, text: str) -> None:
-    """Write ``text`` to a temp file in the same folder, fsync it, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
 def save_state(path: Path | str, engine: AlertEngine, store: AlertStore | None = None) -> None:
     """Atomically write the engine's state (and the store's recent alerts, if given)."""
     data: dict[str, Any] = {"engine": engine.to_dict()}
     if store is not None:
         data["store"] = store.to_dict()
-    atomic_write_text(path, json.dumps(data, sort_keys=True, separators=(",", ":")))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    replace_file(path, json.dumps(data, sort_keys=True, separators=(",", ":")))
 
 
 def load_state(
