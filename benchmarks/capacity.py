@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -46,7 +47,7 @@ from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.points import prepare_batch
 from gridwatt.collector.wiring import build_topology
 from gridwatt.configfile import load_config
-from gridwatt.demo_harness.influxdb import LocalInfluxDB
+from gridwatt.demo_harness.influxdb import INFLUXD_GOGC, LocalInfluxDB
 from gridwatt.demo_harness.processes import CollectorProcess, new_collector_ports, toml_str
 from gridwatt.v1 import telemetry_pb2 as pb
 
@@ -102,6 +103,50 @@ def collector_counters(url: str) -> dict[str, float]:
     return out
 
 
+#: /debug/vars sections the trace keeps (summed over shards), and the Go runtime's GC counters
+TRACE_SECTIONS = ("tsm1_engine", "tsm1_cache", "tsm1_wal", "tsm1_filestore", "httpd", "runtime")
+
+
+def influxd_trace_vars(url: str) -> dict[str, float]:
+    """influxd's storage, HTTP and runtime counters (``/debug/vars``), summed per section over shards."""
+    with urllib.request.urlopen(f"{url}/debug/vars", timeout=10) as resp:
+        stats = json.load(resp)
+    out: dict[str, float] = {}
+    for value in stats.values():
+        if isinstance(value, dict) and value.get("name") in TRACE_SECTIONS:
+            for k, v in value["values"].items():
+                if isinstance(v, (int, float)):
+                    key = f"{value['name']}.{k}"
+                    out[key] = out.get(key, 0.0) + float(v)
+    return out
+
+
+class Tracer(threading.Thread):
+    """``--trace``: once a second, influxd's ``/debug/vars`` counters, the time the collector takes to
+    answer ``/healthz`` (its event loop's lag), and both processes' CPU, as JSON lines in a file."""
+
+    def __init__(self, path: Path, influx_url: str, collector_url: str, pids: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.path, self.influx_url, self.collector_url, self.pids = path, influx_url, collector_url, pids
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with self.path.open("a") as out:
+            while not self.halt.wait(1.0 - time.time() % 1.0):
+                row: dict[str, Any] = {"t": round(time.time(), 3)}
+                t0 = time.perf_counter()
+                try:
+                    with urllib.request.urlopen(f"{self.collector_url}/healthz", timeout=10) as resp:
+                        resp.read()
+                    row["healthz_s"] = round(time.perf_counter() - t0, 4)
+                    row["influxd"] = influxd_trace_vars(self.influx_url)
+                    row["cpu_s"] = {k: cpu_s(pid) for k, pid in self.pids.items()}
+                except (OSError, ValueError) as exc:
+                    row["error"] = str(exc)
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -120,13 +165,20 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
     latencies: list[float] = []
     acked = [0]
     slow = [0] * 60  # acks slower than SLOW_ACK_S, by the wall clock's second of the minute
+    #: epoch second -> [acks, slow acks, max ack latency, this process's max event-loop lag (--trace)]
+    by_second: dict[int, list[float]] = {}
 
     def on_ack(latency_s: float, samples: int) -> None:
         if window[0] <= time.monotonic() < window[1]:
             latencies.append(latency_s)
             acked[0] += samples
+            now_s = int(time.time())
+            sec = by_second.setdefault(now_s, [0, 0, 0.0, 0.0])
+            sec[0] += 1
+            sec[2] = max(sec[2], latency_s)
             if latency_s > SLOW_ACK_S:
-                slow[int(time.time()) % 60] += 1
+                slow[now_s % 60] += 1
+                sec[1] += 1
 
     nodes = []
     start_ns = time.time_ns()
@@ -159,10 +211,22 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
 
     drivers = [asyncio.create_task(drive(spread_s * k / PHASES, g)) for k, g in groups.items()]
+
+    async def watch_lag(step_s: float = 0.05) -> None:
+        """The worker's own event-loop lag (a late ack may be this process's, not the collector's)."""
+        while time.monotonic() < window[1]:
+            t0 = time.monotonic()
+            await asyncio.sleep(step_s)
+            sec = by_second.setdefault(int(time.time()), [0, 0, 0.0, 0.0])
+            sec[3] = max(sec[3], time.monotonic() - t0 - step_s)
+
+    lag_task = asyncio.create_task(watch_lag()) if args.trace else None
     await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
     backlog = {"start": sum(sp.pending for _, _, sp, _ in nodes)}
     cpu_at_start = time.process_time()
     await asyncio.gather(*drivers)
+    if lag_task is not None:
+        await lag_task
     backlog["end"] = sum(sp.pending for _, _, sp, _ in nodes)
     cpu_in_window_s = time.process_time() - cpu_at_start
     stop.set()
@@ -170,7 +234,8 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
     for _, _, spool, _ in nodes:
         spool.close()
     return {"latencies": latencies, "acked": acked[0], "backlog_start": backlog.get("start", 0),
-            "backlog_end": backlog["end"], "cpu_s": cpu_in_window_s, "slow": slow}
+            "backlog_end": backlog["end"], "cpu_s": cpu_in_window_s, "slow": slow,
+            "by_second": by_second}
 
 
 # --- driver ---------------------------------------------------------------------------------------
@@ -190,6 +255,7 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
                "--interval-s", str(args.interval_s), "--linger-s", str(args.linger_s),
                "--warmup", str(args.warmup), "--seconds", str(args.seconds),
                "--folder", str(folder / prefix), "--out", str(out)]
+        cmd += ["--trace", args.trace] if args.trace else []
         cmd += ["--in-phase"] if args.in_phase else []
         (folder / prefix).mkdir(parents=True, exist_ok=True)
         procs.append((subprocess.Popen(cmd), out))
@@ -228,6 +294,17 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
     busiest = sorted(range(60), key=lambda k: -slow[k])[:5]
     step["slow_acks"] = {"over_s": SLOW_ACK_S, "count": sum(slow),
                          "top_seconds_of_minute": {k: slow[k] for k in busiest if slow[k]}}
+    if args.trace:
+        acks: dict[str, list[float]] = {}
+        for r in results:
+            for sec, (n, n_slow, worst, lag) in r.get("by_second", {}).items():
+                a = acks.setdefault(sec, [0, 0, 0.0, 0.0])
+                a[0] += n
+                a[1] += n_slow
+                a[2] = max(a[2], worst)
+                a[3] = max(a[3], lag)
+        with Path(args.trace).open("a") as trace_file:
+            trace_file.write(json.dumps({"step": nodes, "acks_by_second": acks}) + "\n")
     step["ok"] = bool(latencies) and step["ack_p99_s"] < ACK_P99_LIMIT_S and growth <= 2 * offered
     return step
 
@@ -307,6 +384,13 @@ def main() -> None:
     p.add_argument("--alerts", choices=("off", "always", "elected"), default="off",
                    help="run the collector with a rack-idle and a job-idle rule, evaluated by this "
                         "replica (always) or through the lease election (elected: progress points per node)")
+    p.add_argument("--trace", default="", help="append a per-second trace (influxd /debug/vars, the "
+                   "collector's /healthz latency, CPU; acks per second) to this JSON-lines file")
+    p.add_argument("--influxd-data", action="append", default=[], metavar="KEY=VALUE",
+                   help='an extra [data] setting of the InfluxDB under test, VALUE in TOML '
+                        '(e.g. wal-fsync-delay=\'"100ms"\'); repeatable')
+    p.add_argument("--influxd-gogc", type=int, default=INFLUXD_GOGC,
+                   help=f"influxd's GOGC (default {INFLUXD_GOGC}, the harness's; Go's own is 100)")
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--address", "--prefix", "--folder", "--out"):
@@ -325,7 +409,9 @@ def main() -> None:
     spools = Path(tempfile.mkdtemp(prefix="gridwatt-capacity-spools-", dir=shm if shm.is_dir() else None))
     steps: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
-    with LocalInfluxDB(data_dir=folder / "influxdb") as db:
+    data_settings = dict(kv.split("=", 1) for kv in args.influxd_data)
+    with LocalInfluxDB(data_dir=folder / "influxdb", data_settings=data_settings,
+                       gogc=args.influxd_gogc) as db:
         grpc_port, http_port = new_collector_ports()
         cfg = folder / "collector.toml"
         cfg.write_text(
@@ -341,6 +427,9 @@ def main() -> None:
         try:
             assert db.proc is not None and collector.proc is not None
             pids = {"influxd": db.proc.pid, "collector": collector.proc.pid}
+            tracer = Tracer(Path(args.trace), db.url, collector.http_url, pids) if args.trace else None
+            if tracer is not None:
+                tracer.start()
             for k, nodes in enumerate(int(x) for x in args.nodes.split(",")):
                 say(f"step {k}: {nodes} nodes x {args.gpus} GPUs at {1 / args.interval_s:g} Hz, "
                     f"linger {args.linger_s} s, {args.warmup:g} s warm-up + {args.seconds:g} s")
@@ -352,6 +441,9 @@ def main() -> None:
                     break
                 best = step
         finally:
+            if tracer is not None:
+                tracer.halt.set()
+                tracer.join()
             collector.stop()
         # enough lines to measure InfluxDB's rate rather than one request's latency
         per_node = args.gpus * args.seconds / args.interval_s

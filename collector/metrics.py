@@ -120,6 +120,8 @@ ROLLUP_FAMILIES: dict[str, tuple[str, str]] = {
     "rollup_settle_recomputes": ("Rack windows recomputed once more replica_settle_s after a read.", ""),
     "rollup_one_writes": ("Batches whose node windows (windows=node), and also rack windows "
                           "(windows=rack), were written in the batch's own store write.", "windows"),
+    "rollup_rack_turns": ("Store writes that carried the batches of one held rack together with its rack "
+                          "points (a turn: the batches that found the rack busy wait for it together).", ""),
 }
 
 

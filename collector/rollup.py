@@ -16,9 +16,10 @@ After a batch of node N is stored:
    (one query of the raw node points).
 
 For a streamed batch of a held node, 1 and 2 need no read: the node, job_window and (where the rack is
-held and no other write of its points is in flight) rack points are computed before the batch is
-written and go in the same store write as its samples (``write_batch``; collector/README.md "One write
-per streamed batch"). Where they cannot, the batch is written first and they follow as above.
+held) rack points are computed before the batch is written and go in the same store write as its
+samples (``write_batch``; collector/README.md "One write per streamed batch"). Batches that find their
+held rack busy write together in its next turn (``_run_turn``: one write, one rack point). Where they
+cannot, the batch is written first and they follow as above.
 
 All these writes have deterministic tags and timestamps, so a resent batch, a late
 sample or a batch split differently all leave the same values. Recomputes of
@@ -91,6 +92,34 @@ class OneWrite:
 
     result: WriteResult
     rack_done: bool
+
+
+@dataclass
+class _TurnMember:
+    """A streamed batch in a rack turn: its node's series key, node windows, own lines, and the node
+    and job_window lines they make (``extra``); ``done`` as ``RackRollup._run_turn`` says."""
+
+    key: tuple[str, str]
+    windows: dict[int, dict[str, float]]
+    lines: list[str]
+    extra: list[str]
+    done: asyncio.Future[tuple[WriteResult, dict[int, tuple[int, str]], bool]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass
+class _RackTurn:
+    """Batches of one rack written together, with the rack's points, in one store write."""
+
+    members: list[_TurnMember]
+
+
+def _split(result: WriteResult, n: int) -> tuple[WriteResult, dict[int, tuple[int, str]]]:
+    """A write of a batch's ``n`` lines and then its node/job_window lines: the answer for its own lines,
+    and the later lines refused (by their index among those)."""
+    mine = WriteResult(lines=n, retries=result.retries,
+                       rejected={i: why for i, why in result.rejected.items() if i < n})
+    return mine, {i - n: why for i, why in result.rejected.items() if i >= n}
 
 
 def window_field_values(w: dict[str, float]) -> dict[str, float | int]:
@@ -410,6 +439,11 @@ class RackRollup:
         self._prefetch: dict[tuple[str, int], asyncio.TimerHandle | asyncio.Task[None]] = {}
         #: next-window reads made ahead (also counted in rack_queries)
         self.rack_prefetches = 0
+        #: per held rack, the turn that batches finding the rack busy join (``_run_turn``)
+        self._turns: dict[str, _RackTurn] = {}
+        self._turn_tasks: set[asyncio.Task[None]] = set()
+        #: writes of rack turns that stored their rack points (``rack_one_writes`` counts their batches)
+        self.rack_turns = 0
 
     def _runs(self, window_starts: set[int]) -> list[tuple[int, int]]:
         """[lo, hi) ranges covering the windows, split where they are far apart."""
@@ -521,65 +555,128 @@ class RackRollup:
             await self._recompute_node_locked(node, rack, zone, window_starts,
                                               None if result.rejected else held, samples, points)
             return OneWrite(result, False)
-        node_part = node_lines(node, rack, zone, windows)
-        job_part = job_window_lines(node, rack, jobs)
-        rack_lock = self._rack_locks[rack]
-        rack_points: dict[int, RackWindow] = {}
-        if self.racks.eligible(rack) and not rack_lock.locked() and rack not in self._queued:
-            await rack_lock.acquire()
-            key = (node, zone)
-            for t in sorted(window_starts):
-                window = self.racks.window(rack, t)
-                if window is None:  # not held (or dropped meanwhile): the rack is recomputed after
-                    rack_points.clear()
-                    break
-                rack_points[t] = {**window, key: node_point(windows[t])}
-            if not rack_points:
-                rack_lock.release()
-        try:
-            rack_windows = {t: w for t, p in rack_points.items() if (w := rack_sums(p)) is not None}
-            rack_part = rack_lines(rack, zone, rack_windows)
-            extra = node_part + job_part + rack_part
-            starts = sorted(windows)  # node_lines' order
+        member = _TurnMember((node, zone), windows, lines,
+                             node_lines(node, rack, zone, windows) + job_window_lines(node, rack, jobs))
+        starts = sorted(windows)  # node_lines' order
+        if self.racks.eligible(rack) and all(self.racks.window(rack, t) is not None for t in starts):
+            # the rack point goes in this write: at once if the rack is free, else in the rack's next
+            # turn, with every other batch of the rack that finds it busy meanwhile (_run_turn)
+            rack_lock = self._rack_locks[rack]
+            if not rack_lock.locked() and rack not in self._queued and rack not in self._turns:
+                await self._run_turn(rack, zone, _RackTurn([member]))
+            else:
+                turn = self._turns.get(rack)
+                if turn is None:
+                    turn = self._turns[rack] = _RackTurn([])
+                    task = asyncio.create_task(self._run_turn(rack, zone, turn))
+                    self._turn_tasks.add(task)
+                    task.add_done_callback(self._turn_tasks.discard)
+                turn.members.append(member)
+                await asyncio.shield(member.done)
+            mine, refused, rack_done = member.done.result()
+        else:
             self.racks.begin_write(rack, starts)
             try:
-                result = await self.store.write_lines(lines + extra)
+                result = await self.store.write_lines(lines + member.extra)
             except BaseException:
-                self.racks.wrote(rack, (node, zone), {}, starts)
+                self.racks.wrote(rack, member.key, {}, starts)
                 raise
             finally:
                 self.racks.end_write(rack, starts)
-            n = len(lines)
-            mine = WriteResult(lines=n, retries=result.retries,
-                               rejected={i: why for i, why in result.rejected.items() if i < n})
-            refused = {i - n: why for i, why in result.rejected.items() if i >= n}
-            if refused:
-                self._log_refused(node, extra, WriteResult(rejected=refused))
-            bad_nodes = {starts[i] for i in refused if i < len(starts)}
-            self.racks.wrote(rack, (node, zone),
-                             {t: node_point(windows[t]) for t in starts if t not in bad_nodes}, bad_nodes)
-            if mine.rejected or not held.valid:  # the windows written may not be the store's: read
-                await self._recompute_node_locked(node, rack, zone, window_starts, None, samples, points)
-                return OneWrite(mine, False)
-            self.held.commit(held, samples, points, follow)
-            self.one_writes += 1
-            if self.settle_s > 0:
-                self._schedule_final(node, rack, zone, window_starts)
-            if not rack_points or refused:
-                return OneWrite(mine, False)
+            mine, refused = _split(result, len(lines))
+            self._member_wrote(rack, member, refused)
+            rack_done = False
+        if refused:
+            self._log_refused(node, member.extra, WriteResult(rejected=refused))
+        if mine.rejected or not held.valid:  # the windows written may not be the store's: read
+            await self._recompute_node_locked(node, rack, zone, window_starts, None, samples, points)
+            return OneWrite(mine, False)
+        self.held.commit(held, samples, points, follow)
+        self.one_writes += 1
+        if self.settle_s > 0:
+            self._schedule_final(node, rack, zone, window_starts)
+        return OneWrite(mine, rack_done and not refused)
+
+    def _member_wrote(self, rack: str, member: _TurnMember, refused: dict[int, tuple[int, str]]) -> None:
+        """Held rack state follows a batch's node points as stored (those refused: unknown now)."""
+        starts = sorted(member.windows)
+        bad = {starts[i] for i in refused if i < len(starts)}
+        self.racks.wrote(rack, member.key, {t: node_point(member.windows[t]) for t in starts if t not in bad},
+                         bad)
+
+    async def _run_turn(self, rack: str, zone: str, turn: _RackTurn) -> None:
+        """One write of the batches of a held rack in ``turn`` (their lines, node and job_window points)
+        and the rack points of their windows, summed from the rack's held node points with theirs: under
+        the rack's lock, so no other rack point of the rack is in flight meanwhile. Batches of the rack
+        that come while it waits for the lock join it; those that come later wait for the next turn.
+        Each member's ``done`` gets (its lines' answer, its node/job lines refused, rack point stored)."""
+        try:
+            async with self._rack_locks[rack]:
+                if self._turns.get(rack) is turn:
+                    del self._turns[rack]  # closed: later batches make the next turn
+                await self._write_turn(rack, zone, turn)
+        except BaseException as exc:
+            for member in turn.members:
+                if not member.done.done():
+                    member.done.set_exception(exc)
+                    member.done.exception()  # retrieved; the member re-raises it
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _write_turn(self, rack: str, zone: str, turn: _RackTurn) -> None:
+        members = turn.members
+        rack_points: dict[int, RackWindow] = {}
+        for t in sorted({t for m in members for t in m.windows}):
+            window = self.racks.window(rack, t)
+            if window is None:  # dropped meanwhile: no rack point here, the members recompute the rack
+                rack_points.clear()
+                break
+            theirs = {m.key: node_point(m.windows[t]) for m in members if t in m.windows}
+            rack_points[t] = {**window, **theirs}
+        rack_windows = {t: w for t, p in rack_points.items() if (w := rack_sums(p)) is not None}
+        lines: list[str] = []
+        spans: list[tuple[int, int]] = []
+        for m in members:
+            spans.append((len(lines), len(m.lines) + len(m.extra)))
+            lines += m.lines
+            lines += m.extra
+        rack_part = rack_lines(rack, zone, rack_windows)
+        spans.append((len(lines), len(rack_part)))
+        lines += rack_part
+        for m in members:
+            self.racks.begin_write(rack, sorted(m.windows))
+        try:
+            result = await self.store.write_lines(lines)
+        except BaseException:
+            for m in members:
+                self.racks.wrote(rack, m.key, {}, sorted(m.windows))
+            raise
+        finally:
+            for m in members:
+                self.racks.end_write(rack, sorted(m.windows))
+        parts = result.share(spans) if len(spans) > 1 else [result]
+        answers = []
+        for m, part in zip(members, parts, strict=False):
+            mine, refused = _split(part, len(m.lines))
+            self._member_wrote(rack, m, refused)
+            answers.append((mine, refused))
+        rack_refused = bool(parts[-1].rejected)
+        if rack_refused:
+            self._log_refused(rack, rack_part, parts[-1])
+        stored = bool(rack_points) and not rack_refused and not any(refused for _, refused in answers)
+        if stored:
             for t, written in rack_points.items():  # stored as summed, while no other node wrote since
                 held_window = self.racks.held(rack, t)
                 if held_window is not None and held_window.points == written:
                     self.racks.written(rack, t, held_window.version)
             self.rack_held_windows += len(rack_points)
-            self.rack_one_writes += 1
+            self.rack_one_writes += len(members)
+            self.rack_turns += 1
             self._schedule_prefetch(rack, zone, max(rack_points))
             if self.settle_s > 0:
                 self._rack_final.schedule(rack, (zone,), set(rack_points))
-            return OneWrite(mine, True)
-        finally:
-            if rack_points:
-                rack_lock.release()
+        for m, (mine, refused) in zip(members, answers, strict=True):
+            m.done.set_result((mine, refused, stored))
 
     async def recompute_node(
         self, node: str, rack: str, zone: str, window_starts: set[int], held: NodeHeld | None = None,
@@ -669,6 +766,7 @@ class RackRollup:
             "rollup_read_back_mismatches:rack": self.rack_final_mismatches,
             "rollup_settle_recomputes": self.settle_runs,
             "rollup_one_writes:node": self.one_writes, "rollup_one_writes:rack": self.rack_one_writes,
+            "rollup_rack_turns": self.rack_turns,
             "rollup_queries:rack_ahead": self.rack_prefetches,
             "rollup_read_backs_again": self.read_backs_again,
             "rollup_points_kept:node": self.read_back_kept, "rollup_points_kept:rack": self.rack_writes_kept,
@@ -907,6 +1005,8 @@ class RackRollup:
     async def close(self) -> None:
         """Run pending read-backs and settle recomputes now (best effort), so a stopping collector
         leaves them exact."""
+        if self._turn_tasks:  # rack turns of batches in flight: written or failed before the rest
+            await asyncio.gather(*self._turn_tasks, return_exceptions=True)
         for ahead in self._prefetch.values():  # reads ahead are for batches yet to come: none now
             ahead.cancel()
         self._prefetch.clear()

@@ -7,6 +7,7 @@ Run ``python -m gridwatt.demo_harness.influxdb`` to get one for manual experimen
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -22,6 +23,14 @@ INFLUXD_HINT = (
     "influxd (InfluxDB 1.x) not found on PATH; install it with `sudo apt-get install influxdb` "
     "(Debian/Ubuntu; from a source checkout scripts/setup.sh does it) or InfluxDB 1.x from influxdata.com"
 )
+
+
+#: GOGC of the harness's influxd. Go's default (100) collects whenever the heap has doubled; at 10,000
+#: GPUs at 1 Hz (benchmarks/capacity.py) that took about a fifth of influxd's CPU (its own pprof
+#: profile: gcBgMarkWorker and the mark assists of its write handlers). 400 collects a quarter as
+#: often for a larger heap (1.2 GB -> about 2 GB there); the README "Sizing and scaling" says how an
+#: operator sets it (``GOGC=400`` in /etc/default/influxdb, which the Debian unit reads).
+INFLUXD_GOGC = 400
 
 
 def free_port() -> int:
@@ -61,8 +70,13 @@ class LocalInfluxDB:
     """
 
     def __init__(self, data_dir: Path | None = None, port: int | None = None, *,
-                 auth_enabled: bool = False, max_body_size: int = 0) -> None:
+                 auth_enabled: bool = False, max_body_size: int = 0,
+                 data_settings: dict[str, str] | None = None, gogc: int | None = INFLUXD_GOGC) -> None:
         self.auth_enabled = auth_enabled
+        #: extra ``[data]`` settings, as TOML values (e.g. ``{"wal-fsync-delay": '"100ms"'}``)
+        self.data_settings = dict(data_settings or {})
+        #: the Go runtime's GOGC for influxd (None: the environment's, else Go's default 100)
+        self.gogc = gogc
         self.max_body_size = max_body_size
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="gridwatt-influxdb-"))
@@ -77,6 +91,7 @@ class LocalInfluxDB:
     def _write_config(self) -> Path:
         d = self.data_dir
         conf = d / "influxdb.conf"
+        extra_data = "".join(f"  {k} = {v}\n" for k, v in self.data_settings.items())
         conf.write_text(
             f"""reporting-disabled = true
 bind-address = "127.0.0.1:{self.rpc_port}"
@@ -89,7 +104,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   query-log-enabled = false
   trace-logging-enabled = false
   cache-snapshot-write-cold-duration = "10s"
-[coordinator]
+{extra_data}[coordinator]
   log-queries-after = "0s"
 [retention]
   enabled = false
@@ -119,8 +134,10 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self._write_config()
         log = (self.data_dir / "influxd.log").open("ab")
+        env = None if self.gogc is None else {**os.environ, "GOGC": str(self.gogc)}
         self.proc = subprocess.Popen(
-            [influxd, "-config", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [influxd, "-config", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
         )
         log_path = self.data_dir / "influxd.log"
         if wait_until_answering(self.proc, f"{self.url}/ping", 204, timeout_s, f"influxd (see {log_path})"):

@@ -300,3 +300,103 @@ def test_changes_say_whether_a_watched_window_changed_and_keep_nothing_unwatched
     again = changes.watch([T0])
     changes.bump([T0 + 60 * NS])
     assert not changes.unwatch(again)
+
+
+async def test_batches_that_find_their_rack_busy_share_one_write_with_its_rack_point(
+    tmp_path: Path, database: str
+) -> None:
+    """n1's batch holds the rack (its write, with the rack point, hangs in a paused InfluxDB); the
+    batches of n2, n3 and n4 that come meanwhile join the rack's next turn: nothing of theirs is sent
+    while n1's rack point is in flight, then one request carries all three (their 48 lines, 3 node and
+    3 job_window points) and one rack point summed over all four nodes: 2 requests, no rack recompute."""
+    with LocalInfluxDB(tmp_path / "influx") as db:
+        async with InfluxFront(db.url) as front, running_collector(tmp_path, toml(front.url, database)) as c:
+            rollup = c.ingestor.rollup
+            streams = {n: Stream(c.grpc_port) for n in NODES}
+            for node in NODES:
+                assert (await streams[node].send(second(node, 0))).code == 0
+            front.writes.clear()
+            turns, one, rack_reads = rollup.rack_turns, rollup.rack_one_writes, rollup.rack_queries
+            db.pause()
+            try:
+                sends = [asyncio.ensure_future(streams["n1"].send(second("n1", 1)))]
+                deadline = time.monotonic() + 30
+                while len(front.writes) < 1:
+                    assert time.monotonic() < deadline, "n1's write never started"
+                    await asyncio.sleep(0.02)
+                sends += [asyncio.ensure_future(streams[n].send(second(n, 1))) for n in NODES[1:]]
+                while sum(len(turn.members) for turn in rollup._turns.values()) < 3:
+                    assert time.monotonic() < deadline, "the other batches never joined the rack's turn"
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(0.3)
+                assert len(front.writes) == 1 and not any(s.done() for s in sends)
+            finally:
+                db.resume()
+            acks = await asyncio.gather(*sends)
+            assert [(a.code, a.stored_samples) for a in acks] == [(0, 8)] * 4
+            assert len(front.writes) == 2
+            assert measurements(front.writes[0].body) == sorted(["gpu"] * 8 + ["job"] * 8 + [
+                "job_window", "node", "rack"])
+            assert measurements(front.writes[1].body) == sorted(["gpu"] * 24 + ["job"] * 24 + [
+                "job_window"] * 3 + ["node"] * 3 + ["rack"])
+            assert (rollup.rack_turns - turns, rollup.rack_one_writes - one) == (2, 4)
+            assert rollup.rack_queries == rack_reads  # summed from held state, nothing read
+            _, metrics = await scrape(c.http_port or 0)
+            assert v(metrics, "rollup_rack_turns_total") == turns + 2
+            for s in streams.values():
+                await s.close()
+            # the rack point: 8 GPUs x 2 s x each node's power, over the four nodes
+            assert assert_racks_add_up_in_node_order(db, database) == 1
+            (rack,) = influx_query(db.url, database, "SELECT it_energy_kwh, gpu_count, nodes FROM rack")
+            [[t, kwh, gpus, nodes]] = rack["series"][0]["values"]
+            assert (t, gpus, nodes) == (T0, 32, 4)
+            assert kwh * J_PER_KWH == pytest.approx(8 * 2 * sum(POWER_W.values()), rel=1e-12)
+            before = snapshot(db, database)
+            await read_back_everything(c, list(NODES), {T0})
+            assert snapshot(db, database) == before
+
+
+async def test_a_refused_sample_line_in_a_rack_turn_leaves_node_and_rack_as_the_read_back(
+    tmp_path: Path, database: str
+) -> None:
+    """As the test above, but InfluxDB refuses one job line of n3's batch in the turn (``user`` is an
+    integer field of ``job`` already): n3's 7 other samples are stored, its windows are read back and
+    rewritten, and the rack recomputed, before its ack; the rack point the turn wrote (with n3's
+    8 GPU-seconds) ends up as n3's 7: 16 + 16 + 15 + 16 GPU-seconds, equal to a read-back."""
+    with LocalInfluxDB(tmp_path / "influx") as db:
+        async with InfluxFront(db.url) as front, running_collector(tmp_path, toml(front.url, database)) as c:
+            rollup = c.ingestor.rollup
+            streams = {n: Stream(c.grpc_port) for n in NODES}
+            for node in NODES:
+                assert (await streams[node].send(second(node, 0, who=False))).code == 0
+            await c.store.write_lines([f"job,gpu=0,job_id=other,node=zz,rack=zz user=1i {T0}"])
+            front.writes.clear()
+            one = rollup.rack_one_writes
+            bad = second("n3", 1, who=False)
+            bad.gpu_samples[3].jobs[0].user = "alice"
+            db.pause()
+            try:
+                sends = [asyncio.ensure_future(streams["n1"].send(second("n1", 1, who=False)))]
+                deadline = time.monotonic() + 30
+                while len(front.writes) < 1:
+                    assert time.monotonic() < deadline, "n1's write never started"
+                    await asyncio.sleep(0.02)
+                batches = {n: bad if n == "n3" else second(n, 1, who=False) for n in NODES[1:]}
+                sends += [asyncio.ensure_future(streams[n].send(b)) for n, b in batches.items()]
+                while sum(len(turn.members) for turn in rollup._turns.values()) < 3:
+                    assert time.monotonic() < deadline, "the other batches never joined the rack's turn"
+                    await asyncio.sleep(0.02)
+            finally:
+                db.resume()
+            acks = await asyncio.gather(*sends)
+            assert [(a.code, a.stored_samples) for a in acks] == [(0, 8), (0, 8), (3, 7), (0, 8)]
+            assert rollup.rack_one_writes - one == 4  # the turn stored its rack point; n3 recomputed it
+            for s in streams.values():
+                await s.close()
+            (node, rack) = influx_query(db.url, database, "SELECT gpu_seconds FROM node WHERE node = 'n3'; "
+                                        "SELECT gpu_seconds FROM rack")
+            assert node["series"][0]["values"] == [[T0, 15.0]]
+            assert rack["series"][0]["values"] == [[T0, 63.0]]
+            before = snapshot(db, database)
+            await read_back_everything(c, list(NODES), {T0})
+            assert snapshot(db, database) == before
