@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -136,69 +137,72 @@ def main() -> None:
     args = p.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="gridwatt-bench-"))
-    say(f"building {args.samples} samples for {args.agents} agents x {args.gpus} GPUs")
-    batches = make_batches(args.agents, args.samples, args.batch_size, args.gpus)
-    n = sum(len(pb.Batch.FromString(b).gpu_samples) for bs in batches.values() for b in bs)
-    with LocalInfluxDB(data_dir=folder / "influxdb") as db:
-        grpc_port, http_port = new_collector_ports()
-        cfg = folder / "collector.toml"
-        cfg.write_text(
-            f'[server]\ngrpc_listen = "127.0.0.1:{grpc_port}"\nhttp_listen = "127.0.0.1:{http_port}"\n'
-            f'auto_register = true\n[influxdb]\nurl = {toml_str(db.url)}\ndatabase = "e2e"\n'
-            '[accounting]\ndefault_zone = "Z"\ndefault_pue = 1.2\n'
-            '[[zones]]\nname = "Z"\nintensity = { kind = "constant", g_per_kwh = 350.0 }\n'
-        )
-        collector = CollectorProcess(cfg, grpc_port, http_port).start()
-        try:
-            say(f"e2e: {n} samples through the collector")
-            assert db.proc is not None and collector.proc is not None
-            influx_cpu0, coll_cpu0, self_cpu0 = (
-                cpu_s(db.proc.pid),
-                cpu_s(collector.proc.pid),
-                time.process_time(),
+    try:
+        say(f"building {args.samples} samples for {args.agents} agents x {args.gpus} GPUs")
+        batches = make_batches(args.agents, args.samples, args.batch_size, args.gpus)
+        n = sum(len(pb.Batch.FromString(b).gpu_samples) for bs in batches.values() for b in bs)
+        with LocalInfluxDB(data_dir=folder / "influxdb") as db:
+            grpc_port, http_port = new_collector_ports()
+            cfg = folder / "collector.toml"
+            cfg.write_text(
+                f'[server]\ngrpc_listen = "127.0.0.1:{grpc_port}"\nhttp_listen = "127.0.0.1:{http_port}"\n'
+                f'auto_register = true\n[influxdb]\nurl = {toml_str(db.url)}\ndatabase = "e2e"\n'
+                '[accounting]\ndefault_zone = "Z"\ndefault_pue = 1.2\n'
+                '[[zones]]\nname = "Z"\nintensity = { kind = "constant", g_per_kwh = 350.0 }\n'
             )
-            t0 = time.perf_counter()
-            stored = asyncio.run(run_e2e(collector.grpc_address, batches, args.in_flight))
-            while count_samples(db.url, "e2e") < n:
-                time.sleep(0.05)
-            e2e_s = time.perf_counter() - t0
-            e2e_cpu = (
-                cpu_s(db.proc.pid) - influx_cpu0,
-                cpu_s(collector.proc.pid) - coll_cpu0,
-                time.process_time() - self_cpu0,
+            collector = CollectorProcess(cfg, grpc_port, http_port).start()
+            try:
+                say(f"e2e: {n} samples through the collector")
+                assert db.proc is not None and collector.proc is not None
+                influx_cpu0, coll_cpu0, self_cpu0 = (
+                    cpu_s(db.proc.pid),
+                    cpu_s(collector.proc.pid),
+                    time.process_time(),
+                )
+                t0 = time.perf_counter()
+                stored = asyncio.run(run_e2e(collector.grpc_address, batches, args.in_flight))
+                while count_samples(db.url, "e2e") < n:
+                    time.sleep(0.05)
+                e2e_s = time.perf_counter() - t0
+                e2e_cpu = (
+                    cpu_s(db.proc.pid) - influx_cpu0,
+                    cpu_s(collector.proc.pid) - coll_cpu0,
+                    time.process_time() - self_cpu0,
+                )
+            finally:
+                collector.stop()
+            assert stored == n, (stored, n)
+            say(
+                f"e2e: {e2e_s:.2f} s, {n / e2e_s:.0f} samples/s; CPU s: influxd {e2e_cpu[0]:.2f}, "
+                f"collector {e2e_cpu[1]:.2f}, agents (this process) {e2e_cpu[2]:.2f}"
             )
-        finally:
-            collector.stop()
-        assert stored == n, (stored, n)
-        say(
-            f"e2e: {e2e_s:.2f} s, {n / e2e_s:.0f} samples/s; CPU s: influxd {e2e_cpu[0]:.2f}, "
-            f"collector {e2e_cpu[1]:.2f}, agents (this process) {e2e_cpu[2]:.2f}"
-        )
 
-        # The same line protocol the collector produced, built with its own code.
-        config = load_config(cfg, CollectorConfig)
-        topology = build_topology(config)
-        lines: list[str] = []
-        for node, node_batches in batches.items():
-            placement = topology.locate(node)
-            assert placement is not None
-            intensity = asyncio.run(placement.intensity.series(0, 0))
-            for raw in node_batches:
-                lines += prepare_batch(pb.Batch.FromString(raw), placement, intensity, 60 * 10**9).lines
-        step = config.influxdb.write_batch_lines
-        chunks = ["\n".join(lines[i : i + step]) for i in range(0, len(lines), step)]
-        say(f"raw: {len(lines)} lines ({len(lines) / n:.2f} per sample) in {len(chunks)} requests")
-        assert db.proc is not None
-        influx_cpu0 = cpu_s(db.proc.pid)
-        t0 = time.perf_counter()
-        asyncio.run(post_raw(db.url, "raw", chunks, concurrency=args.agents))
-        while count_samples(db.url, "raw") < n:
-            time.sleep(0.05)
-        raw_s = time.perf_counter() - t0
-        say(
-            f"raw: {raw_s:.2f} s, {n / raw_s:.0f} samples/s; "
-            f"CPU s: influxd {cpu_s(db.proc.pid) - influx_cpu0:.2f}"
-        )
+            # The same line protocol the collector produced, built with its own code.
+            config = load_config(cfg, CollectorConfig)
+            topology = build_topology(config)
+            lines: list[str] = []
+            for node, node_batches in batches.items():
+                placement = topology.locate(node)
+                assert placement is not None
+                intensity = asyncio.run(placement.intensity.series(0, 0))
+                for raw in node_batches:
+                    lines += prepare_batch(pb.Batch.FromString(raw), placement, intensity, 60 * 10**9).lines
+            step = config.influxdb.write_batch_lines
+            chunks = ["\n".join(lines[i : i + step]) for i in range(0, len(lines), step)]
+            say(f"raw: {len(lines)} lines ({len(lines) / n:.2f} per sample) in {len(chunks)} requests")
+            assert db.proc is not None
+            influx_cpu0 = cpu_s(db.proc.pid)
+            t0 = time.perf_counter()
+            asyncio.run(post_raw(db.url, "raw", chunks, concurrency=args.agents))
+            while count_samples(db.url, "raw") < n:
+                time.sleep(0.05)
+            raw_s = time.perf_counter() - t0
+            say(
+                f"raw: {raw_s:.2f} s, {n / raw_s:.0f} samples/s; "
+                f"CPU s: influxd {cpu_s(db.proc.pid) - influx_cpu0:.2f}"
+            )
+    finally:  # the InfluxDB data of both runs (hundreds of MB)
+        shutil.rmtree(folder, ignore_errors=True)
     e2e_rate, raw_rate = n / e2e_s, n / raw_s
     print(
         json.dumps(
