@@ -7,7 +7,10 @@ to InfluxDB). ``HttpGuard`` wraps aiohttp's protocol factory:
 * at most ``max_connections`` connections are open: a new one evicts the oldest connection that
   is still waiting for a request head (a complete head, or a request being handled, is never
   evicted), so slow clients cannot keep a health check out; it is closed at once only when every
-  open connection is busy;
+  open connection is busy. Connections that have sent part of a head (a slow client's mark) go
+  before those the server has read nothing from yet: under a flood the server accepts a burst of
+  connections before it reads any of them, and a health check accepted in such a burst has its
+  whole request waiting in the socket, not yet read;
 * a connection must deliver a complete request head within ``header_timeout_s`` of being opened,
   and again after each response (an idle keep-alive connection is closed then too);
 * request bodies are limited by the application's ``client_max_size`` (``http_max_body_bytes``).
@@ -44,6 +47,8 @@ class _Guarded(asyncio.Protocol):
         self.busy = 0
         #: A complete request head (up to its blank line) has arrived and awaits its handler.
         self.head_complete = False
+        #: Some bytes of a request head have arrived (reset after each response).
+        self.started = False
         self._tail = b""
 
     def arm(self) -> None:
@@ -75,6 +80,7 @@ class _Guarded(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self.head_complete and self.busy == 0:
+            self.started = True
             seen = self._tail + data
             if b"\r\n\r\n" in seen:
                 self.head_complete = True
@@ -122,15 +128,22 @@ class HttpGuard:
         return make
 
     def _evict_one(self) -> bool:
-        """Abort the oldest open connection with no request in progress; False if all are busy."""
+        """Abort the oldest open connection with no request in progress, one that has sent part of a
+        head before one not read from yet; False if all are busy."""
+        victim = None
         for transport, conn in self.open.items():
             if conn.evictable:
-                del self.open[transport]
-                conn.disarm()
-                self.evicted += 1
-                transport.abort()  # type: ignore[attr-defined]
-                return True
-        return False
+                if conn.started:
+                    victim = transport
+                    break
+                if victim is None:
+                    victim = transport
+        if victim is None:
+            return False
+        self.open.pop(victim).disarm()
+        self.evicted += 1
+        victim.abort()  # type: ignore[attr-defined]
+        return True
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -147,4 +160,5 @@ class HttpGuard:
             conn.busy -= 1
             if conn.busy == 0:
                 conn._tail = b""
+                conn.started = False
                 conn.arm()
