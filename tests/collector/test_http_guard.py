@@ -47,6 +47,13 @@ async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
     return data == b""
 
 
+async def _healthz_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """Send a whole /healthz request on an open connection; the server's whole answer."""
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    return await asyncio.wait_for(reader.read(), 5)
+
+
 def test_a_slow_partial_head_goes_before_an_older_connection_not_read_from_yet() -> None:
     async def run() -> tuple[bool, bytes, int]:
         guard = HttpGuard(max_connections=2, header_timeout_s=30.0)
@@ -64,9 +71,7 @@ def test_a_slow_partial_head_goes_before_an_older_connection_not_read_from_yet()
             # a third connection, over the cap of 2: the slow one is evicted, not the older fresh one
             _third_r, third_w = await asyncio.open_connection("127.0.0.1", port)
             slow_closed = await _closed_by_server(slow_r)
-            fresh_w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            await fresh_w.drain()
-            answer = await asyncio.wait_for(fresh_r.read(), 5)
+            answer = await _healthz_answer(fresh_r, fresh_w)
             for w in (fresh_w, slow_w, third_w):
                 w.close()
             return slow_closed, answer, guard.evicted
@@ -91,9 +96,7 @@ def test_with_no_partial_head_the_oldest_waiting_connection_goes() -> None:
             await _until(lambda: len(guard.open) == 2, "the second connection")
             _third_r, third_w = await asyncio.open_connection("127.0.0.1", port)
             old_closed = await _closed_by_server(old_r)
-            new_w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            await new_w.drain()
-            answer = await asyncio.wait_for(new_r.read(), 5)
+            answer = await _healthz_answer(new_r, new_w)
             for w in (old_w, new_w, third_w):
                 w.close()
             return old_closed, answer
