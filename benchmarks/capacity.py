@@ -183,20 +183,26 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
                 slow[now_s % 60] += 1
                 sec[1] += 1
 
-    nodes = []
-    start_ns = time.time_ns()
+    parts = []
     total_s = args.warmup + args.seconds + 5
     for i in range(args.first, args.first + args.count):
         node = f"{args.prefix}-{i}"
-        src = SimSource(synthetic_trace(args.gpus, start_ns, total_s, 350.0, 80.0), node, args.interval_s)
         spool = Spool(folder / f"{node}.db", 100_000)
         shipper = Shipper(node, spool, conn, ledger_report_s=3600, on_ack=on_ack)
-        nodes.append((src, Sampler(Attributor(f"job-{i % 7}"), idle_below_pct=5), spool, shipper))
+        parts.append((node, Sampler(Attributor(f"job-{i % 7}"), idle_below_pct=5), spool, shipper))
+    # Real agents start at different times, so their sampling ticks and lingers are spread out; the
+    # nodes here start in PHASES groups spread over max(interval, linger) (--in-phase: all at once),
+    # each group's trace starting when the group does, so that a sample ends when it is read (as a real
+    # agent's does) and its age at the ack is what the data waited.
+    spread_s = 0.0 if args.in_phase else max(args.interval_s, args.linger_s)
+    start_ns = time.time_ns()
+    nodes = []
+    for i, (node, sampler, spool, shipper) in enumerate(parts, start=args.first):
+        offset_ns = int(spread_s * (i % PHASES) / PHASES * 1e9)
+        trace = synthetic_trace(args.gpus, start_ns + offset_ns, total_s, 350.0, 80.0)
+        nodes.append((SimSource(trace, node, args.interval_s), sampler, spool, shipper))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(sh.run(stop)) for _, _, _, sh in nodes]
-    # Real agents start at different times, so their sampling ticks and lingers are spread out; the
-    # nodes here start in PHASES groups spread over max(interval, linger) (--in-phase: all at once).
-    spread_s = 0.0 if args.in_phase else max(args.interval_s, args.linger_s)
     groups: dict[int, list[Any]] = {}
     for i, node_parts in zip(range(args.first, args.first + args.count), nodes, strict=True):
         groups.setdefault(i % PHASES, []).append(node_parts)
