@@ -45,6 +45,38 @@ rack that come due together are one query (``_read_back_many``), and read-backs 
 just closed are spread per rack over ``read_back_spread_s``. A read-back (and a rack recompute from a
 read) reads the stored points it would write in the same request, after the sums, and writes only
 those that differ (collector/README.md, "Read-backs that rewrite only what differs").
+
+**Final read-backs that read only the marks.** The node read-back exists for writes of the node's job
+points in the window by *another* collector instance (another replica, after an agent failover or a
+resend, or its revisit; this process before a restart), which held state cannot see. Every write that
+stores job points of node N in window W carries, ahead of them in the same request, a writer mark of
+(N, W) naming its instance (collector/writer_marks.py: a random id, new at every start); written once per
+instance, node and window, so a write of this instance to W is preceded by an acknowledged mark of it.
+A final read-back first reads the marks of its windows (``_needing_sums``: one small request per group),
+and reads the job sums, compares and rewrites as above only for the windows marked by another instance
+(or by none, or where that read failed or came back cut short). A window whose only mark is this
+instance's is left as it is (``read_back_sums_skipped``): held state, which follows this instance's own
+writes, is then the store's sums, and the stored node and job_window points are this instance's last
+write of them. Why that is exact, for writers A and B of W:
+
+* a read-back runs after its instance's writes of W were acknowledged, so their marks are visible to any
+  read that starts after it; so of two read-backs (A's and B's, after their writes), the one that reads
+  its marks later sees the other's mark and reads the sums whole, after every write of W by both that
+  preceded it; and an instance that writes W again (a late batch) schedules a new read-back, with the
+  same rule;
+* a writer with no held state (a unary ``Write``, a batch whose window held state could not follow, a
+  revisit) recomputes the window from a read of the sums after its own write, and that read sees every
+  write acknowledged before it; its mark makes every later read-back of W by another instance whole;
+* node and job_window points of (N, W) are written only by instances that wrote job points of (N, W)
+  (a batch's own write, a recompute after a write, a read-back of a window it wrote), so a stale point
+  written after A's last write also comes with a mark other than A's;
+* a restarted collector is a new instance: the old instance's marks make its read-backs whole.
+
+What the marks cannot see: a replica of an older gridwatt version (it writes no marks: while one runs
+beside newer ones, as in a rolling upgrade, a newer replica's read-back may skip a window the older one
+wrote), and two instances whose ids agree modulo the window length (about 1 in 6·10^10 for a pair at
+60 s windows): the later mark then hides the earlier, which matters only where, besides, one of them
+read its marks before the other's first write of the window and the other's mark then hid its own.
 """
 
 from __future__ import annotations
