@@ -68,6 +68,27 @@ def make_batches(agents: int, samples: int, batch_size: int, gpus: int) -> dict[
     return out
 
 
+def influx_requests(url: str) -> dict[str, int]:
+    """InfluxDB's own counts of HTTP queries and writes and points written (``/debug/vars``)."""
+    with urllib.request.urlopen(f"{url}/debug/vars", timeout=60) as resp:
+        body = json.load(resp)
+    httpd = next((v["values"] for k, v in body.items() if k.startswith("httpd")), {})
+    return {k: int(httpd.get(k, 0)) for k in ("queryReq", "writeReq", "pointsWrittenOK")}
+
+
+def rollup_reads(http_url: str) -> dict[str, float]:
+    """The collector's window reads so far (``/metrics``: rollup queries by kind, read-backs, skips)."""
+    with urllib.request.urlopen(f"{http_url}/metrics", timeout=60) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("gridwatt_collector_rollup_") and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            if float(value):
+                out[name.removeprefix("gridwatt_collector_rollup_")] = float(value)
+    return out
+
+
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -154,6 +175,7 @@ def main() -> None:
             try:
                 say(f"e2e: {n} samples through the collector")
                 assert db.proc is not None and collector.proc is not None
+                requests0 = influx_requests(db.url)
                 influx_cpu0, coll_cpu0, self_cpu0 = (
                     cpu_s(db.proc.pid),
                     cpu_s(collector.proc.pid),
@@ -169,6 +191,9 @@ def main() -> None:
                     cpu_s(collector.proc.pid) - coll_cpu0,
                     time.process_time() - self_cpu0,
                 )
+                requests = {k: n - requests0[k] for k, n in influx_requests(db.url).items()}
+                reads = rollup_reads(collector.http_url)
+                say(f"e2e: InfluxDB requests {requests}; collector window reads {reads}")
             finally:
                 collector.stop()
             assert stored == n, (stored, n)

@@ -29,6 +29,7 @@ from gridwatt.collector.schema import (
     NODE,
     RACK,
     REPLICA,
+    WINDOW_WRITER,
 )
 from gridwatt.configfile import ConfigPath, StrictModel
 from gridwatt.timeutil import parse_time_ns
@@ -203,7 +204,10 @@ class InfluxConfig(StrictModel):
         return v
 
     def retention_policy_of(self, measurement: str) -> str:
-        """The retention policy ``measurement`` is written to and read from ("" = the default)."""
+        """The retention policy ``measurement`` is written to and read from ("" = the default). Writer
+        marks (``window_writer``) live as long as the ``job`` points they speak for: ``job``'s."""
+        if measurement == WINDOW_WRITER:
+            measurement = JOB
         for rp in self.retention_policies:
             if measurement in rp.measurements:
                 return rp.name

@@ -318,8 +318,9 @@ class Ingestor:
                 batch.node, placement.rack, placement.zone, prepared.windows, held, samples,
                 prepared.job_points, prepared.lines + side_lines)
             result, rack_done = one.result, one.rack_done
-        else:
-            result = await self.store.write_lines(prepared.lines + side_lines)
+        else:  # with the writer marks of its windows first (collector/writer_marks.py)
+            result = await self.rollup.write_marked({batch.node: prepared.windows},
+                                                    prepared.lines + side_lines)
         retried = result.retries > 0
         for index, (status, reason) in list(result.rejected.items()):
             if index >= n_lines:  # a ledger or host line: logged, never costs the samples

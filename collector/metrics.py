@@ -105,7 +105,8 @@ ROLLUP_FAMILIES: dict[str, tuple[str, str]] = {
     "rollup_queries": ("InfluxQL reads made for windows and held state, by kind (node: a node's job "
                        "points, rack: a rack's node points, rack_ahead: those of them reading a held "
                        "rack's next window ahead, fill: a node's held state, interval: the "
-                       "one-GPU-second check).", "kind"),
+                       "one-GPU-second check, marks: the writer marks final node read-backs read "
+                       "first).", "kind"),
     "rollup_read_backs": ("Final read-backs run of windows written from held state, by kind.", "kind"),
     "rollup_read_back_mismatches": ("Final read-backs that found other values than those held "
                                     "(another replica or a rewrite wrote there), by kind.", "kind"),
@@ -117,6 +118,9 @@ ROLLUP_FAMILIES: dict[str, tuple[str, str]] = {
     "rollup_points_rewritten": ("Node and job_window points final node read-backs wrote again: the stored "
                                 "ones differed from the job points' sums (another replica or a rewrite "
                                 "wrote there after this replica's last write).", ""),
+    "rollup_read_back_sums_skipped": ("Node windows whose final read-back found only this instance's "
+                                      "writer mark, so read no job sums (no other instance wrote job "
+                                      "points there).", ""),
     "rollup_settle_recomputes": ("Rack windows recomputed once more replica_settle_s after a read.", ""),
     "rollup_one_writes": ("Batches whose node windows (windows=node), and also rack windows "
                           "(windows=rack), were written in the batch's own store write.", "windows"),

@@ -42,7 +42,9 @@ Other replicas' writes to the same node's windows (a revisit on another replica,
 node to two replicas) are not seen here: ``RackRollup`` reads every window it wrote from held state back
 once more, ``settle_s`` after the last such write and after the window's end (on the wall clock), so
 the last word on each window is a read-back (with ``[accounting] replica_settle_s`` > 0, the default;
-a single replica may set it to 0).
+a single replica may set it to 0). That read-back reads the job sums only where another collector
+instance's writer mark is in the window (collector/writer_marks.py): where this instance alone wrote
+the node's job points there, what is held is what the store has.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from gridwatt.collector.schema import GPU, JOB, JOB_WINDOW, NODE, RACK, WHO_FIELDS
+from gridwatt.collector.schema import GPU, JOB, JOB_WINDOW, NODE, RACK, WHO_FIELDS, WINDOW_WRITER
 
 #: A measurement's name → its quoted InfluxQL name for FROM, qualified with its retention policy
 #: where it has one (``InfluxStore.measurement``; :func:`plain` for none).
@@ -71,6 +71,13 @@ def nodes_stored_windows(m: Measurement, nodes: list[str], rack: str, lo_ns: int
         f'SELECT {", ".join(map(quote_ident, job_window_fields))} FROM {m(JOB_WINDOW)} {where} '
         'GROUP BY "node", "job_id"'
     )
+
+
+def window_writers(m: Measurement, nodes: list[str], lo_ns: int, hi_ns: int) -> str:
+    """The writer marks (collector/writer_marks.py) of these nodes in [lo_ns, hi_ns), raw, per node."""
+    any_node = " OR ".join(f'"node" = {quote_string(n)}' for n in nodes)
+    return (f'SELECT "w" FROM {m(WINDOW_WRITER)} WHERE ({any_node}) AND time >= {lo_ns} AND time < {hi_ns} '
+            'GROUP BY "node"')
 
 
 def _last_who() -> str:

@@ -257,8 +257,11 @@ class EstimateRevisor:
                 start = int(row["time"])
                 res = self.rollup.resolution_ns
                 touched.setdefault((node, rack), set()).add(start - start % res)
-        if lines:
-            result = await self.store.write_lines(lines)
+        if lines:  # with the writer marks of the windows whose job points it rewrites
+            marked: dict[str, set[int]] = {}
+            for (node, _), windows in touched.items():
+                marked.setdefault(node, set()).update(windows)
+            result = await self.rollup.write_marked(marked, lines)
             if getattr(result, "rejected", None):
                 log.error("zone %r: InfluxDB refused %d re-accounted points", zone, len(result.rejected))
         for (node, rack), windows in touched.items():

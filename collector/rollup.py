@@ -45,6 +45,38 @@ rack that come due together are one query (``_read_back_many``), and read-backs 
 just closed are spread per rack over ``read_back_spread_s``. A read-back (and a rack recompute from a
 read) reads the stored points it would write in the same request, after the sums, and writes only
 those that differ (collector/README.md, "Read-backs that rewrite only what differs").
+
+**Final read-backs that read only the marks.** The node read-back exists for writes of the node's job
+points in the window by *another* collector instance (another replica, after an agent failover or a
+resend, or its revisit; this process before a restart), which held state cannot see. Every write that
+stores job points of node N in window W carries, ahead of them in the same request, a writer mark of
+(N, W) naming its instance (collector/writer_marks.py: a random id, new at every start); written once per
+instance, node and window, so a write of this instance to W is preceded by an acknowledged mark of it.
+A final read-back first reads the marks of its windows (``_needing_sums``: one small request per group),
+and reads the job sums, compares and rewrites as above only for the windows marked by another instance
+(or by none, or where that read failed or came back cut short). A window whose only mark is this
+instance's is left as it is (``read_back_sums_skipped``): held state, which follows this instance's own
+writes, is then the store's sums, and the stored node and job_window points are this instance's last
+write of them. Why that is exact, for writers A and B of W:
+
+* a read-back runs after its instance's writes of W were acknowledged, so their marks are visible to any
+  read that starts after it; so of two read-backs (A's and B's, after their writes), the one that reads
+  its marks later sees the other's mark and reads the sums whole, after every write of W by both that
+  preceded it; and an instance that writes W again (a late batch) schedules a new read-back, with the
+  same rule;
+* a writer with no held state (a unary ``Write``, a batch whose window held state could not follow, a
+  revisit) recomputes the window from a read of the sums after its own write, and that read sees every
+  write acknowledged before it; its mark makes every later read-back of W by another instance whole;
+* node and job_window points of (N, W) are written only by instances that wrote job points of (N, W)
+  (a batch's own write, a recompute after a write, a read-back of a window it wrote), so a stale point
+  written after A's last write also comes with a mark other than A's;
+* a restarted collector is a new instance: the old instance's marks make its read-backs whole.
+
+What the marks cannot see: a replica of an older gridwatt version (it writes no marks: while one runs
+beside newer ones, as in a rolling upgrade, a newer replica's read-back may skip a window the older one
+wrote), and two instances whose ids agree modulo the window length (about 1 in 6·10^10 for a pair at
+60 s windows): the later mark then hides the earlier, which matters only where, besides, one of them
+read its marks before the other's first write of the window and the other's mark then hid its own.
 """
 
 from __future__ import annotations
@@ -80,6 +112,7 @@ from gridwatt.collector.rack_state import (
 from gridwatt.collector.read_back_plan import plan_read_backs
 from gridwatt.collector.schema import WHO_FIELDS, job_window_key, node_key, rack_key, string_field
 from gridwatt.collector.store import InfluxStore, WriteResult, series_rows
+from gridwatt.collector.writer_marks import WriterMarks
 from gridwatt.timeutil import NS_PER_S
 
 log = logging.getLogger("gridwatt.collector.rollup")
@@ -104,6 +137,9 @@ class _TurnMember:
     windows: dict[int, dict[str, float]]
     lines: list[str]
     extra: list[str]
+    #: writer marks (collector/writer_marks.py) written before ``lines``, and their (node, window)
+    marks: list[str] = field(default_factory=list)
+    mark_owners: list[tuple[str, int]] = field(default_factory=list)
     done: asyncio.Future[tuple[WriteResult, dict[int, tuple[int, str]], bool]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     starts: list[int] = field(init=False)
@@ -117,6 +153,16 @@ class _RackTurn:
     """Batches of one rack written together, with the rack's points, in one store write."""
 
     members: list[_TurnMember]
+
+
+def _cut(result: WriteResult, k: int) -> tuple[dict[int, tuple[int, str]], WriteResult]:
+    """A write of ``k`` lines (writer marks) and then others: the first ``k`` refused, and the answer
+    for the others (their own indexes)."""
+    if not k:
+        return {}, result
+    rest = WriteResult(lines=result.lines - k, retries=result.retries,
+                       rejected={i - k: why for i, why in result.rejected.items() if i >= k})
+    return {i: why for i, why in result.rejected.items() if i < k}, rest
 
 
 def _split(result: WriteResult, n: int) -> tuple[WriteResult, dict[int, tuple[int, str]]]:
@@ -383,7 +429,7 @@ class RackRollup:
 
     def __init__(
         self, store: InfluxStore, resolution_s: int, max_gap_windows: int = 60, settle_s: float = 0.0,
-        rack_delay_s: float = 0.0,
+        rack_delay_s: float = 0.0, instance_id: int | None = None,
     ) -> None:
         self.store = store
         self.settle_s = settle_s
@@ -412,6 +458,14 @@ class RackRollup:
         self.rack_queries = 0
         #: held node state (collector/node_state.py), used by ingest for streamed batches
         self.held = HeldNodes(store, self.resolution_ns)
+        #: this instance's writer marks (collector/writer_marks.py; random id unless given)
+        self.marks = WriterMarks(self.resolution_ns, instance_id)
+        #: node windows whose final read-back found only this instance's mark, so read no job sums
+        self.read_back_sums_skipped = 0
+        #: requests reading writer marks (also in ``queries``), and those that failed or came back cut
+        #: short (then every window was read back whole)
+        self.mark_queries = 0
+        self.mark_reads_failed = 0
         #: held rack state (collector/rack_state.py); ``configure``d with the topology's racks
         self.racks = HeldRacks(settle_s)
         #: node windows / rack windows written from held state, waiting for their final read-back
@@ -556,12 +610,14 @@ class RackRollup:
         if follow is not None:
             windows, jobs = node_windows_from_series(held_series(follow, window_starts))
         if follow is None or windows.keys() != window_starts:  # (every touched window has job points)
-            result = await self.store.write_lines(lines)
+            result = await self.write_marked({node: window_starts}, lines)
             await self._recompute_node_locked(node, rack, zone, window_starts,
                                               None if result.rejected else held, samples, points)
             return OneWrite(result, False)
+        marks, owners = self.marks.prepend({node: window_starts}, [])
         member = _TurnMember((node, zone), windows, lines,
-                             node_lines(node, rack, zone, windows) + job_window_lines(node, rack, jobs))
+                             node_lines(node, rack, zone, windows) + job_window_lines(node, rack, jobs),
+                             marks, owners)
         starts = member.starts  # node_lines' order
         if self.racks.eligible(rack) and all(self.racks.window(rack, t) is not None for t in starts):
             # the rack point goes in this write: at once if the rack is free, else in the rack's next
@@ -582,13 +638,13 @@ class RackRollup:
         else:
             self.racks.begin_write(rack, starts)
             try:
-                result = await self.store.write_lines(lines + member.extra)
+                result = await self.store.write_lines(member.marks + lines + member.extra)
             except BaseException:
                 self.racks.wrote(rack, member.key, {}, starts)
                 raise
             finally:
                 self.racks.end_write(rack, starts)
-            mine, refused = _split(result, len(lines))
+            mine, refused = _split(self._marks_written(member.marks, member.mark_owners, result), len(lines))
             self._member_wrote(rack, member, refused)
             rack_done = False
         if refused:
@@ -601,6 +657,24 @@ class RackRollup:
         if self.settle_s > 0:
             self._schedule_final(node, rack, zone, window_starts)
         return OneWrite(mine, rack_done and not refused)
+
+    async def write_marked(self, node_windows: Mapping[str, Iterable[int]], lines: list[str]) -> WriteResult:
+        """Write ``lines``, which store ``job`` points of these nodes' windows, after the writer marks
+        those windows still need (collector/writer_marks.py), in the same request; the answer is for
+        ``lines`` alone (their own indexes)."""
+        marked, owners = self.marks.prepend(node_windows, lines)
+        result = await self.store.write_lines(marked)
+        return self._marks_written(marked[:len(owners)], owners, result)
+
+    def _marks_written(self, marks: list[str], owners: list[tuple[str, int]],
+                       result: WriteResult) -> WriteResult:
+        """Note the writer marks a write (``marks`` first, then other lines) stored; the answer for the
+        other lines. A refused mark is logged: other instances cannot see this write of its window."""
+        refused, rest = _cut(result, len(owners))
+        self.marks.confirm(owners, refused)
+        if refused:
+            self._log_refused("writer marks", marks, WriteResult(rejected=refused))
+        return rest
 
     def _member_wrote(self, rack: str, member: _TurnMember, refused: dict[int, tuple[int, str]]) -> None:
         """Held rack state follows a batch's node points as stored (those refused: unknown now)."""
@@ -642,7 +716,8 @@ class RackRollup:
         lines: list[str] = []
         spans: list[tuple[int, int]] = []
         for m in members:
-            spans.append((len(lines), len(m.lines) + len(m.extra)))
+            spans.append((len(lines), len(m.marks) + len(m.lines) + len(m.extra)))
+            lines += m.marks
             lines += m.lines
             lines += m.extra
         rack_part = rack_lines(rack, zone, rack_windows)
@@ -662,7 +737,7 @@ class RackRollup:
         parts = result.share(spans) if len(spans) > 1 else [result]
         answers = []
         for m, part in zip(members, parts, strict=False):
-            mine, refused = _split(part, len(m.lines))
+            mine, refused = _split(self._marks_written(m.marks, m.mark_owners, part), len(m.lines))
             self._member_wrote(rack, m, refused)
             answers.append((mine, refused))
         rack_refused = bool(parts[-1].rejected)
@@ -776,6 +851,8 @@ class RackRollup:
             "rollup_read_backs_again": self.read_backs_again,
             "rollup_points_kept:node": self.read_back_kept, "rollup_points_kept:rack": self.rack_writes_kept,
             "rollup_points_rewritten": self.read_back_rewrites,
+            "rollup_read_back_sums_skipped": self.read_back_sums_skipped,
+            "rollup_queries:marks": self.mark_queries,
         }
 
     @property
@@ -851,7 +928,11 @@ class RackRollup:
                 future.set_result(None)
 
     async def _read_back_many(self, rack: str, zone: str, nodes: dict[str, set[int]]) -> None:
-        """The final read-back of several nodes of one rack (nodes due at the same windows: one query)."""
+        """The final read-back of several nodes of one rack (nodes due at the same windows: one query).
+        Windows whose only writer mark is this instance's need no read (see the module docstring)."""
+        nodes = await self._needing_sums(nodes)
+        if not nodes:
+            return
         names = sorted(nodes)  # locks in one order: no deadlock with another group
         # read without the nodes' locks (their batches go on meanwhile); then, under them, read again
         # only the nodes whose windows changed during that read (rare: a batch for a closed window)
@@ -879,6 +960,29 @@ class RackRollup:
             moved = set().union(*await asyncio.gather(*writes))
         if moved:
             await self._recompute_rack(rack, zone, moved)
+
+    async def _needing_sums(self, nodes: dict[str, set[int]]) -> dict[str, set[int]]:
+        """The nodes' windows whose job sums a final read-back must read: all but those whose only
+        writer mark is this instance's (one request; all of them where it fails or comes back cut)."""
+        plans = plan_read_backs(nodes, self._runs)
+        m = self.store.measurement
+        q = "; ".join(queries.window_writers(m, sorted(p.take), p.lo_ns, p.hi_ns) for p in plans)
+        self.mark_queries += 1
+        self.queries += 1
+        try:
+            results = await self.store.query(q)
+        except Exception as exc:  # the sums read says what is wrong, if anything still is
+            self.mark_reads_failed += 1
+            log.info("reading writer marks failed (the windows are read back whole): %s", exc)
+            return nodes
+        if len(results) != len(plans) or any(
+                r.get("partial") or any(s.get("partial") for s in r.get("series") or ()) for r in results):
+            self.mark_reads_failed += 1  # cut short (max-row-limit): a mark left out may be another's
+            return nodes
+        writers = self.marks.writers(row for r in results for row in series_rows(r))
+        only = self.marks.only_mine(writers, nodes)
+        self.read_back_sums_skipped += sum(len(w) for w in only.values())
+        return {n: rest for n, w in nodes.items() if (rest := w - only.get(n, set()))}
 
     async def _read_node_rows(self, nodes: dict[str, set[int]], rack: str, zone: str) -> _NodeRead:
         """The ``job`` sums of these nodes' windows, rows per node, and their stored ``node`` and

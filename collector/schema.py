@@ -12,6 +12,7 @@ name and tags are spelled in one place (README "Data model in InfluxDB" lists th
 | ``rack`` | rack, zone | rollup.py |
 | ``job_window`` | job_id, node, rack | rollup.py |
 | ``agent_ledger`` | node, rack | ledger.py |
+| ``window_writer`` | node | writer_marks.py (with every write of ``job`` points; ``job``'s retention) |
 | ``gridwatt_replica``, ``alert_*`` (progress, state, event) | see alerts/shared.py | alerts/shared.py |
 
 Keys are deterministic (same sample, same key and timestamp), so a resent batch overwrites itself.
@@ -28,6 +29,9 @@ NODE = "node"
 RACK = "rack"
 JOB_WINDOW = "job_window"
 AGENT_LEDGER = "agent_ledger"
+#: Writer marks (collector/writer_marks.py): which collector instances wrote job points of a node in a
+#: window. Kept in the retention policy of ``job`` (the points they speak for), never configured apart.
+WINDOW_WRITER = "window_writer"
 #: What collector replicas share for alerts (alerts/shared.py): heartbeats, node progress, the
 #: evaluator's state, the log of delivered alert events.
 REPLICA = "gridwatt_replica"
@@ -96,6 +100,10 @@ def rack_key(rack: str, zone: str) -> str:
 
 def job_window_key(job_id: str, node: str, rack: str) -> str:
     return f"{JOB_WINDOW},job_id={tag(job_id)},node={tag(node)},rack={tag(rack)}"
+
+
+def writer_mark_key(node: str) -> str:
+    return f"{WINDOW_WRITER},node={tag(node)}"
 
 
 def ledger_key(node: str, rack: str) -> str:

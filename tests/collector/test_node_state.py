@@ -28,6 +28,7 @@ from gridwatt.collector.node_state import (
 from gridwatt.collector.points import JobPoint
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.server import RunningCollector
+from gridwatt.collector.writer_marks import WriterMarks
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
@@ -302,8 +303,8 @@ async def test_windows_rewritten_elsewhere_are_read_back_after_settle(
     tmp_path: Path, influxdb: LocalInfluxDB, database: str
 ) -> None:
     """Another writer changes n1's job points in a window this replica holds (as a revisit on another
-    replica does): the next batch writes the held (stale) sums, and the read-back settle_s later
-    rewrites the window from the store."""
+    replica does, with its writer mark): the next batch writes the held (stale) sums, and the read-back
+    settle_s later rewrites the window from the store."""
     async with running_collector(tmp_path, toml(influxdb, database, settle_s=3.0)) as c:
         rollup = c.ingestor.rollup
         stream = Stream(c.grpc_port)
@@ -314,7 +315,8 @@ async def test_windows_rewritten_elsewhere_are_read_back_after_settle(
         line = (f"job,job_id=job-0,node=n1,rack=r1,gpu=0 energy_j=6000.0,facility_energy_j=7800.0,co2e_g=1.0,"
                 f"estimated_co2e_g=0.0,gpu_s=10.0,util_pct_s=600.0,idle_s=0.0,idle_energy_j=0.0,"
                 f"fraction=1.0,end_ns={T0 + 10 * NS}i {T0}")
-        await c.store.write_lines([line])
+        other = WriterMarks(60 * NS, instance_id=rollup.marks.instance_id + 1)
+        await c.store.write_lines([*other.lines("n1", [T0]), line])
         assert (await stream.send(pb.Batch(batch_id=2, node="n1", gpu_samples=[
             sample(0, T0 + 10 * NS, 10, 300.0, job)]))).code == 0
         (node,) = influx_query(influxdb.url, database, "SELECT it_energy_kwh FROM node")

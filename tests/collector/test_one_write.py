@@ -25,7 +25,11 @@ from gridwatt.v1 import telemetry_pb2 as pb
 from tests.collector.helpers import running_collector
 from tests.collector.test_metrics import scrape, v
 from tests.collector.test_node_state import Stream, sample, snapshot
-from tests.collector.test_rack_state import assert_racks_add_up_in_node_order, read_back_everything
+from tests.collector.test_rack_state import (
+    assert_racks_add_up_in_node_order,
+    marked_elsewhere,
+    read_back_everything,
+)
 from tests.conftest import collector_toml, influx_query
 from tests.influx_front import InfluxFront
 
@@ -252,10 +256,11 @@ async def test_a_read_back_reads_again_where_the_node_wrote_during_its_read(
     """A final read-back reads without the node's lock (its batches go on meanwhile). A batch of the
     node lands in the window between that read and the read-back taking the lock: the read-back reads
     that node again under its lock, so what it holds and writes has the batch (else the node window
-    would lose its 1,000 J)."""
+    would lose its 1,000 J). Another instance marked the window, so the read-back reads the sums."""
     text = collector_toml(influxdb.url, database, racks=RACK) + "\n[accounting]\nreplica_settle_s = 0.3\n"
     async with running_collector(tmp_path, text) as c:
         rollup = c.ingestor.rollup
+        await marked_elsewhere(c, ["n1"], [T0])
         stream = Stream(c.grpc_port)
         job = [("job-0", 1.0, {})]
         ack = await stream.send(pb.Batch(batch_id=1, node="n1", gpu_samples=[sample(0, T0, 10, 300.0, job)]))

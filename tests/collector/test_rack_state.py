@@ -21,6 +21,7 @@ from gridwatt.collector.rack_state import HeldRacks, NodePoint, RackWindow, rack
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.server import RunningCollector
 from gridwatt.collector.wiring import build_topology
+from gridwatt.collector.writer_marks import WriterMarks
 from gridwatt.configfile import load_config
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -96,6 +97,14 @@ async def read_back_everything(c: RunningCollector, nodes: list[str], windows: s
     await not_held(c)
     for node in nodes:
         await c.ingestor.rollup.recompute(node, "r1", "Z", windows)
+
+
+async def marked_elsewhere(c: RunningCollector, nodes: list[str], windows: list[int]) -> None:
+    """Writer marks of these nodes' windows by another collector instance (so that the final read-backs
+    of the collector ``c`` read the job sums: collector/writer_marks.py)."""
+    other = WriterMarks(60 * NS, instance_id=c.ingestor.rollup.marks.instance_id + 1)
+    result = await c.store.write_lines([line for node in nodes for line in other.lines(node, windows)])
+    assert not result.rejected
 
 
 async def settled(*collectors: RunningCollector) -> None:
@@ -374,9 +383,11 @@ async def test_node_read_backs_due_together_are_one_query(
     tmp_path: Path, influxdb: LocalInfluxDB, database: str
 ) -> None:
     """The final read-backs of the node windows of a rack's nodes, due at once, are read in one query
-    (close() runs every pending one now) and leave exactly what a read-back recompute writes."""
+    (close() runs every pending one now; another instance marked the windows, so they read the sums,
+    after one read of the marks) and leave exactly what a read-back recompute writes."""
     async with running_collector(tmp_path, toml(influxdb, database, settle_s=60.0)) as c:
         rollup = c.ingestor.rollup
+        await marked_elsewhere(c, list(NODES), [T0, T0 + 60 * NS])
         streams = {n: Stream(c.grpc_port) for n in NODES}
         for k, node in enumerate(NODES):
             ack = await streams[node].send(pb.Batch(batch_id=1, node=node, gpu_samples=[
@@ -385,7 +396,7 @@ async def test_node_read_backs_due_together_are_one_query(
             assert ack.code == 0, ack.message
         assert rollup.node_queries == 0  # node windows from held state, read back later
         await rollup.close()
-        assert rollup.node_queries == 1  # 4 nodes, 2 windows: one query
+        assert (rollup.node_queries, rollup.mark_queries) == (1, 1)  # 4 nodes, 2 windows: one query
         assert (rollup.final_mismatches, rollup.pending_read_backs()) == (0, 0)
         for s in streams.values():
             await s.close()
@@ -400,9 +411,11 @@ async def test_node_read_backs_of_a_backfill_read_each_node_over_its_own_windows
 ) -> None:
     """Nodes due at different windows together (a backfill: n1, n2 at windows 0-1, n3, n4 at 2-3) are
     read in one query per run of windows, each naming only the nodes due there (a read over the union
-    named all four over four windows), and leave exactly what a read-back recompute writes."""
+    named all four over four windows), and leave exactly what a read-back recompute writes (another
+    instance marked the windows, so they read the sums)."""
     async with running_collector(tmp_path, toml(influxdb, database, settle_s=60.0)) as c:
         rollup = c.ingestor.rollup
+        await marked_elsewhere(c, list(NODES), [T0 + 60 * NS * w for w in range(4)])
         streams = {n: Stream(c.grpc_port) for n in NODES}
         for k, node in enumerate(NODES):
             first = 0 if k < 2 else 2
@@ -413,6 +426,7 @@ async def test_node_read_backs_of_a_backfill_read_each_node_over_its_own_windows
         assert rollup.node_queries == 0
         await rollup.close()
         assert rollup.node_queries == 2  # (n1, n2) over windows 0-1, (n3, n4) over 2-3
+        assert (rollup.mark_queries, rollup.read_back_sums_skipped) == (1, 0)  # their marks: one request
         assert (rollup.final_mismatches, rollup.pending_read_backs()) == (0, 0)
         for s in streams.values():
             await s.close()

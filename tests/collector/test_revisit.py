@@ -35,6 +35,8 @@ from gridwatt.v1 import telemetry_pb2 as pb
 from gridwatt.v1 import telemetry_pb2_grpc as pb_grpc
 from tests.collector.grid_server import GridServer, fixture
 from tests.collector.helpers import batches, http_get, running_collector, sim_samples
+from tests.collector.test_node_state import Stream
+from tests.collector.test_rack_state import settled
 from tests.conftest import collector_toml, first_row, influx_query
 
 H_NS = 3600 * NS_PER_S
@@ -268,3 +270,45 @@ async def test_a_restarted_collector_recovers_the_stretches_to_revisit(
         after = await job(c)
     assert after["co2e_kg"] * 1000 == pytest.approx(FULL_G, rel=1e-9)
     assert after["estimated_share"] == 0
+
+
+async def test_a_revisit_on_another_replica_makes_the_final_read_back_whole(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str, api: tuple[GridServer, PastRange]
+) -> None:
+    """n1 (one GPU, 300 W, PUE 1.2) streams to replica a: 10:00:00-10:00:30 during the outage (nothing
+    earlier to hold: the chain's fallback, 250 g/kWh, estimated). Replica b revisits once the API has
+    10:00's 431: it rewrites those job points, with its writer mark, and recomputes n1's window from the
+    store. Then n1's next batch (10:00:30-10:01:00, measured 431) is written by a from its held state,
+    which still has the 250: its node point (0.003 kWh x (250 + 431) = 2.043 g, 0.75 g estimated) is
+    wrong until a's final read-back finds b's mark and reads the window whole. By hand:
+    0.3 kW x 60 s x 1.2 = 0.006 kWh x 431 = 2.586 g, none estimated."""
+    server, handler = api
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cfg = toml(tmp_path, influxdb.url, database, server.base_url).replace(
+        "[accounting]\n", "[accounting]\nreplica_settle_s = 5.0\n")
+    t10 = OUTAGE[0]
+    first, second = batches("n1", sim_samples("n1", 1, t10, 60, 300.0, 10.0), 3)
+    async with running_collector(tmp_path / "a", cfg) as a, running_collector(tmp_path / "b", cfg) as b:
+        stream = Stream(a.grpc_port)  # one stream: a holds n1's windows from batch to batch
+        assert (await stream.send(first)).code == 0
+        handler.outage = False
+        revisor = EstimateRevisor(b.store, b.ingestor.rollup, b.topology, lookback_s=5 * 365 * 86400.0)
+        assert await revisor.recover() == 1
+        assert await revisor.run_once() == 3
+        assert a.ingestor.rollup.final_runs == 0  # a's read-back is due 5 s after its last write
+        assert (await stream.send(second)).code == 0
+        await settled(a, b)
+        await stream.close()
+        assert a.ingestor.rollup.one_writes == 2  # both batches written from held state
+        node, job_window, rack_points = influx_query(
+            influxdb.url, database,
+            "SELECT co2e_g, estimated_co2e_g, it_energy_kwh FROM node; "
+            "SELECT co2e_g, estimated_co2e_g FROM job_window; SELECT co2e_g, estimated_co2e_g FROM rack")
+        by_hand = 0.3 * 60 / 3600 * 1.2 * 431
+        assert node["series"][0]["values"] == [[t10, pytest.approx(by_hand, rel=1e-12), 0.0,
+                                                pytest.approx(0.3 * 60 / 3600, rel=1e-12)]]
+        assert job_window["series"][0]["values"] == [[t10, pytest.approx(by_hand, rel=1e-12), 0.0]]
+        assert rack_points["series"][0]["values"] == [[t10, pytest.approx(by_hand, rel=1e-12), 0.0]]
+        rollup = a.ingestor.rollup
+        assert (rollup.read_back_sums_skipped, rollup.final_mismatches) == (0, 1)
