@@ -147,7 +147,7 @@ class Shipper:
 
     def __init__(
         self, node: str, spool: Spool, conn: CollectorConnection, ledger_report_s: float = 60.0,
-        final_ledger_timeout_s: float = 1.5, on_ack: Callable[[float, int], None] | None = None,
+        final_ledger_timeout_s: float = 1.5, on_ack: Callable[[float, int, int], None] | None = None,
     ) -> None:
         self.node = node
         self.spool = spool
@@ -155,9 +155,11 @@ class Shipper:
         self.ledger_report_s = ledger_report_s
         self.final_ledger_timeout_s = final_ledger_timeout_s
         self.stats = ShipperStats()
-        #: Called with (seconds from send to ack, samples) for every stored batch (benchmarks).
+        #: Called for every stored batch (benchmarks) with: seconds from send to ack, samples, and
+        #: nanoseconds from the end of its oldest GPU sample's interval to the ack (0 if none):
+        #: the delay the data saw, linger included.
         self.on_ack = on_ack
-        self._sent_at: dict[int, float] = {}
+        self._sent_at: dict[int, tuple[float, int]] = {}
         self.new_data = NewData()
         #: Set when the agent stops or drains: spooled samples go out without lingering.
         self.flush = asyncio.Event()
@@ -282,9 +284,10 @@ class Shipper:
                                         "only on sample batches", ack.message)
                         self._ledger_only = False
                     elif ack.code == CODE_OK:
-                        sent_at = self._sent_at.pop(ack.batch_id, None)
-                        if self.on_ack is not None and seqs and sent_at is not None:
-                            self.on_ack(time.monotonic() - sent_at, len(seqs))
+                        sent = self._sent_at.pop(ack.batch_id, None)
+                        if self.on_ack is not None and seqs and sent is not None:
+                            self.on_ack(time.monotonic() - sent[0], len(seqs),
+                                        time.time_ns() - sent[1] if sent[1] else 0)
                         if self._announced != address:
                             self._announced = address
                             log.info("collector %s: storing this node's samples", address)
@@ -317,7 +320,8 @@ class Shipper:
                 nonlocal last_sent
                 in_flight[batch.batch_id] = seqs
                 if self.on_ack is not None:
-                    self._sent_at[batch.batch_id] = time.monotonic()
+                    first_end_ns = min((g.end_ns for g in batch.gpu_samples), default=0)
+                    self._sent_at[batch.batch_id] = (time.monotonic(), first_end_ns)
                 writer = asyncio.ensure_future(call.write(batch))
                 writer.add_done_callback(self.new_data.ring)
                 while not (writer.done() or reader.done() or stopper.done()):

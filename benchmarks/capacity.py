@@ -163,14 +163,17 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.monotonic()
     window = (t_start + args.warmup, t_start + args.warmup + args.seconds)
     latencies: list[float] = []
+    ages: list[float] = []  # oldest sample's end → ack: what the data waited, linger included
     acked = [0]
     slow = [0] * 60  # acks slower than SLOW_ACK_S, by the wall clock's second of the minute
     #: epoch second -> [acks, slow acks, max ack latency, this process's max event-loop lag (--trace)]
     by_second: dict[int, list[float]] = {}
 
-    def on_ack(latency_s: float, samples: int) -> None:
+    def on_ack(latency_s: float, samples: int, age_ns: int) -> None:
         if window[0] <= time.monotonic() < window[1]:
             latencies.append(latency_s)
+            if age_ns:
+                ages.append(age_ns / 1e9)
             acked[0] += samples
             now_s = int(time.time())
             sec = by_second.setdefault(now_s, [0, 0, 0.0, 0.0])
@@ -180,20 +183,26 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
                 slow[now_s % 60] += 1
                 sec[1] += 1
 
-    nodes = []
-    start_ns = time.time_ns()
+    parts = []
     total_s = args.warmup + args.seconds + 5
     for i in range(args.first, args.first + args.count):
         node = f"{args.prefix}-{i}"
-        src = SimSource(synthetic_trace(args.gpus, start_ns, total_s, 350.0, 80.0), node, args.interval_s)
         spool = Spool(folder / f"{node}.db", 100_000)
         shipper = Shipper(node, spool, conn, ledger_report_s=3600, on_ack=on_ack)
-        nodes.append((src, Sampler(Attributor(f"job-{i % 7}"), idle_below_pct=5), spool, shipper))
+        parts.append((node, Sampler(Attributor(f"job-{i % 7}"), idle_below_pct=5), spool, shipper))
+    # Real agents start at different times, so their sampling ticks and lingers are spread out; the
+    # nodes here start in PHASES groups spread over max(interval, linger) (--in-phase: all at once),
+    # each group's trace starting when the group does, so that a sample ends when it is read (as a real
+    # agent's does) and its age at the ack is what the data waited.
+    spread_s = 0.0 if args.in_phase else max(args.interval_s, args.linger_s)
+    start_ns = time.time_ns()
+    nodes = []
+    for i, (node, sampler, spool, shipper) in enumerate(parts, start=args.first):
+        offset_ns = int(spread_s * (i % PHASES) / PHASES * 1e9)
+        trace = synthetic_trace(args.gpus, start_ns + offset_ns, total_s, 350.0, 80.0)
+        nodes.append((SimSource(trace, node, args.interval_s), sampler, spool, shipper))
     stop = asyncio.Event()
     tasks = [asyncio.create_task(sh.run(stop)) for _, _, _, sh in nodes]
-    # Real agents start at different times, so their sampling ticks and lingers are spread out; the
-    # nodes here start in PHASES groups spread over max(interval, linger) (--in-phase: all at once).
-    spread_s = 0.0 if args.in_phase else max(args.interval_s, args.linger_s)
     groups: dict[int, list[Any]] = {}
     for i, node_parts in zip(range(args.first, args.first + args.count), nodes, strict=True):
         groups.setdefault(i % PHASES, []).append(node_parts)
@@ -233,7 +242,7 @@ async def run_nodes(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.gather(*tasks, return_exceptions=True)
     for _, _, spool, _ in nodes:
         spool.close()
-    return {"latencies": latencies, "acked": acked[0], "backlog_start": backlog.get("start", 0),
+    return {"latencies": latencies, "ages": ages, "acked": acked[0], "backlog_start": backlog.get("start", 0),
             "backlog_end": backlog["end"], "cpu_s": cpu_in_window_s, "slow": slow,
             "by_second": by_second}
 
@@ -273,6 +282,7 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
             raise RuntimeError(f"worker failed with {proc.returncode}")
         results.append(json.loads(out.read_text()))
     latencies = [x for r in results for x in r["latencies"]]
+    ages = [x for r in results for x in r["ages"]]
     acked = sum(r["acked"] for r in results)
     offered = nodes * args.gpus / args.interval_s
     growth = sum(r["backlog_end"] - r["backlog_start"] for r in results)
@@ -281,6 +291,8 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
         "acked_samples_per_s": round(acked / args.seconds, 1),
         "ack_p50_s": round(percentile(latencies, 0.50), 3),
         "ack_p99_s": round(percentile(latencies, 0.99), 3),
+        "sample_age_at_ack_p50_s": round(percentile(ages, 0.50), 3),
+        "sample_age_at_ack_p99_s": round(percentile(ages, 0.99), 3),
         "batches": len(latencies), "backlog_growth_samples": growth,
         "influxd_cores": round((cpu1["influxd"] - cpu0["influxd"]) / args.seconds, 3),
         "collector_cores": round((cpu1["collector"] - cpu0["collector"]) / args.seconds, 3),
@@ -368,7 +380,8 @@ def main() -> None:
     p.add_argument("--nodes", default="25,50,100,200,400", help="ascending node counts to try")
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--interval-s", type=float, default=1.0)
-    p.add_argument("--linger-s", type=float, default=2.0)
+    p.add_argument("--linger-s", type=float, default=CollectorConnection.model_fields["linger_s"].default,
+                   help="the agents' [collector] linger_s (default: the agent's own default)")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=10.0)
     p.add_argument("--workers", type=int, default=2)
@@ -389,6 +402,9 @@ def main() -> None:
     p.add_argument("--influxd-data", action="append", default=[], metavar="KEY=VALUE",
                    help='an extra [data] setting of the InfluxDB under test, VALUE in TOML '
                         '(e.g. wal-fsync-delay=\'"100ms"\'); repeatable')
+    p.add_argument("--collector-influxdb", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra [influxdb] setting of the collector, VALUE in TOML (e.g. "
+                        "group_commit_linger_s=0.1); repeatable")
     p.add_argument("--influxd-gogc", type=int, default=INFLUXD_GOGC,
                    help=f"influxd's GOGC (default {INFLUXD_GOGC}, the harness's; Go's own is 100)")
     # worker mode (internal)
@@ -419,7 +435,8 @@ def main() -> None:
             f'auto_register = true\nmax_in_flight_batches = {args.max_in_flight_batches}\n'
             f'[influxdb]\nurl = {toml_str(db.url)}\ndatabase = "e2e"\n'
             f'gpu_point_fields = "{args.gpu_point_fields}"\n'
-            '[accounting]\ndefault_zone = "Z"\ndefault_pue = 1.2\n'
+            + "".join(f"{kv.split('=', 1)[0]} = {kv.split('=', 1)[1]}\n" for kv in args.collector_influxdb)
+            + '[accounting]\ndefault_zone = "Z"\ndefault_pue = 1.2\n'
             '[[zones]]\nname = "Z"\nintensity = { kind = "constant", g_per_kwh = 350.0 }\n'
             + rack_tables(args) + alert_tables(args, folder)
         )

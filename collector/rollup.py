@@ -129,8 +129,9 @@ class OneWrite:
 
 @dataclass
 class _TurnMember:
-    """A streamed batch in a rack turn: its node's series key, node windows, own lines, and the node
-    and job_window lines they make (``extra``); ``done`` as ``RackRollup._run_turn`` says."""
+    """A streamed batch in a rack turn: its node's series key, node windows (``starts``: their starts
+    in order, as its node lines are), own lines, and the node and job_window lines they make
+    (``extra``); ``done`` as ``RackRollup._run_turn`` says."""
 
     key: tuple[str, str]
     windows: dict[int, dict[str, float]]
@@ -141,6 +142,10 @@ class _TurnMember:
     mark_owners: list[tuple[str, int]] = field(default_factory=list)
     done: asyncio.Future[tuple[WriteResult, dict[int, tuple[int, str]], bool]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
+    starts: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.starts = sorted(self.windows)
 
 
 @dataclass
@@ -613,7 +618,7 @@ class RackRollup:
         member = _TurnMember((node, zone), windows, lines,
                              node_lines(node, rack, zone, windows) + job_window_lines(node, rack, jobs),
                              marks, owners)
-        starts = sorted(windows)  # node_lines' order
+        starts = member.starts  # node_lines' order
         if self.racks.eligible(rack) and all(self.racks.window(rack, t) is not None for t in starts):
             # the rack point goes in this write: at once if the rack is free, else in the rack's next
             # turn, with every other batch of the rack that finds it busy meanwhile (_run_turn)
@@ -673,7 +678,7 @@ class RackRollup:
 
     def _member_wrote(self, rack: str, member: _TurnMember, refused: dict[int, tuple[int, str]]) -> None:
         """Held rack state follows a batch's node points as stored (those refused: unknown now)."""
-        starts = sorted(member.windows)
+        starts = member.starts
         bad = {starts[i] for i in refused if i < len(starts)}
         self.racks.wrote(rack, member.key, {t: node_point(member.windows[t]) for t in starts if t not in bad},
                          bad)
@@ -719,16 +724,16 @@ class RackRollup:
         spans.append((len(lines), len(rack_part)))
         lines += rack_part
         for m in members:
-            self.racks.begin_write(rack, sorted(m.windows))
+            self.racks.begin_write(rack, m.starts)
         try:
             result = await self.store.write_lines(lines)
         except BaseException:
             for m in members:
-                self.racks.wrote(rack, m.key, {}, sorted(m.windows))
+                self.racks.wrote(rack, m.key, {}, m.starts)
             raise
         finally:
             for m in members:
-                self.racks.end_write(rack, sorted(m.windows))
+                self.racks.end_write(rack, m.starts)
         parts = result.share(spans) if len(spans) > 1 else [result]
         answers = []
         for m, part in zip(members, parts, strict=False):

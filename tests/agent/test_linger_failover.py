@@ -37,7 +37,7 @@ def test_addresses_replace_address_and_the_single_key_still_works(tmp_path: Path
     assert _load(tmp_path, 'address = "c:1"').collector.targets() == ["c:1"]
     both = _load(tmp_path, 'address = "c:1"\naddresses = ["a:1", "b:2"]')
     assert both.collector.targets() == ["a:1", "b:2"]
-    assert _load(tmp_path, "").collector.linger_s == 2.0
+    assert _load(tmp_path, "").collector.linger_s == 5.0
 
 
 @pytest.mark.parametrize(("value", "reason"), [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,3 +111,42 @@ async def test_a_full_batch_and_a_flush_end_the_linger(
     assert (ledger.sampled, ledger.acknowledged, ledger.pending) == (24, 24, 0) and ledger.balanced
     row = first_row(influx_query(influxdb.url, database, "SELECT count(energy_j), sum(energy_j) FROM gpu")[0])
     assert (row["count"], row["sum"]) == (24, 24 * 100.0)
+
+
+async def test_on_ack_reports_each_stored_batch_with_its_oldest_samples_age(
+    tmp_path: Path, influxdb: LocalInfluxDB, database: str
+) -> None:
+    """``on_ack`` (benchmarks/capacity.py) gets, per stored batch, its samples and the time from the end
+    of its oldest GPU sample to the ack: the data's delay, linger included (not only send → ack)."""
+    samples = sim_samples("n1", 2, T0, 600, 100.0, 60.0)  # 20 samples, the first two end at T0 + 60 s
+    oldest_end_ns = min(s.end_ns for s in samples)
+    assert oldest_end_ns == T0 + 60 * 10**9
+    spool = Spool(tmp_path / "spool.db")
+    spool.append([(s.start_ns, s.energy_j, s.SerializeToString()) for s in samples[:8]])
+    acks: list[tuple[float, int, int]] = []
+    async with running_collector(tmp_path, collector_toml(influxdb.url, database)) as c:
+        conn = CollectorConnection(address=f"127.0.0.1:{c.grpc_port}", batch_max_samples=8, linger_s=0.0)
+        shipper = Shipper("n1", spool, conn, on_ack=lambda *a: acks.append(a))
+        before_ns = time.time_ns()
+        stop = asyncio.Event()
+        task = asyncio.create_task(shipper.run(stop))
+        for _ in range(600):
+            if spool.pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        spool.append([(s.start_ns, s.energy_j, s.SerializeToString()) for s in samples[8:]])
+        shipper.new_data.set()
+        for _ in range(600):
+            if spool.pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        after_ns = time.time_ns()
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=10)
+    assert [n for _, n, _ in acks] == [8, 8, 4]
+    # batch k's oldest samples end at T0 + (4k + 1) minutes (2 GPUs a minute, 8 samples a batch)
+    for k, (latency_s, _, age_ns) in enumerate(acks):
+        first_end_ns = T0 + (4 * k + 1) * 60 * 10**9
+        assert before_ns - first_end_ns <= age_ns <= after_ns - first_end_ns
+        assert 0 <= latency_s <= (after_ns - before_ns) / 1e9

@@ -50,7 +50,7 @@ def test_batch_max_samples_makes_exact_batches_at_1hz(rig: Rig) -> None:
 
 
 def test_default_linger_sends_fewer_larger_batches_at_1hz(rig: Rig) -> None:
-    """The default linger (2 s) at 1 Hz: fewer requests than ticks, and every sample stored once."""
+    """The default linger (5 s) at 1 Hz: fewer requests than ticks, and every sample stored once."""
     rig.collector.start()
     agent = rig.agent(top=f"interval_s = {TICK_S}\n").start()
     rig.wait_stored(8 * LIVE_GPUS)
