@@ -25,6 +25,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -109,6 +110,12 @@ def lingering_s(unsent: int, batch_max_samples: int, linger_s: float, waited_s: 
 def first_target(node: str, count: int) -> int:
     """The collector a node tries first: a stable hash of its name, so nodes spread over the list."""
     return zlib.crc32(node.encode()) % count
+
+
+def retrieve_quietly(task: asyncio.Future[Any]) -> None:
+    """Done callback: take a finished task's exception, so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def ledger_proto(ledger: Ledger, at_ns: int) -> pb.SpoolLedger:
@@ -391,8 +398,9 @@ class Shipper:
             finally:
                 stopper.cancel()
                 reader.cancel()
-                if reader.done() and not reader.cancelled():
-                    reader.exception()  # retrieved: the session's error was already handled
+                # the session's error was already handled; a reader that ends later (the call's
+                # cancellation can reach it as an RPC error, not as CancelledError) raises to no one
+                reader.add_done_callback(retrieve_quietly)
                 call.cancel()
 
     async def _final_ledger(

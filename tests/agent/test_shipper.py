@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from gridwatt.agent.config import CollectorConnection
-from gridwatt.agent.shipper import NewData, Shipper
+from gridwatt.agent.shipper import NewData, Shipper, retrieve_quietly
 from gridwatt.agent.spool import Spool
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from tests.collector.helpers import running_collector, sim_samples
@@ -150,3 +151,35 @@ async def test_on_ack_reports_each_stored_batch_with_its_oldest_samples_age(
         first_end_ns = T0 + (4 * k + 1) * 60 * 10**9
         assert before_ns - first_end_ns <= age_ns <= after_ns - first_end_ns
         assert 0 <= latency_s <= (after_ns - before_ns) / 1e9
+
+
+def test_a_reader_that_ends_in_an_error_after_its_cancel_is_not_logged_as_never_retrieved() -> None:
+    """The shipper cancels its ack reader when a session ends; the call's cancellation can reach the
+    reader as an RPC error rather than CancelledError. ``retrieve_quietly`` takes that error, so
+    asyncio reports nothing (without it: one "Task exception was never retrieved")."""
+    def reported(quiet: bool) -> list[str]:
+        messages: list[str] = []
+
+        async def reader() -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                raise RuntimeError("the call was cancelled") from None
+
+        async def session() -> None:
+            asyncio.get_running_loop().set_exception_handler(
+                lambda _loop, ctx: messages.append(str(ctx["message"])))
+            task = asyncio.create_task(reader())
+            await asyncio.sleep(0)
+            task.cancel()
+            if quiet:
+                task.add_done_callback(retrieve_quietly)
+            await asyncio.sleep(0.01)  # the reader ends with its RuntimeError
+            del task
+            gc.collect()
+
+        asyncio.run(session())
+        return messages
+
+    assert reported(quiet=True) == []
+    assert reported(quiet=False) == ["Task exception was never retrieved"]
