@@ -19,6 +19,14 @@ from tests.conftest import collector_toml, first_row, influx_query
 T0 = 1_650_000_000 * 10**9
 
 
+async def drained(spool: Spool) -> None:
+    """Wait (up to 30 s) until every spooled sample was acknowledged."""
+    for _ in range(600):
+        if spool.pending == 0:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def test_damaged_payload_is_set_aside_and_the_rest_delivered(
     tmp_path: Path, influxdb: LocalInfluxDB, database: str
 ) -> None:
@@ -33,10 +41,7 @@ async def test_damaged_payload_is_set_aside_and_the_rest_delivered(
         shipper = Shipper("n1", spool, CollectorConnection(address=f"127.0.0.1:{c.grpc_port}"))
         stop = asyncio.Event()
         task = asyncio.create_task(shipper.run(stop))
-        for _ in range(600):
-            if spool.pending == 0:
-                break
-            await asyncio.sleep(0.05)
+        await drained(spool)
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, timeout=10)
@@ -131,16 +136,10 @@ async def test_on_ack_reports_each_stored_batch_with_its_oldest_samples_age(
         before_ns = time.time_ns()
         stop = asyncio.Event()
         task = asyncio.create_task(shipper.run(stop))
-        for _ in range(600):
-            if spool.pending == 0:
-                break
-            await asyncio.sleep(0.05)
+        await drained(spool)
         spool.append([(s.start_ns, s.energy_j, s.SerializeToString()) for s in samples[8:]])
         shipper.new_data.set()
-        for _ in range(600):
-            if spool.pending == 0:
-                break
-            await asyncio.sleep(0.05)
+        await drained(spool)
         after_ns = time.time_ns()
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):

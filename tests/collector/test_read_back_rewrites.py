@@ -29,7 +29,7 @@ from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.writer_marks import WriterMarks
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
-from tests.collector.helpers import running_collector
+from tests.collector.helpers import RunningCollector, running_collector
 from tests.collector.test_metrics import scrape, v
 from tests.collector.test_node_state import Stream, sample, snapshot
 from tests.collector.test_rack_state import assert_racks_add_up_in_node_order, read_back_everything, settled
@@ -64,6 +64,20 @@ def write_lines(influxdb: LocalInfluxDB, database: str, lines: list[str]) -> Non
         assert resp.status == 204
 
 
+async def send_acked(streams: dict[str, Stream], k: int, start_ns: int) -> None:
+    """Batch ``k`` of every node (in the streams' order) at ``start_ns``, each acknowledged."""
+    for node, stream in streams.items():
+        ack = await stream.send(batch(node, k, start_ns))
+        assert ack.code == 0, ack.message
+
+
+async def settle_and_close(c: RunningCollector, streams: dict[str, Stream]) -> None:
+    """Wait for the collector's read-backs and settles, then close the streams."""
+    await settled(c)
+    for stream in streams.values():
+        await stream.close()
+
+
 def measurements(body: str) -> set[str]:
     return {line.split(",", 1)[0] for line in body.splitlines()}
 
@@ -85,13 +99,9 @@ async def test_a_plain_stream_through_one_collector_reads_no_job_sums(
         rollup = c.ingestor.rollup
         streams = {n: Stream(c.grpc_port) for n in POWER_W}
         for k, t in enumerate((T0, T0 + 10 * NS, T0 + 60 * NS), start=1):  # two windows
-            for node in POWER_W:
-                ack = await streams[node].send(batch(node, k, t))
-                assert ack.code == 0, ack.message
+            await send_acked(streams, k, t)
         acked = len(front.writes)
-        await settled(c)
-        for s in streams.values():
-            await s.close()
+        await settle_and_close(c, streams)
         assert rollup.final_runs > 0 and rollup.final_mismatches == 0
         assert rollup.read_back_sums_skipped == 4 and rollup.mark_queries >= 1
         assert rollup.node_queries == 0  # no job sums read, ever
@@ -133,13 +143,9 @@ async def test_a_read_back_of_a_window_another_instance_marked_reads_whole_and_w
         marks = [m for n in POWER_W for m in other_marks(rollup, n, [T0, T0 + 60 * NS])]
         write_lines(influxdb, database, marks)
         for k, t in enumerate((T0, T0 + 10 * NS, T0 + 60 * NS), start=1):  # two windows
-            for node in POWER_W:
-                ack = await streams[node].send(batch(node, k, t))
-                assert ack.code == 0, ack.message
+            await send_acked(streams, k, t)
         acked = len(front.writes)
-        await settled(c)
-        for s in streams.values():
-            await s.close()
+        await settle_and_close(c, streams)
         assert rollup.final_runs > 0 and rollup.final_mismatches == 0
         assert rollup.read_back_sums_skipped == 0 and rollup.node_queries > 0
         # 2 nodes x 2 windows: a node and a job_window point each, all found right, none rewritten
@@ -171,9 +177,7 @@ async def test_a_stale_point_written_elsewhere_after_ours_is_rewritten_with_its_
     async with running_collector(tmp_path, toml(influxdb.url, database, 1.0)) as c:
         rollup = c.ingestor.rollup
         streams = {n: Stream(c.grpc_port) for n in POWER_W}
-        for node in POWER_W:
-            ack = await streams[node].send(batch(node, 1, T0))
-            assert ack.code == 0, ack.message
+        await send_acked(streams, 1, T0)
         n1_j = 8 * 10 * 300.0
         write_lines(influxdb, database, other_marks(rollup, "n1", [T0]))
         if stale == "node":
@@ -184,9 +188,7 @@ async def test_a_stale_point_written_elsewhere_after_ours_is_rewritten_with_its_
             write_lines(influxdb, database,
                         [f"job_window,job_id=job-0,node=n1,rack=r1 energy_j={n1_j / 2!r} {T0}"])
         assert rollup.final_runs == 0  # written before the read-back (due 1 s after the batch)
-        await settled(c)
-        for s in streams.values():
-            await s.close()
+        await settle_and_close(c, streams)
         node, job_window = influx_query(
             influxdb.url, database,
             "SELECT it_energy_kwh, gpu_count FROM node WHERE node = 'n1' GROUP BY node; "
@@ -217,9 +219,7 @@ async def test_job_points_written_by_another_replica_after_the_ack_are_read_back
     async with running_collector(tmp_path, toml(influxdb.url, database, 1.0)) as c:
         rollup = c.ingestor.rollup
         streams = {n: Stream(c.grpc_port) for n in POWER_W}
-        for node in POWER_W:
-            ack = await streams[node].send(batch(node, 1, T0))
-            assert ack.code == 0, ack.message
+        await send_acked(streams, 1, T0)
         co2e_g = 3000.0 * 1.5 / J_PER_KWH * 350.0  # one 10-s sample at 300 W: PUE 1.5, 350 g/kWh
         write_lines(influxdb, database, [
             *other_marks(rollup, "n1", [T0]),
@@ -227,9 +227,7 @@ async def test_job_points_written_by_another_replica_after_the_ack_are_read_back
             f"co2e_g={co2e_g!r},estimated_co2e_g=0.0,gpu_s=10.0,util_pct_s=600.0,idle_s=0.0,idle_energy_j=0.0,"
             f'fraction=1.0,end_ns={T0 + 20 * NS}i,user="alice" {T0 + 10 * NS}'])
         assert rollup.final_runs == 0  # written before the read-back (due 1 s after the batch)
-        await settled(c)
-        for s in streams.values():
-            await s.close()
+        await settle_and_close(c, streams)
         node, job_window, rack = influx_query(
             influxdb.url, database,
             "SELECT it_energy_kwh, facility_energy_kwh, co2e_g, gpu_count, gpu_seconds FROM node "
