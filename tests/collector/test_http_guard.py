@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
@@ -18,19 +20,25 @@ async def _ok(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-async def _serve(guard: HttpGuard) -> tuple[web.AppRunner, asyncio.Server, int]:
+@contextlib.asynccontextmanager
+async def _serving(guard: HttpGuard) -> AsyncIterator[int]:
+    """A real aiohttp server of /healthz behind ``guard`` on a free port (yielded) while in use."""
     app = web.Application(middlewares=[guard.middleware])
     app.router.add_get("/healthz", _ok)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     assert runner.server is not None
     server = await asyncio.get_running_loop().create_server(guard.factory(runner.server), "127.0.0.1", 0)
-    return runner, server, server.sockets[0].getsockname()[1]
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await runner.cleanup()
 
 
-async def _until(check: object, what: str) -> None:
+async def _until(check: Callable[[], bool], what: str) -> None:
     for _ in range(500):
-        if check():  # type: ignore[operator]
+        if check():
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
@@ -57,8 +65,7 @@ async def _healthz_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWr
 def test_a_slow_partial_head_goes_before_an_older_connection_not_read_from_yet() -> None:
     async def run() -> tuple[bool, bytes, int]:
         guard = HttpGuard(max_connections=2, header_timeout_s=30.0)
-        runner, server, port = await _serve(guard)
-        try:
+        async with _serving(guard) as port:
             # fresh: accepted, nothing read from it yet (as a health check accepted in a burst)
             fresh_r, fresh_w = await asyncio.open_connection("127.0.0.1", port)
             await _until(lambda: len(guard.open) == 1, "the first connection")
@@ -75,9 +82,6 @@ def test_a_slow_partial_head_goes_before_an_older_connection_not_read_from_yet()
             for w in (fresh_w, slow_w, third_w):
                 w.close()
             return slow_closed, answer, guard.evicted
-        finally:
-            server.close()
-            await runner.cleanup()
 
     slow_closed, answer, evicted = asyncio.run(run())
     assert slow_closed
@@ -88,8 +92,7 @@ def test_a_slow_partial_head_goes_before_an_older_connection_not_read_from_yet()
 def test_with_no_partial_head_the_oldest_waiting_connection_goes() -> None:
     async def run() -> tuple[bool, bytes]:
         guard = HttpGuard(max_connections=2, header_timeout_s=30.0)
-        runner, server, port = await _serve(guard)
-        try:
+        async with _serving(guard) as port:
             old_r, old_w = await asyncio.open_connection("127.0.0.1", port)
             await _until(lambda: len(guard.open) == 1, "the first connection")
             new_r, new_w = await asyncio.open_connection("127.0.0.1", port)
@@ -100,9 +103,6 @@ def test_with_no_partial_head_the_oldest_waiting_connection_goes() -> None:
             for w in (old_w, new_w, third_w):
                 w.close()
             return old_closed, answer
-        finally:
-            server.close()
-            await runner.cleanup()
 
     old_closed, answer = asyncio.run(run())
     assert old_closed

@@ -73,6 +73,13 @@ def random_samples(rnd: random.Random, gpus: int, steps: int, step_s: int = 5) -
     return out
 
 
+def other_instance_marks(rollup: RackRollup, nodes: list[str], windows: list[int]) -> list[str]:
+    """Writer mark lines of these nodes' windows by another collector instance than ``rollup``'s (so
+    its final read-backs there read the job sums: collector/writer_marks.py)."""
+    other = WriterMarks(rollup.resolution_ns, instance_id=rollup.marks.instance_id + 1)
+    return [line for node in nodes for line in other.lines(node, windows)]
+
+
 class Stream:
     """One ingest stream: send a batch, get its Ack."""
 
@@ -315,8 +322,7 @@ async def test_windows_rewritten_elsewhere_are_read_back_after_settle(
         line = (f"job,job_id=job-0,node=n1,rack=r1,gpu=0 energy_j=6000.0,facility_energy_j=7800.0,co2e_g=1.0,"
                 f"estimated_co2e_g=0.0,gpu_s=10.0,util_pct_s=600.0,idle_s=0.0,idle_energy_j=0.0,"
                 f"fraction=1.0,end_ns={T0 + 10 * NS}i {T0}")
-        other = WriterMarks(60 * NS, instance_id=rollup.marks.instance_id + 1)
-        await c.store.write_lines([*other.lines("n1", [T0]), line])
+        await c.store.write_lines([*other_instance_marks(rollup, ["n1"], [T0]), line])
         assert (await stream.send(pb.Batch(batch_id=2, node="n1", gpu_samples=[
             sample(0, T0 + 10 * NS, 10, 300.0, job)]))).code == 0
         (node,) = influx_query(influxdb.url, database, "SELECT it_energy_kwh FROM node")

@@ -21,12 +21,18 @@ from gridwatt.collector.rack_state import HeldRacks, NodePoint, RackWindow, rack
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.server import RunningCollector
 from gridwatt.collector.wiring import build_topology
-from gridwatt.collector.writer_marks import WriterMarks
 from gridwatt.configfile import load_config
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
 from tests.collector.helpers import running_collector
-from tests.collector.test_node_state import Stream, random_samples, sample, snapshot, unary
+from tests.collector.test_node_state import (
+    Stream,
+    other_instance_marks,
+    random_samples,
+    sample,
+    snapshot,
+    unary,
+)
 from tests.conftest import collector_toml, influx_query
 
 NS = 1_000_000_000
@@ -102,8 +108,7 @@ async def read_back_everything(c: RunningCollector, nodes: list[str], windows: s
 async def marked_elsewhere(c: RunningCollector, nodes: list[str], windows: list[int]) -> None:
     """Writer marks of these nodes' windows by another collector instance (so that the final read-backs
     of the collector ``c`` read the job sums: collector/writer_marks.py)."""
-    other = WriterMarks(60 * NS, instance_id=c.ingestor.rollup.marks.instance_id + 1)
-    result = await c.store.write_lines([line for node in nodes for line in other.lines(node, windows)])
+    result = await c.store.write_lines(other_instance_marks(c.ingestor.rollup, nodes, windows))
     assert not result.rejected
 
 

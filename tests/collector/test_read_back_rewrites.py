@@ -25,13 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from gridwatt.collector.rollup import RackRollup
-from gridwatt.collector.writer_marks import WriterMarks
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
 from gridwatt.v1 import telemetry_pb2 as pb
 from tests.collector.helpers import RunningCollector, running_collector
 from tests.collector.test_metrics import scrape, v
-from tests.collector.test_node_state import Stream, sample, snapshot
+from tests.collector.test_node_state import Stream, other_instance_marks, sample, snapshot
 from tests.collector.test_rack_state import assert_racks_add_up_in_node_order, read_back_everything, settled
 from tests.conftest import collector_toml, influx_query
 from tests.influx_front import InfluxFront
@@ -82,9 +80,6 @@ def measurements(body: str) -> set[str]:
     return {line.split(",", 1)[0] for line in body.splitlines()}
 
 
-def other_marks(rollup: RackRollup, node: str, windows: list[int]) -> list[str]:
-    """Writer mark lines of ``node``'s windows by another collector instance (its own id)."""
-    return WriterMarks(60 * NS, instance_id=rollup.marks.instance_id + 7).lines(node, windows)
 
 
 async def test_a_plain_stream_through_one_collector_reads_no_job_sums(
@@ -140,7 +135,7 @@ async def test_a_read_back_of_a_window_another_instance_marked_reads_whole_and_w
     ) as c:
         rollup = c.ingestor.rollup
         streams = {n: Stream(c.grpc_port) for n in POWER_W}
-        marks = [m for n in POWER_W for m in other_marks(rollup, n, [T0, T0 + 60 * NS])]
+        marks = other_instance_marks(rollup, list(POWER_W), [T0, T0 + 60 * NS])
         write_lines(influxdb, database, marks)
         for k, t in enumerate((T0, T0 + 10 * NS, T0 + 60 * NS), start=1):  # two windows
             await send_acked(streams, k, t)
@@ -179,7 +174,7 @@ async def test_a_stale_point_written_elsewhere_after_ours_is_rewritten_with_its_
         streams = {n: Stream(c.grpc_port) for n in POWER_W}
         await send_acked(streams, 1, T0)
         n1_j = 8 * 10 * 300.0
-        write_lines(influxdb, database, other_marks(rollup, "n1", [T0]))
+        write_lines(influxdb, database, other_instance_marks(rollup, ["n1"], [T0]))
         if stale == "node":
             write_lines(influxdb, database, [
                 f"node,node=n1,rack=r1,zone=Z it_energy_kwh={n1_j / 2 / J_PER_KWH!r},gpu_count=4i {T0}",
@@ -222,7 +217,7 @@ async def test_job_points_written_by_another_replica_after_the_ack_are_read_back
         await send_acked(streams, 1, T0)
         co2e_g = 3000.0 * 1.5 / J_PER_KWH * 350.0  # one 10-s sample at 300 W: PUE 1.5, 350 g/kWh
         write_lines(influxdb, database, [
-            *other_marks(rollup, "n1", [T0]),
+            *other_instance_marks(rollup, ["n1"], [T0]),
             f"job,job_id=job-0,node=n1,rack=r1,gpu=0 energy_j=3000.0,facility_energy_j=4500.0,"
             f"co2e_g={co2e_g!r},estimated_co2e_g=0.0,gpu_s=10.0,util_pct_s=600.0,idle_s=0.0,idle_energy_j=0.0,"
             f'fraction=1.0,end_ns={T0 + 20 * NS}i,user="alice" {T0 + 10 * NS}'])
