@@ -91,6 +91,27 @@ def points_from_rows(rows: Iterable[tuple[dict[str, str], dict[str, Any]]]) -> d
     return out
 
 
+def points_from_result(result: Mapping[str, Any]) -> dict[int, RackWindow]:
+    """``points_from_rows`` of one statement's result as InfluxDB answers it (series of columns and value
+    rows), read by column position instead of through a dict per row: the same points (pure)."""
+    out: dict[int, RackWindow] = {}
+    for series in result.get("series") or ():
+        tags = series.get("tags") or {}
+        key = (tags.get("node", ""), tags.get("zone", ""))
+        where = {name: k for k, name in enumerate(series["columns"])}
+        at = where["time"]
+        picks = [where.get(name) for name in NODE_FIELDS]
+        count_at = where.get("gpu_count")
+        for values in series["values"]:
+            width = len(values)
+            sums = tuple(None if k is None or k >= width or (v := values[k]) is None else float(v)
+                         for k in picks)
+            count = None if count_at is None or count_at >= width else values[count_at]
+            point = NodePoint(sums, None if count is None else int(count))
+            out.setdefault(int(values[at]), {})[key] = point
+    return out
+
+
 def rack_sums(window: RackWindow) -> dict[str, float] | None:
     """The rack's sums over its node points in one window (pure): the floats added one by one in
     series-key order (node, then zone); energies back in J; ``n`` the GPUs, ``nodes`` the points with a

@@ -106,7 +106,7 @@ from gridwatt.collector.rack_state import (
     HeldRacks,
     RackWindow,
     node_point,
-    points_from_rows,
+    points_from_result,
     rack_sums,
 )
 from gridwatt.collector.read_back_plan import plan_read_backs
@@ -539,7 +539,7 @@ class RackRollup:
         self.queries += 1
         q = queries.rack_window_points(self.store.measurement, rack, lo_ns, hi_ns)
         (result,) = await self.store.query(q)
-        return points_from_rows(series_rows(result))
+        return points_from_result(result)
 
     async def _rack_points_stored(self, rack: str, zone: str, lo_ns: int, hi_ns: int,
                                   ) -> tuple[dict[int, RackWindow], dict[int, dict[str, Any]]]:
@@ -551,7 +551,7 @@ class RackRollup:
         q = (queries.rack_window_points(m, rack, lo_ns, hi_ns) + "; "
              + queries.rack_stored_points(m, rack, zone, lo_ns, hi_ns, RACK_POINT_FIELDS))
         nodes, racks = await self.store.query(q)
-        return points_from_rows(series_rows(nodes)), {int(row["time"]): row for _, row in series_rows(racks)}
+        return points_from_result(nodes), {int(row["time"]): row for _, row in series_rows(racks)}
 
     async def rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> dict[int, dict[str, float]]:
         """Sums per window over all node points of ``rack`` in [lo_ns, hi_ns), read back."""

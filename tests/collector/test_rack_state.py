@@ -11,13 +11,23 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gridwatt.collector.config import CollectorConfig
-from gridwatt.collector.rack_state import HeldRacks, NodePoint, RackWindow, rack_sums
+from gridwatt.collector import queries
+from gridwatt.collector.rack_state import (
+    HeldRacks,
+    NodePoint,
+    RackWindow,
+    points_from_result,
+    points_from_rows,
+    rack_sums,
+)
+from gridwatt.collector.store import series_rows
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.server import RunningCollector
 from gridwatt.collector.wiring import build_topology
@@ -382,6 +392,41 @@ def test_rack_sums_add_in_node_order_and_count_nodes() -> None:
     w = rack_sums(window)
     assert w is not None and (w["n"], w["nodes"], w["c"]) == (24.0, 3.0, 3.0)
     assert rack_sums({}) is None
+
+
+def test_node_points_are_parsed_by_column_as_through_rows(influxdb: LocalInfluxDB, database: str) -> None:
+    """``points_from_result`` (by column position) gives what ``points_from_rows`` gives through a dict
+    per row, on a real InfluxDB answer: fields absent from some points (None), a field no point has
+    (no column at all), two zones of one node, and float values that must come back bit for bit."""
+    influx_query(influxdb.url, database, f'CREATE DATABASE "{database}"')
+    body = "\n".join([
+        f"node,node=n2,rack=r1,zone=Z it_energy_kwh=0.1,facility_energy_kwh=0.13,co2e_g=0.30000000000000004,"
+        f"estimated_co2e_g=0,gpu_seconds=480,util_pct_s=1e-300,idle_s=3,idle_energy_kwh=0.02,gpu_count=8i {T0}",
+        f"node,node=n1,rack=r1,zone=Z it_energy_kwh=0.7,gpu_count=4i {T0}",
+        f"node,node=n1,rack=r1,zone=Y co2e_g=2.5 {T0}",
+        f"node,node=n1,rack=r1,zone=Z it_energy_kwh=1.25,facility_energy_kwh=1.5,gpu_count=4i {T0 + 60 * NS}",
+        f"node,node=n9,rack=r2,zone=Z it_energy_kwh=9.0,gpu_count=1i {T0}",
+    ])
+    req = urllib.request.Request(f"{influxdb.url}/write?db={database}&precision=ns", data=body.encode(),
+                                 method="POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 204
+    (res,) = influx_query(influxdb.url, database,
+                          queries.rack_window_points(queries.plain, "r1", T0, T0 + 120 * NS))
+    got = points_from_result(res)
+    assert got == points_from_rows(series_rows(res))
+    none7 = (None,) * 7
+    assert got == {
+        T0: {("n2", "Z"): NodePoint((0.1, 0.13, 0.30000000000000004, 0.0, 480.0, 1e-300, 3.0, 0.02), 8),
+             ("n1", "Z"): NodePoint((0.7, *none7), 4),
+             ("n1", "Y"): NodePoint((None, None, 2.5, None, None, None, None, None), None)},
+        T0 + 60 * NS: {("n1", "Z"): NodePoint((1.25, 1.5, *(None,) * 6), 4)},
+    }
+    # a column missing altogether (as where no point has idle_energy_kwh) and an empty answer
+    trimmed = {"series": [{**s, "columns": s["columns"][:-2] + s["columns"][-1:],
+                           "values": [v[:-2] + v[-1:] for v in s["values"]]} for s in res["series"]]}
+    assert points_from_result(trimmed) == points_from_rows(series_rows(trimmed))
+    assert points_from_result({}) == {} == points_from_result({"series": None})
 
 
 async def test_node_read_backs_due_together_are_one_query(
