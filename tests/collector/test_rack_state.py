@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector import queries
+from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.rack_state import (
     HeldRacks,
     NodePoint,
@@ -27,9 +27,9 @@ from gridwatt.collector.rack_state import (
     points_from_rows,
     rack_sums,
 )
-from gridwatt.collector.store import series_rows
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.server import RunningCollector
+from gridwatt.collector.store import series_rows
 from gridwatt.collector.wiring import build_topology
 from gridwatt.configfile import load_config
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
@@ -401,7 +401,8 @@ def test_node_points_are_parsed_by_column_as_through_rows(influxdb: LocalInfluxD
     influx_query(influxdb.url, database, f'CREATE DATABASE "{database}"')
     body = "\n".join([
         f"node,node=n2,rack=r1,zone=Z it_energy_kwh=0.1,facility_energy_kwh=0.13,co2e_g=0.30000000000000004,"
-        f"estimated_co2e_g=0,gpu_seconds=480,util_pct_s=1e-300,idle_s=3,idle_energy_kwh=0.02,gpu_count=8i {T0}",
+        f"estimated_co2e_g=0,gpu_seconds=480,util_pct_s=1e-300,idle_s=3,idle_energy_kwh=0.02,"
+        f"gpu_count=8i {T0}",
         f"node,node=n1,rack=r1,zone=Z it_energy_kwh=0.7,gpu_count=4i {T0}",
         f"node,node=n1,rack=r1,zone=Y co2e_g=2.5 {T0}",
         f"node,node=n1,rack=r1,zone=Z it_energy_kwh=1.25,facility_energy_kwh=1.5,gpu_count=4i {T0 + 60 * NS}",
