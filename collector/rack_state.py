@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,11 +141,13 @@ def rack_sums(window: RackWindow) -> dict[str, float] | None:
 @dataclass
 class HeldWindow:
     """A held rack window: its node points, a version that changes with them, and the version the
-    stored rack point was last written from (-1: none since held)."""
+    stored rack point was last written from (-1: none since held); ``seeded_at``: when the read that
+    seeded it was sent (monotonic s; what a lease runs from)."""
 
     points: RackWindow
     version: int = 0
     written: int = -1
+    seeded_at: float = 0.0
 
 
 @dataclass
@@ -155,6 +157,8 @@ class RackRead:
 
     windows: set[int]
     epoch: int
+    #: when the read was sent (monotonic s): what it holds is leased from then (``HeldRacks.lease_s``)
+    started: float = 0.0
     wrote: dict[int, RackWindow] = field(default_factory=dict)
     failed: set[int] = field(default_factory=set)
     #: windows with a node point write in flight at some time during the read: the read may have
@@ -165,9 +169,16 @@ class RackRead:
 class HeldRacks:
     """The held racks of this replica (see the module docstring); ``max_windows`` per rack."""
 
-    def __init__(self, settle_s: float, max_windows: int = 4) -> None:
+    def __init__(self, settle_s: float, max_windows: int = 4, lease_s: float = 0.0,
+                 max_leased_windows: int = 256) -> None:
         self.settle_s = settle_s
         self.max_windows = max_windows
+        #: how long a window of a rack that is not held may be summed from what a read found plus this
+        #: replica's writes since (0: never; see the module docstring, "Leased windows")
+        self.lease_s = lease_s
+        self.max_leased_windows = max_leased_windows
+        #: the monotonic clock (s) of eligibility and leases (a test may hold it still)
+        self.clock: Callable[[], float] = time.monotonic
         self._members: dict[str, frozenset[str]] = {}
         self._rack_of: dict[str, str] = {}
         self._open: Counter[str] = Counter()
@@ -184,7 +195,7 @@ class HeldRacks:
         self._rack_of = {node: rack for rack, nodes in self._members.items() for node in nodes}
         self._missing = {rack: sum(1 for n in nodes if not self._open[n])
                          for rack, nodes in self._members.items()}
-        now = time.monotonic()
+        now = self.clock()
         self._since = dict.fromkeys(self._members, now)
         self._windows.clear()
 
@@ -211,7 +222,7 @@ class HeldRacks:
             self._changed(rack)
 
     def _changed(self, rack: str) -> None:
-        self._since[rack] = time.monotonic()
+        self._since[rack] = self.clock()
         self.drop(rack)
 
     def drop(self, rack: str) -> None:
@@ -222,16 +233,39 @@ class HeldRacks:
     def eligible(self, rack: str) -> bool:
         """Whether the rack's windows may be held: all its nodes stream here, for settle_s already."""
         return (self._missing.get(rack, 1) == 0
-                and time.monotonic() - self._since[rack] >= self.settle_s)
+                and self.clock() - self._since[rack] >= self.settle_s)
+
+    def summable(self, rack: str) -> bool:
+        """Whether the rack's windows may be summed from held state: it is held (``eligible``), or its
+        windows are leased (``lease_s`` > 0)."""
+        return self.lease_s > 0 or self.eligible(rack)
 
     def window(self, rack: str, window_ns: int) -> RackWindow | None:
         """The held node points of a rack window (None: not held)."""
         held = self.held(rack, window_ns)
         return None if held is None else held.points
 
-    def held(self, rack: str, window_ns: int) -> HeldWindow | None:
+    def held(self, rack: str, window_ns: int, at: float | None = None) -> HeldWindow | None:
+        """A held window; of a rack that is not ``eligible``, only while its lease runs (at ``at``,
+        monotonic s; now by default)."""
         windows = self._windows.get(rack)
-        return None if windows is None else windows.get(window_ns)
+        held = None if windows is None else windows.get(window_ns)
+        if held is not None and not self.leased(held, at) and not self._held_as_eligible(rack, held):
+            return None
+        return held
+
+    def _held_as_eligible(self, rack: str, held: HeldWindow) -> bool:
+        """Whether a window is held for good: the rack is eligible and was so when its seed was read
+        (a window leased before, when another replica might still have written there, keeps its lease)."""
+        return self.eligible(rack) and held.seeded_at >= self._since[rack] + self.settle_s
+
+    def lease_ends(self, rack: str, held: HeldWindow) -> float | None:
+        """When a held window's lease runs out (monotonic s); None where it is held for good."""
+        return None if self._held_as_eligible(rack, held) else held.seeded_at + self.lease_s
+
+    def leased(self, held: HeldWindow, at: float | None = None) -> bool:
+        """Whether a window's lease still runs at ``at`` (monotonic s; now by default)."""
+        return (self.clock() if at is None else at) < held.seeded_at + self.lease_s
 
     def written(self, rack: str, window_ns: int, version: int) -> None:
         """The rack point of a held window was stored from its node points at ``version``: while they
@@ -278,7 +312,7 @@ class HeldRacks:
                 del self._writing[(rack, t)]
 
     def begin_read(self, rack: str, windows: set[int]) -> RackRead:
-        read = RackRead(set(windows), self._epoch[rack])
+        read = RackRead(set(windows), self._epoch[rack], self.clock())
         read.busy = {t for t in windows if (rack, t) in self._writing}
         self._reads.setdefault(rack, []).append(read)
         return read
@@ -303,15 +337,21 @@ class HeldRacks:
             window.update(read.wrote.get(t, {}))
             got[t] = window
         before: dict[int, RackWindow] = {}
-        if read.epoch != self._epoch[rack] or not self.eligible(rack):
+        eligible = self.eligible(rack)
+        if read.epoch != self._epoch[rack] or not (eligible or self.lease_s > 0):
             return got, set(), before
         held = self._windows.setdefault(rack, {})
         kept = read.windows - read.failed
         for t in kept:
             if t in held and t not in read.busy:
                 before[t] = held[t].points
-            held[t] = HeldWindow(dict(got[t]))
-        if len(held) > self.max_windows:
-            for t in sorted(held)[:-self.max_windows]:
+            held[t] = HeldWindow(dict(got[t]), seeded_at=read.started)
+        if not eligible:  # leased: those whose lease ran out go first
+            now = self.clock()
+            for t in [t for t, w in held.items() if not self.leased(w, now)]:
+                del held[t]
+        limit = self.max_windows if eligible else self.max_leased_windows
+        if len(held) > limit:
+            for t in sorted(held)[:-limit]:
                 del held[t]
         return got, kept & held.keys(), before
