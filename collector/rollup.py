@@ -439,6 +439,9 @@ class RackRollup:
         self._settle_handles: dict[str, asyncio.TimerHandle] = {}
         self._settle_tasks: set[asyncio.Task[int]] = set()
         self.settle_runs = 0
+        #: a settle recompute waits this much longer than settle_s, so that the windows asked for
+        #: meanwhile (each due settle_s after it was asked) are read together
+        self.settle_gather_s = settle_s / 4
         self.resolution_ns = resolution_s * NS_PER_S
         self.max_gap_windows = max_gap_windows
         self._node_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -1118,7 +1121,8 @@ class RackRollup:
         entry[1].update(dict.fromkeys(window_starts, now))
         if rack not in self._settle_handles:
             loop = asyncio.get_running_loop()
-            self._settle_handles[rack] = loop.call_later(self.settle_s, self._start_settle, rack)
+            self._settle_handles[rack] = loop.call_later(self.settle_s + self.settle_gather_s,
+                                                         self._start_settle, rack)
 
     def _start_settle(self, rack: str) -> None:
         self._settle_handles.pop(rack, None)
@@ -1127,8 +1131,8 @@ class RackRollup:
         windows = {t for t, at in asked.items() if now - at >= self.settle_s * 0.999}
         for t in windows:
             del asked[t]
-        if asked:  # asked again meanwhile: look again when the first of them is due
-            wait = max(0.01, self.settle_s - (now - min(asked.values())))
+        if asked:  # asked again meanwhile: look again when the first of them is due (and gathered)
+            wait = max(0.01, self.settle_s - (now - min(asked.values()))) + self.settle_gather_s
             self._settle_handles[rack] = asyncio.get_running_loop().call_later(wait, self._start_settle, rack)
         else:
             del self._settle[rack]
