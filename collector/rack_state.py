@@ -30,6 +30,23 @@ and revisits (collector/revisit.py) on this replica write node points through ``
 are followed like any other write. Other racks use the read per recompute and the settle recompute
 ``settle_s`` later, as before.
 
+**Leased windows, for racks that are not held.** Any other rack (the default rack, a rack one of whose
+nodes streams to another replica) may still be summed without a read for a short while: what a read of
+its window found (sent at time *s*), plus every node point this replica wrote there since, is that
+window's *lease*, good until *s* + ``lease_s`` (``replica_settle_s`` / 2; 0 disables). Batches of the rack
+within it write their rack point from it (``RackRollup``'s rack turns, one write per small batch; a large
+batch writes alone and its rack recompute sums from the lease), and a turn whose write ended after the
+lease ran out is not taken as the rack's write: its batches recompute the rack from a read before their
+ack. Another replica B's node point that landed after *s* is missing from such a rack point, but B
+follows its own write with a read of the window at least ``settle_s`` later (its settle recompute, or a
+held rack's final read-back), after every rack point this lease gave (landed before *s* + ``lease_s``);
+and every window written from a lease is itself settled ``settle_s`` later (a read), so the last write
+of each window is one read after every node point written before it, as for the read per recompute.
+What widens: where both replicas die within ``settle_s`` of such writes, the window of a rack point read
+before another replica's node point landed is up to ``lease_s`` instead of one recompute's read-to-write
+time. A window leased before its rack became eligible keeps only its lease. Up to ``max_leased_windows``
+windows per rack (a backfill's batches span tens of windows each), those past their lease dropped first.
+
 What this cannot see (another replica's revisit of this rack's nodes, a stream a node left on another
 replica that is still writing) is caught by the final read-back: ``RackRollup`` reads every rack window
 it wrote from held state back once more after the window's end plus ``settle_s`` (and ``settle_s``

@@ -12,8 +12,10 @@ After a batch of node N is stored:
    per node and window), added up in node order (``rack_state.rack_sums``), and written to
    ``rack``. The node points come from the rack's held state (collector/rack_state.py: held
    only while every node of the rack streams to this replica, seeded by one read of the window,
-   then following this replica's node writes) where it holds the window, else from InfluxDB
-   (one query of the raw node points).
+   then following this replica's node writes) where it holds the window, from a lease of the window
+   where the rack is not held (a read younger than ``settle_s`` / 2 plus this replica's node writes
+   since: collector/rack_state.py, "Leased windows"), else from InfluxDB (one query of the raw node
+   points).
 
 For a streamed batch of a held node, 1 and 2 need no read: the node, job_window and (where the rack is
 held) rack points are computed before the batch is written and go in the same store write as its
@@ -34,9 +36,10 @@ resends what was not acknowledged, which recomputes the windows.
 With several collector replicas, nodes of one rack may be served by different
 replicas, and one replica's recompute of a rack window can read before another
 replica's node point lands yet write after that replica's (complete) recompute.
-So every rack window recomputed from a read is recomputed once more ``settle_s`` later
-(coalesced per rack): the last write of a window then always reads every node
-point written before it, and the rack series converges to the exact sum. For the
+So every rack window recomputed from a read, or written from a lease, is recomputed once more from a
+read ``settle_s`` after it was last asked for at the earliest (those due together in one recompute,
+``settle_gather_s`` later): the last write of a window then always reads every node point written
+before it, and the rack series converges to the exact sum. For the
 same reason every window written from held state (node or rack) is read back once more
 ``settle_s`` after the last batch touched it, once the window has closed: another replica
 may have rewritten the node's points there (collector/revisit.py), which held state cannot
