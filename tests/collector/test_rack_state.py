@@ -374,6 +374,55 @@ def test_held_racks_follow_writes_and_drop_what_they_cannot_know() -> None:
     assert not racks.eligible("r1")
 
 
+def test_windows_of_racks_not_held_are_leased_from_when_their_read_was_sent() -> None:
+    """A rack that is not held keeps what a read found, with this replica's writes since, for lease_s
+    after the read was sent; a window leased before its rack became eligible keeps only its lease; past
+    max_leased_windows those whose lease ran out go first, then the oldest."""
+    now = [1000.0]
+    racks = HeldRacks(settle_s=10.0, lease_s=5.0, max_leased_windows=3)
+    racks.clock = lambda: now[0]
+    racks.configure({"r1": ["a"]})
+    assert racks.summable("unassigned") and not racks.eligible("unassigned")
+    read = racks.begin_read("unassigned", {T0})
+    now[0] += 1.0  # the answer comes a second after the read was sent: the lease runs from the send
+    _, kept, _ = racks.end_read("unassigned", read, {T0: {("x", "Z"): _pt(1.0)}})
+    assert kept == {T0}
+    racks.wrote("unassigned", ("y", "Z"), {T0: _pt(2.0)})
+    held = racks.held("unassigned", T0)
+    assert held is not None and held.points == {("x", "Z"): _pt(1.0), ("y", "Z"): _pt(2.0)}
+    assert racks.lease_ends("unassigned", held) == 1005.0
+    now[0] = 1004.999
+    assert racks.window("unassigned", T0) is not None
+    now[0] = 1005.0
+    assert racks.window("unassigned", T0) is None
+    assert racks.held("unassigned", T0, at=1004.0) is held  # (as it was a second earlier)
+    # past max_leased_windows: those whose lease ran out first (T0), then the oldest (T0 + 1 min)
+    for k in (1, 2, 3):
+        r = racks.begin_read("unassigned", {T0 + k * 60 * NS})
+        racks.end_read("unassigned", r, {})
+    assert [racks.window("unassigned", T0 + k * 60 * NS) for k in range(4)] == [None, {}, {}, {}]
+    r = racks.begin_read("unassigned", {T0 + 4 * 60 * NS})
+    racks.end_read("unassigned", r, {})
+    assert [racks.window("unassigned", T0 + k * 60 * NS) is not None for k in range(5)] == [
+        False, False, True, True, True]
+    # r1: read while its only node's stream was open for less than settle_s (another replica may still
+    # have been writing): leased, and still only leased once r1 is eligible; a read after that holds
+    racks.stream_opened("a")
+    early = racks.begin_read("r1", {T0})
+    racks.end_read("r1", early, {T0: {}})
+    now[0] += 10.0
+    assert racks.eligible("r1")
+    held = racks.held("r1", T0, at=now[0] - 10.0)
+    assert held is not None and racks.lease_ends("r1", held) == now[0] - 10.0 + 5.0
+    assert racks.window("r1", T0) is None
+    late = racks.begin_read("r1", {T0})
+    racks.end_read("r1", late, {T0: {}})
+    now[0] += 3600.0
+    held = racks.held("r1", T0)
+    assert held is not None and racks.lease_ends("r1", held) is None
+    assert not HeldRacks(settle_s=0.0).summable("unassigned")  # one replica: no leases
+
+
 def test_held_racks_wait_settle_s_after_the_last_stream_opened() -> None:
     racks = HeldRacks(settle_s=60.0)
     racks.configure({"r1": ["a"]})
