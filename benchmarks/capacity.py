@@ -370,8 +370,11 @@ def raw_rate(db: LocalInfluxDB, cfg: Path, nodes: int, args: argparse.Namespace)
 
 
 def rack_tables(args: argparse.Namespace) -> str:
-    """``[[racks]]`` of ``--nodes-per-rack`` nodes for every step's nodes (a real cluster's racks)."""
-    tables = []
+    """``[[racks]]`` of ``--nodes-per-rack`` nodes for every step's nodes (a real cluster's racks); none
+    for 0 (every node auto-registers into the default rack, which is never held)."""
+    tables: list[str] = []
+    if args.nodes_per_rack <= 0:
+        return ""
     for k, nodes in enumerate(int(x) for x in args.nodes.split(",")):
         names = [f"s{k}-{i}" for i in range(nodes)]
         for r in range(0, nodes, args.nodes_per_rack):
@@ -401,7 +404,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=10.0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--nodes-per-rack", type=int, default=8, help="nodes per [[racks]] table")
+    p.add_argument("--nodes-per-rack", type=int, default=8,
+                   help="nodes per [[racks]] table (0: no [[racks]], all nodes in the default rack)")
     p.add_argument("--max-in-flight-batches", type=int, default=2048,
                    help="the collector's server.max_in_flight_batches (its default, 64, turns batches away "
                         "at a few hundred nodes: see README 'Sizing and scaling')")
