@@ -45,7 +45,8 @@ of each window is one read after every node point written before it, as for the 
 What widens: where both replicas die within ``settle_s`` of such writes, the window of a rack point read
 before another replica's node point landed is up to ``lease_s`` instead of one recompute's read-to-write
 time. A window leased before its rack became eligible keeps only its lease. Up to ``max_leased_windows``
-windows per rack (a backfill's batches span tens of windows each), those past their lease dropped first.
+windows (a backfill's batches span tens of windows each) and ``max_leased_points`` node points per rack,
+those past their lease dropped first, then the oldest.
 
 What this cannot see (another replica's revisit of this rack's nodes, a stream a node left on another
 replica that is still writing) is caught by the final read-back: ``RackRollup`` reads every rack window
@@ -187,13 +188,15 @@ class HeldRacks:
     """The held racks of this replica (see the module docstring); ``max_windows`` per rack."""
 
     def __init__(self, settle_s: float, max_windows: int = 4, lease_s: float = 0.0,
-                 max_leased_windows: int = 256) -> None:
+                 max_leased_windows: int = 256, max_leased_points: int = 50_000) -> None:
         self.settle_s = settle_s
         self.max_windows = max_windows
         #: how long a window of a rack that is not held may be summed from what a read found plus this
         #: replica's writes since (0: never; see the module docstring, "Leased windows")
         self.lease_s = lease_s
         self.max_leased_windows = max_leased_windows
+        #: and at most this many node points in a rack's leased windows (a large default rack's backfill)
+        self.max_leased_points = max_leased_points
         #: the monotonic clock (s) of eligibility and leases (a test may hold it still)
         self.clock: Callable[[], float] = time.monotonic
         self._members: dict[str, frozenset[str]] = {}
@@ -371,4 +374,10 @@ class HeldRacks:
         if len(held) > limit:
             for t in sorted(held)[:-limit]:
                 del held[t]
+        if not eligible:
+            points = sum(len(w.points) for w in held.values())
+            for t in sorted(held):  # the oldest go first
+                if points <= self.max_leased_points:
+                    break
+                points -= len(held.pop(t).points)
         return got, kept & held.keys(), before

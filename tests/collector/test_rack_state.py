@@ -405,6 +405,13 @@ def test_windows_of_racks_not_held_are_leased_from_when_their_read_was_sent() ->
     racks.end_read("unassigned", r, {})
     assert [racks.window("unassigned", T0 + k * 60 * NS) is not None for k in range(5)] == [
         False, False, True, True, True]
+    racks.max_leased_points = 5  # and at most so many node points: the oldest windows go
+    for k, n in ((5, 2), (6, 4)):
+        r = racks.begin_read("unassigned", {T0 + k * 60 * NS})
+        racks.end_read("unassigned", r, {T0 + k * 60 * NS: {(f"n{j}", "Z"): _pt(1.0) for j in range(n)}})
+    assert [racks.window("unassigned", T0 + k * 60 * NS) is not None for k in range(7)] == [
+        False, False, False, False, False, False, True]
+    racks.max_leased_points = 50_000
     # r1: read while its only node's stream was open for less than settle_s (another replica may still
     # have been writing): leased, and still only leased once r1 is eligible; a read after that holds
     racks.stream_opened("a")
