@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gridwatt.collector import queries
+from gridwatt.collector.batch_scan import Row, sample_row
 from gridwatt.collector.points import sample_digest
 from gridwatt.collector.store import InfluxStore, series_rows
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -69,16 +70,18 @@ def _same(s: pb.GpuSample, digest: str, stored: StoredInterval) -> bool:
     return stored.end_ns == s.end_ns and stored.energy_j == s.energy_j
 
 
-def first_conflict(samples: Sequence[pb.GpuSample], digests: list[str], stored: StoredGpuTime) -> str | None:
+def first_conflict(samples: Sequence[pb.GpuSample], digests: list[str], stored: StoredGpuTime,
+                   rows: Sequence[Row] | None = None) -> str | None:
     """A description of the first sample that would account GPU time twice, or None.
 
     Each GPU's samples are taken in (start, end, index) order; the description of a sample is
-    rendered only for the one returned.
+    rendered only for the one returned. ``rows``: the samples' rows (collector/batch_scan.py), where
+    already read.
     """
     by_gpu: dict[int, list[tuple[int, int, int]]] = {}
-    for i, s in enumerate(samples):
-        gpu = s.gpu_index
-        item = (s.start_ns, s.end_ns, i)
+    for i, row in enumerate(rows if rows is not None else map(sample_row, samples)):
+        gpu = row[3]
+        item = (row[0], row[1], i)
         mine = by_gpu.get(gpu)
         if mine is None:
             by_gpu[gpu] = [item]

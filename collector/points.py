@@ -33,7 +33,8 @@ from gridwatt.collector.topology import Placement
 from gridwatt.timeutil import NS_PER_S
 from gridwatt.v1 import telemetry_pb2 as pb
 
-__all__ = ["UNATTRIBUTED", "JobPoint", "PreparedBatch", "host_lines", "prepare_batch", "sample_digest"]
+__all__ = ["UNATTRIBUTED", "JobPoint", "PreparedBatch", "host_lines", "prepare_batch", "sample_digest",
+           "sample_digests"]
 
 ENERGY_METHOD_NAMES = {
     pb.ENERGY_METHOD_UNSPECIFIED: "unspecified",
@@ -78,6 +79,15 @@ def sample_digest(s: pb.GpuSample) -> str:
     if _DIGEST_DETERMINISTIC:
         return _sha256(s.SerializeToString(deterministic=True)).digest()[:16].hex()
     return _sha256(s.SerializeToString()).digest()[:16].hex()
+
+
+def sample_digests(samples: list[pb.GpuSample]) -> list[str]:
+    """``[sample_digest(s) for s in samples]`` (the same values: the first 16 bytes of the digest in
+    hex are the first 32 characters of the hex digest)."""
+    sha256 = _sha256
+    if _DIGEST_DETERMINISTIC:
+        return [sha256(s.SerializeToString(deterministic=True)).hexdigest()[:32] for s in samples]
+    return [sha256(s.SerializeToString()).hexdigest()[:32] for s in samples]
 
 
 def _attribution_fields(method: int, user: str, split_estimated: bool, *who: str) -> str:
@@ -125,7 +135,7 @@ class PreparedBatch:
 
 
 #: ``energy_method="…"`` as rendered, per enum value
-_ENERGY_METHOD_FIELDS = {k: f'energy_method="{v}"' for k, v in ENERGY_METHOD_NAMES.items()}
+_ENERGY_METHOD_FIELDS: dict[int, str] = {k: f'energy_method="{v}"' for k, v in ENERGY_METHOD_NAMES.items()}
 _ENERGY_METHOD_OTHER = 'energy_method="unspecified"'
 #: The fields of a gpu point with ``[influxdb] gpu_point_fields = "accounting"``: what gridwatt itself
 #: reads back (interval check, re-accounting, alerts) plus facility energy and the emission factor.
@@ -193,6 +203,7 @@ def prepare_batch(
     if scan is None:
         scan = scan_batch(batch)
     samples = scan.samples
+    rows = scan.rows
     digests = scan.digests
     node_t = tag(batch.node)
     rack_t = tag(placement.rack)
@@ -209,12 +220,15 @@ def prepare_batch(
     lo = scan.lo_ns
     if samples:
         steady = steady_over(pue, ci, lo, scan.hi_ns)
+    steady_pue = steady_ci = 0.0
+    steady_estimated = False
     if steady is not None:
         steady_pue, steady_ci = steady
         steady_estimated = any_estimated and ci.is_estimated_at(lo)
         if mixed:  # one intensity step over the batch: one provider
             ef = string_field(intensity.factor_at(lo))
             src = string_field(intensity.source_at(lo))
+    steady_flag = "true" if steady_estimated else "false"
     lines: list[str] = []
     append = lines.append
     windows: set[int] = set()
@@ -223,10 +237,16 @@ def prepare_batch(
     # (node/rack key tail, share info) → the job line's series key up to the GPU index, and its
     # attribution fields
     share_cache = _share_memo
+    # the same, for this batch, by the identity of the share info (scan.shares holds every info while
+    # this runs, so an id is not reused meanwhile): no hash of the info's nine fields per share
+    batch_heads: dict[int, tuple[str, str, str, dict[str, str]]] = {}
     jobs_fields = _jobs_field_memo
-    # repr of values that repeat within a batch (PUE, intensity, duration, ...); never 0.0 / -0.0,
-    # which are equal keys with different reprs
+    # repr of values that repeat within a batch (PUE, intensity, duration, utilisation, temperature,
+    # ...); never 0.0 / -0.0, which are equal keys with different reprs
     reprs: dict[float, str] = {}
+    # per GPU index: (its uuid, str(index), the gpu series key up to the fields) of the batch
+    gpu_keys: dict[int, tuple[str, str, str]] = {}
+    energy_fields = _ENERGY_METHOD_FIELDS
 
     accounting_only = gpu_fields == "accounting"
     # a job share of the whole GPU: ``fraction=1.0``, left out with "accounting" (absent means 1.0)
@@ -235,16 +255,15 @@ def prepare_batch(
     job_points: list[JobPoint] = []
     held_point = job_points.append
     last_start = None
-    for i, s in enumerate(samples):
+    all_shares = scan.shares
+    for i, (start, end, e, gpu_index, uuid_raw, util, mem_util, idle_s, power_w, mem_used, temp_c,
+            energy_method) in enumerate(rows):
         first_line.append(len(lines))
-        start = s.start_ns
-        end = s.end_ns
-        e = s.energy_j
         if steady is not None and end > start:
             fac = e * steady_pue
             co2 = fac / J_PER_KWH * steady_ci
             est_co2 = co2 if steady_estimated else 0.0
-            estimated_flag = "true" if steady_estimated else "false"
+            estimated_flag = steady_flag
             eff_pue = fac / e if e > 0 else steady_pue
             eff_ci = co2 * J_PER_KWH / fac if fac > 0 else steady_ci
         else:
@@ -260,15 +279,17 @@ def prepare_batch(
         total_c += co2
         total_est += est_co2
         dur_s = (end - start) / NS_PER_S
-        util = s.util_pct
-        idle_s = s.idle_s
         idle_e = e * idle_s / dur_s if idle_s else 0.0
         util_s = util * dur_s
-        gpu = str(s.gpu_index)
-        uuid = tag_cache.get(s.gpu_uuid)
-        if uuid is None:
-            _memo_room(tag_cache)
-            uuid = tag_cache[s.gpu_uuid] = tag(s.gpu_uuid)
+        keys = gpu_keys.get(gpu_index)
+        if keys is None or keys[0] != uuid_raw:
+            uuid = tag_cache.get(uuid_raw)
+            if uuid is None:
+                _memo_room(tag_cache)
+                uuid = tag_cache[uuid_raw] = tag(uuid_raw)
+            gpu_s_ = str(gpu_index)
+            keys = gpu_keys[gpu_index] = (uuid_raw, gpu_s_, f"{gpu_prefix}{gpu_s_},uuid={uuid} ")
+        gpu = keys[1]
         r_e = repr(e)
         r_fac = repr(fac)
         r_co2 = repr(co2)
@@ -287,14 +308,17 @@ def prepare_batch(
             if idle_s:
                 reprs[idle_s] = r_idle
         shares: list[tuple[tuple[str, str, str, dict[str, str]], float]] = []
-        sample_shares = scan.shares[i]
+        sample_shares = all_shares[i]
         if len(sample_shares) == 1:  # one job (usual): its id is the jobs field, 1 - fraction the rest
             info, frac = sample_shares[0]
-            key = (job_suffix, info)
-            head_how = share_cache.get(key)
+            head_how = batch_heads.get(id(info))
             if head_how is None:
-                _memo_room(share_cache)
-                head_how = share_cache[key] = _job_head(job_suffix, info, tag_cache)
+                key = (job_suffix, info)
+                head_how = share_cache.get(key)
+                if head_how is None:
+                    _memo_room(share_cache)
+                    head_how = share_cache[key] = _job_head(job_suffix, info, tag_cache)
+                batch_heads[id(info)] = head_how
             shares.append((head_how, frac))
             job_ids = head_how[2]
             remaining = 1.0 - frac
@@ -302,18 +326,21 @@ def prepare_batch(
             fractions: list[float] = []
             for info, frac in sample_shares:
                 fractions.append(frac)
-                key = (job_suffix, info)
-                head_how = share_cache.get(key)
+                head_how = batch_heads.get(id(info))
                 if head_how is None:
-                    _memo_room(share_cache)
-                    head_how = share_cache[key] = _job_head(job_suffix, info, tag_cache)
+                    key = (job_suffix, info)
+                    head_how = share_cache.get(key)
+                    if head_how is None:
+                        _memo_room(share_cache)
+                        head_how = share_cache[key] = _job_head(job_suffix, info, tag_cache)
+                    batch_heads[id(info)] = head_how
                 shares.append((head_how, frac))
             job_ids = ",".join([sh[0][2] for sh in shares])
             remaining = 1.0 - sum(fractions)
-        digest = digests[i] if digests is not None else sample_digest(s)
+        digest = digests[i] if digests is not None else sample_digest(samples[i])
         if accounting_only:
             append(
-                f"{gpu_prefix}{gpu},uuid={uuid} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
+                f"{keys[2]}energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
                 f"estimated_co2e_g={r_est},end_ns={end}i,ef={ef},digest=\"{digest}\" {start}"
             )
         else:
@@ -331,13 +358,33 @@ def prepare_batch(
                 r_ci = repr(eff_ci)
                 if eff_ci:
                     reprs[eff_ci] = r_ci
+            r_power = reprs.get(power_w)
+            if r_power is None:
+                r_power = repr(power_w)
+                if power_w:
+                    reprs[power_w] = r_power
+            r_util = reprs.get(util)
+            if r_util is None:
+                r_util = repr(util)
+                if util:
+                    reprs[util] = r_util
+            r_mem_util = reprs.get(mem_util)
+            if r_mem_util is None:
+                r_mem_util = repr(mem_util)
+                if mem_util:
+                    reprs[mem_util] = r_mem_util
+            r_temp = reprs.get(temp_c)
+            if r_temp is None:
+                r_temp = repr(temp_c)
+                if temp_c:
+                    reprs[temp_c] = r_temp
             append(
-                f"{gpu_prefix}{gpu},uuid={uuid} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
-                f"duration_s={r_dur},power_w={s.mean_power_w!r},util_pct={util!r},"
-                f"util_pct_s={r_util_s},mem_util_pct={s.mem_util_pct!r},"
-                f"mem_used_bytes={s.mem_used_bytes}i,temp_c={s.temp_c!r},idle_s={r_idle},"
+                f"{keys[2]}energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
+                f"duration_s={r_dur},power_w={r_power},util_pct={r_util},"
+                f"util_pct_s={r_util_s},mem_util_pct={r_mem_util},"
+                f"mem_used_bytes={mem_used}i,temp_c={r_temp},idle_s={r_idle},"
                 f"idle_energy_j={r_idle_e},pue={r_pue},intensity_g_per_kwh={r_ci},end_ns={end}i,"
-                f"{_ENERGY_METHOD_FIELDS.get(s.energy_method, _ENERGY_METHOD_OTHER)},"
+                f"{energy_fields.get(energy_method, _ENERGY_METHOD_OTHER)},"
                 f"jobs={jobs_field},ef={ef},intensity_source={src},"
                 f"intensity_estimated={estimated_flag},estimated_co2e_g={r_est},"
                 f"digest=\"{digest}\" {start}"
@@ -373,7 +420,7 @@ def prepare_batch(
         if start != last_start:  # the GPUs of one interval share its start
             windows.add(start - start % resolution_ns)
             last_start = start
-    return PreparedBatch(lines, windows, len(samples), total_e, total_c, total_est, first_line,
+    return PreparedBatch(lines, windows, len(rows), total_e, total_c, total_est, first_line,
                          job_points)
 
 

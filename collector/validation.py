@@ -11,6 +11,7 @@ from gridwatt.collector.batch_scan import (
     MEMO_SHARE_BYTES,
     UNATTRIBUTED,
     BatchScan,
+    Row,
     Share,
     ShareInfo,
     share_info,
@@ -120,6 +121,11 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
     sample_list = list(samples)
     all_shares: list[list[Share]] = []
     job_ids: list[str] = []
+    rows: list[Row] = []
+    add_row = rows.append
+    add_shares = all_shares.append
+    valid_names = _VALID_NAMES
+    valid_shares = _VALID_SHARES
     lo_ns = hi_ns = 0
     if sample_list:
         lo_ns, hi_ns = sample_list[0].start_ns, sample_list[0].end_ns
@@ -171,61 +177,70 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
         idle_s = s.idle_s
         if not (0.0 <= idle_s <= duration_s + 1e-6):
             raise BatchRejected(f"{_where(i, s)}: field idle_s: value {idle_s} is outside the interval")
-        v = s.mean_power_w
-        if not (0.0 <= v <= max_power_w and power_bound_finite):
-            _finite_in(_where(i, s), "mean_power_w", v, 0.0, max_power_w)
+        mean_power_w = s.mean_power_w
+        if not (0.0 <= mean_power_w <= max_power_w and power_bound_finite):
+            _finite_in(_where(i, s), "mean_power_w", mean_power_w, 0.0, max_power_w)
         v = s.power_limit_w
         if not (0.0 <= v <= max_power_w and power_bound_finite):
             _finite_in(_where(i, s), "power_limit_w", v, 0.0, max_power_w)
-        v = s.temp_c
-        if not (temp_lo <= v <= temp_hi):
-            _finite_in(_where(i, s), "temp_c", v, temp_lo, temp_hi)
-        if s.mem_used_bytes >= INT64_LIMIT:
-            _below_int64(_where(i, s), "mem_used_bytes", s.mem_used_bytes)
+        temp_c = s.temp_c
+        if not (temp_lo <= temp_c <= temp_hi):
+            _finite_in(_where(i, s), "temp_c", temp_c, temp_lo, temp_hi)
+        mem_used_bytes = s.mem_used_bytes
+        if mem_used_bytes >= INT64_LIMIT:
+            _below_int64(_where(i, s), "mem_used_bytes", mem_used_bytes)
         uuid = s.gpu_uuid
-        problem = _name_problem(uuid) if uuid else None
-        if problem:
-            raise BatchRejected(f"{_where(i, s)}: field gpu_uuid: {problem}")
+        if uuid and uuid not in valid_names:
+            problem = _name_problem(uuid)
+            if problem:
+                raise BatchRejected(f"{_where(i, s)}: field gpu_uuid: {problem}")
+        add_row((start_ns, end_ns, e, s.gpu_index, uuid, util_pct, mem_util_pct, idle_s, mean_power_w,
+                 mem_used_bytes, temp_c, s.energy_method))
         jobs = s.jobs
         mine: list[Share] = []
-        all_shares.append(mine)
+        add_shares(mine)
         if not jobs:
             continue
-        if len(jobs) > max_job_shares:
+        n_jobs = len(jobs)
+        if n_jobs > max_job_shares:
             raise BatchRejected(
-                f"too_many_job_shares: {_where(i, s)}: {len(jobs)} job shares, above the "
+                f"too_many_job_shares: {_where(i, s)}: {n_jobs} job shares, above the "
                 f"{max_job_shares} allowed (server.max_job_shares_per_sample)", "too_many_job_shares")
         total = 0.0
-        seen: set[str] = set()
+        seen: set[str] | None = set() if n_jobs > 1 else None  # one share cannot repeat a job
         for share in jobs:
             info = share_info(share)
             job_id = info[0]
-            problem = _name_problem(job_id)
-            if problem:
-                raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: {problem}")
-            if job_id in seen:
-                raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: job {shown(job_id)} appears twice; "
-                                    "give each job one share")
-            seen.add(job_id)
+            # a remembered valid info had its job id found valid: name_problem is pure
+            known = info in valid_shares
+            if not known and job_id not in valid_names:
+                problem = _name_problem(job_id)
+                if problem:
+                    raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: {problem}")
+            if seen is not None:
+                if job_id in seen:
+                    raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: job {shown(job_id)} appears "
+                                        "twice; give each job one share")
+                seen.add(job_id)
             fraction = share.fraction
             if not (0.0 < fraction <= 1.0):
                 raise BatchRejected(
                     f"{_where(i, s)}: field jobs.fraction: value {fraction} for job "
                     f"{shown(job_id)} is outside (0, 1]"
                 )
-            if info not in _VALID_SHARES:
+            if not known:
                 _check_share(i, s, share)
                 if sum(map(len, (job_id, *info[5:]))) + len(info[3]) <= MEMO_SHARE_BYTES:
-                    if len(_VALID_SHARES) >= MEMO_MAX:
-                        _VALID_SHARES.clear()
-                    _VALID_SHARES.add(info)
+                    if len(valid_shares) >= MEMO_MAX:
+                        valid_shares.clear()
+                    valid_shares.add(info)
             total += fraction
             mine.append((info, fraction))
             if job_id != UNATTRIBUTED:
                 job_ids.append(job_id)
         if total > 1.0 + 1e-6:
             raise BatchRejected(f"{_where(i, s)}: field jobs.fraction: shares sum to {total}, above 1")
-    return BatchScan(sample_list, all_shares, lo_ns, hi_ns, job_ids)
+    return BatchScan(sample_list, all_shares, lo_ns, hi_ns, job_ids, rows)
 
 
 def _check_share(i: int, s: pb.GpuSample, share: pb.JobShare) -> None:
