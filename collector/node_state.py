@@ -292,33 +292,28 @@ class HeldNodes:
         window over the bounds): then the batch is written first and ``wrote`` follows it, as before."""
         res = self.resolution_ns
         out: dict[int, WindowSeries] = {}
+        held_windows = held.windows
         for t in window_starts:
             if not held.known(t):
                 return None
-            out[t] = dict(held.windows.get(t, {}))
-        # ids of the series made here (alive in ``out`` meanwhile, so no id is reused): ours to change;
-        # a held one is copied before its first change (add_point's steps, inline)
-        fresh: set[int] = set()
+            window = held_windows.get(t)
+            # a held series is copied (add_point replaces the copy's sums: the list may be shared)
+            out[t] = {k: SeriesSums(v.sums, v.end_ns, dict(v.who)) for k, v in window.items()} if window else {}
         max_series = self.max_series_per_window
-        for p in points:
+        for p in points:  # add_point's steps, inline
             start = p.start_ns
-            t = start - start % res
-            window = out.get(t)
+            window = out.get(start - start % res)
             if window is None:
                 return None
             key = (p.gpu, p.job_id)
             s = window.get(key)
             if s is None:
-                s = window[key] = SeriesSums(list(p.sums), p.end_ns, dict(p.who))
-                fresh.add(id(s))
+                window[key] = SeriesSums(list(p.sums), p.end_ns, dict(p.who))
                 if len(window) > max_series:
                     return None
                 continue
             if start < s.end_ns:  # not later than the series' points
                 return None
-            if id(s) not in fresh:
-                s = window[key] = SeriesSums(s.sums, s.end_ns, dict(s.who))
-                fresh.add(id(s))
             s.sums = list(map(add, s.sums, p.sums))
             if p.end_ns > s.end_ns:
                 s.end_ns = p.end_ns

@@ -254,11 +254,19 @@ def prepare_batch(
     first_line: list[int] = []
     job_points: list[JobPoint] = []
     held_point = job_points.append
-    last_start = None
+    last_start = last_end = None
+    s_start = s_end = ""
     all_shares = scan.shares
     for i, (start, end, e, gpu_index, uuid_raw, util, mem_util, idle_s, power_w, mem_used, temp_c,
             energy_method) in enumerate(rows):
         first_line.append(len(lines))
+        if start != last_start:  # the GPUs of one interval share its start (and mostly its end)
+            windows.add(start - start % resolution_ns)
+            last_start = start
+            s_start = str(start)
+        if end != last_end:
+            last_end = end
+            s_end = str(end)
         if steady is not None and end > start:
             fac = e * steady_pue
             co2 = fac / J_PER_KWH * steady_ci
@@ -338,10 +346,12 @@ def prepare_batch(
             job_ids = ",".join([sh[0][2] for sh in shares])
             remaining = 1.0 - sum(fractions)
         digest = digests[i] if digests is not None else sample_digest(samples[i])
+        # the first fields of the gpu line and of a whole GPU's job line
+        energy = f"energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
         if accounting_only:
             append(
-                f"{keys[2]}energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
-                f"estimated_co2e_g={r_est},end_ns={end}i,ef={ef},digest=\"{digest}\" {start}"
+                f"{keys[2]}{energy}"
+                f"estimated_co2e_g={r_est},end_ns={s_end}i,ef={ef},digest=\"{digest}\" {s_start}"
             )
         else:
             jobs_field = jobs_fields.get(job_ids)
@@ -379,15 +389,15 @@ def prepare_batch(
                 if temp_c:
                     reprs[temp_c] = r_temp
             append(
-                f"{keys[2]}energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
+                f"{keys[2]}{energy}"
                 f"duration_s={r_dur},power_w={r_power},util_pct={r_util},"
                 f"util_pct_s={r_util_s},mem_util_pct={r_mem_util},"
                 f"mem_used_bytes={mem_used}i,temp_c={r_temp},idle_s={r_idle},"
-                f"idle_energy_j={r_idle_e},pue={r_pue},intensity_g_per_kwh={r_ci},end_ns={end}i,"
+                f"idle_energy_j={r_idle_e},pue={r_pue},intensity_g_per_kwh={r_ci},end_ns={s_end}i,"
                 f"{energy_fields.get(energy_method, _ENERGY_METHOD_OTHER)},"
                 f"jobs={jobs_field},ef={ef},intensity_source={src},"
                 f"intensity_estimated={estimated_flag},estimated_co2e_g={r_est},"
-                f"digest=\"{digest}\" {start}"
+                f"digest=\"{digest}\" {s_start}"
             )
         if remaining > 1e-9:
             key = (job_suffix, UNATTRIBUTED_INFO)
@@ -399,9 +409,9 @@ def prepare_batch(
         for (head, how, job_id, who_values), frac in shares:
             if frac == 1.0:  # the whole GPU: x * 1.0 is x, bit for bit, so the GPU line's text holds
                 append(
-                    f"{head}{gpu} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
+                    f"{head}{gpu} {energy}"
                     f"estimated_co2e_g={r_est},gpu_s={r_dur},util_pct_s={r_util_s},idle_s={r_idle},"
-                    f"idle_energy_j={r_idle_e},{whole}end_ns={end}i,ef={ef}{how} {start}"
+                    f"idle_energy_j={r_idle_e},{whole}end_ns={s_end}i,ef={ef}{how} {s_start}"
                 )
                 held_point(JobPoint(gpu, job_id, start, end,
                                     (e, fac, co2, est_co2, dur_s, util_s, idle_s, idle_e), who_values))
@@ -414,12 +424,9 @@ def prepare_batch(
                 f"facility_energy_j={sums[1]!r},co2e_g={sums[2]!r},estimated_co2e_g={sums[3]!r},"
                 f"gpu_s={gpu_s!r},"
                 f"util_pct_s={sums[5]!r},idle_s={sums[6]!r},idle_energy_j={sums[7]!r},"
-                f"fraction={frac!r},end_ns={end}i,ef={ef}{how} {start}"
+                f"fraction={frac!r},end_ns={s_end}i,ef={ef}{how} {s_start}"
             )
             held_point(JobPoint(gpu, job_id, start, end, sums, who_values))
-        if start != last_start:  # the GPUs of one interval share its start
-            windows.add(start - start % resolution_ns)
-            last_start = start
     return PreparedBatch(lines, windows, len(rows), total_e, total_c, total_est, first_line,
                          job_points)
 
