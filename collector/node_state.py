@@ -298,7 +298,8 @@ class HeldNodes:
                 return None
             window = held_windows.get(t)
             # a held series is copied (add_point replaces the copy's sums: the list may be shared)
-            out[t] = {k: SeriesSums(v.sums, v.end_ns, dict(v.who)) for k, v in window.items()} if window else {}
+            out[t] = ({k: SeriesSums(v.sums, v.end_ns, dict(v.who)) for k, v in window.items()}
+                      if window else {})
         max_series = self.max_series_per_window
         for p in points:  # add_point's steps, inline
             start = p.start_ns
