@@ -20,6 +20,7 @@ from gridwatt.names import name_problem, shown
 from gridwatt.timeutil import NS_PER_S, format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 
+_INF = math.inf
 #: InfluxDB integers are signed 64-bit; an unsigned field at or above this would be refused.
 INT64_LIMIT = 2**63
 #: Plausible GPU temperature range (degrees Celsius); 0 when the GPU did not report it.
@@ -131,64 +132,28 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
         lo_ns, hi_ns = sample_list[0].start_ns, sample_list[0].end_ns
     for i, s in enumerate(sample_list):
         e = s.energy_j
-        if not math.isfinite(e):
-            raise BatchRejected(f"{_where(i, s)}: field energy_j: value {e} is not a finite number")
-        if e < 0:
-            raise BatchRejected(f"{_where(i, s)}: field energy_j: value {e} is negative")
         start_ns = s.start_ns
         end_ns = s.end_ns
+        util_pct = s.util_pct
+        mem_util_pct = s.mem_util_pct
+        idle_s = s.idle_s
+        mean_power_w = s.mean_power_w
+        temp_c = s.temp_c
+        mem_used_bytes = s.mem_used_bytes
         duration_ns = end_ns - start_ns
-        if duration_ns <= 0:
-            raise BatchRejected(
-                f"{_where(i, s)}: field end_ns: value {end_ns} is not after start_ns {start_ns}"
-            )
-        if duration_ns > max_interval_ns:
-            raise BatchRejected(
-                f"{_where(i, s)}: interval of {duration_ns / NS_PER_S:g} s exceeds the "
-                f"{max_interval_ns / NS_PER_S:g} s limit"
-            )
-        if end_ns > latest_ns:
-            raise BatchRejected(
-                f"{_where(i, s)}: field end_ns: value {end_ns} ({format_time_ns(end_ns)}) is "
-                f"{(end_ns - now_ns) / NS_PER_S:.0f} s in the future"
-            )
-        if start_ns < min_time_ns:
-            raise BatchRejected(
-                f"{_where(i, s)}: field start_ns: value {start_ns} is before "
-                f"{format_time_ns(min_time_ns)}"
-            )
+        # every check of _check_sample at once (the same comparisons; false for NaN and ±inf); where one
+        # fails, _check_sample names the first, in its order
+        if not (0.0 <= e < _INF and 0 < duration_ns <= max_interval_ns and end_ns <= latest_ns
+                and start_ns >= min_time_ns and e / (duration_s := duration_ns / NS_PER_S) <= max_power_w
+                and 0.0 <= util_pct <= 100.0 and 0.0 <= mem_util_pct <= 100.0
+                and 0.0 <= idle_s <= duration_s + 1e-6 and power_bound_finite
+                and 0.0 <= mean_power_w <= max_power_w and 0.0 <= s.power_limit_w <= max_power_w
+                and temp_lo <= temp_c <= temp_hi and mem_used_bytes < INT64_LIMIT):
+            _check_sample(i, s, now_ns, limits)
         if start_ns < lo_ns:
             lo_ns = start_ns
         if end_ns > hi_ns:
             hi_ns = end_ns
-        duration_s = duration_ns / NS_PER_S
-        power_w = e / duration_s
-        if power_w > max_power_w:
-            raise BatchRejected(
-                f"{_where(i, s)}: field energy_j: value {e} means {power_w:.0f} W, above the plausible "
-                f"{max_power_w:g} W for one GPU"
-            )
-        util_pct = s.util_pct
-        if not (0.0 <= util_pct <= 100.0):  # also false for NaN
-            raise BatchRejected(f"{_where(i, s)}: field util_pct: value {util_pct} is outside 0-100")
-        mem_util_pct = s.mem_util_pct
-        if not (0.0 <= mem_util_pct <= 100.0):
-            raise BatchRejected(f"{_where(i, s)}: field mem_util_pct: value {mem_util_pct} is outside 0-100")
-        idle_s = s.idle_s
-        if not (0.0 <= idle_s <= duration_s + 1e-6):
-            raise BatchRejected(f"{_where(i, s)}: field idle_s: value {idle_s} is outside the interval")
-        mean_power_w = s.mean_power_w
-        if not (0.0 <= mean_power_w <= max_power_w and power_bound_finite):
-            _finite_in(_where(i, s), "mean_power_w", mean_power_w, 0.0, max_power_w)
-        v = s.power_limit_w
-        if not (0.0 <= v <= max_power_w and power_bound_finite):
-            _finite_in(_where(i, s), "power_limit_w", v, 0.0, max_power_w)
-        temp_c = s.temp_c
-        if not (temp_lo <= temp_c <= temp_hi):
-            _finite_in(_where(i, s), "temp_c", temp_c, temp_lo, temp_hi)
-        mem_used_bytes = s.mem_used_bytes
-        if mem_used_bytes >= INT64_LIMIT:
-            _below_int64(_where(i, s), "mem_used_bytes", mem_used_bytes)
         uuid = s.gpu_uuid
         if uuid and uuid not in valid_names:
             problem = _name_problem(uuid)
@@ -242,6 +207,60 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
         if total > 1.0 + 1e-6:
             raise BatchRejected(f"{_where(i, s)}: field jobs.fraction: shares sum to {total}, above 1")
     return BatchScan(sample_list, all_shares, lo_ns, hi_ns, job_ids, rows)
+
+
+def _check_sample(i: int, s: pb.GpuSample, now_ns: int, limits: Limits) -> None:
+    """Raise BatchRejected naming the first bad field of a GPU sample (see ``validate_batch``)."""
+    max_interval_ns = limits.max_interval_ns
+    max_power_w = limits.max_power_w
+    e = s.energy_j
+    if not math.isfinite(e):
+        raise BatchRejected(f"{_where(i, s)}: field energy_j: value {e} is not a finite number")
+    if e < 0:
+        raise BatchRejected(f"{_where(i, s)}: field energy_j: value {e} is negative")
+    start_ns = s.start_ns
+    end_ns = s.end_ns
+    duration_ns = end_ns - start_ns
+    if duration_ns <= 0:
+        raise BatchRejected(
+            f"{_where(i, s)}: field end_ns: value {end_ns} is not after start_ns {start_ns}"
+        )
+    if duration_ns > max_interval_ns:
+        raise BatchRejected(
+            f"{_where(i, s)}: interval of {duration_ns / NS_PER_S:g} s exceeds the "
+            f"{max_interval_ns / NS_PER_S:g} s limit"
+        )
+    if end_ns > now_ns + limits.max_future_ns:
+        raise BatchRejected(
+            f"{_where(i, s)}: field end_ns: value {end_ns} ({format_time_ns(end_ns)}) is "
+            f"{(end_ns - now_ns) / NS_PER_S:.0f} s in the future"
+        )
+    if start_ns < limits.min_time_ns:
+        raise BatchRejected(
+            f"{_where(i, s)}: field start_ns: value {start_ns} is before "
+            f"{format_time_ns(limits.min_time_ns)}"
+        )
+    duration_s = duration_ns / NS_PER_S
+    power_w = e / duration_s
+    if power_w > max_power_w:
+        raise BatchRejected(
+            f"{_where(i, s)}: field energy_j: value {e} means {power_w:.0f} W, above the plausible "
+            f"{max_power_w:g} W for one GPU"
+        )
+    util_pct = s.util_pct
+    if not (0.0 <= util_pct <= 100.0):  # also false for NaN
+        raise BatchRejected(f"{_where(i, s)}: field util_pct: value {util_pct} is outside 0-100")
+    mem_util_pct = s.mem_util_pct
+    if not (0.0 <= mem_util_pct <= 100.0):
+        raise BatchRejected(f"{_where(i, s)}: field mem_util_pct: value {mem_util_pct} is outside 0-100")
+    idle_s = s.idle_s
+    if not (0.0 <= idle_s <= duration_s + 1e-6):
+        raise BatchRejected(f"{_where(i, s)}: field idle_s: value {idle_s} is outside the interval")
+    _finite_in(_where(i, s), "mean_power_w", s.mean_power_w, 0.0, max_power_w)
+    _finite_in(_where(i, s), "power_limit_w", s.power_limit_w, 0.0, max_power_w)
+    temp_lo, temp_hi = TEMP_RANGE_C
+    _finite_in(_where(i, s), "temp_c", s.temp_c, temp_lo, temp_hi)
+    _below_int64(_where(i, s), "mem_used_bytes", s.mem_used_bytes)
 
 
 def _check_share(i: int, s: pb.GpuSample, share: pb.JobShare) -> None:
