@@ -270,12 +270,18 @@ def prepare_batch(
         if steady is not None and end > start:
             fac = e * steady_pue
             co2 = fac / J_PER_KWH * steady_ci
-            est_co2 = co2 if steady_estimated else 0.0
+            if steady_estimated:
+                est_co2 = co2
+                r_est = repr(co2)
+            else:
+                est_co2 = 0.0
+                r_est = "0.0"
             estimated_flag = steady_flag
             eff_pue = fac / e if e > 0 else steady_pue
             eff_ci = co2 * J_PER_KWH / fac if fac > 0 else steady_ci
         else:
             fac, co2, est_co2 = emissions_with_estimated(e, start, end, pue, ci, any_estimated)
+            r_est = repr(est_co2)
             if mixed:  # steps from several providers: each sample names the one at its start
                 ef = string_field(intensity.factor_at(start))
                 src = string_field(intensity.source_at(start))
@@ -287,7 +293,12 @@ def prepare_batch(
         total_c += co2
         total_est += est_co2
         dur_s = (end - start) / NS_PER_S
-        idle_e = e * idle_s / dur_s if idle_s else 0.0
+        if idle_s:
+            idle_e = e * idle_s / dur_s
+            r_idle_e = repr(idle_e)
+        else:
+            idle_e = 0.0
+            r_idle_e = "0.0"
         util_s = util * dur_s
         keys = gpu_keys.get(gpu_index)
         if keys is None or keys[0] != uuid_raw:
@@ -301,9 +312,11 @@ def prepare_batch(
         r_e = repr(e)
         r_fac = repr(fac)
         r_co2 = repr(co2)
-        r_est = repr(est_co2)
-        r_util_s = repr(util_s)
-        r_idle_e = repr(idle_e)
+        r_util_s = reprs.get(util_s)
+        if r_util_s is None:
+            r_util_s = repr(util_s)
+            if util_s:
+                reprs[util_s] = r_util_s
         # repr formatted once per batch for these (inline: a call per value costs more than a lookup)
         r_dur = reprs.get(dur_s)
         if r_dur is None:
@@ -317,7 +330,9 @@ def prepare_batch(
                 reprs[idle_s] = r_idle
         shares: list[tuple[tuple[str, str, str, dict[str, str]], float]] = []
         sample_shares = all_shares[i]
-        if len(sample_shares) == 1:  # one job (usual): its id is the jobs field, 1 - fraction the rest
+        # one job of the whole GPU (usual): its job line has the GPU line's numbers, nothing remains
+        whole_job: tuple[str, str, str, dict[str, str]] | None = None
+        if len(sample_shares) == 1:  # one job: its id is the jobs field, 1 - fraction the rest
             info, frac = sample_shares[0]
             head_how = batch_heads.get(id(info))
             if head_how is None:
@@ -327,9 +342,13 @@ def prepare_batch(
                     _memo_room(share_cache)
                     head_how = share_cache[key] = _job_head(job_suffix, info, tag_cache)
                 batch_heads[id(info)] = head_how
-            shares.append((head_how, frac))
             job_ids = head_how[2]
-            remaining = 1.0 - frac
+            if frac == 1.0:
+                whole_job = head_how
+                remaining = 0.0
+            else:
+                shares.append((head_how, frac))
+                remaining = 1.0 - frac
         else:
             fractions: list[float] = []
             for info, frac in sample_shares:
@@ -399,6 +418,16 @@ def prepare_batch(
                 f"intensity_estimated={estimated_flag},estimated_co2e_g={r_est},"
                 f"digest=\"{digest}\" {s_start}"
             )
+        if whole_job is not None:  # x * 1.0 is x, bit for bit, so the GPU line's text holds
+            head, how, job_id, who_values = whole_job
+            append(
+                f"{head}{gpu} {energy}"
+                f"estimated_co2e_g={r_est},gpu_s={r_dur},util_pct_s={r_util_s},idle_s={r_idle},"
+                f"idle_energy_j={r_idle_e},{whole}end_ns={s_end}i,ef={ef}{how} {s_start}"
+            )
+            held_point(JobPoint(gpu, job_id, start, end,
+                                (e, fac, co2, est_co2, dur_s, util_s, idle_s, idle_e), who_values))
+            continue
         if remaining > 1e-9:
             key = (job_suffix, UNATTRIBUTED_INFO)
             head_how = share_cache.get(key)
