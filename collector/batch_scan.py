@@ -35,20 +35,21 @@ UNATTRIBUTED_INFO: ShareInfo = (UNATTRIBUTED, "", pb.ATTRIBUTION_METHOD_UNSPECIF
 #: is emptied): a few MB at most, whatever a node sends. A typical share is about 100 bytes.
 MEMO_SHARE_BYTES = 512
 MEMO_MAX = 20_000
-_info_memo: dict[bytes, ShareInfo] = {}
+#: share_info's memo (by the share's serialized bytes; validate_batch reads it inline)
+INFO_MEMO: dict[bytes, ShareInfo] = {}
 
 
 def share_info(share: pb.JobShare) -> ShareInfo:
     """Every field of ``share`` but ``fraction`` (see the module docstring)."""
     raw = share.SerializeToString()
-    info = _info_memo.get(raw)
+    info = INFO_MEMO.get(raw)
     if info is None:
         info = (share.job_id, share.alias, share.method, share.user, share.split_estimated, share.account,
                 share.partition, share.namespace, share.job_name)
         if len(raw) <= MEMO_SHARE_BYTES:
-            if len(_info_memo) >= MEMO_MAX:
-                _info_memo.clear()
-            _info_memo[raw] = info
+            if len(INFO_MEMO) >= MEMO_MAX:
+                INFO_MEMO.clear()
+            INFO_MEMO[raw] = info
     return info
 
 

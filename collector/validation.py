@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from gridwatt.collector.batch_scan import (
+    INFO_MEMO,
     MEMO_MAX,
     MEMO_SHARE_BYTES,
     UNATTRIBUTED,
@@ -127,6 +128,8 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
     add_shares = all_shares.append
     valid_names = _VALID_NAMES
     valid_shares = _VALID_SHARES
+    info_memo = INFO_MEMO
+    checked: set[int] = set()  # ids of the share infos of this batch found valid
     lo_ns = hi_ns = 0
     if sample_list:
         lo_ns, hi_ns = sample_list[0].start_ns, sample_list[0].end_ns
@@ -175,10 +178,13 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
         seen: set[str] | None = set() if n_jobs > 1 else None  # one share cannot repeat a job
         for k in range(n_jobs):  # by index: cheaper than iterating the container
             share = jobs[k]
-            info = share_info(share)
+            info = info_memo.get(share.SerializeToString())  # share_info's memo, inline
+            if info is None:
+                info = share_info(share)
             job_id = info[0]
-            # a remembered valid info had its job id found valid: name_problem is pure
-            known = info in valid_shares
+            # a remembered valid info had its job id found valid (name_problem is pure); so did an info
+            # object checked earlier in this batch (alive in ``all_shares`` meanwhile: its id is its own)
+            known = id(info) in checked or info in valid_shares
             if not known and job_id not in valid_names:
                 problem = _name_problem(job_id)
                 if problem:
@@ -200,6 +206,7 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
                     if len(valid_shares) >= MEMO_MAX:
                         valid_shares.clear()
                     valid_shares.add(info)
+            checked.add(id(info))
             total += fraction
             mine.append((info, fraction))
             if job_id != UNATTRIBUTED:
