@@ -12,6 +12,7 @@ fraction, read from the message itself. Each sample's scalar fields are read onc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -58,8 +59,8 @@ class BatchScan:
     """A batch's GPU samples (the messages, in order) and their shares, read once."""
 
     samples: list[pb.GpuSample]
-    #: per sample, its job shares in order
-    shares: list[list[Share]]
+    #: per sample, its job shares in order (a tuple)
+    shares: list[Sequence[Share]]
     #: earliest start and latest end of the samples (0, 0 without samples)
     lo_ns: int
     hi_ns: int
@@ -106,7 +107,7 @@ def sample_row(s: pb.GpuSample) -> Row:
 def scan_batch(batch: pb.Batch) -> BatchScan:
     """The scan of a batch, without checks (``validate_batch`` gives the same for a valid batch)."""
     samples = list(batch.gpu_samples)
-    shares: list[list[Share]] = []
+    shares: list[Sequence[Share]] = []
     job_ids: list[str] = []
     rows = [sample_row(s) for s in samples]
     for s in samples:
@@ -116,7 +117,7 @@ def scan_batch(batch: pb.Batch) -> BatchScan:
             mine.append((info, share.fraction))
             if info[0] != UNATTRIBUTED:
                 job_ids.append(info[0])
-        shares.append(mine)
+        shares.append(tuple(mine))
     if not samples:
         return BatchScan(samples, shares, 0, 0, job_ids, rows)
     return BatchScan(samples, shares, min([r[0] for r in rows]), max([r[1] for r in rows]), job_ids, rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gridwatt.collector.batch_scan import (
@@ -121,7 +122,7 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
     temp_lo, temp_hi = TEMP_RANGE_C
     max_job_shares = limits.max_job_shares
     sample_list = list(samples)
-    all_shares: list[list[Share]] = []
+    all_shares: list[Sequence[Share]] = []
     job_ids: list[str] = []
     rows: list[Row] = []
     add_row = rows.append
@@ -165,11 +166,36 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
         add_row((start_ns, end_ns, e, s.gpu_index, uuid, util_pct, mem_util_pct, idle_s, mean_power_w,
                  mem_used_bytes, temp_c, s.energy_method))
         jobs = s.jobs
-        mine: list[Share] = []
-        add_shares(mine)
         n_jobs = len(jobs)
-        if not n_jobs:
+        if n_jobs == 1:  # the usual case: the checks of the loop below, for one share (no repeat, no sum)
+            share = jobs[0]
+            info = info_memo.get(share.SerializeToString())  # share_info's memo, inline
+            if info is None:
+                info = share_info(share)
+            job_id = info[0]
+            known = id(info) in checked or info in valid_shares
+            if not known and job_id not in valid_names:
+                problem = _name_problem(job_id)
+                if problem:
+                    raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: {problem}")
+            fraction = share.fraction
+            if not (0.0 < fraction <= 1.0):
+                raise BatchRejected(
+                    f"{_where(i, s)}: field jobs.fraction: value {fraction} for job "
+                    f"{shown(job_id)} is outside (0, 1]"
+                )
+            if not known:
+                _check_share(i, s, share)
+                _remember_valid(info)
+                checked.add(id(info))
+            add_shares(((info, fraction),))
+            if job_id != UNATTRIBUTED:
+                job_ids.append(job_id)
             continue
+        if not n_jobs:
+            add_shares(())
+            continue
+        mine: list[Share] = []
         if n_jobs > max_job_shares:
             raise BatchRejected(
                 f"too_many_job_shares: {_where(i, s)}: {n_jobs} job shares, above the "
@@ -202,17 +228,15 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
                 )
             if not known:
                 _check_share(i, s, share)
-                if sum(map(len, (job_id, *info[5:]))) + len(info[3]) <= MEMO_SHARE_BYTES:
-                    if len(valid_shares) >= MEMO_MAX:
-                        valid_shares.clear()
-                    valid_shares.add(info)
-            checked.add(id(info))
+                _remember_valid(info)
+                checked.add(id(info))
             total += fraction
             mine.append((info, fraction))
             if job_id != UNATTRIBUTED:
                 job_ids.append(job_id)
         if total > 1.0 + 1e-6:
             raise BatchRejected(f"{_where(i, s)}: field jobs.fraction: shares sum to {total}, above 1")
+        add_shares(tuple(mine))
     return BatchScan(sample_list, all_shares, lo_ns, hi_ns, job_ids, rows)
 
 
@@ -268,6 +292,14 @@ def _check_sample(i: int, s: pb.GpuSample, now_ns: int, limits: Limits) -> None:
     temp_lo, temp_hi = TEMP_RANGE_C
     _finite_in(_where(i, s), "temp_c", s.temp_c, temp_lo, temp_hi)
     _below_int64(_where(i, s), "mem_used_bytes", s.mem_used_bytes)
+
+
+def _remember_valid(info: ShareInfo) -> None:
+    """Remember a share info found valid (one of at most MEMO_SHARE_BYTES characters)."""
+    if sum(map(len, (info[0], *info[5:]))) + len(info[3]) <= MEMO_SHARE_BYTES:
+        if len(_VALID_SHARES) >= MEMO_MAX:
+            _VALID_SHARES.clear()
+        _VALID_SHARES.add(info)
 
 
 def _check_share(i: int, s: pb.GpuSample, share: pb.JobShare) -> None:
