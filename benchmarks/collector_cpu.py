@@ -179,6 +179,11 @@ class NoRollup:
 
     def __init__(self) -> None:
         self.held = HeldNodes(MemoryStore(), self.resolution_ns)  # type: ignore[arg-type]
+        self.store = MemoryStore()
+
+    async def write_marked(self, node_windows: object, lines: list[str]) -> WriteResult:
+        """No writer marks without rack windows: the lines alone."""
+        return await self.store.write_lines(lines)
 
 
 CLIENT = """

@@ -6,11 +6,13 @@ and new share objects at every pass. Ingest used to pass over each sample's shar
 are read once (``validate_batch`` builds the scan as it checks the batch; ``scan_batch`` without
 checks), each share as its :data:`ShareInfo` (every field but ``fraction``, memoized by the share's
 serialized bytes: equal bytes parse to equal shares, so the memo cannot mix two shares up) and its
-fraction, read from the message itself.
+fraction, read from the message itself. Each sample's scalar fields are read once too, into a
+:data:`Row` (a plain tuple: reading it back costs an index, not a call into upb).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -22,6 +24,10 @@ ShareInfo = tuple[str, str, int, str, bool, str, str, str, str]
 #: A share of a sample: its info and its fraction.
 Share = tuple[ShareInfo, float]
 
+#: A GPU sample's scalar fields, read once: (start_ns, end_ns, energy_j, gpu_index, gpu_uuid, util_pct,
+#: mem_util_pct, idle_s, mean_power_w, mem_used_bytes, temp_c, energy_method).
+Row = tuple[int, int, float, int, str, float, float, float, float, int, float, int]
+
 #: The info of the unattributed rest of a GPU interval.
 UNATTRIBUTED_INFO: ShareInfo = (UNATTRIBUTED, "", pb.ATTRIBUTION_METHOD_UNSPECIFIED, "", False,
                                 "", "", "", "")
@@ -30,20 +36,21 @@ UNATTRIBUTED_INFO: ShareInfo = (UNATTRIBUTED, "", pb.ATTRIBUTION_METHOD_UNSPECIF
 #: is emptied): a few MB at most, whatever a node sends. A typical share is about 100 bytes.
 MEMO_SHARE_BYTES = 512
 MEMO_MAX = 20_000
-_info_memo: dict[bytes, ShareInfo] = {}
+#: share_info's memo (by the share's serialized bytes; validate_batch reads it inline)
+INFO_MEMO: dict[bytes, ShareInfo] = {}
 
 
 def share_info(share: pb.JobShare) -> ShareInfo:
     """Every field of ``share`` but ``fraction`` (see the module docstring)."""
     raw = share.SerializeToString()
-    info = _info_memo.get(raw)
+    info = INFO_MEMO.get(raw)
     if info is None:
         info = (share.job_id, share.alias, share.method, share.user, share.split_estimated, share.account,
                 share.partition, share.namespace, share.job_name)
         if len(raw) <= MEMO_SHARE_BYTES:
-            if len(_info_memo) >= MEMO_MAX:
-                _info_memo.clear()
-            _info_memo[raw] = info
+            if len(INFO_MEMO) >= MEMO_MAX:
+                INFO_MEMO.clear()
+            INFO_MEMO[raw] = info
     return info
 
 
@@ -52,22 +59,57 @@ class BatchScan:
     """A batch's GPU samples (the messages, in order) and their shares, read once."""
 
     samples: list[pb.GpuSample]
-    #: per sample, its job shares in order
-    shares: list[list[Share]]
+    #: per sample, its job shares in order (a tuple)
+    shares: list[Sequence[Share]]
     #: earliest start and latest end of the samples (0, 0 without samples)
     lo_ns: int
     hi_ns: int
     #: the attributed job ids of all shares, in order (repeats kept): the job-series budget's input
     job_ids: list[str]
+    #: each sample's scalar fields (:data:`Row`), in order
+    rows: list[Row]
     #: each sample's digest (points.sample_digest), once computed
     digests: list[str] | None = None
+
+
+@dataclass(slots=True)
+class GpuSpan:
+    """One GPU's samples in a batch: its index, earliest start and latest end (what held node state
+    and the interval check need of the samples: collector/node_state.py)."""
+
+    gpu_index: int
+    start_ns: int
+    end_ns: int
+
+
+def gpu_spans(rows: list[Row]) -> list[GpuSpan]:
+    """Per GPU of the rows (in the order of first appearance), its earliest start and latest end."""
+    spans: dict[int, GpuSpan] = {}
+    for row in rows:
+        start, end, gpu = row[0], row[1], row[3]
+        span = spans.get(gpu)
+        if span is None:
+            spans[gpu] = GpuSpan(gpu, start, end)
+            continue
+        if start < span.start_ns:
+            span.start_ns = start
+        if end > span.end_ns:
+            span.end_ns = end
+    return list(spans.values())
+
+
+def sample_row(s: pb.GpuSample) -> Row:
+    """A sample's :data:`Row`."""
+    return (s.start_ns, s.end_ns, s.energy_j, s.gpu_index, s.gpu_uuid, s.util_pct, s.mem_util_pct, s.idle_s,
+            s.mean_power_w, s.mem_used_bytes, s.temp_c, s.energy_method)
 
 
 def scan_batch(batch: pb.Batch) -> BatchScan:
     """The scan of a batch, without checks (``validate_batch`` gives the same for a valid batch)."""
     samples = list(batch.gpu_samples)
-    shares: list[list[Share]] = []
+    shares: list[Sequence[Share]] = []
     job_ids: list[str] = []
+    rows = [sample_row(s) for s in samples]
     for s in samples:
         mine: list[Share] = []
         for share in s.jobs:
@@ -75,8 +117,7 @@ def scan_batch(batch: pb.Batch) -> BatchScan:
             mine.append((info, share.fraction))
             if info[0] != UNATTRIBUTED:
                 job_ids.append(info[0])
-        shares.append(mine)
+        shares.append(tuple(mine))
     if not samples:
-        return BatchScan(samples, shares, 0, 0, job_ids)
-    return BatchScan(samples, shares, min([s.start_ns for s in samples]), max([s.end_ns for s in samples]),
-                     job_ids)
+        return BatchScan(samples, shares, 0, 0, job_ids, rows)
+    return BatchScan(samples, shares, min([r[0] for r in rows]), max([r[1] for r in rows]), job_ids, rows)

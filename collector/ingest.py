@@ -29,14 +29,14 @@ from google.protobuf.message import DecodeError
 
 from gridwatt import __version__
 from gridwatt.collector.auth import AuthError, Identity, NodeAuth
-from gridwatt.collector.batch_scan import BatchScan
+from gridwatt.collector.batch_scan import BatchScan, gpu_spans
 from gridwatt.collector.bounds import JobSeriesBudget, NodeSlots
 from gridwatt.collector.ingest_stats import IngestStats
 from gridwatt.collector.intensity.base import IntensityUnavailable
 from gridwatt.collector.intervals import first_conflict, stored_intervals
 from gridwatt.collector.ledger import LedgerBook
 from gridwatt.collector.node_state import NodeHeld
-from gridwatt.collector.points import host_lines, prepare_batch, sample_digest
+from gridwatt.collector.points import host_lines, prepare_batch, sample_digests
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.store import InfluxStore, QueryError, StoreRejected, StoreUnavailable
 from gridwatt.collector.topology import Placement, Topology
@@ -275,6 +275,9 @@ class Ingestor:
                 f"hour (server.max_new_jobs_per_node_per_hour = {budget.per_hour}); resend later", wait_s)
         lo, hi = scan.lo_ns, scan.hi_ns
         samples = scan.samples
+        # per GPU, its earliest start and latest end: all that held state and the interval view need
+        # of the samples (they read ``gpu_index``, ``start_ns`` and ``end_ns`` of each)
+        spans = gpu_spans(scan.rows)
         held: NodeHeld | None = None  # the node's held state (collector/node_state.py)
         hold = hold and self.rack_windows
         if self.bounds.check_intervals or hold:
@@ -287,14 +290,14 @@ class Ingestor:
                 if hold:
                     held = await self.rollup.held.acquire(batch.node, lo, lookback)
                 if self.bounds.check_intervals:
-                    stored = held.interval_view(samples, lo, lookback) if held is not None else None
+                    stored = held.interval_view(spans, lo, lookback) if held is not None else None
                     if stored is None:
                         self.rollup.held.interval_checks_read += 1
                         stored = await stored_intervals(self.store, batch.node, lo, hi, lookback)
                     else:
                         self.rollup.held.interval_checks_held += 1
-                    scan.digests = [sample_digest(s) for s in samples]  # the gpu points store them too
-                    conflict = first_conflict(samples, scan.digests, stored)
+                    scan.digests = sample_digests(samples)  # the gpu points store them too
+                    conflict = first_conflict(samples, scan.digests, stored, scan.rows)
             except QueryError as exc:
                 if "unreachable" in str(exc):  # down, as a failed write would find: health follows
                     await self.store.note_unreachable(str(exc))
@@ -315,7 +318,7 @@ class Ingestor:
         rack_done = False
         if held is not None and self.rack_windows:
             one = await self.rollup.write_batch(
-                batch.node, placement.rack, placement.zone, prepared.windows, held, samples,
+                batch.node, placement.rack, placement.zone, prepared.windows, held, spans,
                 prepared.job_points, prepared.lines + side_lines)
             result, rack_done = one.result, one.rack_done
         else:  # with the writer marks of its windows first (collector/writer_marks.py)
@@ -335,21 +338,17 @@ class Ingestor:
         if self.rack_windows:
             if not node_done:
                 await self.rollup.recompute_node(batch.node, placement.rack, placement.zone, prepared.windows,
-                                                 None if result.rejected else held, samples,
+                                                 None if result.rejected else held, spans,
                                                  prepared.job_points)
             # a batch may end part way through an interval's GPUs: the node has reported
             # completely only up to the earliest of its GPUs' latest ends
-            latest: dict[int, int] = {}
-            for s in samples:
-                end_ns = s.end_ns
-                if end_ns > latest.get(s.gpu_index, 0):
-                    latest[s.gpu_index] = end_ns
+            reported_ns = min([span.end_ns for span in spans])
 
             async def after() -> None:
                 if not rack_done:
                     await self.rollup.recompute_rack(placement.rack, placement.zone, prepared.windows)
                 if self.on_stored is not None:
-                    self.on_stored(batch.node, placement.rack, min(prepared.windows), min(latest.values()))
+                    self.on_stored(batch.node, placement.rack, min(prepared.windows), reported_ns)
         budget.admit(batch.node, job_ids, new_jobs)
         if not result.rejected:
             ack = pb.Ack(batch_id=batch.batch_id, code=CODE_OK, stored_samples=n)

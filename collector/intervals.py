@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gridwatt.collector import queries
+from gridwatt.collector.batch_scan import Row, sample_row
 from gridwatt.collector.points import sample_digest
 from gridwatt.collector.store import InfluxStore, series_rows
 from gridwatt.v1 import telemetry_pb2 as pb
@@ -69,16 +70,22 @@ def _same(s: pb.GpuSample, digest: str, stored: StoredInterval) -> bool:
     return stored.end_ns == s.end_ns and stored.energy_j == s.energy_j
 
 
-def first_conflict(samples: Sequence[pb.GpuSample], digests: list[str], stored: StoredGpuTime) -> str | None:
+def first_conflict(samples: Sequence[pb.GpuSample], digests: list[str], stored: StoredGpuTime,
+                   rows: Sequence[Row] | None = None) -> str | None:
     """A description of the first sample that would account GPU time twice, or None.
 
     Each GPU's samples are taken in (start, end, index) order; the description of a sample is
-    rendered only for the one returned.
+    rendered only for the one returned. ``rows``: the samples' rows (collector/batch_scan.py), where
+    already read.
     """
+    if rows is None:
+        rows = [sample_row(s) for s in samples]
+    if not stored.inside and _in_order(rows, stored.end_before):
+        return None
     by_gpu: dict[int, list[tuple[int, int, int]]] = {}
-    for i, s in enumerate(samples):
-        gpu = s.gpu_index
-        item = (s.start_ns, s.end_ns, i)
+    for i, row in enumerate(rows):
+        gpu = row[3]
+        item = (row[0], row[1], i)
         mine = by_gpu.get(gpu)
         if mine is None:
             by_gpu[gpu] = [item]
@@ -113,6 +120,24 @@ def first_conflict(samples: Sequence[pb.GpuSample], digests: list[str], stored: 
                     where = _where(i, gpu, start, end)
                     return f"{where} overlaps the stored interval {pt.start_ns}..{pt.end_ns} of this GPU"
     return None
+
+
+def _in_order(rows: Sequence[Row], end_before: dict[int, int]) -> bool:
+    """Whether each GPU's samples, in the batch's order, start at or after the end of its previous one
+    (or of its stored intervals, ``end_before``) and end after they start: then they are already in
+    ``first_conflict``'s order and none overlaps another or a stored interval before them. With no
+    stored interval inside the batch's range, ``first_conflict`` then finds nothing (one pass, no sort)."""
+    last_end: dict[int, int] = {}
+    for row in rows:
+        gpu = row[3]
+        prev = last_end.get(gpu)
+        if prev is None:
+            prev = end_before.get(gpu, 0)
+        start, end = row[0], row[1]
+        if start < prev or end <= start:
+            return False
+        last_end[gpu] = end
+    return True
 
 
 def _where(i: int, gpu: int, start_ns: int, end_ns: int) -> str:

@@ -184,50 +184,75 @@ class LiveAccounts:
         latest_end = -1
         if scan is None:
             scan = scan_batch(batch)
-        samples = scan.samples
+        rows = scan.rows
         all_shares = scan.shares
         # PUE and intensity constant over the batch (the real-time case): the same two
         # multiplications facility_and_emissions makes for each sample (accounting.steady_over)
-        steady = steady_over(pue, ci, scan.lo_ns, scan.hi_ns) if samples else None
-        for i, s in enumerate(samples):
-            if i in refused:
+        steady = steady_over(pue, ci, scan.lo_ns, scan.hi_ns) if rows else None
+        gpus = self.gpus
+        # this batch's GPUs by index, and its jobs by id (each job's sums still add in sample order)
+        batch_gpus: dict[int, tuple[_Gpu, tuple[str, int]]] = {}
+        batch_jobs: dict[str, _Job] = {}
+        jobs = self.jobs
+        counted = skipped = 0
+        for i, (start_ns, end_ns, e, gpu_index, _, util_pct, _, idle_s, power_w, _, _, _) in enumerate(rows):
+            if refused and i in refused:
                 continue
-            end_ns = s.end_ns
-            key = (node, s.gpu_index)
-            g = self.gpus.get(key)
-            if g is None:
-                g = self.gpus[key] = _Gpu(node, str(s.gpu_index), rack, zone)
+            gk = batch_gpus.get(gpu_index)
+            if gk is None:
+                key = (node, gpu_index)
+                g = gpus.get(key)
+                if g is None:
+                    g = gpus[key] = _Gpu(node, str(gpu_index), rack, zone)
+                gk = batch_gpus[gpu_index] = (g, key)
+            g, key = gk
             if end_ns <= g.last_end_ns:
-                self.samples_skipped += 1
+                skipped += 1
                 continue
             g.rack, g.zone = rack, zone
             g.last_end_ns = end_ns
-            e = s.energy_j
-            start_ns = s.start_ns
             if steady is not None and end_ns > start_ns:
                 fac = e * steady[0]
                 co2 = fac / J_PER_KWH * steady[1]
             else:
                 fac, co2 = facility_and_emissions(e, start_ns, end_ns, pue, ci)
             dur_s = (end_ns - start_ns) / NS_PER_S
-            idle_s = s.idle_s
             idle_e = e * idle_s / dur_s if idle_s and dur_s > 0 else 0.0
             ge = g.energy
             ge.it_j += e
             ge.facility_j += fac
             ge.co2e_g += co2
             ge.idle_j += idle_e
-            g.power_w = s.mean_power_w
-            g.util_pct = s.util_pct
-            self.samples_counted += 1
+            g.power_w = power_w
+            g.util_pct = util_pct
+            counted += 1
             if end_ns > latest_end:
                 latest_end = end_ns
             rest = 1.0
-            for info, fraction in all_shares[i]:
-                self._add_job(info[0], info[3], info[5], fraction, e, fac, co2, idle_e, dur_s, key, now)
-                rest -= fraction
+            for info, frac in all_shares[i]:
+                job_id = info[0]
+                user = info[3]
+                job = batch_jobs.get(job_id)
+                if job is None:
+                    job = jobs.get(job_id)
+                    if job is None:
+                        job = jobs[job_id] = _Job(user, info[5])
+                    job.last_seen = now
+                    batch_jobs[job_id] = job
+                if user and not job.user:
+                    job.user = user
+                je = job.energy
+                je.it_j += e * frac
+                je.facility_j += fac * frac
+                je.co2e_g += co2 * frac
+                je.idle_j += idle_e * frac
+                job.gpu_s += dur_s * frac
+                job.gpus.add(key)
+                rest -= frac
             if rest > 1e-9:
                 self._add_job(UNATTRIBUTED, "", "", rest, e, fac, co2, idle_e, dur_s, key, now)
+        self.samples_counted += counted
+        self.samples_skipped += skipped
         if latest_end >= 0:
             at = latest_end - 1  # the value in force over the last counted instant
             cur = self.zone_intensity.get(zone)

@@ -52,6 +52,7 @@ from __future__ import annotations
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import add
 from typing import Any
 
 from gridwatt.collector import queries
@@ -62,6 +63,9 @@ from gridwatt.collector.store import InfluxStore, series_rows
 
 #: The summed fields of a job series, in the order of ``SeriesSums.sums`` (J, J, g, g, GPU-s, %·s, s, J).
 SUM_KEYS = ("e", "f", "c", "ce", "d", "u", "i", "ie")
+
+#: The sums of a series or window before its first point.
+_ZEROS = [0.0] * len(SUM_KEYS)
 
 #: Far beyond any time validation admits (year 2255): the open upper bound of the fill reads.
 FAR_FUTURE_NS = 9_000_000_000_000_000_000
@@ -90,23 +94,39 @@ def node_windows_from_series(
     ``series`` is (window start, gpu tag, job id, sums) in InfluxDB's answer order: by GPU tag, then
     job id, then window. The float additions happen in that order, for held and read-back alike.
     """
-    windows: dict[int, dict[str, float]] = {}
-    jobs: dict[tuple[int, str], dict[str, Any]] = {}
+    # sums as lists, added field by field with map(add) (the same additions in the same order as one
+    # dict entry at a time), made into dicts at the end (keys in the same order)
+    window_sums: dict[int, list[float]] = {}
+    job_acc: dict[tuple[int, str], list[Any]] = {}  # [sums, n, end_ns, who]
     gpus: dict[int, set[str]] = defaultdict(set)
     for t, gpu, job_id, s in series:
-        w = windows.setdefault(t, dict.fromkeys((*SUM_KEYS, "n"), 0.0))
-        j = jobs.setdefault((t, job_id), dict.fromkeys((*SUM_KEYS, "n", "end_ns"), 0.0))
-        for key, value in zip(SUM_KEYS, s.sums, strict=True):
-            w[key] += value
-            j[key] += value
-        j["n"] += 1
-        j["end_ns"] = max(j["end_ns"], float(s.end_ns))
-        for name in WHO_FIELDS:
-            if s.who.get(name):
-                j[name] = s.who[name]
+        sums = s.sums
+        w = window_sums.get(t)
+        window_sums[t] = list(map(add, _ZEROS if w is None else w, sums))
+        acc = job_acc.get((t, job_id))
+        if acc is None:
+            acc = job_acc[(t, job_id)] = [_ZEROS, 0.0, 0.0, {}]
+        acc[0] = list(map(add, acc[0], sums))
+        acc[1] += 1
+        acc[2] = max(acc[2], float(s.end_ns))
+        who = s.who
+        if who:
+            for name in WHO_FIELDS:
+                if who.get(name):
+                    acc[3][name] = who[name]
         gpus[t].add(gpu)
-    for t, w in windows.items():
-        w["n"] = len(gpus[t])
+    windows: dict[int, dict[str, float]] = {}
+    for t, w in window_sums.items():
+        wd: dict[str, float] = dict(zip(SUM_KEYS, w, strict=True))
+        wd["n"] = len(gpus[t])
+        windows[t] = wd
+    jobs: dict[tuple[int, str], dict[str, Any]] = {}
+    for k, (sums, n, end_ns, who) in job_acc.items():
+        j: dict[str, Any] = dict(zip(SUM_KEYS, sums, strict=True))
+        j["n"] = n
+        j["end_ns"] = end_ns
+        j.update(who)
+        jobs[k] = j
     return windows, jobs
 
 
@@ -138,7 +158,7 @@ def add_point(window: WindowSeries, p: JobPoint) -> bool:
         return True
     if p.start_ns < s.end_ns:
         return False
-    s.sums = [a + b for a, b in zip(s.sums, p.sums, strict=True)]  # the same additions, one each
+    s.sums = list(map(add, s.sums, p.sums))  # the same additions, one each
     if p.end_ns > s.end_ns:
         s.end_ns = p.end_ns
     if p.who:
@@ -272,23 +292,34 @@ class HeldNodes:
         window over the bounds): then the batch is written first and ``wrote`` follows it, as before."""
         res = self.resolution_ns
         out: dict[int, WindowSeries] = {}
+        held_windows = held.windows
         for t in window_starts:
             if not held.known(t):
                 return None
-            out[t] = dict(held.windows.get(t, {}))
-        fresh: set[tuple[int, str, str]] = set()  # series copied (or new) in ``out``: ours to change
-        for p in points:
-            t = p.start_ns - p.start_ns % res
-            window = out.get(t)
+            window = held_windows.get(t)
+            # a held series is copied (add_point replaces the copy's sums: the list may be shared)
+            out[t] = ({k: SeriesSums(v.sums, v.end_ns, dict(v.who)) for k, v in window.items()}
+                      if window else {})
+        max_series = self.max_series_per_window
+        for p in points:  # add_point's steps, inline
+            start = p.start_ns
+            window = out.get(start - start % res)
             if window is None:
                 return None
             key = (p.gpu, p.job_id)
             s = window.get(key)
-            if s is not None and (t, *key) not in fresh:
-                window[key] = SeriesSums(s.sums, s.end_ns, dict(s.who))  # add_point replaces sums
-            fresh.add((t, *key))
-            if not add_point(window, p) or len(window) > self.max_series_per_window:
+            if s is None:
+                window[key] = SeriesSums(list(p.sums), p.end_ns, dict(p.who))
+                if len(window) > max_series:
+                    return None
+                continue
+            if start < s.end_ns:  # not later than the series' points
                 return None
+            s.sums = list(map(add, s.sums, p.sums))
+            if p.end_ns > s.end_ns:
+                s.end_ns = p.end_ns
+            if p.who:
+                s.who.update(p.who)
         return out
 
     def commit(self, held: NodeHeld, samples: Iterable[Any], points: list[JobPoint],
@@ -302,7 +333,7 @@ class HeldNodes:
         if not held.valid:
             return
         held.windows.update(windows)
-        latest = max((p.start_ns for p in points), default=None)
+        latest = max([p.start_ns for p in points]) if points else None
         if latest is not None and (held.latest_start_ns is None or latest > held.latest_start_ns):
             held.latest_start_ns = latest
         self._evict(held)

@@ -33,7 +33,8 @@ from gridwatt.collector.topology import Placement
 from gridwatt.timeutil import NS_PER_S
 from gridwatt.v1 import telemetry_pb2 as pb
 
-__all__ = ["UNATTRIBUTED", "JobPoint", "PreparedBatch", "host_lines", "prepare_batch", "sample_digest"]
+__all__ = ["UNATTRIBUTED", "JobPoint", "PreparedBatch", "host_lines", "prepare_batch", "sample_digest",
+           "sample_digests"]
 
 ENERGY_METHOD_NAMES = {
     pb.ENERGY_METHOD_UNSPECIFIED: "unspecified",
@@ -78,6 +79,15 @@ def sample_digest(s: pb.GpuSample) -> str:
     if _DIGEST_DETERMINISTIC:
         return _sha256(s.SerializeToString(deterministic=True)).digest()[:16].hex()
     return _sha256(s.SerializeToString()).digest()[:16].hex()
+
+
+def sample_digests(samples: list[pb.GpuSample]) -> list[str]:
+    """``[sample_digest(s) for s in samples]`` (the same values: the first 16 bytes of the digest in
+    hex are the first 32 characters of the hex digest)."""
+    sha256 = _sha256
+    if _DIGEST_DETERMINISTIC:
+        return [sha256(s.SerializeToString(deterministic=True)).hexdigest()[:32] for s in samples]
+    return [sha256(s.SerializeToString()).hexdigest()[:32] for s in samples]
 
 
 def _attribution_fields(method: int, user: str, split_estimated: bool, *who: str) -> str:
@@ -125,7 +135,7 @@ class PreparedBatch:
 
 
 #: ``energy_method="…"`` as rendered, per enum value
-_ENERGY_METHOD_FIELDS = {k: f'energy_method="{v}"' for k, v in ENERGY_METHOD_NAMES.items()}
+_ENERGY_METHOD_FIELDS: dict[int, str] = {k: f'energy_method="{v}"' for k, v in ENERGY_METHOD_NAMES.items()}
 _ENERGY_METHOD_OTHER = 'energy_method="unspecified"'
 #: The fields of a gpu point with ``[influxdb] gpu_point_fields = "accounting"``: what gridwatt itself
 #: reads back (interval check, re-accounting, alerts) plus facility energy and the emission factor.
@@ -193,6 +203,7 @@ def prepare_batch(
     if scan is None:
         scan = scan_batch(batch)
     samples = scan.samples
+    rows = scan.rows
     digests = scan.digests
     node_t = tag(batch.node)
     rack_t = tag(placement.rack)
@@ -209,12 +220,15 @@ def prepare_batch(
     lo = scan.lo_ns
     if samples:
         steady = steady_over(pue, ci, lo, scan.hi_ns)
+    steady_pue = steady_ci = 0.0
+    steady_estimated = False
     if steady is not None:
         steady_pue, steady_ci = steady
         steady_estimated = any_estimated and ci.is_estimated_at(lo)
         if mixed:  # one intensity step over the batch: one provider
             ef = string_field(intensity.factor_at(lo))
             src = string_field(intensity.source_at(lo))
+    steady_flag = "true" if steady_estimated else "false"
     lines: list[str] = []
     append = lines.append
     windows: set[int] = set()
@@ -223,10 +237,16 @@ def prepare_batch(
     # (node/rack key tail, share info) → the job line's series key up to the GPU index, and its
     # attribution fields
     share_cache = _share_memo
+    # the same, for this batch, by the identity of the share info (scan.shares holds every info while
+    # this runs, so an id is not reused meanwhile): no hash of the info's nine fields per share
+    batch_heads: dict[int, tuple[str, str, str, dict[str, str]]] = {}
     jobs_fields = _jobs_field_memo
-    # repr of values that repeat within a batch (PUE, intensity, duration, ...); never 0.0 / -0.0,
-    # which are equal keys with different reprs
+    # repr of values that repeat within a batch (PUE, intensity, duration, utilisation, temperature,
+    # ...); never 0.0 / -0.0, which are equal keys with different reprs
     reprs: dict[float, str] = {}
+    # per GPU index: (its uuid, str(index), the gpu series key up to the fields) of the batch
+    gpu_keys: dict[int, tuple[str, str, str]] = {}
+    energy_fields = _ENERGY_METHOD_FIELDS
 
     accounting_only = gpu_fields == "accounting"
     # a job share of the whole GPU: ``fraction=1.0``, left out with "accounting" (absent means 1.0)
@@ -234,21 +254,34 @@ def prepare_batch(
     first_line: list[int] = []
     job_points: list[JobPoint] = []
     held_point = job_points.append
-    last_start = None
-    for i, s in enumerate(samples):
+    last_start = last_end = None
+    s_start = s_end = ""
+    all_shares = scan.shares
+    for i, (start, end, e, gpu_index, uuid_raw, util, mem_util, idle_s, power_w, mem_used, temp_c,
+            energy_method) in enumerate(rows):
         first_line.append(len(lines))
-        start = s.start_ns
-        end = s.end_ns
-        e = s.energy_j
+        if start != last_start:  # the GPUs of one interval share its start (and mostly its end)
+            windows.add(start - start % resolution_ns)
+            last_start = start
+            s_start = str(start)
+        if end != last_end:
+            last_end = end
+            s_end = str(end)
         if steady is not None and end > start:
             fac = e * steady_pue
             co2 = fac / J_PER_KWH * steady_ci
-            est_co2 = co2 if steady_estimated else 0.0
-            estimated_flag = "true" if steady_estimated else "false"
+            if steady_estimated:
+                est_co2 = co2
+                r_est = repr(co2)
+            else:
+                est_co2 = 0.0
+                r_est = "0.0"
+            estimated_flag = steady_flag
             eff_pue = fac / e if e > 0 else steady_pue
             eff_ci = co2 * J_PER_KWH / fac if fac > 0 else steady_ci
         else:
             fac, co2, est_co2 = emissions_with_estimated(e, start, end, pue, ci, any_estimated)
+            r_est = repr(est_co2)
             if mixed:  # steps from several providers: each sample names the one at its start
                 ef = string_field(intensity.factor_at(start))
                 src = string_field(intensity.source_at(start))
@@ -260,21 +293,30 @@ def prepare_batch(
         total_c += co2
         total_est += est_co2
         dur_s = (end - start) / NS_PER_S
-        util = s.util_pct
-        idle_s = s.idle_s
-        idle_e = e * idle_s / dur_s if idle_s else 0.0
+        if idle_s:
+            idle_e = e * idle_s / dur_s
+            r_idle_e = repr(idle_e)
+        else:
+            idle_e = 0.0
+            r_idle_e = "0.0"
         util_s = util * dur_s
-        gpu = str(s.gpu_index)
-        uuid = tag_cache.get(s.gpu_uuid)
-        if uuid is None:
-            _memo_room(tag_cache)
-            uuid = tag_cache[s.gpu_uuid] = tag(s.gpu_uuid)
+        keys = gpu_keys.get(gpu_index)
+        if keys is None or keys[0] != uuid_raw:
+            uuid = tag_cache.get(uuid_raw)
+            if uuid is None:
+                _memo_room(tag_cache)
+                uuid = tag_cache[uuid_raw] = tag(uuid_raw)
+            gpu_s_ = str(gpu_index)
+            keys = gpu_keys[gpu_index] = (uuid_raw, gpu_s_, f"{gpu_prefix}{gpu_s_},uuid={uuid} ")
+        gpu = keys[1]
         r_e = repr(e)
         r_fac = repr(fac)
         r_co2 = repr(co2)
-        r_est = repr(est_co2)
-        r_util_s = repr(util_s)
-        r_idle_e = repr(idle_e)
+        r_util_s = reprs.get(util_s)
+        if r_util_s is None:
+            r_util_s = repr(util_s)
+            if util_s:
+                reprs[util_s] = r_util_s
         # repr formatted once per batch for these (inline: a call per value costs more than a lookup)
         r_dur = reprs.get(dur_s)
         if r_dur is None:
@@ -287,34 +329,48 @@ def prepare_batch(
             if idle_s:
                 reprs[idle_s] = r_idle
         shares: list[tuple[tuple[str, str, str, dict[str, str]], float]] = []
-        sample_shares = scan.shares[i]
-        if len(sample_shares) == 1:  # one job (usual): its id is the jobs field, 1 - fraction the rest
+        sample_shares = all_shares[i]
+        # one job of the whole GPU (usual): its job line has the GPU line's numbers, nothing remains
+        whole_job: tuple[str, str, str, dict[str, str]] | None = None
+        if len(sample_shares) == 1:  # one job: its id is the jobs field, 1 - fraction the rest
             info, frac = sample_shares[0]
-            key = (job_suffix, info)
-            head_how = share_cache.get(key)
+            head_how = batch_heads.get(id(info))
             if head_how is None:
-                _memo_room(share_cache)
-                head_how = share_cache[key] = _job_head(job_suffix, info, tag_cache)
-            shares.append((head_how, frac))
-            job_ids = head_how[2]
-            remaining = 1.0 - frac
-        else:
-            fractions: list[float] = []
-            for info, frac in sample_shares:
-                fractions.append(frac)
                 key = (job_suffix, info)
                 head_how = share_cache.get(key)
                 if head_how is None:
                     _memo_room(share_cache)
                     head_how = share_cache[key] = _job_head(job_suffix, info, tag_cache)
+                batch_heads[id(info)] = head_how
+            job_ids = head_how[2]
+            if frac == 1.0:
+                whole_job = head_how
+                remaining = 0.0
+            else:
+                shares.append((head_how, frac))
+                remaining = 1.0 - frac
+        else:
+            fractions: list[float] = []
+            for info, frac in sample_shares:
+                fractions.append(frac)
+                head_how = batch_heads.get(id(info))
+                if head_how is None:
+                    key = (job_suffix, info)
+                    head_how = share_cache.get(key)
+                    if head_how is None:
+                        _memo_room(share_cache)
+                        head_how = share_cache[key] = _job_head(job_suffix, info, tag_cache)
+                    batch_heads[id(info)] = head_how
                 shares.append((head_how, frac))
             job_ids = ",".join([sh[0][2] for sh in shares])
             remaining = 1.0 - sum(fractions)
-        digest = digests[i] if digests is not None else sample_digest(s)
+        digest = digests[i] if digests is not None else sample_digest(samples[i])
+        # the first fields of the gpu line and of a whole GPU's job line
+        energy = f"energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
         if accounting_only:
             append(
-                f"{gpu_prefix}{gpu},uuid={uuid} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
-                f"estimated_co2e_g={r_est},end_ns={end}i,ef={ef},digest=\"{digest}\" {start}"
+                f"{keys[2]}{energy}"
+                f"estimated_co2e_g={r_est},end_ns={s_end}i,ef={ef},digest=\"{digest}\" {s_start}"
             )
         else:
             jobs_field = jobs_fields.get(job_ids)
@@ -331,17 +387,47 @@ def prepare_batch(
                 r_ci = repr(eff_ci)
                 if eff_ci:
                     reprs[eff_ci] = r_ci
+            r_power = reprs.get(power_w)
+            if r_power is None:
+                r_power = repr(power_w)
+                if power_w:
+                    reprs[power_w] = r_power
+            r_util = reprs.get(util)
+            if r_util is None:
+                r_util = repr(util)
+                if util:
+                    reprs[util] = r_util
+            r_mem_util = reprs.get(mem_util)
+            if r_mem_util is None:
+                r_mem_util = repr(mem_util)
+                if mem_util:
+                    reprs[mem_util] = r_mem_util
+            r_temp = reprs.get(temp_c)
+            if r_temp is None:
+                r_temp = repr(temp_c)
+                if temp_c:
+                    reprs[temp_c] = r_temp
             append(
-                f"{gpu_prefix}{gpu},uuid={uuid} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
-                f"duration_s={r_dur},power_w={s.mean_power_w!r},util_pct={util!r},"
-                f"util_pct_s={r_util_s},mem_util_pct={s.mem_util_pct!r},"
-                f"mem_used_bytes={s.mem_used_bytes}i,temp_c={s.temp_c!r},idle_s={r_idle},"
-                f"idle_energy_j={r_idle_e},pue={r_pue},intensity_g_per_kwh={r_ci},end_ns={end}i,"
-                f"{_ENERGY_METHOD_FIELDS.get(s.energy_method, _ENERGY_METHOD_OTHER)},"
+                f"{keys[2]}{energy}"
+                f"duration_s={r_dur},power_w={r_power},util_pct={r_util},"
+                f"util_pct_s={r_util_s},mem_util_pct={r_mem_util},"
+                f"mem_used_bytes={mem_used}i,temp_c={r_temp},idle_s={r_idle},"
+                f"idle_energy_j={r_idle_e},pue={r_pue},intensity_g_per_kwh={r_ci},end_ns={s_end}i,"
+                f"{energy_fields.get(energy_method, _ENERGY_METHOD_OTHER)},"
                 f"jobs={jobs_field},ef={ef},intensity_source={src},"
                 f"intensity_estimated={estimated_flag},estimated_co2e_g={r_est},"
-                f"digest=\"{digest}\" {start}"
+                f"digest=\"{digest}\" {s_start}"
             )
+        if whole_job is not None:  # x * 1.0 is x, bit for bit, so the GPU line's text holds
+            head, how, job_id, who_values = whole_job
+            append(
+                f"{head}{gpu} {energy}"
+                f"estimated_co2e_g={r_est},gpu_s={r_dur},util_pct_s={r_util_s},idle_s={r_idle},"
+                f"idle_energy_j={r_idle_e},{whole}end_ns={s_end}i,ef={ef}{how} {s_start}"
+            )
+            held_point(JobPoint(gpu, job_id, start, end,
+                                (e, fac, co2, est_co2, dur_s, util_s, idle_s, idle_e), who_values))
+            continue
         if remaining > 1e-9:
             key = (job_suffix, UNATTRIBUTED_INFO)
             head_how = share_cache.get(key)
@@ -352,9 +438,9 @@ def prepare_batch(
         for (head, how, job_id, who_values), frac in shares:
             if frac == 1.0:  # the whole GPU: x * 1.0 is x, bit for bit, so the GPU line's text holds
                 append(
-                    f"{head}{gpu} energy_j={r_e},facility_energy_j={r_fac},co2e_g={r_co2},"
+                    f"{head}{gpu} {energy}"
                     f"estimated_co2e_g={r_est},gpu_s={r_dur},util_pct_s={r_util_s},idle_s={r_idle},"
-                    f"idle_energy_j={r_idle_e},{whole}end_ns={end}i,ef={ef}{how} {start}"
+                    f"idle_energy_j={r_idle_e},{whole}end_ns={s_end}i,ef={ef}{how} {s_start}"
                 )
                 held_point(JobPoint(gpu, job_id, start, end,
                                     (e, fac, co2, est_co2, dur_s, util_s, idle_s, idle_e), who_values))
@@ -367,13 +453,10 @@ def prepare_batch(
                 f"facility_energy_j={sums[1]!r},co2e_g={sums[2]!r},estimated_co2e_g={sums[3]!r},"
                 f"gpu_s={gpu_s!r},"
                 f"util_pct_s={sums[5]!r},idle_s={sums[6]!r},idle_energy_j={sums[7]!r},"
-                f"fraction={frac!r},end_ns={end}i,ef={ef}{how} {start}"
+                f"fraction={frac!r},end_ns={s_end}i,ef={ef}{how} {s_start}"
             )
             held_point(JobPoint(gpu, job_id, start, end, sums, who_values))
-        if start != last_start:  # the GPUs of one interval share its start
-            windows.add(start - start % resolution_ns)
-            last_start = start
-    return PreparedBatch(lines, windows, len(samples), total_e, total_c, total_est, first_line,
+    return PreparedBatch(lines, windows, len(rows), total_e, total_c, total_est, first_line,
                          job_points)
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gridwatt.collector.batch_scan import (
+    INFO_MEMO,
     MEMO_MAX,
     MEMO_SHARE_BYTES,
     UNATTRIBUTED,
     BatchScan,
+    Row,
     Share,
     ShareInfo,
     share_info,
@@ -19,6 +22,7 @@ from gridwatt.names import name_problem, shown
 from gridwatt.timeutil import NS_PER_S, format_time_ns
 from gridwatt.v1 import telemetry_pb2 as pb
 
+_INF = math.inf
 #: InfluxDB integers are signed 64-bit; an unsigned field at or above this would be refused.
 INT64_LIMIT = 2**63
 #: Plausible GPU temperature range (degrees Celsius); 0 when the GPU did not report it.
@@ -118,114 +122,184 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
     temp_lo, temp_hi = TEMP_RANGE_C
     max_job_shares = limits.max_job_shares
     sample_list = list(samples)
-    all_shares: list[list[Share]] = []
+    all_shares: list[Sequence[Share]] = []
     job_ids: list[str] = []
+    rows: list[Row] = []
+    add_row = rows.append
+    add_shares = all_shares.append
+    valid_names = _VALID_NAMES
+    valid_shares = _VALID_SHARES
+    info_memo = INFO_MEMO
+    checked: set[int] = set()  # ids of the share infos of this batch found valid
     lo_ns = hi_ns = 0
     if sample_list:
         lo_ns, hi_ns = sample_list[0].start_ns, sample_list[0].end_ns
     for i, s in enumerate(sample_list):
         e = s.energy_j
-        if not math.isfinite(e):
-            raise BatchRejected(f"{_where(i, s)}: field energy_j: value {e} is not a finite number")
-        if e < 0:
-            raise BatchRejected(f"{_where(i, s)}: field energy_j: value {e} is negative")
         start_ns = s.start_ns
         end_ns = s.end_ns
+        util_pct = s.util_pct
+        mem_util_pct = s.mem_util_pct
+        idle_s = s.idle_s
+        mean_power_w = s.mean_power_w
+        temp_c = s.temp_c
+        mem_used_bytes = s.mem_used_bytes
         duration_ns = end_ns - start_ns
-        if duration_ns <= 0:
-            raise BatchRejected(
-                f"{_where(i, s)}: field end_ns: value {end_ns} is not after start_ns {start_ns}"
-            )
-        if duration_ns > max_interval_ns:
-            raise BatchRejected(
-                f"{_where(i, s)}: interval of {duration_ns / NS_PER_S:g} s exceeds the "
-                f"{max_interval_ns / NS_PER_S:g} s limit"
-            )
-        if end_ns > latest_ns:
-            raise BatchRejected(
-                f"{_where(i, s)}: field end_ns: value {end_ns} ({format_time_ns(end_ns)}) is "
-                f"{(end_ns - now_ns) / NS_PER_S:.0f} s in the future"
-            )
-        if start_ns < min_time_ns:
-            raise BatchRejected(
-                f"{_where(i, s)}: field start_ns: value {start_ns} is before "
-                f"{format_time_ns(min_time_ns)}"
-            )
+        # every check of _check_sample at once (the same comparisons; false for NaN and ±inf); where one
+        # fails, _check_sample names the first, in its order
+        if not (0.0 <= e < _INF and 0 < duration_ns <= max_interval_ns and end_ns <= latest_ns
+                and start_ns >= min_time_ns and e / (duration_s := duration_ns / NS_PER_S) <= max_power_w
+                and 0.0 <= util_pct <= 100.0 and 0.0 <= mem_util_pct <= 100.0
+                and 0.0 <= idle_s <= duration_s + 1e-6 and power_bound_finite
+                and 0.0 <= mean_power_w <= max_power_w and 0.0 <= s.power_limit_w <= max_power_w
+                and temp_lo <= temp_c <= temp_hi and mem_used_bytes < INT64_LIMIT):
+            _check_sample(i, s, now_ns, limits)
         if start_ns < lo_ns:
             lo_ns = start_ns
         if end_ns > hi_ns:
             hi_ns = end_ns
-        duration_s = duration_ns / NS_PER_S
-        power_w = e / duration_s
-        if power_w > max_power_w:
-            raise BatchRejected(
-                f"{_where(i, s)}: field energy_j: value {e} means {power_w:.0f} W, above the plausible "
-                f"{max_power_w:g} W for one GPU"
-            )
-        util_pct = s.util_pct
-        if not (0.0 <= util_pct <= 100.0):  # also false for NaN
-            raise BatchRejected(f"{_where(i, s)}: field util_pct: value {util_pct} is outside 0-100")
-        mem_util_pct = s.mem_util_pct
-        if not (0.0 <= mem_util_pct <= 100.0):
-            raise BatchRejected(f"{_where(i, s)}: field mem_util_pct: value {mem_util_pct} is outside 0-100")
-        idle_s = s.idle_s
-        if not (0.0 <= idle_s <= duration_s + 1e-6):
-            raise BatchRejected(f"{_where(i, s)}: field idle_s: value {idle_s} is outside the interval")
-        v = s.mean_power_w
-        if not (0.0 <= v <= max_power_w and power_bound_finite):
-            _finite_in(_where(i, s), "mean_power_w", v, 0.0, max_power_w)
-        v = s.power_limit_w
-        if not (0.0 <= v <= max_power_w and power_bound_finite):
-            _finite_in(_where(i, s), "power_limit_w", v, 0.0, max_power_w)
-        v = s.temp_c
-        if not (temp_lo <= v <= temp_hi):
-            _finite_in(_where(i, s), "temp_c", v, temp_lo, temp_hi)
-        if s.mem_used_bytes >= INT64_LIMIT:
-            _below_int64(_where(i, s), "mem_used_bytes", s.mem_used_bytes)
         uuid = s.gpu_uuid
-        problem = _name_problem(uuid) if uuid else None
-        if problem:
-            raise BatchRejected(f"{_where(i, s)}: field gpu_uuid: {problem}")
-        jobs = s.jobs
-        mine: list[Share] = []
-        all_shares.append(mine)
-        if not jobs:
-            continue
-        if len(jobs) > max_job_shares:
-            raise BatchRejected(
-                f"too_many_job_shares: {_where(i, s)}: {len(jobs)} job shares, above the "
-                f"{max_job_shares} allowed (server.max_job_shares_per_sample)", "too_many_job_shares")
-        total = 0.0
-        seen: set[str] = set()
-        for share in jobs:
-            info = share_info(share)
-            job_id = info[0]
-            problem = _name_problem(job_id)
+        if uuid and uuid not in valid_names:
+            problem = _name_problem(uuid)
             if problem:
-                raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: {problem}")
-            if job_id in seen:
-                raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: job {shown(job_id)} appears twice; "
-                                    "give each job one share")
-            seen.add(job_id)
+                raise BatchRejected(f"{_where(i, s)}: field gpu_uuid: {problem}")
+        add_row((start_ns, end_ns, e, s.gpu_index, uuid, util_pct, mem_util_pct, idle_s, mean_power_w,
+                 mem_used_bytes, temp_c, s.energy_method))
+        jobs = s.jobs
+        n_jobs = len(jobs)
+        if n_jobs == 1:  # the usual case: the checks of the loop below, for one share (no repeat, no sum)
+            share = jobs[0]
+            info = info_memo.get(share.SerializeToString())  # share_info's memo, inline
+            if info is None:
+                info = share_info(share)
+            job_id = info[0]
+            known = id(info) in checked or info in valid_shares
+            if not known and job_id not in valid_names:
+                problem = _name_problem(job_id)
+                if problem:
+                    raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: {problem}")
             fraction = share.fraction
             if not (0.0 < fraction <= 1.0):
                 raise BatchRejected(
                     f"{_where(i, s)}: field jobs.fraction: value {fraction} for job "
                     f"{shown(job_id)} is outside (0, 1]"
                 )
-            if info not in _VALID_SHARES:
+            if not known:
                 _check_share(i, s, share)
-                if sum(map(len, (job_id, *info[5:]))) + len(info[3]) <= MEMO_SHARE_BYTES:
-                    if len(_VALID_SHARES) >= MEMO_MAX:
-                        _VALID_SHARES.clear()
-                    _VALID_SHARES.add(info)
+                _remember_valid(info)
+                checked.add(id(info))
+            add_shares(((info, fraction),))
+            if job_id != UNATTRIBUTED:
+                job_ids.append(job_id)
+            continue
+        if not n_jobs:
+            add_shares(())
+            continue
+        mine: list[Share] = []
+        if n_jobs > max_job_shares:
+            raise BatchRejected(
+                f"too_many_job_shares: {_where(i, s)}: {n_jobs} job shares, above the "
+                f"{max_job_shares} allowed (server.max_job_shares_per_sample)", "too_many_job_shares")
+        total = 0.0
+        seen: set[str] | None = set() if n_jobs > 1 else None  # one share cannot repeat a job
+        for k in range(n_jobs):  # by index: cheaper than iterating the container
+            share = jobs[k]
+            info = info_memo.get(share.SerializeToString())  # share_info's memo, inline
+            if info is None:
+                info = share_info(share)
+            job_id = info[0]
+            # a remembered valid info had its job id found valid (name_problem is pure); so did an info
+            # object checked earlier in this batch (alive in ``all_shares`` meanwhile: its id is its own)
+            known = id(info) in checked or info in valid_shares
+            if not known and job_id not in valid_names:
+                problem = _name_problem(job_id)
+                if problem:
+                    raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: {problem}")
+            if seen is not None:
+                if job_id in seen:
+                    raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: job {shown(job_id)} appears "
+                                        "twice; give each job one share")
+                seen.add(job_id)
+            fraction = share.fraction
+            if not (0.0 < fraction <= 1.0):
+                raise BatchRejected(
+                    f"{_where(i, s)}: field jobs.fraction: value {fraction} for job "
+                    f"{shown(job_id)} is outside (0, 1]"
+                )
+            if not known:
+                _check_share(i, s, share)
+                _remember_valid(info)
+                checked.add(id(info))
             total += fraction
             mine.append((info, fraction))
             if job_id != UNATTRIBUTED:
                 job_ids.append(job_id)
         if total > 1.0 + 1e-6:
             raise BatchRejected(f"{_where(i, s)}: field jobs.fraction: shares sum to {total}, above 1")
-    return BatchScan(sample_list, all_shares, lo_ns, hi_ns, job_ids)
+        add_shares(tuple(mine))
+    return BatchScan(sample_list, all_shares, lo_ns, hi_ns, job_ids, rows)
+
+
+def _check_sample(i: int, s: pb.GpuSample, now_ns: int, limits: Limits) -> None:
+    """Raise BatchRejected naming the first bad field of a GPU sample (see ``validate_batch``)."""
+    max_interval_ns = limits.max_interval_ns
+    max_power_w = limits.max_power_w
+    e = s.energy_j
+    if not math.isfinite(e):
+        raise BatchRejected(f"{_where(i, s)}: field energy_j: value {e} is not a finite number")
+    if e < 0:
+        raise BatchRejected(f"{_where(i, s)}: field energy_j: value {e} is negative")
+    start_ns = s.start_ns
+    end_ns = s.end_ns
+    duration_ns = end_ns - start_ns
+    if duration_ns <= 0:
+        raise BatchRejected(
+            f"{_where(i, s)}: field end_ns: value {end_ns} is not after start_ns {start_ns}"
+        )
+    if duration_ns > max_interval_ns:
+        raise BatchRejected(
+            f"{_where(i, s)}: interval of {duration_ns / NS_PER_S:g} s exceeds the "
+            f"{max_interval_ns / NS_PER_S:g} s limit"
+        )
+    if end_ns > now_ns + limits.max_future_ns:
+        raise BatchRejected(
+            f"{_where(i, s)}: field end_ns: value {end_ns} ({format_time_ns(end_ns)}) is "
+            f"{(end_ns - now_ns) / NS_PER_S:.0f} s in the future"
+        )
+    if start_ns < limits.min_time_ns:
+        raise BatchRejected(
+            f"{_where(i, s)}: field start_ns: value {start_ns} is before "
+            f"{format_time_ns(limits.min_time_ns)}"
+        )
+    duration_s = duration_ns / NS_PER_S
+    power_w = e / duration_s
+    if power_w > max_power_w:
+        raise BatchRejected(
+            f"{_where(i, s)}: field energy_j: value {e} means {power_w:.0f} W, above the plausible "
+            f"{max_power_w:g} W for one GPU"
+        )
+    util_pct = s.util_pct
+    if not (0.0 <= util_pct <= 100.0):  # also false for NaN
+        raise BatchRejected(f"{_where(i, s)}: field util_pct: value {util_pct} is outside 0-100")
+    mem_util_pct = s.mem_util_pct
+    if not (0.0 <= mem_util_pct <= 100.0):
+        raise BatchRejected(f"{_where(i, s)}: field mem_util_pct: value {mem_util_pct} is outside 0-100")
+    idle_s = s.idle_s
+    if not (0.0 <= idle_s <= duration_s + 1e-6):
+        raise BatchRejected(f"{_where(i, s)}: field idle_s: value {idle_s} is outside the interval")
+    _finite_in(_where(i, s), "mean_power_w", s.mean_power_w, 0.0, max_power_w)
+    _finite_in(_where(i, s), "power_limit_w", s.power_limit_w, 0.0, max_power_w)
+    temp_lo, temp_hi = TEMP_RANGE_C
+    _finite_in(_where(i, s), "temp_c", s.temp_c, temp_lo, temp_hi)
+    _below_int64(_where(i, s), "mem_used_bytes", s.mem_used_bytes)
+
+
+def _remember_valid(info: ShareInfo) -> None:
+    """Remember a share info found valid (one of at most MEMO_SHARE_BYTES characters)."""
+    if sum(map(len, (info[0], *info[5:]))) + len(info[3]) <= MEMO_SHARE_BYTES:
+        if len(_VALID_SHARES) >= MEMO_MAX:
+            _VALID_SHARES.clear()
+        _VALID_SHARES.add(info)
 
 
 def _check_share(i: int, s: pb.GpuSample, share: pb.JobShare) -> None:

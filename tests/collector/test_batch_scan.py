@@ -68,7 +68,7 @@ def test_share_info_reads_every_field_but_the_fraction() -> None:
 def test_large_shares_are_not_memoized() -> None:
     big = pb.JobShare(job_id="7", fraction=1.0, job_name="x" * 600)
     assert share_info(big)[8] == "x" * 600
-    assert big.SerializeToString() not in batch_scan._info_memo
+    assert big.SerializeToString() not in batch_scan.INFO_MEMO
 
 
 def test_a_valid_share_does_not_vouch_for_another() -> None:

@@ -83,3 +83,25 @@ def test_the_reference_finds_conflicts_in_this_corpus() -> None:
     assert first_conflict(s[:1], ["a"], StoredGpuTime({0: {1: StoredInterval(1, 3, "b", 1.0)}}, {})) == (
         "gpu_samples[0] (gpu 0, 0..2) overlaps the stored interval 1..3 of this GPU")
     assert first_conflict(s[:1], ["a"], StoredGpuTime({0: {0: StoredInterval(0, 2, "a", 9.0)}}, {})) is None
+
+
+_step = st.tuples(st.integers(0, 2), st.integers(-1, 3), st.integers(1, 4), st.sampled_from(["d1", "d2"]))
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(steps=st.lists(_step, max_size=10),
+       before=st.dictionaries(st.integers(0, 2), st.integers(0, 6), max_size=3))
+def test_mostly_ordered_batches_with_nothing_stored_inside_answer_as_the_reference(
+    steps: list[tuple[int, int, int, str]], before: dict[int, int],
+) -> None:
+    """Each GPU's samples follow one another (a gap or an overlap of a second now and then): the
+    one-pass path where they are in order, the full check where they are not."""
+    ends: dict[int, int] = {}
+    samples, digests = [], []
+    for gpu, gap, d, digest in steps:
+        start = ends.get(gpu, 0) + gap
+        samples.append(pb.GpuSample(gpu_index=gpu, start_ns=start, end_ns=start + d, energy_j=1.0))
+        digests.append(digest)
+        ends[gpu] = start + d
+    stored = StoredGpuTime({}, before)
+    assert first_conflict(samples, digests, stored) == reference(samples, digests, stored)
