@@ -123,7 +123,8 @@ def influxd_trace_vars(url: str) -> dict[str, float]:
 
 class Tracer(threading.Thread):
     """``--trace``: once a second, influxd's ``/debug/vars`` counters, the time the collector takes to
-    answer ``/healthz`` (its event loop's lag), and both processes' CPU, as JSON lines in a file."""
+    answer ``/healthz`` (its event loop's lag), both processes' CPU and the whole machine's busy CPU
+    (``machine``), as JSON lines in a file."""
 
     def __init__(self, path: Path, influx_url: str, collector_url: str, pids: dict[str, int]) -> None:
         super().__init__(daemon=True)
@@ -141,10 +142,18 @@ class Tracer(threading.Thread):
                     row["healthz_s"] = round(time.perf_counter() - t0, 4)
                     row["influxd"] = influxd_trace_vars(self.influx_url)
                     row["cpu_s"] = {k: cpu_s(pid) for k, pid in self.pids.items()}
+                    row["cpu_s"]["machine"] = machine_busy_s()
                 except (OSError, ValueError) as exc:
                     row["error"] = str(exc)
                 out.write(json.dumps(row) + "\n")
                 out.flush()
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all of this machine's cores have spent busy so far (``/proc/stat``: all but idle and
+    iowait), so a step can say how much of the machine something outside the benchmark took."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -270,10 +279,12 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
         procs.append((subprocess.Popen(cmd), out))
     time.sleep(args.warmup)
     cpu0 = {k: cpu_s(pid) for k, pid in pids.items()}
+    machine0 = machine_busy_s()
     http0 = influxd_http_stats(influx_url)
     own0 = collector_counters(collector_url)
     time.sleep(args.seconds)
     cpu1 = {k: cpu_s(pid) for k, pid in pids.items()}
+    machine1 = machine_busy_s()
     http1 = influxd_http_stats(influx_url)
     own1 = collector_counters(collector_url)
     results = []
@@ -297,10 +308,15 @@ def run_step(address: str, nodes: int, args: argparse.Namespace, folder: Path, p
         "influxd_cores": round((cpu1["influxd"] - cpu0["influxd"]) / args.seconds, 3),
         "collector_cores": round((cpu1["collector"] - cpu0["collector"]) / args.seconds, 3),
         "loadgen_cores": round(sum(r["cpu_s"] for r in results) / args.seconds, 3),
+        # the whole machine's busy cores, and what of it was none of influxd, collector and load generator
+        # (another job on a shared machine: a step it disturbed says so here)
+        "machine_cores": round((machine1 - machine0) / args.seconds, 3),
         "influxd": influxd_rates(http0, http1, args.seconds),
         "collector_per_s": {k: round((v - own0.get(k, 0.0)) / args.seconds, 2) for k, v in own1.items()
                             if v != own0.get(k, 0.0)},
     }
+    step["other_cores"] = round(step["machine_cores"] - step["influxd_cores"] - step["collector_cores"]
+                                - step["loadgen_cores"], 3)
     slow = [sum(r.get("slow", [0] * 60)[k] for r in results) for k in range(60)]
     # where the slow acks fall in the minute (windows are a minute): the 5 busiest seconds
     busiest = sorted(range(60), key=lambda k: -slow[k])[:5]
@@ -354,8 +370,11 @@ def raw_rate(db: LocalInfluxDB, cfg: Path, nodes: int, args: argparse.Namespace)
 
 
 def rack_tables(args: argparse.Namespace) -> str:
-    """``[[racks]]`` of ``--nodes-per-rack`` nodes for every step's nodes (a real cluster's racks)."""
-    tables = []
+    """``[[racks]]`` of ``--nodes-per-rack`` nodes for every step's nodes (a real cluster's racks); none
+    for 0 (every node auto-registers into the default rack, which is never held)."""
+    tables: list[str] = []
+    if args.nodes_per_rack <= 0:
+        return ""
     for k, nodes in enumerate(int(x) for x in args.nodes.split(",")):
         names = [f"s{k}-{i}" for i in range(nodes)]
         for r in range(0, nodes, args.nodes_per_rack):
@@ -385,7 +404,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--warmup", type=float, default=10.0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--nodes-per-rack", type=int, default=8, help="nodes per [[racks]] table")
+    p.add_argument("--nodes-per-rack", type=int, default=8,
+                   help="nodes per [[racks]] table (0: no [[racks]], all nodes in the default rack)")
     p.add_argument("--max-in-flight-batches", type=int, default=2048,
                    help="the collector's server.max_in_flight_batches (its default, 64, turns batches away "
                         "at a few hundred nodes: see README 'Sizing and scaling')")

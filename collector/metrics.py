@@ -126,6 +126,10 @@ ROLLUP_FAMILIES: dict[str, tuple[str, str]] = {
                           "(windows=rack), were written in the batch's own store write.", "windows"),
     "rollup_rack_turns": ("Store writes that carried the batches of one held rack together with its rack "
                           "points (a turn: the batches that found the rack busy wait for it together).", ""),
+    "rollup_rack_leases": ("Rack windows of racks not held that rack turns summed from a lease (a read "
+                           "younger than replica_settle_s / 2 and this replica's writes since: windows), "
+                           "and turns whose write ended after a lease ran out, so that their batches "
+                           "recomputed the rack from a read (late).", "kind"),
 }
 
 

@@ -30,6 +30,24 @@ and revisits (collector/revisit.py) on this replica write node points through ``
 are followed like any other write. Other racks use the read per recompute and the settle recompute
 ``settle_s`` later, as before.
 
+**Leased windows, for racks that are not held.** Any other rack (the default rack, a rack one of whose
+nodes streams to another replica) may still be summed without a read for a short while: what a read of
+its window found (sent at time *s*), plus every node point this replica wrote there since, is that
+window's *lease*, good until *s* + ``lease_s`` (``replica_settle_s`` / 2; 0 disables). Batches of the rack
+within it write their rack point from it (``RackRollup``'s rack turns, one write per small batch; a large
+batch writes alone and its rack recompute sums from the lease), and a turn whose write ended after the
+lease ran out is not taken as the rack's write: its batches recompute the rack from a read before their
+ack. Another replica B's node point that landed after *s* is missing from such a rack point, but B
+follows its own write with a read of the window at least ``settle_s`` later (its settle recompute, or a
+held rack's final read-back), after every rack point this lease gave (landed before *s* + ``lease_s``);
+and every window written from a lease is itself settled ``settle_s`` later (a read), so the last write
+of each window is one read after every node point written before it, as for the read per recompute.
+What widens: where both replicas die within ``settle_s`` of such writes, the window of a rack point read
+before another replica's node point landed is up to ``lease_s`` instead of one recompute's read-to-write
+time. A window leased before its rack became eligible keeps only its lease. Up to ``max_leased_windows``
+windows (a backfill's batches span tens of windows each) and ``max_leased_points`` node points per rack,
+those past their lease dropped first, then the oldest.
+
 What this cannot see (another replica's revisit of this rack's nodes, a stream a node left on another
 replica that is still writing) is caught by the final read-back: ``RackRollup`` reads every rack window
 it wrote from held state back once more after the window's end plus ``settle_s`` (and ``settle_s``
@@ -41,7 +59,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +109,27 @@ def points_from_rows(rows: Iterable[tuple[dict[str, str], dict[str, Any]]]) -> d
     return out
 
 
+def points_from_result(result: Mapping[str, Any]) -> dict[int, RackWindow]:
+    """``points_from_rows`` of one statement's result as InfluxDB answers it (series of columns and value
+    rows), read by column position instead of through a dict per row: the same points (pure)."""
+    out: dict[int, RackWindow] = {}
+    for series in result.get("series") or ():
+        tags = series.get("tags") or {}
+        key = (tags.get("node", ""), tags.get("zone", ""))
+        where = {name: k for k, name in enumerate(series["columns"])}
+        at = where["time"]
+        picks = [where.get(name) for name in NODE_FIELDS]
+        count_at = where.get("gpu_count")
+        for values in series["values"]:
+            width = len(values)
+            sums = tuple(None if k is None or k >= width or (v := values[k]) is None else float(v)
+                         for k in picks)
+            count = None if count_at is None or count_at >= width else values[count_at]
+            point = NodePoint(sums, None if count is None else int(count))
+            out.setdefault(int(values[at]), {})[key] = point
+    return out
+
+
 def rack_sums(window: RackWindow) -> dict[str, float] | None:
     """The rack's sums over its node points in one window (pure): the floats added one by one in
     series-key order (node, then zone); energies back in J; ``n`` the GPUs, ``nodes`` the points with a
@@ -120,11 +159,13 @@ def rack_sums(window: RackWindow) -> dict[str, float] | None:
 @dataclass
 class HeldWindow:
     """A held rack window: its node points, a version that changes with them, and the version the
-    stored rack point was last written from (-1: none since held)."""
+    stored rack point was last written from (-1: none since held); ``seeded_at``: when the read that
+    seeded it was sent (monotonic s; what a lease runs from)."""
 
     points: RackWindow
     version: int = 0
     written: int = -1
+    seeded_at: float = 0.0
 
 
 @dataclass
@@ -134,6 +175,8 @@ class RackRead:
 
     windows: set[int]
     epoch: int
+    #: when the read was sent (monotonic s): what it holds is leased from then (``HeldRacks.lease_s``)
+    started: float = 0.0
     wrote: dict[int, RackWindow] = field(default_factory=dict)
     failed: set[int] = field(default_factory=set)
     #: windows with a node point write in flight at some time during the read: the read may have
@@ -144,9 +187,18 @@ class RackRead:
 class HeldRacks:
     """The held racks of this replica (see the module docstring); ``max_windows`` per rack."""
 
-    def __init__(self, settle_s: float, max_windows: int = 4) -> None:
+    def __init__(self, settle_s: float, max_windows: int = 4, lease_s: float = 0.0,
+                 max_leased_windows: int = 256, max_leased_points: int = 50_000) -> None:
         self.settle_s = settle_s
         self.max_windows = max_windows
+        #: how long a window of a rack that is not held may be summed from what a read found plus this
+        #: replica's writes since (0: never; see the module docstring, "Leased windows")
+        self.lease_s = lease_s
+        self.max_leased_windows = max_leased_windows
+        #: and at most this many node points in a rack's leased windows (a large default rack's backfill)
+        self.max_leased_points = max_leased_points
+        #: the monotonic clock (s) of eligibility and leases (a test may hold it still)
+        self.clock: Callable[[], float] = time.monotonic
         self._members: dict[str, frozenset[str]] = {}
         self._rack_of: dict[str, str] = {}
         self._open: Counter[str] = Counter()
@@ -163,7 +215,7 @@ class HeldRacks:
         self._rack_of = {node: rack for rack, nodes in self._members.items() for node in nodes}
         self._missing = {rack: sum(1 for n in nodes if not self._open[n])
                          for rack, nodes in self._members.items()}
-        now = time.monotonic()
+        now = self.clock()
         self._since = dict.fromkeys(self._members, now)
         self._windows.clear()
 
@@ -190,7 +242,7 @@ class HeldRacks:
             self._changed(rack)
 
     def _changed(self, rack: str) -> None:
-        self._since[rack] = time.monotonic()
+        self._since[rack] = self.clock()
         self.drop(rack)
 
     def drop(self, rack: str) -> None:
@@ -201,16 +253,39 @@ class HeldRacks:
     def eligible(self, rack: str) -> bool:
         """Whether the rack's windows may be held: all its nodes stream here, for settle_s already."""
         return (self._missing.get(rack, 1) == 0
-                and time.monotonic() - self._since[rack] >= self.settle_s)
+                and self.clock() - self._since[rack] >= self.settle_s)
+
+    def summable(self, rack: str) -> bool:
+        """Whether the rack's windows may be summed from held state: it is held (``eligible``), or its
+        windows are leased (``lease_s`` > 0)."""
+        return self.lease_s > 0 or self.eligible(rack)
 
     def window(self, rack: str, window_ns: int) -> RackWindow | None:
         """The held node points of a rack window (None: not held)."""
         held = self.held(rack, window_ns)
         return None if held is None else held.points
 
-    def held(self, rack: str, window_ns: int) -> HeldWindow | None:
+    def held(self, rack: str, window_ns: int, at: float | None = None) -> HeldWindow | None:
+        """A held window; of a rack that is not ``eligible``, only while its lease runs (at ``at``,
+        monotonic s; now by default)."""
         windows = self._windows.get(rack)
-        return None if windows is None else windows.get(window_ns)
+        held = None if windows is None else windows.get(window_ns)
+        if held is not None and not self.leased(held, at) and not self._held_as_eligible(rack, held):
+            return None
+        return held
+
+    def _held_as_eligible(self, rack: str, held: HeldWindow) -> bool:
+        """Whether a window is held for good: the rack is eligible and was so when its seed was read
+        (a window leased before, when another replica might still have written there, keeps its lease)."""
+        return self.eligible(rack) and held.seeded_at >= self._since[rack] + self.settle_s
+
+    def lease_ends(self, rack: str, held: HeldWindow) -> float | None:
+        """When a held window's lease runs out (monotonic s); None where it is held for good."""
+        return None if self._held_as_eligible(rack, held) else held.seeded_at + self.lease_s
+
+    def leased(self, held: HeldWindow, at: float | None = None) -> bool:
+        """Whether a window's lease still runs at ``at`` (monotonic s; now by default)."""
+        return (self.clock() if at is None else at) < held.seeded_at + self.lease_s
 
     def written(self, rack: str, window_ns: int, version: int) -> None:
         """The rack point of a held window was stored from its node points at ``version``: while they
@@ -257,7 +332,7 @@ class HeldRacks:
                 del self._writing[(rack, t)]
 
     def begin_read(self, rack: str, windows: set[int]) -> RackRead:
-        read = RackRead(set(windows), self._epoch[rack])
+        read = RackRead(set(windows), self._epoch[rack], self.clock())
         read.busy = {t for t in windows if (rack, t) in self._writing}
         self._reads.setdefault(rack, []).append(read)
         return read
@@ -282,15 +357,27 @@ class HeldRacks:
             window.update(read.wrote.get(t, {}))
             got[t] = window
         before: dict[int, RackWindow] = {}
-        if read.epoch != self._epoch[rack] or not self.eligible(rack):
+        eligible = self.eligible(rack)
+        if read.epoch != self._epoch[rack] or not (eligible or self.lease_s > 0):
             return got, set(), before
         held = self._windows.setdefault(rack, {})
         kept = read.windows - read.failed
         for t in kept:
             if t in held and t not in read.busy:
                 before[t] = held[t].points
-            held[t] = HeldWindow(dict(got[t]))
-        if len(held) > self.max_windows:
-            for t in sorted(held)[:-self.max_windows]:
+            held[t] = HeldWindow(dict(got[t]), seeded_at=read.started)
+        if not eligible:  # leased: those whose lease ran out go first
+            now = self.clock()
+            for t in [t for t, w in held.items() if not self.leased(w, now)]:
                 del held[t]
+        limit = self.max_windows if eligible else self.max_leased_windows
+        if len(held) > limit:
+            for t in sorted(held)[:-limit]:
+                del held[t]
+        if not eligible:
+            points = sum(len(w.points) for w in held.values())
+            for t in sorted(held):  # the oldest go first
+                if points <= self.max_leased_points:
+                    break
+                points -= len(held.pop(t).points)
         return got, kept & held.keys(), before

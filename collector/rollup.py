@@ -12,8 +12,10 @@ After a batch of node N is stored:
    per node and window), added up in node order (``rack_state.rack_sums``), and written to
    ``rack``. The node points come from the rack's held state (collector/rack_state.py: held
    only while every node of the rack streams to this replica, seeded by one read of the window,
-   then following this replica's node writes) where it holds the window, else from InfluxDB
-   (one query of the raw node points).
+   then following this replica's node writes) where it holds the window, from a lease of the window
+   where the rack is not held (a read younger than ``settle_s`` / 2 plus this replica's node writes
+   since: collector/rack_state.py, "Leased windows"), else from InfluxDB (one query of the raw node
+   points).
 
 For a streamed batch of a held node, 1 and 2 need no read: the node, job_window and (where the rack is
 held) rack points are computed before the batch is written and go in the same store write as its
@@ -34,9 +36,10 @@ resends what was not acknowledged, which recomputes the windows.
 With several collector replicas, nodes of one rack may be served by different
 replicas, and one replica's recompute of a rack window can read before another
 replica's node point lands yet write after that replica's (complete) recompute.
-So every rack window recomputed from a read is recomputed once more ``settle_s`` later
-(coalesced per rack): the last write of a window then always reads every node
-point written before it, and the rack series converges to the exact sum. For the
+So every rack window recomputed from a read, or written from a lease, is recomputed once more from a
+read ``settle_s`` after it was last asked for at the earliest (those due together in one recompute,
+``settle_gather_s`` later): the last write of a window then always reads every node point written
+before it, and the rack series converges to the exact sum. For the
 same reason every window written from held state (node or rack) is read back once more
 ``settle_s`` after the last batch touched it, once the window has closed: another replica
 may have rewritten the node's points there (collector/revisit.py), which held state cannot
@@ -106,7 +109,7 @@ from gridwatt.collector.rack_state import (
     HeldRacks,
     RackWindow,
     node_point,
-    points_from_rows,
+    points_from_result,
     rack_sums,
 )
 from gridwatt.collector.read_back_plan import plan_read_backs
@@ -434,10 +437,14 @@ class RackRollup:
         self.store = store
         self.settle_s = settle_s
         self.rack_delay_s = rack_delay_s
-        self._settle: dict[str, tuple[str, set[int]]] = {}
+        #: per rack, its zone and the windows to settle, each with when it was last asked (monotonic s)
+        self._settle: dict[str, tuple[str, dict[int, float]]] = {}
         self._settle_handles: dict[str, asyncio.TimerHandle] = {}
         self._settle_tasks: set[asyncio.Task[int]] = set()
         self.settle_runs = 0
+        #: a settle recompute waits this much longer than settle_s, so that the windows asked for
+        #: meanwhile (each due settle_s after it was asked) are read together
+        self.settle_gather_s = settle_s / 4
         self.resolution_ns = resolution_s * NS_PER_S
         self.max_gap_windows = max_gap_windows
         self._node_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -467,7 +474,7 @@ class RackRollup:
         self.mark_queries = 0
         self.mark_reads_failed = 0
         #: held rack state (collector/rack_state.py); ``configure``d with the topology's racks
-        self.racks = HeldRacks(settle_s)
+        self.racks = HeldRacks(settle_s, lease_s=settle_s / 2)
         #: node windows / rack windows written from held state, waiting for their final read-back
         self._final = _ReadBacks("node", self._final_wait_s, lambda _node, ctx: ctx[0], self._node_read_back)
         #: node read-backs due together, per (rack, zone), read in one query per ``read_back_group``
@@ -503,6 +510,10 @@ class RackRollup:
         self._turn_tasks: set[asyncio.Task[None]] = set()
         #: writes of rack turns that stored their rack points (``rack_one_writes`` counts their batches)
         self.rack_turns = 0
+        #: rack windows of racks not held that turns summed from a lease (collector/rack_state.py), and
+        #: turns whose write ended after a lease ran out (their batches then recompute from a read)
+        self.rack_leased_windows = 0
+        self.rack_leases_late = 0
 
     def _runs(self, window_starts: set[int]) -> list[tuple[int, int]]:
         """[lo, hi) ranges covering the windows, split where they are far apart."""
@@ -539,7 +550,7 @@ class RackRollup:
         self.queries += 1
         q = queries.rack_window_points(self.store.measurement, rack, lo_ns, hi_ns)
         (result,) = await self.store.query(q)
-        return points_from_rows(series_rows(result))
+        return points_from_result(result)
 
     async def _rack_points_stored(self, rack: str, zone: str, lo_ns: int, hi_ns: int,
                                   ) -> tuple[dict[int, RackWindow], dict[int, dict[str, Any]]]:
@@ -551,7 +562,7 @@ class RackRollup:
         q = (queries.rack_window_points(m, rack, lo_ns, hi_ns) + "; "
              + queries.rack_stored_points(m, rack, zone, lo_ns, hi_ns, RACK_POINT_FIELDS))
         nodes, racks = await self.store.query(q)
-        return points_from_rows(series_rows(nodes)), {int(row["time"]): row for _, row in series_rows(racks)}
+        return points_from_result(nodes), {int(row["time"]): row for _, row in series_rows(racks)}
 
     async def rack_windows(self, rack: str, lo_ns: int, hi_ns: int) -> dict[int, dict[str, float]]:
         """Sums per window over all node points of ``rack`` in [lo_ns, hi_ns), read back."""
@@ -619,9 +630,13 @@ class RackRollup:
                              node_lines(node, rack, zone, windows) + job_window_lines(node, rack, jobs),
                              marks, owners)
         starts = member.starts  # node_lines' order
-        if self.racks.eligible(rack) and all(self.racks.window(rack, t) is not None for t in starts):
+        if self.racks.summable(rack) and all(self.racks.window(rack, t) is not None for t in starts) and (
+                self.racks.eligible(rack) or 2 * len(lines) < self.store.config.write_batch_lines):
             # the rack point goes in this write: at once if the rack is free, else in the rack's next
-            # turn, with every other batch of the rack that finds it busy meanwhile (_run_turn)
+            # turn, with every other batch of the rack that finds it busy meanwhile (_run_turn). A large
+            # batch of a rack that is not held (a backfill) is written on its own, beside the other
+            # nodes' (a turn would write them one after the other), and its rack point follows from
+            # the lease (recompute_rack)
             rack_lock = self._rack_locks[rack]
             if not rack_lock.locked() and rack not in self._queued and rack not in self._turns:
                 await self._run_turn(rack, zone, _RackTurn([member]))
@@ -705,13 +720,17 @@ class RackRollup:
     async def _write_turn(self, rack: str, zone: str, turn: _RackTurn) -> None:
         members = turn.members
         rack_points: dict[int, RackWindow] = {}
+        #: leased windows (rack not held: collector/rack_state.py), with when their lease runs out
+        leases: dict[int, float] = {}
         for t in sorted({t for m in members for t in m.windows}):
-            window = self.racks.window(rack, t)
-            if window is None:  # dropped meanwhile: no rack point here, the members recompute the rack
+            held = self.racks.held(rack, t)
+            if held is None:  # dropped meanwhile: no rack point here, the members recompute the rack
                 rack_points.clear()
                 break
+            if (ends := self.racks.lease_ends(rack, held)) is not None:
+                leases[t] = ends
             theirs = {m.key: node_point(m.windows[t]) for m in members if t in m.windows}
-            rack_points[t] = {**window, **theirs}
+            rack_points[t] = {**held.points, **theirs}
         rack_windows = {t: w for t, p in rack_points.items() if (w := rack_sums(p)) is not None}
         lines: list[str] = []
         spans: list[tuple[int, int]] = []
@@ -744,6 +763,11 @@ class RackRollup:
         if rack_refused:
             self._log_refused(rack, rack_part, parts[-1])
         stored = bool(rack_points) and not rack_refused and not any(refused for _, refused in answers)
+        if stored and leases and self.racks.clock() >= min(leases.values()):
+            # stored after a lease ran out: another replica's node point that landed since its read may
+            # be missing, and its settle may have read already; the members recompute from a read
+            stored = False
+            self.rack_leases_late += 1
         if stored:
             for t, written in rack_points.items():  # stored as summed, while no other node wrote since
                 held_window = self.racks.held(rack, t)
@@ -752,9 +776,13 @@ class RackRollup:
             self.rack_held_windows += len(rack_points)
             self.rack_one_writes += len(members)
             self.rack_turns += 1
+            self.rack_leased_windows += len(leases)
             self._schedule_prefetch(rack, zone, max(rack_points))
             if self.settle_s > 0:
-                self._rack_final.schedule(rack, (zone,), set(rack_points))
+                if leases:  # another replica may have written since the read: read again settle_s on
+                    self._schedule_settle(rack, zone, set(leases))
+                if held_for_good := set(rack_points) - leases.keys():
+                    self._rack_final.schedule(rack, (zone,), held_for_good)
         for m, (mine, refused) in zip(members, answers, strict=True):
             m.done.set_result((mine, refused, stored))
 
@@ -847,6 +875,8 @@ class RackRollup:
             "rollup_settle_recomputes": self.settle_runs,
             "rollup_one_writes:node": self.one_writes, "rollup_one_writes:rack": self.rack_one_writes,
             "rollup_rack_turns": self.rack_turns,
+            "rollup_rack_leases:windows": self.rack_leased_windows,
+            "rollup_rack_leases:late": self.rack_leases_late,
             "rollup_queries:rack_ahead": self.rack_prefetches,
             "rollup_read_backs_again": self.read_backs_again,
             "rollup_points_kept:node": self.read_back_kept, "rollup_points_kept:rack": self.rack_writes_kept,
@@ -1085,17 +1115,32 @@ class RackRollup:
                       what, status, reason, lines[index][:200])
 
     def _schedule_settle(self, rack: str, zone: str, window_starts: set[int]) -> None:
+        """Recompute these rack windows from a read once more, ``settle_s`` after now at the earliest
+        (each window that long after the last time it was asked; those due together in one recompute)."""
+        now = time.monotonic()
         entry = self._settle.get(rack)
-        if entry is not None:
-            entry[1].update(window_starts)
-            return
-        self._settle[rack] = (zone, set(window_starts))
-        loop = asyncio.get_running_loop()
-        self._settle_handles[rack] = loop.call_later(self.settle_s, self._start_settle, rack)
+        if entry is None:
+            entry = self._settle[rack] = (zone, {})
+        entry[1].update(dict.fromkeys(window_starts, now))
+        if rack not in self._settle_handles:
+            loop = asyncio.get_running_loop()
+            self._settle_handles[rack] = loop.call_later(self.settle_s + self.settle_gather_s,
+                                                         self._start_settle, rack)
 
     def _start_settle(self, rack: str) -> None:
         self._settle_handles.pop(rack, None)
-        zone, windows = self._settle.pop(rack)
+        zone, asked = self._settle[rack]
+        now = time.monotonic()
+        windows = {t for t, at in asked.items() if now - at >= self.settle_s * 0.999}
+        for t in windows:
+            del asked[t]
+        if asked:  # asked again meanwhile: look again when the first of them is due (and gathered)
+            wait = max(0.01, self.settle_s - (now - min(asked.values()))) + self.settle_gather_s
+            self._settle_handles[rack] = asyncio.get_running_loop().call_later(wait, self._start_settle, rack)
+        else:
+            del self._settle[rack]
+        if not windows:
+            return
         task = asyncio.create_task(self._recompute_rack(rack, zone, windows, settle=False))
         self._settle_tasks.add(task)
         task.add_done_callback(self._settled)
@@ -1125,9 +1170,9 @@ class RackRollup:
         pending = list(self._settle.items())
         self._settle_handles.clear()
         self._settle.clear()
-        for rack, (zone, windows) in pending:
+        for rack, (zone, asked) in pending:
             try:
-                await self._recompute_rack(rack, zone, windows, settle=False)
+                await self._recompute_rack(rack, zone, set(asked), settle=False)
             except Exception as exc:  # the store may be down at shutdown
                 log.warning("rack %r: final settle recompute failed: %s", rack, exc)
         if self._settle_tasks:
@@ -1202,9 +1247,18 @@ class RackRollup:
                 todo, _ = self._queued.pop(rack)
                 points: dict[int, RackWindow] = {}
                 stored: dict[int, dict[str, Any]] = {}
-                if self.racks.eligible(rack):
+                eligible = self.racks.eligible(rack)
+                # held windows are summed from held state; of a rack that is not held, leased windows
+                # (collector/rack_state.py), except in a settle recompute, which reads
+                if eligible or (settle and self.racks.lease_s > 0):
                     held_now = {t for t in todo if self.racks.held(rack, t) is not None}
-                if todo - held_now:  # not held: read (and held from now on, where the rack may be)
+                #: windows summed from a lease that began before this recompute: when it runs out
+                leases: dict[int, float] = {}
+                for t in held_now:
+                    held = self.racks.held(rack, t)
+                    if held is not None and (ends := self.racks.lease_ends(rack, held)) is not None:
+                        leases[t] = ends
+                if todo - held_now:  # not held: read (and held or leased from now on)
                     got, kept, _ = await self._read_rack(rack, todo - held_now, zone, stored)
                     points.update(got)
                     held_now |= kept
@@ -1223,6 +1277,20 @@ class RackRollup:
                         points[t] = held.points
                         versions[t] = held.version
                 written = await self._write_rack(rack, zone, points, versions, stored)
+                late = {t for t, ends in leases.items() if t in versions and self.racks.clock() >= ends}
+                if late:  # stored after their lease ran out (see _write_turn): again, from a read
+                    self.rack_leases_late += 1
+                    stored = {}
+                    got, _, _ = await self._read_rack(rack, late, zone, stored)
+                    again: dict[int, RackWindow] = {}
+                    again_versions: dict[int, int] = {}
+                    for t, window in got.items():
+                        held = self.racks.held(rack, t)  # (the read's answer, held anew)
+                        again[t] = window if held is None else held.points
+                        if held is not None:
+                            again_versions[t] = held.version
+                    written += await self._write_rack(rack, zone, again, again_versions, stored)
+                self.rack_leased_windows += len(leases) - len(late)
         except BaseException as exc:
             entry = self._queued.get(rack)
             if entry is not None and entry[1] is future:
@@ -1236,10 +1304,14 @@ class RackRollup:
         if versions:
             self._schedule_prefetch(rack, zone, max(versions))
         if self.settle_s > 0:
-            if versions:  # written from held state: read back once after the window's end instead
-                self._rack_final.schedule(rack, (zone,), set(versions))
-            if settle and todo - held_now:
-                self._schedule_settle(rack, zone, todo - held_now)  # every other window this one covered
+            if not eligible:  # read, and at most leased from now on: settle every window it covered
+                if settle:
+                    self._schedule_settle(rack, zone, todo)
+            else:
+                if versions:  # written from held state: read back once after the window's end instead
+                    self._rack_final.schedule(rack, (zone,), set(versions))
+                if settle and todo - held_now:
+                    self._schedule_settle(rack, zone, todo - held_now)  # every other window it covered
         return written
 
     async def _write_rack(self, rack: str, zone: str, points: dict[int, RackWindow],

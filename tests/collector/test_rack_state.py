@@ -11,15 +11,25 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gridwatt.collector import queries
 from gridwatt.collector.config import CollectorConfig
-from gridwatt.collector.rack_state import HeldRacks, NodePoint, RackWindow, rack_sums
+from gridwatt.collector.rack_state import (
+    HeldRacks,
+    NodePoint,
+    RackWindow,
+    points_from_result,
+    points_from_rows,
+    rack_sums,
+)
 from gridwatt.collector.rollup import RackRollup
 from gridwatt.collector.server import RunningCollector
+from gridwatt.collector.store import series_rows
 from gridwatt.collector.wiring import build_topology
 from gridwatt.configfile import load_config
 from gridwatt.demo_harness.influxdb import LocalInfluxDB
@@ -364,6 +374,62 @@ def test_held_racks_follow_writes_and_drop_what_they_cannot_know() -> None:
     assert not racks.eligible("r1")
 
 
+def test_windows_of_racks_not_held_are_leased_from_when_their_read_was_sent() -> None:
+    """A rack that is not held keeps what a read found, with this replica's writes since, for lease_s
+    after the read was sent; a window leased before its rack became eligible keeps only its lease; past
+    max_leased_windows those whose lease ran out go first, then the oldest."""
+    now = [1000.0]
+    racks = HeldRacks(settle_s=10.0, lease_s=5.0, max_leased_windows=3)
+    racks.clock = lambda: now[0]
+    racks.configure({"r1": ["a"]})
+    assert racks.summable("unassigned") and not racks.eligible("unassigned")
+    read = racks.begin_read("unassigned", {T0})
+    now[0] += 1.0  # the answer comes a second after the read was sent: the lease runs from the send
+    _, kept, _ = racks.end_read("unassigned", read, {T0: {("x", "Z"): _pt(1.0)}})
+    assert kept == {T0}
+    racks.wrote("unassigned", ("y", "Z"), {T0: _pt(2.0)})
+    held = racks.held("unassigned", T0)
+    assert held is not None and held.points == {("x", "Z"): _pt(1.0), ("y", "Z"): _pt(2.0)}
+    assert racks.lease_ends("unassigned", held) == 1005.0
+    now[0] = 1004.999
+    assert racks.window("unassigned", T0) is not None
+    now[0] = 1005.0
+    assert racks.window("unassigned", T0) is None
+    assert racks.held("unassigned", T0, at=1004.0) is held  # (as it was a second earlier)
+    # past max_leased_windows: those whose lease ran out first (T0), then the oldest (T0 + 1 min)
+    for k in (1, 2, 3):
+        r = racks.begin_read("unassigned", {T0 + k * 60 * NS})
+        racks.end_read("unassigned", r, {})
+    assert [racks.window("unassigned", T0 + k * 60 * NS) for k in range(4)] == [None, {}, {}, {}]
+    r = racks.begin_read("unassigned", {T0 + 4 * 60 * NS})
+    racks.end_read("unassigned", r, {})
+    assert [racks.window("unassigned", T0 + k * 60 * NS) is not None for k in range(5)] == [
+        False, False, True, True, True]
+    racks.max_leased_points = 5  # and at most so many node points: the oldest windows go
+    for k, n in ((5, 2), (6, 4)):
+        r = racks.begin_read("unassigned", {T0 + k * 60 * NS})
+        racks.end_read("unassigned", r, {T0 + k * 60 * NS: {(f"n{j}", "Z"): _pt(1.0) for j in range(n)}})
+    assert [racks.window("unassigned", T0 + k * 60 * NS) is not None for k in range(7)] == [
+        False, False, False, False, False, False, True]
+    racks.max_leased_points = 50_000
+    # r1: read while its only node's stream was open for less than settle_s (another replica may still
+    # have been writing): leased, and still only leased once r1 is eligible; a read after that holds
+    racks.stream_opened("a")
+    early = racks.begin_read("r1", {T0})
+    racks.end_read("r1", early, {T0: {}})
+    now[0] += 10.0
+    assert racks.eligible("r1")
+    held = racks.held("r1", T0, at=now[0] - 10.0)
+    assert held is not None and racks.lease_ends("r1", held) == now[0] - 10.0 + 5.0
+    assert racks.window("r1", T0) is None
+    late = racks.begin_read("r1", {T0})
+    racks.end_read("r1", late, {T0: {}})
+    now[0] += 3600.0
+    held = racks.held("r1", T0)
+    assert held is not None and racks.lease_ends("r1", held) is None
+    assert not HeldRacks(settle_s=0.0).summable("unassigned")  # one replica: no leases
+
+
 def test_held_racks_wait_settle_s_after_the_last_stream_opened() -> None:
     racks = HeldRacks(settle_s=60.0)
     racks.configure({"r1": ["a"]})
@@ -382,6 +448,42 @@ def test_rack_sums_add_in_node_order_and_count_nodes() -> None:
     w = rack_sums(window)
     assert w is not None and (w["n"], w["nodes"], w["c"]) == (24.0, 3.0, 3.0)
     assert rack_sums({}) is None
+
+
+def test_node_points_are_parsed_by_column_as_through_rows(influxdb: LocalInfluxDB, database: str) -> None:
+    """``points_from_result`` (by column position) gives what ``points_from_rows`` gives through a dict
+    per row, on a real InfluxDB answer: fields absent from some points (None), a field no point has
+    (no column at all), two zones of one node, and float values that must come back bit for bit."""
+    influx_query(influxdb.url, database, f'CREATE DATABASE "{database}"')
+    body = "\n".join([
+        f"node,node=n2,rack=r1,zone=Z it_energy_kwh=0.1,facility_energy_kwh=0.13,co2e_g=0.30000000000000004,"
+        f"estimated_co2e_g=0,gpu_seconds=480,util_pct_s=1e-300,idle_s=3,idle_energy_kwh=0.02,"
+        f"gpu_count=8i {T0}",
+        f"node,node=n1,rack=r1,zone=Z it_energy_kwh=0.7,gpu_count=4i {T0}",
+        f"node,node=n1,rack=r1,zone=Y co2e_g=2.5 {T0}",
+        f"node,node=n1,rack=r1,zone=Z it_energy_kwh=1.25,facility_energy_kwh=1.5,gpu_count=4i {T0 + 60 * NS}",
+        f"node,node=n9,rack=r2,zone=Z it_energy_kwh=9.0,gpu_count=1i {T0}",
+    ])
+    req = urllib.request.Request(f"{influxdb.url}/write?db={database}&precision=ns", data=body.encode(),
+                                 method="POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 204
+    (res,) = influx_query(influxdb.url, database,
+                          queries.rack_window_points(queries.plain, "r1", T0, T0 + 120 * NS))
+    got = points_from_result(res)
+    assert got == points_from_rows(series_rows(res))
+    none7 = (None,) * 7
+    assert got == {
+        T0: {("n2", "Z"): NodePoint((0.1, 0.13, 0.30000000000000004, 0.0, 480.0, 1e-300, 3.0, 0.02), 8),
+             ("n1", "Z"): NodePoint((0.7, *none7), 4),
+             ("n1", "Y"): NodePoint((None, None, 2.5, None, None, None, None, None), None)},
+        T0 + 60 * NS: {("n1", "Z"): NodePoint((1.25, 1.5, *(None,) * 6), 4)},
+    }
+    # a column missing altogether (as where no point has idle_energy_kwh) and an empty answer
+    trimmed = {"series": [{**s, "columns": s["columns"][:-2] + s["columns"][-1:],
+                           "values": [v[:-2] + v[-1:] for v in s["values"]]} for s in res["series"]]}
+    assert points_from_result(trimmed) == points_from_rows(series_rows(trimmed))
+    assert points_from_result({}) == {} == points_from_result({"series": None})
 
 
 async def test_node_read_backs_due_together_are_one_query(
