@@ -57,6 +57,10 @@ def server_options(config: CollectorConfig) -> list[tuple[str, int]]:
         # read (no token, too large) cannot make the collector buffer megabytes per stream (peak RSS in
         # tests/hostile/test_ingest_attacks.py's 60 MB messages: 91-288 MB with probing, 83-85 MB without)
         ("grpc.http2.bdp_probe", 0),
+        # calls waiting to be taken up: one bound, without gRPC's random refusals between its default
+        # 1,000 and 3,000 (a burst of agents reconnecting after a restart; collector/README.md "Bounds")
+        ("grpc.server.max_pending_requests", config.server.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", config.server.max_pending_calls),
         ("grpc.max_receive_message_length", config.server.max_message_bytes),
         ("grpc.max_send_message_length", config.server.max_message_bytes),
     ]
