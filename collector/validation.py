@@ -128,8 +128,6 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
     add_row = rows.append
     add_shares = all_shares.append
     valid_names = _VALID_NAMES
-    valid_shares = _VALID_SHARES
-    info_memo = INFO_MEMO
     checked: set[int] = set()  # ids of the share infos of this batch found valid
     lo_ns = hi_ns = 0
     if sample_list:
@@ -167,30 +165,11 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
                  mem_used_bytes, temp_c, s.energy_method))
         jobs = s.jobs
         n_jobs = len(jobs)
-        if n_jobs == 1:  # the usual case: the checks of the loop below, for one share (no repeat, no sum)
-            share = jobs[0]
-            info = info_memo.get(share.SerializeToString())  # share_info's memo, inline
-            if info is None:
-                info = share_info(share)
-            job_id = info[0]
-            known = id(info) in checked or info in valid_shares
-            if not known and job_id not in valid_names:
-                problem = _name_problem(job_id)
-                if problem:
-                    raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: {problem}")
-            fraction = share.fraction
-            if not (0.0 < fraction <= 1.0):
-                raise BatchRejected(
-                    f"{_where(i, s)}: field jobs.fraction: value {fraction} for job "
-                    f"{shown(job_id)} is outside (0, 1]"
-                )
-            if not known:
-                _check_share(i, s, share)
-                _remember_valid(info)
-                checked.add(id(info))
+        if n_jobs == 1:  # the usual case: no list, repeat set or sum
+            info, fraction = _checked_share(i, s, jobs[0], checked, None)
             add_shares(((info, fraction),))
-            if job_id != UNATTRIBUTED:
-                job_ids.append(job_id)
+            if info[0] != UNATTRIBUTED:
+                job_ids.append(info[0])
             continue
         if not n_jobs:
             add_shares(())
@@ -203,41 +182,50 @@ def validate_batch(batch: pb.Batch, limits: Limits, now_ns: int) -> BatchScan:
         total = 0.0
         seen: set[str] | None = set() if n_jobs > 1 else None  # one share cannot repeat a job
         for k in range(n_jobs):  # by index: cheaper than iterating the container
-            share = jobs[k]
-            info = info_memo.get(share.SerializeToString())  # share_info's memo, inline
-            if info is None:
-                info = share_info(share)
-            job_id = info[0]
-            # a remembered valid info had its job id found valid (name_problem is pure); so did an info
-            # object checked earlier in this batch (alive in ``all_shares`` meanwhile: its id is its own)
-            known = id(info) in checked or info in valid_shares
-            if not known and job_id not in valid_names:
-                problem = _name_problem(job_id)
-                if problem:
-                    raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: {problem}")
-            if seen is not None:
-                if job_id in seen:
-                    raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: job {shown(job_id)} appears "
-                                        "twice; give each job one share")
-                seen.add(job_id)
-            fraction = share.fraction
-            if not (0.0 < fraction <= 1.0):
-                raise BatchRejected(
-                    f"{_where(i, s)}: field jobs.fraction: value {fraction} for job "
-                    f"{shown(job_id)} is outside (0, 1]"
-                )
-            if not known:
-                _check_share(i, s, share)
-                _remember_valid(info)
-                checked.add(id(info))
+            info, fraction = _checked_share(i, s, jobs[k], checked, seen)
             total += fraction
             mine.append((info, fraction))
-            if job_id != UNATTRIBUTED:
-                job_ids.append(job_id)
+            if info[0] != UNATTRIBUTED:
+                job_ids.append(info[0])
         if total > 1.0 + 1e-6:
             raise BatchRejected(f"{_where(i, s)}: field jobs.fraction: shares sum to {total}, above 1")
         add_shares(tuple(mine))
     return BatchScan(sample_list, all_shares, lo_ns, hi_ns, job_ids, rows)
+
+
+def _checked_share(i: int, s: pb.GpuSample, share: pb.JobShare, checked: set[int],
+                   seen: set[str] | None) -> tuple[ShareInfo, float]:
+    """A job share of sample ``i``, checked: its memoized info and its fraction. In order: the job id's
+    name, a job repeated in the sample (``seen``, None for a sample of one share), the fraction in
+    (0, 1], the rest (``_check_share``). What an info found valid before had checked is not checked
+    again: a remembered valid info had its job id found valid (name_problem is pure), and so did an info
+    object checked earlier in this batch (its id in ``checked``; alive in the batch's shares meanwhile,
+    so the id is its own)."""
+    info = INFO_MEMO.get(share.SerializeToString())  # share_info's memo, inline
+    if info is None:
+        info = share_info(share)
+    job_id = info[0]
+    known = id(info) in checked or info in _VALID_SHARES
+    if not known and job_id not in _VALID_NAMES:
+        problem = _name_problem(job_id)
+        if problem:
+            raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: {problem}")
+    if seen is not None:
+        if job_id in seen:
+            raise BatchRejected(f"{_where(i, s)}: field jobs.job_id: job {shown(job_id)} appears "
+                                "twice; give each job one share")
+        seen.add(job_id)
+    fraction = share.fraction
+    if not (0.0 < fraction <= 1.0):
+        raise BatchRejected(
+            f"{_where(i, s)}: field jobs.fraction: value {fraction} for job "
+            f"{shown(job_id)} is outside (0, 1]"
+        )
+    if not known:
+        _check_share(i, s, share)
+        _remember_valid(info)
+        checked.add(id(info))
+    return info, fraction
 
 
 def _check_sample(i: int, s: pb.GpuSample, now_ns: int, limits: Limits) -> None:
