@@ -94,24 +94,10 @@ def node_point(w: Mapping[str, float]) -> NodePoint:
                       w["ie"] / J_PER_KWH), int(w["n"]))
 
 
-def _number(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def points_from_rows(rows: Iterable[tuple[dict[str, str], dict[str, Any]]]) -> dict[int, RackWindow]:
-    """The answer of ``queries.rack_window_points`` (raw node points, grouped by series) per window."""
-    out: dict[int, RackWindow] = {}
-    for tags, row in rows:
-        count = row.get("gpu_count")
-        point = NodePoint(tuple(_number(row.get(name)) for name in NODE_FIELDS),
-                          None if count is None else int(count))
-        out.setdefault(int(row["time"]), {})[(tags.get("node", ""), tags.get("zone", ""))] = point
-    return out
-
-
 def points_from_result(result: Mapping[str, Any]) -> dict[int, RackWindow]:
-    """``points_from_rows`` of one statement's result as InfluxDB answers it (series of columns and value
-    rows), read by column position instead of through a dict per row: the same points (pure)."""
+    """The answer of ``queries.rack_window_points`` (raw node points, grouped by series) per window, from
+    one statement's result as InfluxDB answers it (series of columns and value rows), read by column
+    position (a dict per row cost 3x as much): absent fields None (pure)."""
     out: dict[int, RackWindow] = {}
     for series in result.get("series") or ():
         tags = series.get("tags") or {}

@@ -12,6 +12,7 @@ import asyncio
 import random
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,11 @@ import pytest
 from gridwatt.collector import queries
 from gridwatt.collector.config import CollectorConfig
 from gridwatt.collector.rack_state import (
+    NODE_FIELDS,
     HeldRacks,
     NodePoint,
     RackWindow,
     points_from_result,
-    points_from_rows,
     rack_sums,
 )
 from gridwatt.collector.rollup import RackRollup
@@ -448,6 +449,17 @@ def test_rack_sums_add_in_node_order_and_count_nodes() -> None:
     w = rack_sums(window)
     assert w is not None and (w["n"], w["nodes"], w["c"]) == (24.0, 3.0, 3.0)
     assert rack_sums({}) is None
+
+
+def points_from_rows(rows: Iterable[tuple[dict[str, str], dict[str, Any]]]) -> dict[int, RackWindow]:
+    """The reference for ``points_from_result``: the same answer read through a dict per row."""
+    out: dict[int, RackWindow] = {}
+    for tags, row in rows:
+        count = row.get("gpu_count")
+        point = NodePoint(tuple(None if row.get(name) is None else float(row[name]) for name in NODE_FIELDS),
+                          None if count is None else int(count))
+        out.setdefault(int(row["time"]), {})[(tags.get("node", ""), tags.get("zone", ""))] = point
+    return out
 
 
 def test_node_points_are_parsed_by_column_as_through_rows(influxdb: LocalInfluxDB, database: str) -> None:
